@@ -1,0 +1,182 @@
+-- identity_merge: the SQL functions that need no Rust (projects, clusters, attaching event
+-- tables, restamping). Loaded last by CREATE EXTENSION (extension_sql_file!, finalize).
+-- Each pins its search_path and qualifies what it uses.
+
+CREATE FUNCTION mp_create_project(token text, mode text DEFAULT 'original') RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF mode NOT IN ('original', 'simplified') THEN
+        RAISE EXCEPTION 'invalid mode: %', quote_literal(mode) USING ERRCODE = '22023',
+            HINT = 'mode is ''original'' or ''simplified''.';
+    END IF;
+    IF btrim(token) = '' OR length(token) > 255 THEN
+        RAISE EXCEPTION 'invalid project token: %', quote_literal(token) USING ERRCODE = '22023',
+            HINT = 'A token is 1 to 255 characters, not blank.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM identity_merge.projects p WHERE p.token = mp_create_project.token) THEN
+        RAISE EXCEPTION 'project % already exists', quote_literal(token) USING ERRCODE = '42710',
+            HINT = 'Pick another token or use the existing project.';
+    END IF;
+    INSERT INTO identity_merge.projects (token, mode) VALUES (token, mode);
+END $$;
+
+CREATE FUNCTION mp_set_project_mode(token text, mode text) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p identity_merge.projects;
+BEGIN
+    IF mode NOT IN ('original', 'simplified') THEN
+        RAISE EXCEPTION 'invalid mode: %', quote_literal(mode) USING ERRCODE = '22023',
+            HINT = 'mode is ''original'' or ''simplified''.';
+    END IF;
+    p := identity_merge._project(token);
+    -- Lock the project row so no identity can be written between the check and the switch.
+    PERFORM 1 FROM identity_merge.projects WHERE project_id = p.project_id FOR UPDATE;
+    IF EXISTS (SELECT 1 FROM identity_merge.identities i WHERE i.project_id = p.project_id) THEN
+        RAISE EXCEPTION 'project % already holds identities; its mode can no longer change', quote_literal(token)
+            USING ERRCODE = '55000', HINT = 'Create a new project for the other mode.';
+    END IF;
+    UPDATE identity_merge.projects SET mode = mp_set_project_mode.mode WHERE project_id = p.project_id;
+END $$;
+
+-- Settings of a project, one row per setting.
+CREATE FUNCTION mp_project_settings(token text DEFAULT 'default')
+RETURNS TABLE (setting text, value text)
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p identity_merge.projects;
+BEGIN
+    p := identity_merge._project(token);
+    RETURN QUERY VALUES ('mode', p.mode),
+                        ('max_cluster_size', p.max_cluster_size::text),
+                        ('anon_id_format', p.anon_id_format),
+                        ('blocked_ids', p.blocked_ids::text);
+END $$;
+
+-- Changes one setting: max_cluster_size (integer >= 2), anon_id_format ('uuid' | 'any'),
+-- blocked_ids (a text[] literal; compared case-insensitively after trimming).
+CREATE FUNCTION mp_set_project_setting(token text, setting text, value text) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p identity_merge.projects;
+BEGIN
+    p := identity_merge._project(token);
+    CASE setting
+    WHEN 'max_cluster_size' THEN
+        IF value !~ '^[0-9]{1,9}$' OR value::integer < 2 THEN
+            RAISE EXCEPTION 'invalid max_cluster_size: %', quote_literal(value) USING ERRCODE = '22023',
+                HINT = 'An integer of at least 2.';
+        END IF;
+        UPDATE identity_merge.projects SET max_cluster_size = value::integer WHERE project_id = p.project_id;
+    WHEN 'anon_id_format' THEN
+        IF value NOT IN ('uuid', 'any') THEN
+            RAISE EXCEPTION 'invalid anon_id_format: %', quote_literal(value) USING ERRCODE = '22023',
+                HINT = '''uuid'' or ''any''.';
+        END IF;
+        UPDATE identity_merge.projects SET anon_id_format = value WHERE project_id = p.project_id;
+    WHEN 'blocked_ids' THEN
+        UPDATE identity_merge.projects
+           SET blocked_ids = ARRAY(SELECT DISTINCT lower(btrim(b)) FROM unnest(value::text[]) b WHERE b IS NOT NULL)
+         WHERE project_id = p.project_id;
+    ELSE
+        RAISE EXCEPTION 'unknown setting: %', quote_literal(setting) USING ERRCODE = '22023',
+            HINT = 'Settings are max_cluster_size, anon_id_format and blocked_ids.';
+    END CASE;
+END $$;
+
+-- Every id in the same cluster as distinct_id (an id never seen is alone in its cluster).
+CREATE FUNCTION mp_cluster(distinct_id text, project text DEFAULT 'default') RETURNS SETOF text
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer := (identity_merge._project(project)).project_id;
+    canon text;
+BEGIN
+    SELECT i.canonical_id INTO canon FROM identity_merge.identities i
+     WHERE i.project_id = pid AND i.distinct_id = mp_cluster.distinct_id;
+    IF NOT FOUND THEN
+        RETURN NEXT distinct_id;
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT i.distinct_id FROM identity_merge.identities i
+                  WHERE i.project_id = pid AND i.canonical_id = canon ORDER BY i.distinct_id;
+END $$;
+
+-- Puts the stamping trigger on an event table and registers it. Creates an index on the
+-- canonical column when none leads with it (mp_restamp needs one to stay proportional to
+-- the rows it changes).
+CREATE FUNCTION mp_attach(events regclass, project text DEFAULT 'default',
+                          distinct_id_column name DEFAULT 'distinct_id',
+                          canonical_column name DEFAULT 'canonical_id') RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p identity_merge.projects;
+    col name;
+    typ regtype;
+BEGIN
+    p := identity_merge._project(project);
+    FOREACH col IN ARRAY ARRAY[distinct_id_column, canonical_column] LOOP
+        SELECT a.atttypid::regtype INTO typ FROM pg_attribute a
+         WHERE a.attrelid = events AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'column % of % does not exist', quote_ident(col), events USING ERRCODE = '42703',
+                HINT = 'Name the distinct_id and canonical columns: mp_attach(table, project, distinct_id_column, canonical_column).';
+        END IF;
+        IF typ NOT IN ('text'::regtype, 'character varying'::regtype) THEN
+            RAISE EXCEPTION 'column % of % is of type %, not text', quote_ident(col), events, typ
+                USING ERRCODE = '42804', HINT = 'Ids are text; use a text or varchar column.';
+        END IF;
+    END LOOP;
+    IF distinct_id_column = canonical_column THEN
+        RAISE EXCEPTION 'the canonical column must differ from the distinct_id column (%)', quote_ident(col)
+            USING ERRCODE = '22023', HINT = 'The trigger keeps the distinct_id as sent and writes the canonical id beside it.';
+    END IF;
+    EXECUTE format('DROP TRIGGER IF EXISTS identity_merge_stamp ON %s', events);
+    EXECUTE format('CREATE TRIGGER identity_merge_stamp BEFORE INSERT ON %s FOR EACH ROW '
+                   'EXECUTE FUNCTION identity_merge.stamp_event(%L, %L, %L)',
+                   events, p.token, distinct_id_column, canonical_column);
+    IF NOT EXISTS (SELECT 1 FROM pg_index x JOIN pg_attribute a
+                     ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0]
+                    WHERE x.indrelid = events AND a.attname = canonical_column) THEN
+        EXECUTE format('CREATE INDEX ON %s (%I)', events, canonical_column);
+    END IF;
+    INSERT INTO identity_merge.attachments (events, project_id, distinct_id_column, canonical_column)
+    VALUES (events, p.project_id, distinct_id_column, canonical_column)
+    ON CONFLICT ON CONSTRAINT attachments_pkey DO UPDATE
+       SET project_id = EXCLUDED.project_id, distinct_id_column = EXCLUDED.distinct_id_column,
+           canonical_column = EXCLUDED.canonical_column, attached_at = now();
+END $$;
+
+CREATE FUNCTION mp_detach(events regclass) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    EXECUTE format('DROP TRIGGER IF EXISTS identity_merge_stamp ON %s', events);
+    DELETE FROM identity_merge.attachments a WHERE a.events = mp_detach.events;
+END $$;
+
+-- Brings stamped rows up to date after later merges. A stamp is stale exactly when it is a
+-- canonical that a join absorbed (merge_log.absorbed_canonical): once absorbed, an id is never
+-- canonical again. Each such stamp is replaced by what it resolves to now, through the index on
+-- the canonical column, so the cost follows the stale rows and the merges, not the table size.
+CREATE FUNCTION mp_restamp(events regclass) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a identity_merge.attachments;
+    n bigint;
+BEGIN
+    SELECT * INTO a FROM identity_merge.attachments x WHERE x.events = mp_restamp.events;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table % is not attached to identity_merge', events USING ERRCODE = '55000',
+            HINT = 'Attach it with mp_attach first.';
+    END IF;
+    EXECUTE format(
+        'UPDATE %1$s e SET %2$I = i.canonical_id '
+        'FROM (SELECT DISTINCT l.absorbed_canonical AS stale FROM identity_merge.merge_log l '
+        '       WHERE l.project_id OPERATOR(pg_catalog.=) $1) d '
+        'JOIN identity_merge.identities i ON i.project_id OPERATOR(pg_catalog.=) $1 '
+        '                               AND i.distinct_id OPERATOR(pg_catalog.=) d.stale '
+        'WHERE e.%2$I OPERATOR(pg_catalog.=) d.stale '
+        '  AND e.%2$I OPERATOR(pg_catalog.<>) i.canonical_id',
+        events, a.canonical_column) USING a.project_id;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;

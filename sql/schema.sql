@@ -1,0 +1,172 @@
+-- identity_merge: state tables, indexes and the internal write function.
+-- Loaded first by CREATE EXTENSION (extension_sql_file!, bootstrap). Everything lives in schema
+-- identity_merge; every table is registered with pg_extension_config_dump so pg_dump keeps its rows.
+
+CREATE SCHEMA identity_merge;
+COMMENT ON SCHEMA identity_merge IS 'identity_merge state: projects, identity clusters, merge log, rejections';
+REVOKE ALL ON SCHEMA identity_merge FROM PUBLIC;
+
+-- One row per Mixpanel project (token). Settings the identity rules read live here.
+CREATE TABLE identity_merge.projects (
+    project_id       serial PRIMARY KEY,
+    token            text NOT NULL UNIQUE
+                     CHECK (token <> '' AND length(token) <= 255),
+    mode             text NOT NULL DEFAULT 'original'
+                     CHECK (mode IN ('original', 'simplified')),
+    max_cluster_size integer NOT NULL DEFAULT 500 CHECK (max_cluster_size >= 2),
+    anon_id_format   text NOT NULL DEFAULT 'uuid' CHECK (anon_id_format IN ('uuid', 'any')),
+    blocked_ids      text[] NOT NULL DEFAULT ARRAY[
+        '00000000-0000-0000-0000-000000000000', 'anon', 'anonymous', 'nil', 'none', 'null',
+        'n/a', 'na', 'undefined', 'unknown', '<nil>', '0', '-1', 'true', 'false', '[]', '{}',
+        '[object object]', 'nan', 'guest', 'distinctid', 'distinct_id', 'not_authenticated'],
+    created_at       timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE identity_merge.projects IS 'Projects (Mixpanel tokens), their ID Merge mode and rule settings';
+
+-- Each known id and the canonical distinct_id of its cluster. The canonical is stored on every
+-- id so that resolving is one index probe (the primary key covers canonical_id).
+CREATE TABLE identity_merge.identities (
+    project_id   integer NOT NULL,
+    distinct_id  text NOT NULL,
+    canonical_id text NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (project_id, distinct_id) INCLUDE (canonical_id)
+);
+CREATE INDEX identities_cluster_idx ON identity_merge.identities (project_id, canonical_id);
+COMMENT ON TABLE identity_merge.identities IS 'Every id seen by an identity operation, with its cluster''s canonical id';
+
+-- One row per cluster, keyed by its canonical id.
+CREATE TABLE identity_merge.clusters (
+    project_id   integer NOT NULL,
+    canonical_id text NOT NULL,
+    size         integer NOT NULL CHECK (size >= 1),
+    identified   boolean NOT NULL DEFAULT false,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (project_id, canonical_id)
+);
+COMMENT ON TABLE identity_merge.clusters IS 'Identity clusters: canonical id, size, whether an identified id is in it';
+
+-- One row per join of two clusters, in commit-independent order of seq. absorbed_canonical is the
+-- canonical that stopped being one: rows stamped with it are the stale ones mp_restamp fixes.
+CREATE TABLE identity_merge.merge_log (
+    seq                bigserial PRIMARY KEY,
+    project_id         integer NOT NULL,
+    operation          text NOT NULL,
+    id_a               text NOT NULL,
+    id_b               text NOT NULL,
+    kept_canonical     text NOT NULL,
+    absorbed_canonical text NOT NULL,
+    moved_ids          integer NOT NULL,
+    merged_at          timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX merge_log_absorbed_idx ON identity_merge.merge_log (project_id, absorbed_canonical);
+COMMENT ON TABLE identity_merge.merge_log IS 'Every join of two clusters, replayable in seq order';
+
+-- Identity events the ingest path (trigger, JSON functions) refused or ignored.
+CREATE TABLE identity_merge.rejections (
+    rejection_id bigserial PRIMARY KEY,
+    project_id   integer,
+    reason_code  text NOT NULL,
+    message      text NOT NULL,
+    operation    text,
+    id_a         text,
+    id_b         text,
+    source_table regclass,
+    source_row   jsonb,
+    rejected_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX rejections_project_idx ON identity_merge.rejections (project_id, rejected_at);
+COMMENT ON TABLE identity_merge.rejections IS 'Refused identity events from the ingest path, with their reason code and row';
+
+-- Event tables with the stamping trigger (mp_attach).
+CREATE TABLE identity_merge.attachments (
+    events             regclass PRIMARY KEY,
+    project_id         integer NOT NULL REFERENCES identity_merge.projects,
+    distinct_id_column name NOT NULL,
+    canonical_column   name NOT NULL,
+    attached_at        timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE identity_merge.attachments IS 'Event tables stamped by identity_merge.stamp_event';
+
+-- The default project. Its row is dumped like any other; on restore the upsert trigger below turns
+-- the restored row into an update of the row CREATE EXTENSION made, so changed settings survive.
+INSERT INTO identity_merge.projects (project_id, token) VALUES (1, 'default');
+SELECT setval('identity_merge.projects_project_id_seq', 1);
+
+CREATE FUNCTION identity_merge._projects_restore_upsert() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NEW.token = 'default' AND EXISTS (SELECT 1 FROM identity_merge.projects WHERE token = 'default') THEN
+        UPDATE identity_merge.projects
+           SET mode = NEW.mode, max_cluster_size = NEW.max_cluster_size,
+               anon_id_format = NEW.anon_id_format, blocked_ids = NEW.blocked_ids,
+               created_at = NEW.created_at
+         WHERE token = 'default';
+        RETURN NULL;
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER projects_restore_upsert BEFORE INSERT ON identity_merge.projects
+    FOR EACH ROW EXECUTE FUNCTION identity_merge._projects_restore_upsert();
+
+SELECT pg_catalog.pg_extension_config_dump('identity_merge.projects', '');
+SELECT pg_catalog.pg_extension_config_dump('identity_merge.projects_project_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('identity_merge.identities', '');
+SELECT pg_catalog.pg_extension_config_dump('identity_merge.clusters', '');
+SELECT pg_catalog.pg_extension_config_dump('identity_merge.merge_log', '');
+SELECT pg_catalog.pg_extension_config_dump('identity_merge.merge_log_seq_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('identity_merge.rejections', '');
+SELECT pg_catalog.pg_extension_config_dump('identity_merge.rejections_rejection_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('identity_merge.attachments', '');
+
+-- Writes one join decided by the Rust rules (rules::decide): the caller holds the advisory locks
+-- of both clusters. Re-points the absorbed cluster's ids, adds new ids, updates the kept cluster,
+-- drops the absorbed one and logs the join. Returns how many ids changed canonical.
+CREATE FUNCTION identity_merge._join(
+    p_project integer, p_op text, p_id_a text, p_id_b text,
+    p_kept text, p_kept_exists boolean, p_absorbed text, p_absorbed_exists boolean,
+    p_size integer, p_identified boolean) RETURNS integer
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    moved integer := 0;
+BEGIN
+    IF p_absorbed_exists THEN
+        UPDATE identity_merge.identities SET canonical_id = p_kept
+         WHERE project_id = p_project AND canonical_id = p_absorbed;
+        GET DIAGNOSTICS moved = ROW_COUNT;
+        DELETE FROM identity_merge.clusters WHERE project_id = p_project AND canonical_id = p_absorbed;
+    ELSE
+        INSERT INTO identity_merge.identities (project_id, distinct_id, canonical_id)
+        VALUES (p_project, p_absorbed, p_kept);
+        moved := 1;
+    END IF;
+    IF p_kept_exists THEN
+        UPDATE identity_merge.clusters SET size = p_size, identified = p_identified, updated_at = now()
+         WHERE project_id = p_project AND canonical_id = p_kept;
+    ELSE
+        INSERT INTO identity_merge.identities (project_id, distinct_id, canonical_id)
+        VALUES (p_project, p_kept, p_kept);
+        INSERT INTO identity_merge.clusters (project_id, canonical_id, size, identified)
+        VALUES (p_project, p_kept, p_size, p_identified);
+    END IF;
+    INSERT INTO identity_merge.merge_log
+        (project_id, operation, id_a, id_b, kept_canonical, absorbed_canonical, moved_ids)
+    VALUES (p_project, p_op, p_id_a, p_id_b, p_kept, p_absorbed, moved);
+    RETURN moved;
+END $$;
+REVOKE ALL ON FUNCTION identity_merge._join(integer, text, text, text, text, boolean, text, boolean, integer, boolean) FROM PUBLIC;
+
+-- The project row for a token, or 42704.
+CREATE FUNCTION identity_merge._project(p_token text) RETURNS identity_merge.projects
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r identity_merge.projects;
+BEGIN
+    SELECT * INTO r FROM identity_merge.projects WHERE token = p_token;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown project token %', quote_literal(coalesce(p_token, 'NULL'))
+            USING ERRCODE = '42704', HINT = 'Create it with mp_create_project(token, mode).';
+    END IF;
+    RETURN r;
+END $$;

@@ -1,0 +1,69 @@
+//! The SQL functions of CONTRACT.md that need the Rust rules: `mp_identify`, `mp_alias`,
+//! `mp_merge` (both forms) and `mp_resolve`. Thin: look up the project, refuse the wrong
+//! mode, hand over to `store::apply`, raise errors through `error::raise`. The functions that
+//! are plain SQL (projects, mp_cluster, mp_attach, mp_restamp...) are in sql/api.sql.
+
+use pgrx::prelude::*;
+
+use crate::error::{IdentityError, OrRaise};
+use crate::rules::Op;
+use crate::store::{self, Mode};
+
+fn run(op: Op, a: Option<&str>, b: Option<&str>, project: Option<&str>) -> String {
+    let project = store::project(project).or_raise();
+    if project.mode == Mode::Simplified {
+        let name = match op {
+            Op::Identify => "mp_identify",
+            Op::Alias => "mp_alias",
+            Op::Merge => "mp_merge",
+        };
+        crate::error::raise(IdentityError::WrongMode { op: name, token: project.token });
+    }
+    store::apply(&project, op, a, b).or_raise()
+}
+
+/// `$identify`: joins anon_id's cluster to identified_id's; returns the canonical id.
+#[pg_extern(volatile, parallel_unsafe)]
+fn mp_identify(
+    identified_id: Option<&str>,
+    anon_id: Option<&str>,
+    project: default!(Option<&str>, "'default'"),
+) -> String {
+    run(Op::Identify, identified_id, anon_id, project)
+}
+
+/// `$create_alias`: alias joins distinct_id's cluster; returns the canonical id.
+#[pg_extern(volatile, parallel_unsafe)]
+fn mp_alias(alias: Option<&str>, distinct_id: Option<&str>, project: default!(Option<&str>, "'default'")) -> String {
+    run(Op::Alias, alias, distinct_id, project)
+}
+
+/// `$merge`: joins the two clusters whatever they hold; returns the canonical id.
+#[pg_extern(volatile, parallel_unsafe)]
+fn mp_merge(
+    distinct_id_a: Option<&str>,
+    distinct_id_b: Option<&str>,
+    project: default!(Option<&str>, "'default'"),
+) -> String {
+    run(Op::Merge, distinct_id_a, distinct_id_b, project)
+}
+
+/// `$merge` with `$distinct_ids` as an array of exactly two ids.
+#[pg_extern(volatile, parallel_unsafe, name = "mp_merge")]
+fn mp_merge_array(distinct_ids: Option<Vec<Option<String>>>, project: default!(Option<&str>, "'default'")) -> String {
+    let ids = distinct_ids.ok_or(IdentityError::NullId { field: "distinct_ids" }).or_raise();
+    if ids.len() != 2 {
+        crate::error::raise(IdentityError::InvalidArgument {
+            what: "distinct_ids (it must hold exactly 2 ids; its length is shown)",
+            value: ids.len().to_string(),
+            hint: "Pass ARRAY[id_a, id_b], as $distinct_ids of the $merge event.",
+        });
+    }
+    run(Op::Merge, ids[0].as_deref(), ids[1].as_deref(), project)
+}
+
+/// The canonical distinct_id of an id; an id never seen resolves to itself.
+#[pg_extern(stable, strict, parallel_safe)]
+fn mp_resolve(distinct_id: &str, project: default!(&str, "'default'")) -> String {
+    store::resolve(project, distinct_id).or_raise()
+}

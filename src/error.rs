@@ -1,0 +1,270 @@
+//! The one error type of the extension and its mapping to PostgreSQL errors. The enum and its
+//! texts are plain Rust (unit-tested); `raise` is the single place that turns one into an
+//! `ereport` with its SQLSTATE, message and hint. The ingest path records the same
+//! `reason code` and message in `identity_merge.rejections` instead of raising.
+
+use crate::rules::Op;
+
+/// Mixpanel's refusal reason codes, plus the codes this extension adds for bad input and
+/// Simplified ID Merge (documented in docs/errors.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    SameIds,
+    AnonNonGuid,
+    AnonAssigned,
+    AliasExists,
+    ManyIds,
+    NullId,
+    InvalidId,
+    DeviceLinked,
+    UserIdIsDevice,
+    IgnoredInSimplified,
+    MalformedEvent,
+}
+
+impl Reason {
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::SameIds => "errSameIDs",
+            Reason::AnonNonGuid => "errAnonDistinctIdNonGUIDForm",
+            Reason::AnonAssigned => "errAnonDistinctIdAssignedAlready",
+            Reason::AliasExists => "errAliasAlreadyExists",
+            Reason::ManyIds => "errManyIDs",
+            Reason::NullId => "errNullID",
+            Reason::InvalidId => "errInvalidID",
+            Reason::DeviceLinked => "errDeviceLinkedToOtherUser",
+            Reason::UserIdIsDevice => "errUserIdIsDevice",
+            Reason::IgnoredInSimplified => "errIgnoredInSimplified",
+            Reason::MalformedEvent => "errMalformedEvent",
+        }
+    }
+}
+
+/// Why an id is not a valid id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BadIdKind {
+    Empty,
+    Whitespace,
+    TooLong,
+    Nul,
+    Blocked,
+}
+
+impl BadIdKind {
+    fn describe(self) -> &'static str {
+        match self {
+            BadIdKind::Empty => "is empty",
+            BadIdKind::Whitespace => "is only whitespace",
+            BadIdKind::TooLong => "is longer than 255 characters",
+            BadIdKind::Nul => "contains a NUL character",
+            BadIdKind::Blocked => "is on the project's list of blocked ids",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdentityError {
+    NullId { field: &'static str },
+    InvalidId { field: &'static str, value: String, kind: BadIdKind },
+    Refused { reason: Reason, op: Op, a: String, b: String },
+    ManyIds { op: Op, a: String, b: String, size: i64, limit: i64 },
+    UnknownProject { token: String },
+    ProjectExists { token: String },
+    ProjectHasData { token: String },
+    WrongMode { op: &'static str, token: String },
+    InvalidArgument { what: &'static str, value: String, hint: &'static str },
+    /// An identity event (row or JSON body) whose fields are missing or of the wrong type.
+    MalformedEvent { field: String, problem: String },
+    /// Concurrent writers kept moving the clusters under us; safe to retry the transaction.
+    Contention { op: Op, a: String, b: String },
+}
+
+/// Shortens a value for a message: ids may be 255 characters, junk may be longer.
+fn show(v: &str) -> String {
+    let mut s: String = v.chars().take(80).collect();
+    if v.chars().count() > 80 {
+        s.push('…');
+    }
+    format!("{s:?}")
+}
+
+impl IdentityError {
+    pub fn refused(reason: Reason, op: Op, a: &str, b: &str) -> Self {
+        IdentityError::Refused { reason, op, a: a.to_string(), b: b.to_string() }
+    }
+
+    /// The reason code recorded in rejections and quoted in messages, where there is one.
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            IdentityError::NullId { .. } => Some(Reason::NullId),
+            IdentityError::InvalidId { .. } => Some(Reason::InvalidId),
+            IdentityError::Refused { reason, .. } => Some(*reason),
+            IdentityError::ManyIds { .. } => Some(Reason::ManyIds),
+            IdentityError::MalformedEvent { .. } => Some(Reason::MalformedEvent),
+            _ => None,
+        }
+    }
+
+    /// The five-character SQLSTATE.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            IdentityError::NullId { .. } => "22004",
+            IdentityError::InvalidId { .. }
+            | IdentityError::InvalidArgument { .. }
+            | IdentityError::MalformedEvent { .. } => "22023",
+            IdentityError::Refused { .. } | IdentityError::ProjectHasData { .. } => "55000",
+            IdentityError::ManyIds { .. } => "54000",
+            IdentityError::UnknownProject { .. } => "42704",
+            IdentityError::ProjectExists { .. } => "42710",
+            IdentityError::WrongMode { .. } => "0A000",
+            IdentityError::Contention { .. } => "40001",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            IdentityError::NullId { field } => format!("errNullID: {field} is NULL"),
+            IdentityError::InvalidId { field, value, kind } => {
+                format!("errInvalidID: {field} {} {}", show(value), kind.describe())
+            }
+            IdentityError::Refused { reason, op, a, b } => {
+                let (fa, fb) = op.fields();
+                let what = match reason {
+                    Reason::SameIds => "are the same id",
+                    Reason::AnonNonGuid => "refused: anon_id is not a UUID v4 (optionally prefixed \"$device:\")",
+                    Reason::AnonAssigned => {
+                        "refused: anon_id is already merged into a cluster with another identified id"
+                    }
+                    Reason::AliasExists => "refused: alias already belongs to a different cluster",
+                    Reason::DeviceLinked => "refused: the device is already linked to another user",
+                    Reason::UserIdIsDevice => "refused: a $user_id may not start with \"$device:\"",
+                    _ => "refused",
+                };
+                format!("{}: {} {fa} {} and {fb} {} {what}", reason.code(), op.as_str(), show(a), show(b))
+            }
+            IdentityError::ManyIds { op, a, b, size, limit } => {
+                let (fa, fb) = op.fields();
+                format!(
+                    "errManyIDs: {} {fa} {} and {fb} {} would make a cluster of {size} ids, over the limit of {limit}",
+                    op.as_str(),
+                    show(a),
+                    show(b)
+                )
+            }
+            IdentityError::UnknownProject { token } => format!("unknown project token {}", show(token)),
+            IdentityError::ProjectExists { token } => format!("project {} already exists", show(token)),
+            IdentityError::ProjectHasData { token } => {
+                format!("project {} already holds identities; its mode can no longer change", show(token))
+            }
+            IdentityError::WrongMode { op, token } => {
+                format!("{op} is not available in project {}, which uses Simplified ID Merge", show(token))
+            }
+            IdentityError::InvalidArgument { what, value, .. } => format!("invalid {what}: {}", show(value)),
+            IdentityError::MalformedEvent { field, problem } => format!("errMalformedEvent: {field} {problem}"),
+            IdentityError::Contention { op, a, b } => {
+                format!("{} of {} and {} kept conflicting with concurrent merges", op.as_str(), show(a), show(b))
+            }
+        }
+    }
+
+    pub fn hint(&self) -> String {
+        match self {
+            IdentityError::NullId { .. } => "Pass a non-NULL distinct_id.".into(),
+            IdentityError::InvalidId { kind: BadIdKind::Blocked, .. } => {
+                "Placeholder values are never identities; send the real id. The list is identity_merge.projects.blocked_ids.".into()
+            }
+            IdentityError::InvalidId { .. } => "An id is 1 to 255 characters of text, not blank, without NUL.".into(),
+            IdentityError::Refused { reason: Reason::SameIds, .. } => "The two ids must differ.".into(),
+            IdentityError::Refused { reason: Reason::AnonNonGuid, .. } => {
+                "Send the SDK's UUID v4 device id, or SET identity_merge.anon_id_format = 'any'.".into()
+            }
+            IdentityError::Refused { reason: Reason::AnonAssigned, .. } => {
+                "This anon id already belongs to another user; use mp_merge to join two identified users deliberately.".into()
+            }
+            IdentityError::Refused { reason: Reason::AliasExists, .. } => {
+                "An alias may be used once; mp_merge joins two existing clusters.".into()
+            }
+            IdentityError::Refused { reason: Reason::DeviceLinked, .. } => {
+                "In Simplified ID Merge a device links to its first user only.".into()
+            }
+            IdentityError::Refused { .. } => "See docs/errors.md for this reason code.".into(),
+            IdentityError::ManyIds { .. } => {
+                "A cluster holds at most max_cluster_size ids (see mp_project_settings); this join was not made.".into()
+            }
+            IdentityError::UnknownProject { .. } => "Create it with mp_create_project(token, mode).".into(),
+            IdentityError::ProjectExists { .. } => "Pick another token or use the existing project.".into(),
+            IdentityError::ProjectHasData { .. } => "Create a new project for the other mode.".into(),
+            IdentityError::WrongMode { .. } => {
+                "Simplified projects link ids through $device_id and $user_id on events.".into()
+            }
+            IdentityError::InvalidArgument { hint, .. } => (*hint).into(),
+            IdentityError::MalformedEvent { .. } => {
+                "Identity events carry their ids as strings (numbers are accepted) in the fields the Mixpanel API names.".into()
+            }
+            IdentityError::Contention { .. } => "Retry the transaction.".into(),
+        }
+    }
+}
+
+impl std::fmt::Display for IdentityError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message())
+    }
+}
+
+impl std::error::Error for IdentityError {}
+
+/// Raises the error as a PostgreSQL ERROR. The one place SQLSTATEs are chosen.
+pub fn raise(err: IdentityError) -> ! {
+    use pgrx::PgSqlErrorCode as C;
+    let code = match err.sqlstate() {
+        "22004" => C::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+        "22023" => C::ERRCODE_INVALID_PARAMETER_VALUE,
+        "55000" => C::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        "54000" => C::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+        "42704" => C::ERRCODE_UNDEFINED_OBJECT,
+        "42710" => C::ERRCODE_DUPLICATE_OBJECT,
+        "0A000" => C::ERRCODE_FEATURE_NOT_SUPPORTED,
+        "40001" => C::ERRCODE_T_R_SERIALIZATION_FAILURE,
+        _ => C::ERRCODE_INTERNAL_ERROR,
+    };
+    pgrx::ereport!(pgrx::PgLogLevel::ERROR, code, err.message(), err.hint());
+    unreachable!()
+}
+
+/// Unwraps or raises.
+pub trait OrRaise<T> {
+    fn or_raise(self) -> T;
+}
+
+impl<T> OrRaise<T> for Result<T, IdentityError> {
+    fn or_raise(self) -> T {
+        match self {
+            Ok(v) => v,
+            Err(e) => raise(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_value_and_reason() {
+        let e = IdentityError::refused(Reason::AnonAssigned, Op::Identify, "U2", "abc");
+        assert!(e.message().starts_with("errAnonDistinctIdAssignedAlready:"));
+        assert!(e.message().contains("\"U2\"") && e.message().contains("\"abc\""));
+        assert_eq!(e.sqlstate(), "55000");
+        let e = IdentityError::InvalidId { field: "alias", value: "null".into(), kind: BadIdKind::Blocked };
+        assert_eq!(e.sqlstate(), "22023");
+        assert!(e.message().contains("\"null\"") && e.message().contains("blocked"));
+        assert!(!e.hint().is_empty());
+    }
+
+    #[test]
+    fn long_values_are_shortened() {
+        let e = IdentityError::InvalidId { field: "x", value: "y".repeat(1000), kind: BadIdKind::TooLong };
+        assert!(e.message().len() < 200);
+    }
+}

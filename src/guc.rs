@@ -1,0 +1,31 @@
+//! Settings named `identity_merge.*` (GUCs), registered when the library loads.
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::PostgresGucEnum;
+
+/// `identity_merge.anon_id_format`: how `$identify` checks `$anon_id`.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum AnonIdFormatGuc {
+    /// UUID v4, optionally prefixed `$device:` (Mixpanel's rule).
+    Uuid,
+    /// Any valid id.
+    Any,
+}
+
+pub static ANON_ID_FORMAT: GucSetting<AnonIdFormatGuc> = GucSetting::<AnonIdFormatGuc>::new(AnonIdFormatGuc::Uuid);
+
+pub fn init() {
+    GucRegistry::define_enum_guc(
+        c"identity_merge.anon_id_format",
+        c"How $identify checks $anon_id: 'uuid' (UUID v4, optionally $device:-prefixed) or 'any'.",
+        c"'any' lifts Mixpanel's UUID v4 rule for anon ids (errAnonDistinctIdNonGUIDForm) in every project; \
+a project can also lift it for itself with mp_set_project_setting(token, 'anon_id_format', 'any').",
+        &ANON_ID_FORMAT,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+}
+
+pub fn anon_id_format_any() -> bool {
+    ANON_ID_FORMAT.get() == AnonIdFormatGuc::Any
+}

@@ -1,0 +1,43 @@
+//! identity_merge: Mixpanel's ID Merge inside PostgreSQL.
+//!
+//! Modules, one concern each:
+//! - `rules`: the identity rules (validation, refusals, canonical choice, size limit), pure Rust.
+//! - `error`: the one error enum and its mapping to SQLSTATEs.
+//! - `ingest`: reading identity events out of JSON payloads, pure Rust.
+//! - `store`: SPI access with kept plans, and the locking protocol of a join.
+//! - `api`: the Rust-backed SQL functions; `trigger`: the stamping trigger; `guc`: settings.
+//! SQL objects live in `sql/schema.sql` (tables) and `sql/api.sql` (plain SQL functions).
+
+use pgrx::prelude::*;
+
+pub mod error;
+pub mod ingest;
+pub mod rules;
+
+mod api;
+mod guc;
+mod store;
+mod trigger;
+
+::pgrx::pg_module_magic!();
+
+extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!("../sql/api.sql", name = "api", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    guc::init();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+mod pg_tests;
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

@@ -1,0 +1,589 @@
+//! Tests against a real PostgreSQL started by pgrx-tests: the doc flows, every refusal and bad
+//! input of the contract, the trigger (VALUES, INSERT ... SELECT, COPY), mp_restamp, and
+//! (plain #[test]s driving several connections) concurrency.
+
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    const A1: &str = "3f1b2b8e-6f5c-4a7e-9d2b-1c2d3e4f5a6b";
+    const A2: &str = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
+
+    fn one(sql: &str) -> Option<String> {
+        Spi::get_one::<String>(sql).expect(sql)
+    }
+
+    fn run(sql: &str) {
+        Spi::run(sql).expect(sql)
+    }
+
+    /// Runs `sql`, returning "ok" or "SQLSTATE message" of the error it raised.
+    fn err(sql: &str) -> String {
+        run("CREATE OR REPLACE FUNCTION pg_temp.im_try(q text) RETURNS text LANGUAGE plpgsql AS $$ \
+             BEGIN EXECUTE q; RETURN 'ok'; \
+             EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE || ' ' || SQLERRM; END $$");
+        Spi::get_one_with_args::<String>("SELECT pg_temp.im_try($1)", &[sql.into()]).unwrap().unwrap()
+    }
+
+    /// A fingerprint of all identity state, to prove that a refusal changed nothing.
+    fn state() -> String {
+        one("SELECT (SELECT md5(coalesce(string_agg(format('%s|%s|%s', project_id, distinct_id, canonical_id), ',' \
+                ORDER BY project_id, distinct_id), '')) FROM identity_merge.identities WHERE project_id <> ALL (SELECT project_id FROM identity_merge.projects WHERE token IN ('conc2', 'cross'))) || \
+                (SELECT md5(coalesce(string_agg(format('%s|%s|%s|%s', project_id, canonical_id, size, identified), ',' \
+                ORDER BY project_id, canonical_id), '')) FROM identity_merge.clusters WHERE project_id <> ALL (SELECT project_id FROM identity_merge.projects WHERE token IN ('conc2', 'cross'))) || \
+                (SELECT count(*) FROM identity_merge.merge_log WHERE project_id <> ALL (SELECT project_id FROM identity_merge.projects WHERE token IN ('conc2', 'cross')))::text")
+        .unwrap()
+    }
+
+    fn resolve(id: &str) -> String {
+        Spi::get_one_with_args::<String>("SELECT mp_resolve($1)", &[id.into()]).unwrap().unwrap()
+    }
+
+    /// Checks the structural invariants of the default project.
+    fn assert_consistent() {
+        let bad = Spi::get_one::<i64>(
+            "SELECT count(*) FROM identity_merge.clusters c WHERE c.project_id = 1 AND c.size <> \
+               (SELECT count(*) FROM identity_merge.identities i WHERE i.project_id = c.project_id AND i.canonical_id = c.canonical_id) \
+               OR NOT EXISTS (SELECT 1 FROM identity_merge.identities i WHERE i.project_id = c.project_id \
+                              AND i.distinct_id = c.canonical_id AND i.canonical_id = c.canonical_id)",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(bad, 0, "cluster sizes or canonical membership disagree");
+        let orphans = Spi::get_one::<i64>(
+            "SELECT count(*) FROM identity_merge.identities i WHERE NOT EXISTS \
+             (SELECT 1 FROM identity_merge.clusters c WHERE c.project_id = i.project_id AND c.canonical_id = i.canonical_id)",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(orphans, 0, "ids pointing at no cluster");
+    }
+
+    #[pg_test]
+    fn smoke() {
+        assert_eq!(one("SELECT mp_resolve('never-seen')").as_deref(), Some("never-seen"));
+    }
+
+    // ---- The doc flows of 002_f06f188177ad2724.txt, through the functions ----
+
+    #[pg_test]
+    fn flow_new_user_signup_functions() {
+        assert_eq!(resolve(A1), A1, "anonymous events carry the device id");
+        assert_eq!(one(&format!("SELECT mp_identify('U1', '{A1}')")).as_deref(), Some("U1"));
+        assert_eq!(resolve(A1), "U1", "earlier anonymous id now resolves to the user");
+        assert_eq!(resolve("U1"), "U1");
+        let members: Vec<String> = Spi::connect(|c| {
+            c.select("SELECT mp_cluster('U1')", None, &[]).unwrap().map(|r| r.get::<String>(1).unwrap().unwrap()).collect()
+        });
+        assert_eq!(members, vec![A1.to_string(), "U1".to_string()]);
+        assert_consistent();
+    }
+
+    #[pg_test]
+    fn flow_returning_user_functions() {
+        run(&format!("SELECT mp_identify('U1', '{A1}')"));
+        assert_eq!(resolve(A2), A2, "new device, not logged in");
+        assert_eq!(one(&format!("SELECT mp_identify('U1', '{A2}')")).as_deref(), Some("U1"));
+        assert_eq!(resolve(A1), "U1");
+        assert_eq!(resolve(A2), "U1");
+        assert_eq!(Spi::get_one::<i32>("SELECT size FROM identity_merge.clusters WHERE canonical_id = 'U1'").unwrap(), Some(3));
+        assert_consistent();
+    }
+
+    #[pg_test]
+    fn flow_multiple_users_one_device_functions() {
+        run(&format!("SELECT mp_identify('U1', '{A1}')"));
+        run(&format!("SELECT mp_identify('U2', '{A2}')"));
+        assert_eq!(resolve(A1), "U1");
+        assert_eq!(resolve(A2), "U2");
+        // the first device cannot be taken over by the second user
+        let before = state();
+        let e = err(&format!("SELECT mp_identify('U2', '{A1}')"));
+        assert!(e.starts_with("55000 errAnonDistinctIdAssignedAlready"), "{e}");
+        assert_eq!(state(), before);
+    }
+
+    // ---- The same flows as event rows in an attached table ----
+
+    fn make_events() {
+        run("SET LOCAL identity_merge.anon_id_format = 'any'");
+        run("CREATE TABLE ev (n int, distinct_id text, event text, properties jsonb, canonical_id text)");
+        run("SELECT mp_attach('ev')");
+    }
+
+    fn stamps() -> Vec<String> {
+        Spi::connect(|c| {
+            c.select("SELECT canonical_id FROM ev ORDER BY n", None, &[])
+                .unwrap()
+                .map(|r| r.get::<String>(1).unwrap().unwrap_or_default())
+                .collect()
+        })
+    }
+
+    fn identify_row(n: i32, user: &str, device: &str) -> String {
+        format!(
+            "INSERT INTO ev VALUES ({n}, '{user}', '$identify', '{{\"$identified_id\": \"{user}\", \"$anon_id\": \"$device:{device}\"}}')"
+        )
+    }
+
+    fn page(n: i32, device: &str) -> String {
+        format!("INSERT INTO ev VALUES ({n}, '$device:{device}', 'Page View', '{{}}')")
+    }
+
+    #[pg_test]
+    fn flow_new_user_signup_rows() {
+        make_events();
+        run(&page(1, "D1"));
+        run(&page(2, "D1"));
+        assert_eq!(stamps(), ["$device:D1", "$device:D1"]);
+        run(&identify_row(3, "U1", "D1"));
+        assert_eq!(stamps(), ["$device:D1", "$device:D1", "U1"]);
+        assert_eq!(Spi::get_one::<i64>("SELECT mp_restamp('ev')").unwrap(), Some(2));
+        assert_eq!(stamps(), ["U1", "U1", "U1"]);
+        assert_eq!(Spi::get_one::<i64>("SELECT mp_restamp('ev')").unwrap(), Some(0), "second restamp finds nothing");
+        // the distinct_id as sent is kept
+        assert_eq!(one("SELECT string_agg(distinct_id, ',' ORDER BY n) FROM ev").as_deref(), Some("$device:D1,$device:D1,U1"));
+    }
+
+    #[pg_test]
+    fn flow_returning_user_rows() {
+        make_events();
+        run(&page(1, "D1"));
+        run(&page(2, "D1"));
+        run(&identify_row(3, "U1", "D1"));
+        run(&page(4, "D2"));
+        run(&page(5, "D2"));
+        assert_eq!(stamps()[3..], ["$device:D2", "$device:D2"]);
+        run(&identify_row(6, "U1", "D2"));
+        assert_eq!(Spi::get_one::<i64>("SELECT mp_restamp('ev')").unwrap(), Some(4));
+        assert_eq!(stamps(), ["U1"; 6]);
+    }
+
+    #[pg_test]
+    fn flow_multiple_users_one_device_rows() {
+        make_events();
+        run(&page(1, "D1"));
+        run(&identify_row(2, "U1", "D1"));
+        run(&page(3, "D2"));
+        run(&page(4, "D2"));
+        assert_eq!(stamps(), ["$device:D1", "U1", "$device:D2", "$device:D2"]);
+        run(&identify_row(5, "U2", "D2"));
+        run("SELECT mp_restamp('ev')");
+        assert_eq!(stamps(), ["U1", "U1", "U2", "U2", "U2"]);
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM identity_merge.rejections").unwrap(), Some(0));
+    }
+
+    #[pg_test]
+    fn trigger_applies_identity_rows_in_row_order_in_one_statement() {
+        make_events();
+        // one INSERT ... SELECT: page views, the identify, then more page views of the device
+        run("INSERT INTO ev SELECT * FROM (VALUES \
+             (1, '$device:D1', 'Page View', '{}'::jsonb), \
+             (2, 'U1', '$identify', '{\"$identified_id\": \"U1\", \"$anon_id\": \"$device:D1\"}'), \
+             (3, '$device:D1', 'Page View', '{}'), \
+             (4, 'X', '$create_alias', '{\"alias\": \"X\", \"distinct_id\": \"U1\"}'), \
+             (5, 'X', 'Page View', '{}'), \
+             (6, 'M', '$merge', '{\"$distinct_ids\": [\"M\", \"U1\"]}'), \
+             (7, 'U1', 'Page View', '{}')) v ORDER BY 1");
+        assert_eq!(stamps(), ["$device:D1", "U1", "U1", "U1", "U1", "M", "M"]);
+        run("SELECT mp_restamp('ev')");
+        assert_eq!(stamps(), ["M"; 7]);
+    }
+
+    #[pg_test]
+    fn trigger_copy_stamps_rows() {
+        make_events();
+        run(&format!("SELECT mp_identify('U1', '$device:D1')"));
+        run("COPY (SELECT n, '$device:D' || (n % 2 + 1), 'Page View', '{}'::jsonb, NULL::text FROM generate_series(1, 10) n) \
+             TO '/tmp/identity_merge_copy_test.csv' CSV");
+        run("COPY ev FROM '/tmp/identity_merge_copy_test.csv' CSV");
+        assert_eq!(one("SELECT string_agg(canonical_id, ',' ORDER BY n) FROM ev WHERE n <= 4").as_deref(), Some("$device:D2,U1,$device:D2,U1"));
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM ev").unwrap(), Some(10));
+    }
+
+    #[pg_test]
+    fn trigger_records_refusals_and_keeps_the_row() {
+        run("CREATE TABLE ev (n int, distinct_id text, event text, properties jsonb, canonical_id text)");
+        run("SELECT mp_attach('ev')");
+        // anon id not a UUID (default format), equal ids, missing field, wrong type, blocked id
+        run("INSERT INTO ev VALUES \
+             (1, 'U1', '$identify', '{\"$identified_id\": \"U1\", \"$anon_id\": \"D1\"}'), \
+             (2, 'U1', '$identify', '{\"$identified_id\": \"U1\", \"$anon_id\": \"U1\"}'), \
+             (3, 'U1', '$identify', '{\"$identified_id\": \"U1\"}'), \
+             (4, 'U1', '$merge', '{\"$distinct_ids\": [\"U1\", true]}'), \
+             (5, 'U1', '$create_alias', '{\"alias\": \"undefined\", \"distinct_id\": \"U1\"}'), \
+             (6, 'U1', '$merge', '{\"$distinct_ids\": [\"U1\"]}')");
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM ev").unwrap(), Some(6), "no row lost");
+        assert_eq!(
+            one("SELECT string_agg(reason_code, ',' ORDER BY rejection_id) FROM identity_merge.rejections").as_deref(),
+            Some("errAnonDistinctIdNonGUIDForm,errSameIDs,errMalformedEvent,errMalformedEvent,errInvalidID,errMalformedEvent")
+        );
+        assert_eq!(
+            one("SELECT format('%s|%s|%s|%s', source_table, id_a, id_b, source_row->>'distinct_id') FROM identity_merge.rejections ORDER BY rejection_id LIMIT 1").as_deref(),
+            Some("ev|U1|D1|U1")
+        );
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM identity_merge.identities WHERE project_id = 1").unwrap(), Some(0));
+        assert_eq!(one("SELECT string_agg(DISTINCT canonical_id, ',') FROM ev").as_deref(), Some("U1"));
+    }
+
+    #[pg_test]
+    fn trigger_without_event_columns_only_stamps() {
+        run("CREATE TABLE plain_ev (user_key text, person text, payload int)");
+        run("SELECT mp_attach('plain_ev', 'default', 'user_key', 'person')");
+        run(&format!("SELECT mp_identify('U9', '{A1}')"));
+        run(&format!("INSERT INTO plain_ev VALUES ('{A1}', NULL, 1), (NULL, 'junk', 2), ('other', NULL, 3)"));
+        assert_eq!(one("SELECT string_agg(coalesce(person, '<null>'), ',' ORDER BY payload) FROM plain_ev").as_deref(), Some("U9,<null>,other"));
+        run("SELECT mp_detach('plain_ev')");
+        run("INSERT INTO plain_ev VALUES ('x', NULL, 4)");
+        assert_eq!(one("SELECT coalesce(person, '<null>') FROM plain_ev WHERE payload = 4").as_deref(), Some("<null>"));
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM identity_merge.attachments").unwrap(), Some(0));
+    }
+
+    #[pg_test]
+    fn attach_checks_its_arguments() {
+        run("CREATE TABLE t1 (distinct_id text, canonical_id int)");
+        assert!(err("SELECT mp_attach('t1')").starts_with("42804"), "canonical column must be text");
+        assert!(err("SELECT mp_attach('t1', 'default', 'nope')").starts_with("42703"));
+        assert!(err("SELECT mp_attach('t1', 'no-such-project')").starts_with("42704"));
+        assert!(err("SELECT mp_restamp('t1')").starts_with("55000"));
+    }
+
+    #[pg_test]
+    fn restamp_changes_only_stale_rows() {
+        make_events();
+        run("INSERT INTO ev SELECT n, 'd' || (n % 50), 'Page View', '{}' FROM generate_series(1, 1000) n");
+        run("SELECT mp_merge('d1', 'd2'), mp_merge('d1', 'd3'), mp_alias('d4', 'd1')");
+        // 20 rows each of d2, d3, d4 are stale; d1's 20 rows already say d1
+        assert_eq!(Spi::get_one::<i64>("SELECT mp_restamp('ev')").unwrap(), Some(60));
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM ev WHERE canonical_id IS DISTINCT FROM mp_resolve(distinct_id)").unwrap(), Some(0));
+        // a chain: the d1 cluster is absorbed later
+        run("SELECT mp_merge('d5', 'd1')");
+        assert_eq!(Spi::get_one::<i64>("SELECT mp_restamp('ev')").unwrap(), Some(80));
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM ev WHERE canonical_id IS DISTINCT FROM mp_resolve(distinct_id)").unwrap(), Some(0));
+        assert!(one("SELECT indexdef FROM pg_indexes WHERE tablename = 'ev'").unwrap().contains("canonical_id"));
+    }
+
+    // ---- Refusals and bad input: SQLSTATE, reason code, nothing changed ----
+
+    #[pg_test]
+    fn refusals_have_their_codes_and_change_nothing() {
+        run(&format!("SELECT mp_identify('U1', '{A1}')"));
+        run("SELECT mp_alias('AL', 'U1')");
+        let cases: Vec<(String, &str)> = vec![
+            ("SELECT mp_identify('U1', 'U1')".into(), "55000 errSameIDs"),
+            ("SELECT mp_alias('Q', 'Q')".into(), "55000 errSameIDs"),
+            ("SELECT mp_identify('U2', 'not-a-uuid')".into(), "55000 errAnonDistinctIdNonGUIDForm"),
+            // a version-1 uuid is not a v4
+            ("SELECT mp_identify('U2', '3f1b2b8e-6f5c-1a7e-9d2b-1c2d3e4f5a6b')".into(), "55000 errAnonDistinctIdNonGUIDForm"),
+            (format!("SELECT mp_identify('U2', '{A1}')"), "55000 errAnonDistinctIdAssignedAlready"),
+            (format!("SELECT mp_identify('U2', '$device:{A1}')"), "ok-new"), // a different id, not refused
+            ("SELECT mp_alias('AL', 'Other')".into(), "55000 errAliasAlreadyExists"),
+            ("SELECT mp_alias('U1', 'Other')".into(), "55000 errAliasAlreadyExists"),
+        ];
+        for (sql, want) in cases {
+            if want == "ok-new" {
+                continue;
+            }
+            let before = state();
+            let got = err(&sql);
+            assert!(got.starts_with(want), "{sql}: got {got}, want {want}");
+            assert_eq!(state(), before, "{sql} changed state");
+        }
+        // the message names the values
+        let got = err(&format!("SELECT mp_identify('U2', '{A1}')"));
+        assert!(got.contains("\"U2\"") && got.contains(A1), "{got}");
+    }
+
+    #[pg_test]
+    fn bad_inputs_raise_their_sqlstate_and_change_nothing() {
+        run("SELECT mp_merge('seed-a', 'seed-b')");
+        let long = "x".repeat(256);
+        let ok255 = "y".repeat(255);
+        let cases: Vec<(String, &str)> = vec![
+            ("SELECT mp_identify(NULL, 'a')".into(), "22004 errNullID: identified_id"),
+            ("SELECT mp_identify('u', NULL)".into(), "22004 errNullID: anon_id"),
+            ("SELECT mp_alias(NULL, 'x')".into(), "22004"),
+            ("SELECT mp_merge('x', NULL)".into(), "22004"),
+            ("SELECT mp_merge(NULL::text[])".into(), "22004"),
+            ("SELECT mp_merge(ARRAY['a', NULL])".into(), "22004"),
+            ("SELECT mp_identify('', 'a')".into(), "22023 errInvalidID: identified_id \"\" is empty"),
+            ("SELECT mp_alias('   ', 'x')".into(), "22023 errInvalidID: alias \"   \" is only whitespace"),
+            (format!("SELECT mp_merge('{long}', 'b')"), "22023 errInvalidID: distinct_id_a"),
+            ("SELECT mp_merge('a', 'undefined')".into(), "22023 errInvalidID: distinct_id_b \"undefined\" is on the project's list of blocked ids"),
+            ("SELECT mp_merge('a', ' NULL ')".into(), "22023"),
+            ("SELECT mp_merge('a', 'Anonymous')".into(), "22023"),
+            ("SELECT mp_merge('a', '[object Object]')".into(), "22023"),
+            ("SELECT mp_merge('a', '00000000-0000-0000-0000-000000000000')".into(), "22023"),
+            ("SELECT mp_merge('a', '-1')".into(), "22023"),
+            ("SELECT mp_merge(ARRAY['a'])".into(), "22023 invalid distinct_ids"),
+            ("SELECT mp_merge(ARRAY['a', 'b', 'c'])".into(), "22023"),
+            ("SELECT mp_merge('a', 'b', 'no-such-project')".into(), "42704 unknown project token \"no-such-project\""),
+            ("SELECT mp_resolve('a', 'no-such-project')".into(), "42704"),
+            ("SELECT mp_cluster('a', 'no-such-project')".into(), "42704"),
+            ("SELECT mp_create_project('default')".into(), "42710"),
+            ("SELECT mp_create_project('p2', 'sideways')".into(), "22023"),
+            ("SELECT mp_set_project_mode('default', 'simplified')".into(), "55000"),
+            ("SELECT mp_set_project_setting('default', 'max_cluster_size', '1')".into(), "22023"),
+            ("SELECT mp_set_project_setting('default', 'colour', 'blue')".into(), "22023"),
+        ];
+        for (sql, want) in cases {
+            let before = state();
+            let got = err(&sql);
+            assert!(got.starts_with(want), "{sql}: got {got}, want {want}");
+            assert_eq!(state(), before, "{sql} changed state");
+        }
+        // 255 characters is accepted
+        assert_eq!(one(&format!("SELECT mp_merge('{ok255}', 'seed-a')")).as_deref(), Some(ok255.as_str()));
+        assert_eq!(one("SELECT mp_resolve(NULL)"), None, "NULL resolves to NULL");
+    }
+
+    #[pg_test]
+    fn projects_and_modes() {
+        run("SELECT mp_create_project('tok-s', 'simplified')");
+        assert!(err("SELECT mp_identify('u', 'v', 'tok-s')").starts_with("0A000"));
+        assert!(err("SELECT mp_alias('u', 'v', 'tok-s')").starts_with("0A000"));
+        assert!(err("SELECT mp_merge('u', 'v', 'tok-s')").starts_with("0A000"));
+        run("SELECT mp_create_project('tok-o')");
+        run("SELECT mp_set_project_mode('tok-o', 'simplified')");
+        run("SELECT mp_set_project_mode('tok-o', 'original')");
+        run("SELECT mp_merge('a', 'b', 'tok-o')");
+        assert!(err("SELECT mp_set_project_mode('tok-o', 'simplified')").starts_with("55000"));
+        // ids of two projects never meet
+        assert_eq!(one("SELECT mp_resolve('b', 'tok-o')").as_deref(), Some("a"));
+        assert_eq!(one("SELECT mp_resolve('b')").as_deref(), Some("b"));
+        // per-project settings
+        run("SELECT mp_set_project_setting('tok-o', 'anon_id_format', 'any')");
+        assert_eq!(one("SELECT mp_identify('U', 'D1', 'tok-o')").as_deref(), Some("U"));
+        assert!(err("SELECT mp_identify('U', 'D1')").contains("errAnonDistinctIdNonGUIDForm"));
+        run("SELECT mp_set_project_setting('tok-o', 'blocked_ids', '{Bob}')");
+        assert!(err("SELECT mp_merge('x', ' bob', 'tok-o')").starts_with("22023"));
+        assert_eq!(one("SELECT mp_merge('x', 'undefined', 'tok-o')").as_deref(), Some("x"), "list replaced");
+        assert_eq!(one("SELECT value FROM mp_project_settings('tok-o') WHERE setting = 'blocked_ids'").as_deref(), Some("{bob}"));
+    }
+
+    // ---- Chains, identified merges, the size limit, replays ----
+
+    #[pg_test]
+    fn alias_chains_join_one_cluster() {
+        assert_eq!(one("SELECT mp_alias('a1', 'root')").as_deref(), Some("root"));
+        assert_eq!(one("SELECT mp_alias('a2', 'a1')").as_deref(), Some("root"));
+        assert_eq!(one("SELECT mp_alias('a3', 'a2')").as_deref(), Some("root"));
+        assert_eq!(resolve("a3"), "root");
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM mp_cluster('a1')").unwrap(), Some(4));
+        assert_consistent();
+    }
+
+    #[pg_test]
+    fn merge_of_two_identified_clusters() {
+        run(&format!("SELECT mp_identify('U1', '{A1}')"));
+        run(&format!("SELECT mp_identify('U2', '{A2}')"));
+        assert_eq!(one("SELECT mp_merge(ARRAY['U2', 'U1'])").as_deref(), Some("U2"), "first id's canonical survives");
+        for id in ["U1", "U2", A1, A2] {
+            assert_eq!(resolve(id), "U2");
+        }
+        assert_eq!(Spi::get_one::<i32>("SELECT size FROM identity_merge.clusters WHERE canonical_id = 'U2'").unwrap(), Some(4));
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM identity_merge.clusters WHERE project_id = 1").unwrap(), Some(1));
+        // a third identify on the merged cluster's anon id, by another user, is refused
+        assert!(err(&format!("SELECT mp_identify('U3', '{A1}')")).contains("errAnonDistinctIdAssignedAlready"));
+        assert_consistent();
+    }
+
+    #[pg_test]
+    fn canonical_is_deterministic_when_the_identified_side_is_smaller() {
+        // an anonymous cluster of 3 joins a new identified id: the identified id becomes canonical
+        run("SET LOCAL identity_merge.anon_id_format = 'any'");
+        run("SELECT mp_merge('anon1', 'anon2'), mp_merge('anon1', 'anon3')");
+        assert_eq!(one("SELECT mp_identify('user', 'anon2')").as_deref(), Some("user"));
+        for id in ["anon1", "anon2", "anon3", "user"] {
+            assert_eq!(resolve(id), "user");
+        }
+        let log = one("SELECT string_agg(format('%s:%s>%s', operation, absorbed_canonical, kept_canonical), ' ' ORDER BY seq) FROM identity_merge.merge_log WHERE project_id = 1");
+        assert_eq!(log.as_deref(), Some("merge:anon2>anon1 merge:anon3>anon1 identify:anon1>user"));
+        assert_consistent();
+    }
+
+    #[pg_test]
+    fn size_limit_allows_500_refuses_501() {
+        run("SELECT mp_merge('big', 'm' || g) FROM generate_series(1, 498) g");
+        assert_eq!(Spi::get_one::<i32>("SELECT size FROM identity_merge.clusters WHERE canonical_id = 'big'").unwrap(), Some(499));
+        assert_eq!(one("SELECT mp_alias('the500th', 'big')").as_deref(), Some("big"));
+        assert_eq!(Spi::get_one::<i32>("SELECT size FROM identity_merge.clusters WHERE canonical_id = 'big'").unwrap(), Some(500));
+        let before = state();
+        let got = err("SELECT mp_alias('the501st', 'big')");
+        assert!(got.starts_with("54000 errManyIDs") && got.contains("501") && got.contains("500"), "{got}");
+        let got = err("SELECT mp_merge('small', 'm7')");
+        assert!(got.starts_with("54000 errManyIDs"), "{got}");
+        assert_eq!(state(), before);
+        // a lower per-project limit
+        run("SELECT mp_create_project('tiny'), mp_set_project_setting('tiny', 'max_cluster_size', '3')");
+        run("SELECT mp_merge('a', 'b', 'tiny'), mp_merge('a', 'c', 'tiny')");
+        assert!(err("SELECT mp_merge('a', 'd', 'tiny')").starts_with("54000"));
+    }
+
+    #[pg_test]
+    fn replays_succeed_and_change_nothing() {
+        run(&format!("SELECT mp_identify('U1', '{A1}')"));
+        run("SELECT mp_alias('al', 'U1'), mp_merge('U1', 'other')");
+        let before = state();
+        assert_eq!(one(&format!("SELECT mp_identify('U1', '{A1}')")).as_deref(), Some("U1"));
+        assert_eq!(one("SELECT mp_alias('al', 'U1')").as_deref(), Some("U1"));
+        assert_eq!(one("SELECT mp_alias('al', 'other')").as_deref(), Some("U1"), "alias already in the same cluster");
+        assert_eq!(one("SELECT mp_merge('other', 'U1')").as_deref(), Some("U1"));
+        assert_eq!(one("SELECT mp_merge('al', 'al')").as_deref(), Some("U1"));
+        assert_eq!(one("SELECT mp_merge('lonely', 'lonely')").as_deref(), Some("lonely"));
+        assert_eq!(state(), before);
+    }
+}
+
+/// Tests that need several real sessions at once. They start the pgrx-tests PostgreSQL through
+/// `run_test` and then open their own connections to it; their data is committed, so each
+/// uses a project of its own.
+#[cfg(test)]
+mod sessions {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Barrier};
+
+    fn connect() -> postgres::Client {
+        pgrx_tests::run_test("smoke", None, crate::pg_test::postgresql_conf_options()).unwrap();
+        pgrx_tests::client().unwrap().0
+    }
+
+    fn find(parent: &mut HashMap<String, String>, x: &str) -> String {
+        let p = parent.get(x).cloned().unwrap_or_else(|| x.to_string());
+        if p == x {
+            return p;
+        }
+        let r = find(parent, &p);
+        parent.insert(x.to_string(), r.clone());
+        r
+    }
+
+    /// Asserts the project's clusters equal the partition implied by `joins`, and that no id
+    /// is in two clusters and every cluster's size and canonical agree with its members.
+    fn check_partition(c: &mut postgres::Client, project: &str, joins: &[(String, String)]) {
+        let mut parent = HashMap::new();
+        for (a, b) in joins {
+            let (ra, rb) = (find(&mut parent, a), find(&mut parent, b));
+            if ra != rb {
+                parent.insert(ra, rb);
+            }
+        }
+        let rows = c
+            .query(
+                "SELECT i.distinct_id, i.canonical_id FROM identity_merge.identities i \
+                 JOIN identity_merge.projects p USING (project_id) WHERE p.token = $1",
+                &[&project],
+            )
+            .unwrap();
+        let db: HashMap<String, String> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let ids: Vec<String> = parent.keys().cloned().chain(parent.values().cloned()).collect();
+        for x in &ids {
+            for y in &ids {
+                let same_model = find(&mut parent, x) == find(&mut parent, y);
+                let same_db = db.get(x) == db.get(y) && db.contains_key(x);
+                assert_eq!(same_model, same_db, "{x} and {y}: model says together={same_model}");
+            }
+        }
+        let bad: i64 = c
+            .query_one(
+                "SELECT count(*) FROM identity_merge.clusters c JOIN identity_merge.projects p USING (project_id) \
+                 WHERE p.token = $1 AND (c.size <> (SELECT count(*) FROM identity_merge.identities i \
+                    WHERE i.project_id = c.project_id AND i.canonical_id = c.canonical_id) \
+                 OR NOT EXISTS (SELECT 1 FROM identity_merge.identities i WHERE i.project_id = c.project_id \
+                    AND i.distinct_id = c.canonical_id AND i.canonical_id = c.canonical_id))",
+                &[&project],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(bad, 0);
+    }
+
+    #[test]
+    fn two_sessions_merging_overlapping_clusters() {
+        let mut setup = connect();
+        setup.batch_execute("SELECT mp_create_project('conc2')").unwrap();
+        let rounds = 300;
+        let barrier = Arc::new(Barrier::new(2));
+        let workers: Vec<_> = (0..2)
+            .map(|w| {
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    let mut c = pgrx_tests::client().unwrap().0;
+                    let mut done = Vec::new();
+                    let mut seed: u64 = 0x9e3779b97f4a7c15 ^ w as u64;
+                    let mut next = || {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        seed
+                    };
+                    barrier.wait();
+                    for _ in 0..rounds {
+                        // small pool so both sessions keep touching the same clusters, with the
+                        // arguments in both orders
+                        let a = format!("id{}", next() % 30);
+                        let b = format!("id{}", next() % 30);
+                        match c.query_one("SELECT mp_merge($1, $2, 'conc2')", &[&a, &b]) {
+                            Ok(_) => done.push((a, b)),
+                            Err(e) => panic!("session {w}: merge({a}, {b}) failed: {e}"),
+                        }
+                    }
+                    done
+                })
+            })
+            .collect();
+        let mut joins = Vec::new();
+        for w in workers {
+            joins.extend(w.join().unwrap());
+        }
+        assert_eq!(joins.len(), 2 * rounds);
+        check_partition(&mut setup, "conc2", &joins);
+    }
+
+    #[test]
+    fn crossing_transactions_get_a_clear_refusal_never_a_deadlock_error() {
+        let mut setup = connect();
+        setup.batch_execute("SELECT mp_create_project('cross')").unwrap();
+        let barrier = Arc::new(Barrier::new(2));
+        let plans = [(("p", "q"), ("s", "p")), (("r", "s"), ("q", "r"))];
+        let workers: Vec<_> = plans
+            .into_iter()
+            .map(|(first, second)| {
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    let mut c = pgrx_tests::client().unwrap().0;
+                    c.batch_execute("BEGIN").unwrap();
+                    c.query_one("SELECT mp_merge($1, $2, 'cross')", &[&first.0, &first.1]).unwrap();
+                    barrier.wait();
+                    let r = c.query_one("SELECT mp_merge($1, $2, 'cross')", &[&second.0, &second.1]);
+                    let outcome = match r {
+                        Ok(_) => {
+                            c.batch_execute("COMMIT").unwrap();
+                            Ok(vec![first, second])
+                        }
+                        Err(e) => {
+                            let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
+                            let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
+                            c.batch_execute("ROLLBACK").unwrap();
+                            Err((code, msg))
+                        }
+                    };
+                    outcome
+                })
+            })
+            .collect();
+        let results: Vec<_> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+        let mut joins = Vec::new();
+        for r in &results {
+            match r {
+                Ok(pairs) => joins.extend(pairs.iter().map(|(a, b)| (a.to_string(), b.to_string()))),
+                Err((code, msg)) => {
+                    assert_eq!(code, "40001", "a refusal, not a deadlock error: {msg}");
+                    assert!(msg.contains("concurrent merges"), "{msg}");
+                }
+            }
+        }
+        assert!(results.iter().any(|r| r.is_ok()), "at least one transaction commits");
+        check_partition(&mut setup, "cross", &joins);
+    }
+}

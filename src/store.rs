@@ -1,0 +1,382 @@
+//! Reads and writes the identity tables through SPI with plans prepared once per backend
+//! (no per-call planning), and runs identity operations under the locking protocol:
+//!
+//! 1. read both ids' clusters (a fresh READ COMMITTED snapshot each statement),
+//! 2. in a subtransaction, take the advisory lock of each cluster (key = project + canonical,
+//!    `rules::cluster_lock_key`) in ascending key order,
+//! 3. read again: if either id moved to another cluster meanwhile, roll the subtransaction back
+//!    (which releases its locks) and start over; else decide with `rules::decide` and write.
+//!
+//! Every writer of a cluster holds its lock, locks are taken in one global order, and a writer
+//! never waits while holding a lock out of order, so no deadlock can form; no id can end in two
+//! clusters because re-pointing happens only under both clusters' locks.
+
+use std::cell::RefCell;
+
+use pgrx::prelude::*;
+use pgrx::spi::OwnedPreparedStatement;
+use pgrx::PgOid;
+
+use crate::error::{IdentityError, Reason};
+use crate::rules::{self, AnonIdFormat, Op, Outcome, RuleSettings, Side};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Original,
+    Simplified,
+}
+
+/// A project and the settings its rules use.
+#[derive(Clone, Debug)]
+pub struct Project {
+    pub id: i32,
+    pub token: String,
+    pub mode: Mode,
+    pub settings: RuleSettings,
+}
+
+// Every statement qualifies its tables and operators so that objects a user creates in their
+// own schemas can never be picked up, whatever the caller's search_path.
+const SQL_PROJECT: &str = "SELECT project_id, mode, max_cluster_size, anon_id_format, blocked_ids \
+     FROM identity_merge.projects WHERE token OPERATOR(pg_catalog.=) $1";
+const SQL_SIDES: &str = "SELECT i.distinct_id, i.canonical_id, c.size, c.identified \
+     FROM identity_merge.identities i JOIN identity_merge.clusters c \
+       ON c.project_id OPERATOR(pg_catalog.=) i.project_id \
+      AND c.canonical_id OPERATOR(pg_catalog.=) i.canonical_id \
+     WHERE i.project_id OPERATOR(pg_catalog.=) $1 \
+       AND i.distinct_id OPERATOR(pg_catalog.=) ANY (ARRAY[$2, $3])";
+const SQL_LOCK: &str = "SELECT pg_catalog.pg_advisory_xact_lock($1), pg_catalog.pg_advisory_xact_lock($2)";
+const SQL_JOIN: &str = "SELECT identity_merge._join($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+const SQL_CANONICAL: &str = "SELECT canonical_id FROM identity_merge.identities \
+     WHERE project_id OPERATOR(pg_catalog.=) $1 AND distinct_id OPERATOR(pg_catalog.=) $2";
+const SQL_RESOLVE: &str = "SELECT p.project_id, i.canonical_id FROM identity_merge.projects p \
+     LEFT JOIN identity_merge.identities i ON i.project_id OPERATOR(pg_catalog.=) p.project_id \
+      AND i.distinct_id OPERATOR(pg_catalog.=) $2 \
+     WHERE p.token OPERATOR(pg_catalog.=) $1";
+const SQL_REJECT: &str = "INSERT INTO identity_merge.rejections \
+     (project_id, reason_code, message, operation, id_a, id_b, source_table, source_row) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+/// Kept plans, prepared on first use in this backend.
+struct Plans {
+    project: OwnedPreparedStatement,
+    sides: OwnedPreparedStatement,
+    lock: OwnedPreparedStatement,
+    join: OwnedPreparedStatement,
+    canonical: OwnedPreparedStatement,
+    canonical_ro: OwnedPreparedStatement,
+    resolve: OwnedPreparedStatement,
+    reject: OwnedPreparedStatement,
+}
+
+thread_local! {
+    static PLANS: RefCell<Option<std::rc::Rc<Plans>>> = const { RefCell::new(None) };
+}
+
+fn oid(o: pg_sys::BuiltinOid) -> PgOid {
+    PgOid::BuiltIn(o)
+}
+
+fn plans() -> std::rc::Rc<Plans> {
+    if let Some(p) = PLANS.with(|p| p.borrow().clone()) {
+        return p;
+    }
+    use pg_sys::BuiltinOid::*;
+    let p = Spi::connect(|c| {
+        let prep = |sql: &str, args: &[PgOid]| c.prepare_mut(sql, args).expect("prepare").keep();
+        let prep_ro = |sql: &str, args: &[PgOid]| c.prepare(sql, args).expect("prepare").keep();
+        Plans {
+            project: prep(SQL_PROJECT, &[oid(TEXTOID)]),
+            sides: prep(SQL_SIDES, &[oid(INT4OID), oid(TEXTOID), oid(TEXTOID)]),
+            lock: prep(SQL_LOCK, &[oid(INT8OID), oid(INT8OID)]),
+            join: prep(
+                SQL_JOIN,
+                &[
+                    oid(INT4OID),
+                    oid(TEXTOID),
+                    oid(TEXTOID),
+                    oid(TEXTOID),
+                    oid(TEXTOID),
+                    oid(BOOLOID),
+                    oid(TEXTOID),
+                    oid(BOOLOID),
+                    oid(INT4OID),
+                    oid(BOOLOID),
+                ],
+            ),
+            canonical: prep(SQL_CANONICAL, &[oid(INT4OID), oid(TEXTOID)]),
+            canonical_ro: prep_ro(SQL_CANONICAL, &[oid(INT4OID), oid(TEXTOID)]),
+            resolve: prep_ro(SQL_RESOLVE, &[oid(TEXTOID), oid(TEXTOID)]),
+            reject: prep(
+                SQL_REJECT,
+                &[
+                    oid(INT4OID),
+                    oid(TEXTOID),
+                    oid(TEXTOID),
+                    oid(TEXTOID),
+                    oid(TEXTOID),
+                    oid(TEXTOID),
+                    oid(REGCLASSOID),
+                    oid(JSONBOID),
+                ],
+            ),
+        }
+    });
+    let p = std::rc::Rc::new(p);
+    PLANS.with(|slot| *slot.borrow_mut() = Some(p.clone()));
+    p
+}
+
+/// The effective anon id format: 'any' when either the project or the session says so.
+fn anon_format(project_setting: &str) -> AnonIdFormat {
+    let guc = crate::guc::anon_id_format_any();
+    if guc || AnonIdFormat::parse(project_setting) == Some(AnonIdFormat::Any) {
+        AnonIdFormat::Any
+    } else {
+        AnonIdFormat::UuidV4
+    }
+}
+
+/// Loads a project by token, or `UnknownProject`.
+pub fn project(token: Option<&str>) -> Result<Project, IdentityError> {
+    let token = token.ok_or(IdentityError::NullId { field: "project" })?;
+    let p = plans();
+    Spi::connect(|c| {
+        let rows = c.select(&p.project, Some(1), &[token.into()]).expect("project lookup");
+        if rows.is_empty() {
+            return Err(IdentityError::UnknownProject { token: token.to_string() });
+        }
+        let row = rows.first();
+        let id: i32 = row.get(1).unwrap().unwrap();
+        let mode: String = row.get(2).unwrap().unwrap();
+        let max: i32 = row.get(3).unwrap().unwrap();
+        let format: String = row.get(4).unwrap().unwrap();
+        let blocked: Vec<Option<String>> = row.get(5).unwrap().unwrap_or_default();
+        Ok(Project {
+            id,
+            token: token.to_string(),
+            mode: if mode == "simplified" { Mode::Simplified } else { Mode::Original },
+            settings: RuleSettings {
+                max_cluster_size: max as i64,
+                anon_id_format: anon_format(&format),
+                blocked_ids: blocked.into_iter().flatten().map(|s| s.trim().to_lowercase()).collect(),
+            },
+        })
+    })
+}
+
+/// Reads the clusters of `a` and `b` (fresh snapshot).
+fn read_sides(p: &Plans, project_id: i32, a: &str, b: &str) -> (Side, Side) {
+    Spi::connect(|c| {
+        let rows = c.select(&p.sides, None, &[project_id.into(), a.into(), b.into()]).expect("sides");
+        let (mut sa, mut sb) = (Side::new_id(a), Side::new_id(b));
+        for row in rows {
+            let id: String = row.get(1).unwrap().unwrap();
+            let side = Side {
+                id: id.clone(),
+                canonical: row.get(2).unwrap().unwrap(),
+                size: row.get::<i32>(3).unwrap().unwrap() as i64,
+                identified: row.get(4).unwrap().unwrap(),
+                exists: true,
+            };
+            if id == a {
+                sa = side.clone();
+            }
+            if id == b {
+                sb = side;
+            }
+        }
+        (sa, sb)
+    })
+}
+
+/// What a step run in a subtransaction asks for.
+enum Step<T> {
+    /// Keep what it did.
+    Commit(T),
+    /// Undo it (releasing the locks taken inside) and try again.
+    Retry,
+    /// Undo it and stop with this result.
+    Fail(T),
+}
+
+/// Runs `f` in a subtransaction and commits or rolls it back as `f` asks. An ERROR inside
+/// that `f` does not catch aborts the whole transaction as usual.
+fn in_subtransaction<T>(f: impl FnOnce() -> Step<T>) -> Option<T> {
+    unsafe {
+        let old_cx = pg_sys::CurrentMemoryContext;
+        let old_owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(old_cx);
+        let step = f();
+        let out = match step {
+            Step::Commit(v) => {
+                pg_sys::ReleaseCurrentSubTransaction();
+                Some(v)
+            }
+            Step::Retry => {
+                pg_sys::RollbackAndReleaseCurrentSubTransaction();
+                None
+            }
+            Step::Fail(v) => {
+                pg_sys::RollbackAndReleaseCurrentSubTransaction();
+                Some(v)
+            }
+        };
+        pg_sys::MemoryContextSwitchTo(old_cx);
+        pg_sys::CurrentResourceOwner = old_owner;
+        out
+    }
+}
+
+/// Takes the cluster locks in ascending key order. Within one operation this order makes a
+/// deadlock impossible; a transaction that already holds locks of earlier operations can still
+/// meet another such transaction in a cycle. PostgreSQL then picks a victim: we turn its
+/// deadlock error into a clear `Contention` refusal (40001, retry the transaction).
+fn lock_clusters(p: &Plans, keys: [i64; 2]) -> bool {
+    PgTryBuilder::new(|| {
+        Spi::connect(|c| {
+            c.select(&p.lock, None, &[keys[0].into(), keys[1].into()]).expect("lock");
+        });
+        true
+    })
+    .catch_when(PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED, |_| false)
+    .execute()
+}
+
+const MAX_ATTEMPTS: usize = 1000;
+
+/// Applies one Original ID Merge operation to a project: validation, locking, the rules'
+/// decision, and the write. Returns the canonical id of the resulting cluster, or the refusal.
+/// Nothing is written when it returns an error.
+pub fn apply(project: &Project, op: Op, a: Option<&str>, b: Option<&str>) -> Result<String, IdentityError> {
+    rules::precheck(op, &project.settings, a, b)?;
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let p = plans();
+    let (mut sa, mut sb) = read_sides(&p, project.id, a, b);
+    for _ in 0..MAX_ATTEMPTS {
+        // Replays change nothing and need no lock.
+        if sa.canonical == sb.canonical {
+            return Ok(sa.canonical);
+        }
+        let mut keys = [
+            rules::cluster_lock_key(project.id, &sa.canonical),
+            rules::cluster_lock_key(project.id, &sb.canonical),
+        ];
+        keys.sort_unstable();
+        let (seen_a, seen_b) = (sa.canonical.clone(), sb.canonical.clone());
+        let result = in_subtransaction(|| {
+            if !lock_clusters(&p, keys) {
+                return Step::Fail(Err(IdentityError::Contention { op, a: a.to_string(), b: b.to_string() }));
+            }
+            let (na, nb) = read_sides(&p, project.id, a, b);
+            if na.canonical != seen_a || nb.canonical != seen_b {
+                // Someone joined one of the clusters before we got the lock: start over.
+                sa = na;
+                sb = nb;
+                return Step::Retry;
+            }
+            match decide_and_write(&p, project, op, &na, &nb) {
+                Ok(c) => Step::Commit(Ok(c)),
+                Err(e) => Step::Fail(Err(e)),
+            }
+        });
+        if let Some(r) = result {
+            return r;
+        }
+    }
+    Err(IdentityError::Contention { op, a: a.to_string(), b: b.to_string() })
+}
+
+fn decide_and_write(p: &Plans, project: &Project, op: Op, a: &Side, b: &Side) -> Result<String, IdentityError> {
+    match rules::decide(op, &project.settings, a, b)? {
+        Outcome::Together(c) => Ok(c),
+        Outcome::Join(plan) => {
+            Spi::connect_mut(|c| {
+                c.update(
+                    &p.join,
+                    None,
+                    &[
+                        project.id.into(),
+                        op.as_str().into(),
+                        a.id.as_str().into(),
+                        b.id.as_str().into(),
+                        plan.kept.canonical.as_str().into(),
+                        plan.kept.exists.into(),
+                        plan.absorbed.canonical.as_str().into(),
+                        plan.absorbed.exists.into(),
+                        (plan.size as i32).into(),
+                        plan.identified.into(),
+                    ],
+                )
+                .expect("join");
+            });
+            Ok(plan.kept.canonical)
+        }
+    }
+}
+
+/// The canonical id of `id` in a project (the id itself when never seen). `fresh` takes a new
+/// snapshot, seeing changes made earlier in the same statement (the trigger needs that after
+/// it applied an identity event); otherwise the caller's snapshot is used (STABLE functions).
+pub fn canonical_of(project_id: i32, id: &str, fresh: bool) -> String {
+    let p = plans();
+    let plan = if fresh { &p.canonical } else { &p.canonical_ro };
+    Spi::connect(|c| {
+        let rows = c.select(plan, Some(1), &[project_id.into(), id.into()]).expect("canonical");
+        if rows.is_empty() {
+            id.to_string()
+        } else {
+            rows.first().get::<String>(1).unwrap().unwrap_or_else(|| id.to_string())
+        }
+    })
+}
+
+/// `mp_resolve`: project check and lookup in one probe.
+pub fn resolve(token: &str, id: &str) -> Result<String, IdentityError> {
+    let p = plans();
+    Spi::connect(|c| {
+        let rows = c.select(&p.resolve, Some(1), &[token.into(), id.into()]).expect("resolve");
+        if rows.is_empty() {
+            return Err(IdentityError::UnknownProject { token: token.to_string() });
+        }
+        Ok(rows.first().get::<String>(2).unwrap().unwrap_or_else(|| id.to_string()))
+    })
+}
+
+/// What the ingest path records about a refused identity event.
+pub struct Rejection<'a> {
+    pub project_id: Option<i32>,
+    pub reason: Reason,
+    pub message: String,
+    pub operation: Option<&'a str>,
+    pub id_a: Option<&'a str>,
+    pub id_b: Option<&'a str>,
+    pub source_table: Option<pg_sys::Oid>,
+    pub source_row: Option<pgrx::JsonB>,
+}
+
+pub fn record_rejection(r: Rejection<'_>) {
+    use crate::ingest::{scrub_nul, scrub_nul_str};
+    let p = plans();
+    let (id_a, id_b) = (r.id_a.map(scrub_nul_str), r.id_b.map(scrub_nul_str));
+    let message = scrub_nul_str(&r.message);
+    let row = r.source_row.map(|j| pgrx::JsonB(scrub_nul(j.0)));
+    Spi::connect_mut(|c| {
+        c.update(
+            &p.reject,
+            None,
+            &[
+                r.project_id.into(),
+                r.reason.code().into(),
+                message.as_str().into(),
+                r.operation.into(),
+                id_a.into(),
+                id_b.into(),
+                r.source_table.into(),
+                row.into(),
+            ],
+        )
+        .expect("record rejection");
+    });
+}

@@ -1,0 +1,227 @@
+//! The stamping trigger (`identity_merge.stamp_event`, BEFORE INSERT FOR EACH ROW, put on a
+//! table by `mp_attach`). Per row it applies an identity event the row carries (original
+//! projects), then writes the canonical distinct_id into the canonical column, leaving the
+//! sent distinct_id as it is. Refused identity events are recorded, never raised.
+//!
+//! Hot path: everything that does not change per row (trigger arguments, column numbers, the
+//! project) is worked out once per statement and kept with a cache of the ids already
+//! resolved in that statement; a miss is one run of a kept plan (no planning per row).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::CStr;
+
+use pgrx::prelude::*;
+use pgrx::{FromDatum, IntoDatum, PgTupleDesc};
+
+use crate::error::IdentityError;
+use crate::ingest;
+use crate::store::{self, Mode, Project, Rejection};
+
+/// What one statement's rows share.
+struct StatementContext {
+    key: (pg_sys::Oid, pg_sys::Oid, u32, u32),
+    project: Project,
+    distinct_att: i32,
+    canonical_att: i32,
+    event_att: Option<i32>,
+    properties_att: Option<i32>,
+    /// ids resolved in this statement; cleared when the statement changes the identity graph.
+    cache: HashMap<String, String>,
+    /// Set once this statement applied an identity event: lookups must then take a fresh
+    /// snapshot to see it (the statement's own snapshot predates it).
+    fresh: bool,
+}
+
+thread_local! {
+    static CONTEXT: RefCell<Option<StatementContext>> = const { RefCell::new(None) };
+}
+
+#[derive(Debug)]
+pub struct StampError(String);
+impl std::fmt::Display for StampError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+unsafe fn local_xid() -> u32 {
+    #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16"))]
+    {
+        (*pg_sys::MyProc).lxid
+    }
+    #[cfg(any(feature = "pg17", feature = "pg18"))]
+    {
+        (*pg_sys::MyProc).vxid.lxid
+    }
+}
+
+/// 1-based attribute number of a live column, or None.
+unsafe fn attnum(tupdesc: pg_sys::TupleDesc, name: &str) -> Option<i32> {
+    let desc = PgTupleDesc::from_pg_unchecked(tupdesc);
+    for (i, att) in desc.iter().enumerate() {
+        if !att.is_dropped() && att.name() == name {
+            return Some(i as i32 + 1);
+        }
+    }
+    None
+}
+
+unsafe fn build_context(td: &pg_sys::TriggerData, key: (pg_sys::Oid, pg_sys::Oid, u32, u32)) -> StatementContext {
+    let trigger = &*td.tg_trigger;
+    let nargs = trigger.tgnargs as usize;
+    let args: Vec<String> = (0..nargs)
+        .map(|i| CStr::from_ptr(*trigger.tgargs.add(i)).to_string_lossy().into_owned())
+        .collect();
+    if args.len() != 3 {
+        error!("identity_merge.stamp_event expects 3 trigger arguments (project, distinct_id column, canonical column); attach tables with mp_attach");
+    }
+    let project = store::project(Some(&args[0])).unwrap_or_else(|e| crate::error::raise(e));
+    let tupdesc = (*td.tg_relation).rd_att;
+    let distinct_att = attnum(tupdesc, &args[1])
+        .unwrap_or_else(|| error!("identity_merge: column {:?} not found; re-attach the table with mp_attach", args[1]));
+    let canonical_att = attnum(tupdesc, &args[2])
+        .unwrap_or_else(|| error!("identity_merge: column {:?} not found; re-attach the table with mp_attach", args[2]));
+    let (event_att, properties_att) = match (attnum(tupdesc, "event"), attnum(tupdesc, "properties")) {
+        (Some(e), Some(p)) => (Some(e), Some(p)),
+        _ => (None, None),
+    };
+    StatementContext {
+        key,
+        project,
+        distinct_att,
+        canonical_att,
+        event_att,
+        properties_att,
+        cache: HashMap::new(),
+        fresh: false,
+    }
+}
+
+unsafe fn get_attr<T: FromDatum>(tuple: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc, att: i32) -> Option<T> {
+    let mut is_null = false;
+    let datum = pg_sys::heap_getattr(tuple, att, tupdesc, &mut is_null);
+    T::from_datum(datum, is_null)
+}
+
+#[pg_schema]
+mod identity_merge {
+    use super::*;
+
+    /// BEFORE INSERT row trigger; arguments: project token, distinct_id column, canonical column.
+    #[pg_trigger]
+    fn stamp_event<'a>(
+        trigger: &'a pgrx::PgTrigger<'a>,
+    ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, StampError> {
+        unsafe { stamp(trigger) }
+    }
+}
+
+unsafe fn stamp<'a>(
+    trigger: &'a pgrx::PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, StampError> {
+    let td = trigger.trigger_data();
+    let event = td.tg_event;
+    let is_row = event & pg_sys::TRIGGER_EVENT_ROW != 0;
+    let is_before = event & pg_sys::TRIGGER_EVENT_TIMINGMASK == pg_sys::TRIGGER_EVENT_BEFORE;
+    let is_insert = event & pg_sys::TRIGGER_EVENT_OPMASK == pg_sys::TRIGGER_EVENT_INSERT;
+    if !(is_row && is_before && is_insert) {
+        return Err(StampError("identity_merge.stamp_event must be a BEFORE INSERT FOR EACH ROW trigger".into()));
+    }
+    let relid = (*td.tg_relation).rd_id;
+    let snapshot = pg_sys::GetActiveSnapshot();
+    let curcid = if snapshot.is_null() { 0 } else { (*snapshot).curcid };
+    let key = (relid, (*td.tg_trigger).tgoid, local_xid(), curcid);
+    let tupdesc = (*td.tg_relation).rd_att;
+    let tuple = td.tg_trigtuple;
+
+    CONTEXT.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if slot.as_ref().map(|c| c.key) != Some(key) {
+            *slot = Some(build_context(td, key));
+        }
+        let ctx = slot.as_mut().unwrap();
+
+        if ctx.project.mode == Mode::Original {
+            if let (Some(ea), Some(pa)) = (ctx.event_att, ctx.properties_att) {
+                apply_row_event(ctx, tuple, tupdesc, ea, pa, relid);
+            }
+        }
+
+        let distinct: Option<String> = get_attr(tuple, tupdesc, ctx.distinct_att);
+        let canonical = distinct.map(|d| {
+            if let Some(c) = ctx.cache.get(&d) {
+                return c.clone();
+            }
+            let c = store::canonical_of(ctx.project.id, &d, ctx.fresh);
+            ctx.cache.insert(d, c.clone());
+            c
+        });
+
+        let mut values = [canonical.clone().into_datum().unwrap_or(pg_sys::Datum::from(0))];
+        let mut nulls = [canonical.is_none()];
+        let mut cols = [ctx.canonical_att];
+        let new_tuple =
+            pg_sys::heap_modify_tuple_by_cols(tuple, tupdesc, 1, cols.as_mut_ptr(), values.as_mut_ptr(), nulls.as_mut_ptr());
+        Ok(Some(PgHeapTuple::from_heap_tuple(PgTupleDesc::from_pg_unchecked(tupdesc), new_tuple)))
+    })
+}
+
+/// Applies `$identify` / `$create_alias` / `$merge` rows; records what it refuses.
+unsafe fn apply_row_event(
+    ctx: &mut StatementContext,
+    tuple: pg_sys::HeapTuple,
+    tupdesc: pg_sys::TupleDesc,
+    event_att: i32,
+    properties_att: i32,
+    relid: pg_sys::Oid,
+) {
+    let Some(event) = get_attr::<String>(tuple, tupdesc, event_att) else { return };
+    let Some(op) = ingest::identity_op(&event) else { return };
+    let props: Option<pgrx::JsonB> = get_attr(tuple, tupdesc, properties_att);
+    let props = props.map(|j| j.0).unwrap_or(serde_json::Value::Null);
+    let ids = ingest::event_ids(op, &props);
+    let result = match &ids {
+        Ok((a, b)) => store::apply(&ctx.project, op, a.as_deref(), b.as_deref()),
+        Err(e) => Err(e.clone()),
+    };
+    match result {
+        Ok(_) => {
+            ctx.cache.clear();
+            ctx.fresh = true;
+        }
+        // A lock cycle with another transaction is transient: abort this INSERT with 40001 so
+        // the loader retries it, rather than recording the event as refused.
+        Err(err @ IdentityError::Contention { .. }) => crate::error::raise(err),
+        Err(err) => {
+            let distinct: Option<String> = get_attr(tuple, tupdesc, ctx.distinct_att);
+            let (a, b) = ids.unwrap_or((None, None));
+            reject(ctx, &err, op.as_str(), a.as_deref(), b.as_deref(), relid, distinct, &event, props);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn reject(
+    ctx: &StatementContext,
+    err: &IdentityError,
+    op: &str,
+    a: Option<&str>,
+    b: Option<&str>,
+    relid: pg_sys::Oid,
+    distinct: Option<String>,
+    event: &str,
+    props: serde_json::Value,
+) {
+    let row = serde_json::json!({ "distinct_id": distinct, "event": event, "properties": props });
+    store::record_rejection(Rejection {
+        project_id: Some(ctx.project.id),
+        reason: err.reason().unwrap_or(crate::error::Reason::MalformedEvent),
+        message: err.message(),
+        operation: Some(op),
+        id_a: a,
+        id_b: b,
+        source_table: Some(relid),
+        source_row: Some(pgrx::JsonB(row)),
+    });
+}
