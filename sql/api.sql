@@ -130,7 +130,9 @@ BEGIN
         RAISE EXCEPTION 'the canonical column must differ from the distinct_id column (%)', quote_ident(col)
             USING ERRCODE = '22023', HINT = 'The trigger keeps the distinct_id as sent and writes the canonical id beside it.';
     END IF;
-    EXECUTE format('DROP TRIGGER IF EXISTS identity_merge_stamp ON %s', events);
+    IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = events AND t.tgname = 'identity_merge_stamp') THEN
+        EXECUTE format('DROP TRIGGER identity_merge_stamp ON %s', events);
+    END IF;
     EXECUTE format('CREATE TRIGGER identity_merge_stamp BEFORE INSERT ON %s FOR EACH ROW '
                    'EXECUTE FUNCTION identity_merge.stamp_event(%L, %L, %L)',
                    events, p.token, distinct_id_column, canonical_column);
@@ -149,7 +151,9 @@ END $$;
 CREATE FUNCTION mp_detach(events regclass) RETURNS void
 LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    EXECUTE format('DROP TRIGGER IF EXISTS identity_merge_stamp ON %s', events);
+    IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = events AND t.tgname = 'identity_merge_stamp') THEN
+        EXECUTE format('DROP TRIGGER identity_merge_stamp ON %s', events);
+    END IF;
     DELETE FROM identity_merge.attachments a WHERE a.events = mp_detach.events;
 END $$;
 
