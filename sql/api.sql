@@ -101,12 +101,13 @@ BEGIN
                   WHERE i.project_id = pid AND i.canonical_id = canon ORDER BY i.distinct_id;
 END $$;
 
--- Puts the stamping trigger on an event table and registers it. Creates an index on the
--- canonical column when none leads with it (mp_restamp needs one to stay proportional to
--- the rows it changes).
+-- Puts the stamping trigger on an event table and registers it. Unless create_index is false,
+-- creates an index on the canonical column when none leads with it (mp_restamp needs one to
+-- stay proportional to the rows it changes).
 CREATE FUNCTION mp_attach(events regclass, project text DEFAULT 'default',
                           distinct_id_column name DEFAULT 'distinct_id',
-                          canonical_column name DEFAULT 'canonical_id') RETURNS void
+                          canonical_column name DEFAULT 'canonical_id',
+                          create_index boolean DEFAULT true) RETURNS void
 LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     p identity_merge.projects;
@@ -136,7 +137,7 @@ BEGIN
     EXECUTE format('CREATE TRIGGER identity_merge_stamp BEFORE INSERT ON %s FOR EACH ROW '
                    'EXECUTE FUNCTION identity_merge.stamp_event(%L, %L, %L)',
                    events, p.token, distinct_id_column, canonical_column);
-    IF NOT EXISTS (SELECT 1 FROM pg_index x JOIN pg_attribute a
+    IF create_index AND NOT EXISTS (SELECT 1 FROM pg_index x JOIN pg_attribute a
                      ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0]
                     WHERE x.indrelid = events AND a.attname = canonical_column) THEN
         EXECUTE format('CREATE INDEX ON %s (%I)', events, canonical_column);
@@ -166,21 +167,31 @@ LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, p
 DECLARE
     a identity_merge.attachments;
     n bigint;
+    coll text;
 BEGIN
     SELECT * INTO a FROM identity_merge.attachments x WHERE x.events = mp_restamp.events;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'table % is not attached to identity_merge', events USING ERRCODE = '55000',
             HINT = 'Attach it with mp_attach first.';
     END IF;
+    -- Compare in the canonical column's own collation so its index serves the lookups.
+    SELECT format('%I.%I', cn.nspname, c.collname) INTO coll
+      FROM pg_attribute t JOIN pg_collation c ON c.oid = t.attcollation
+      JOIN pg_namespace cn ON cn.oid = c.collnamespace
+     WHERE t.attrelid = events AND t.attname = a.canonical_column;
     EXECUTE format(
         'UPDATE %1$s e SET %2$I = i.canonical_id '
         'FROM (SELECT DISTINCT l.absorbed_canonical AS stale FROM identity_merge.merge_log l '
         '       WHERE l.project_id OPERATOR(pg_catalog.=) $1) d '
         'JOIN identity_merge.identities i ON i.project_id OPERATOR(pg_catalog.=) $1 '
         '                               AND i.distinct_id OPERATOR(pg_catalog.=) d.stale '
-        'WHERE e.%2$I OPERATOR(pg_catalog.=) d.stale '
-        '  AND e.%2$I OPERATOR(pg_catalog.<>) i.canonical_id',
-        events, a.canonical_column) USING a.project_id;
+        'WHERE e.%2$I OPERATOR(pg_catalog.=) (d.stale COLLATE %3$s) '
+        '  AND e.%2$I OPERATOR(pg_catalog.<>) (i.canonical_id COLLATE %3$s)',
+        events, a.canonical_column, coll) USING a.project_id;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END $$;
+
+-- Every write to identities tells the stamping trigger's per-backend caches (src/cache.rs).
+CREATE TRIGGER identities_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON identity_merge.identities
+    FOR EACH STATEMENT EXECUTE FUNCTION identity_merge.identities_changed();

@@ -24,11 +24,12 @@ CREATE TABLE identity_merge.projects (
 COMMENT ON TABLE identity_merge.projects IS 'Projects (Mixpanel tokens), their ID Merge mode and rule settings';
 
 -- Each known id and the canonical distinct_id of its cluster. The canonical is stored on every
--- id so that resolving is one index probe (the primary key covers canonical_id).
+-- id so that resolving is one index probe (the primary key covers canonical_id). Ids are opaque
+-- byte strings: collation "C" compares them bytewise, which is also the fastest comparison.
 CREATE TABLE identity_merge.identities (
     project_id   integer NOT NULL,
-    distinct_id  text NOT NULL,
-    canonical_id text NOT NULL,
+    distinct_id  text COLLATE "C" NOT NULL,
+    canonical_id text COLLATE "C" NOT NULL,
     created_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (project_id, distinct_id) INCLUDE (canonical_id)
 );
@@ -38,7 +39,7 @@ COMMENT ON TABLE identity_merge.identities IS 'Every id seen by an identity oper
 -- One row per cluster, keyed by its canonical id.
 CREATE TABLE identity_merge.clusters (
     project_id   integer NOT NULL,
-    canonical_id text NOT NULL,
+    canonical_id text COLLATE "C" NOT NULL,
     size         integer NOT NULL CHECK (size >= 1),
     identified   boolean NOT NULL DEFAULT false,
     created_at   timestamptz NOT NULL DEFAULT now(),
@@ -53,10 +54,10 @@ CREATE TABLE identity_merge.merge_log (
     seq                bigserial PRIMARY KEY,
     project_id         integer NOT NULL,
     operation          text NOT NULL,
-    id_a               text NOT NULL,
-    id_b               text NOT NULL,
-    kept_canonical     text NOT NULL,
-    absorbed_canonical text NOT NULL,
+    id_a               text COLLATE "C" NOT NULL,
+    id_b               text COLLATE "C" NOT NULL,
+    kept_canonical     text COLLATE "C" NOT NULL,
+    absorbed_canonical text COLLATE "C" NOT NULL,
     moved_ids          integer NOT NULL,
     merged_at          timestamptz NOT NULL DEFAULT now()
 );

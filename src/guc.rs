@@ -14,7 +14,20 @@ pub enum AnonIdFormatGuc {
 
 pub static ANON_ID_FORMAT: GucSetting<AnonIdFormatGuc> = GucSetting::<AnonIdFormatGuc>::new(AnonIdFormatGuc::Uuid);
 
+/// `identity_merge.stamp_cache_entries`: ids each backend remembers for the stamping trigger.
+pub static STAMP_CACHE_ENTRIES: GucSetting<i32> = GucSetting::<i32>::new(1_000_000);
+
 pub fn init() {
+    GucRegistry::define_int_guc(
+        c"identity_merge.stamp_cache_entries",
+        c"How many id -> canonical id answers each backend keeps for the stamping trigger (0 disables).",
+        c"About 100 bytes each. The cache is emptied whenever any session changes the identity graph.",
+        &STAMP_CACHE_ENTRIES,
+        0,
+        100_000_000,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     GucRegistry::define_enum_guc(
         c"identity_merge.anon_id_format",
         c"How $identify checks $anon_id: 'uuid' (UUID v4, optionally $device:-prefixed) or 'any'.",

@@ -15,7 +15,9 @@ pub mod ingest;
 pub mod rules;
 
 mod api;
+mod cache;
 mod guc;
+mod probe;
 mod store;
 mod trigger;
 

@@ -28,10 +28,10 @@ mod tests {
     /// A fingerprint of all identity state, to prove that a refusal changed nothing.
     fn state() -> String {
         one("SELECT (SELECT md5(coalesce(string_agg(format('%s|%s|%s', project_id, distinct_id, canonical_id), ',' \
-                ORDER BY project_id, distinct_id), '')) FROM identity_merge.identities WHERE project_id <> ALL (SELECT project_id FROM identity_merge.projects WHERE token IN ('conc2', 'cross'))) || \
+                ORDER BY project_id, distinct_id), '')) FROM identity_merge.identities WHERE project_id <> ALL (SELECT project_id FROM identity_merge.projects WHERE token IN ('conc2', 'cross', 'stale'))) || \
                 (SELECT md5(coalesce(string_agg(format('%s|%s|%s|%s', project_id, canonical_id, size, identified), ',' \
-                ORDER BY project_id, canonical_id), '')) FROM identity_merge.clusters WHERE project_id <> ALL (SELECT project_id FROM identity_merge.projects WHERE token IN ('conc2', 'cross'))) || \
-                (SELECT count(*) FROM identity_merge.merge_log WHERE project_id <> ALL (SELECT project_id FROM identity_merge.projects WHERE token IN ('conc2', 'cross')))::text")
+                ORDER BY project_id, canonical_id), '')) FROM identity_merge.clusters WHERE project_id <> ALL (SELECT project_id FROM identity_merge.projects WHERE token IN ('conc2', 'cross', 'stale'))) || \
+                (SELECT count(*) FROM identity_merge.merge_log WHERE project_id <> ALL (SELECT project_id FROM identity_merge.projects WHERE token IN ('conc2', 'cross', 'stale')))::text")
         .unwrap()
     }
 
@@ -236,7 +236,7 @@ mod tests {
         run("SELECT mp_detach('plain_ev')");
         run("INSERT INTO plain_ev VALUES ('x', NULL, 4)");
         assert_eq!(one("SELECT coalesce(person, '<null>') FROM plain_ev WHERE payload = 4").as_deref(), Some("<null>"));
-        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM identity_merge.attachments").unwrap(), Some(0));
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM identity_merge.attachments WHERE project_id = 1").unwrap(), Some(0));
     }
 
     #[pg_test]
@@ -585,5 +585,39 @@ mod sessions {
         }
         assert!(results.iter().any(|r| r.is_ok()), "at least one transaction commits");
         check_partition(&mut setup, "cross", &joins);
+    }
+
+    #[test]
+    fn a_merge_committed_elsewhere_reaches_the_next_statement_of_a_stamping_session() {
+        let mut loader = connect();
+        loader
+            .batch_execute(
+                "SELECT mp_create_project('stale'); \
+                 CREATE TABLE stale_ev (n int, distinct_id text, canonical_id text); \
+                 SELECT mp_attach('stale_ev', 'stale'); \
+                 INSERT INTO stale_ev VALUES (1, 'x', NULL), (2, 'y', NULL)",
+            )
+            .unwrap();
+        // the loader's backend now has x and y in its stamp cache
+        let mut other = pgrx_tests::client().unwrap().0;
+        other.batch_execute("SELECT mp_merge('y', 'x', 'stale')").unwrap();
+        loader.batch_execute("INSERT INTO stale_ev VALUES (3, 'x', NULL)").unwrap();
+        let stamp: String = loader.query_one("SELECT canonical_id FROM stale_ev WHERE n = 3", &[]).unwrap().get(0);
+        assert_eq!(stamp, "y", "the next statement sees the committed merge");
+        // a merge in an open transaction of the loader itself, then its rollback
+        loader.batch_execute("BEGIN; SELECT mp_merge('z', 'x', 'stale'); INSERT INTO stale_ev VALUES (4, 'x', NULL)").unwrap();
+        let stamp: String = loader.query_one("SELECT canonical_id FROM stale_ev WHERE n = 4", &[]).unwrap().get(0);
+        assert_eq!(stamp, "z", "own uncommitted merge is seen");
+        loader.batch_execute("ROLLBACK; INSERT INTO stale_ev VALUES (5, 'x', NULL)").unwrap();
+        let stamp: String = loader.query_one("SELECT canonical_id FROM stale_ev WHERE n = 5", &[]).unwrap().get(0);
+        assert_eq!(stamp, "y", "a rolled-back merge leaves the cache");
+        // earlier rows were stamped before the merge: mp_restamp fixes exactly those
+        let changed: i64 = loader.query_one("SELECT mp_restamp('stale_ev')", &[]).unwrap().get(0);
+        assert_eq!(changed, 1, "row 1 (x) was stamped before the merge");
+        let wrong: i64 = loader
+            .query_one("SELECT count(*) FROM stale_ev WHERE canonical_id IS DISTINCT FROM mp_resolve(distinct_id, 'stale')", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(wrong, 0);
     }
 }

@@ -47,8 +47,6 @@ const SQL_SIDES: &str = "SELECT i.distinct_id, i.canonical_id, c.size, c.identif
        AND i.distinct_id OPERATOR(pg_catalog.=) ANY (ARRAY[$2, $3])";
 const SQL_LOCK: &str = "SELECT pg_catalog.pg_advisory_xact_lock($1), pg_catalog.pg_advisory_xact_lock($2)";
 const SQL_JOIN: &str = "SELECT identity_merge._join($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
-const SQL_CANONICAL: &str = "SELECT canonical_id FROM identity_merge.identities \
-     WHERE project_id OPERATOR(pg_catalog.=) $1 AND distinct_id OPERATOR(pg_catalog.=) $2";
 const SQL_RESOLVE: &str = "SELECT p.project_id, i.canonical_id FROM identity_merge.projects p \
      LEFT JOIN identity_merge.identities i ON i.project_id OPERATOR(pg_catalog.=) p.project_id \
       AND i.distinct_id OPERATOR(pg_catalog.=) $2 \
@@ -63,8 +61,6 @@ struct Plans {
     sides: OwnedPreparedStatement,
     lock: OwnedPreparedStatement,
     join: OwnedPreparedStatement,
-    canonical: OwnedPreparedStatement,
-    canonical_ro: OwnedPreparedStatement,
     resolve: OwnedPreparedStatement,
     reject: OwnedPreparedStatement,
 }
@@ -104,8 +100,6 @@ fn plans() -> std::rc::Rc<Plans> {
                     oid(BOOLOID),
                 ],
             ),
-            canonical: prep(SQL_CANONICAL, &[oid(INT4OID), oid(TEXTOID)]),
-            canonical_ro: prep_ro(SQL_CANONICAL, &[oid(INT4OID), oid(TEXTOID)]),
             resolve: prep_ro(SQL_RESOLVE, &[oid(TEXTOID), oid(TEXTOID)]),
             reject: prep(
                 SQL_REJECT,
@@ -314,22 +308,6 @@ fn decide_and_write(p: &Plans, project: &Project, op: Op, a: &Side, b: &Side) ->
             Ok(plan.kept.canonical)
         }
     }
-}
-
-/// The canonical id of `id` in a project (the id itself when never seen). `fresh` takes a new
-/// snapshot, seeing changes made earlier in the same statement (the trigger needs that after
-/// it applied an identity event); otherwise the caller's snapshot is used (STABLE functions).
-pub fn canonical_of(project_id: i32, id: &str, fresh: bool) -> String {
-    let p = plans();
-    let plan = if fresh { &p.canonical } else { &p.canonical_ro };
-    Spi::connect(|c| {
-        let rows = c.select(plan, Some(1), &[project_id.into(), id.into()]).expect("canonical");
-        if rows.is_empty() {
-            id.to_string()
-        } else {
-            rows.first().get::<String>(1).unwrap().unwrap_or_else(|| id.to_string())
-        }
-    })
 }
 
 /// `mp_resolve`: project check and lookup in one probe.

@@ -4,11 +4,10 @@
 //! sent distinct_id as it is. Refused identity events are recorded, never raised.
 //!
 //! Hot path: everything that does not change per row (trigger arguments, column numbers, the
-//! project) is worked out once per statement and kept with a cache of the ids already
-//! resolved in that statement; a miss is one run of a kept plan (no planning per row).
+//! project) is worked out once per statement; ids are answered from the backend's cache
+//! (cache.rs) or, on a miss, by a direct index probe (probe.rs): no SPI, no planning per row.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::ffi::CStr;
 
 use pgrx::prelude::*;
@@ -20,17 +19,15 @@ use crate::store::{self, Mode, Project, Rejection};
 
 /// What one statement's rows share.
 struct StatementContext {
-    key: (pg_sys::Oid, pg_sys::Oid, u32, u32),
+    key: (pg_sys::Oid, pg_sys::Oid, u32, (u32, u32)),
     project: Project,
     distinct_att: i32,
     canonical_att: i32,
     event_att: Option<i32>,
     properties_att: Option<i32>,
-    /// ids resolved in this statement; cleared when the statement changes the identity graph.
-    cache: HashMap<String, String>,
-    /// Set once this statement applied an identity event: lookups must then take a fresh
-    /// snapshot to see it (the statement's own snapshot predates it).
-    fresh: bool,
+    /// Set when this statement just applied an identity event: the next lookup must take a
+    /// new snapshot to see it (the statement's own snapshot predates it).
+    renew: bool,
 }
 
 thread_local! {
@@ -45,17 +42,6 @@ impl std::fmt::Display for StampError {
     }
 }
 
-unsafe fn local_xid() -> u32 {
-    #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16"))]
-    {
-        (*pg_sys::MyProc).lxid
-    }
-    #[cfg(any(feature = "pg17", feature = "pg18"))]
-    {
-        (*pg_sys::MyProc).vxid.lxid
-    }
-}
-
 /// 1-based attribute number of a live column, or None.
 unsafe fn attnum(tupdesc: pg_sys::TupleDesc, name: &str) -> Option<i32> {
     let desc = PgTupleDesc::from_pg_unchecked(tupdesc);
@@ -67,7 +53,7 @@ unsafe fn attnum(tupdesc: pg_sys::TupleDesc, name: &str) -> Option<i32> {
     None
 }
 
-unsafe fn build_context(td: &pg_sys::TriggerData, key: (pg_sys::Oid, pg_sys::Oid, u32, u32)) -> StatementContext {
+unsafe fn build_context(td: &pg_sys::TriggerData, key: (pg_sys::Oid, pg_sys::Oid, u32, (u32, u32))) -> StatementContext {
     let trigger = &*td.tg_trigger;
     let nargs = trigger.tgnargs as usize;
     let args: Vec<String> = (0..nargs)
@@ -93,8 +79,7 @@ unsafe fn build_context(td: &pg_sys::TriggerData, key: (pg_sys::Oid, pg_sys::Oid
         canonical_att,
         event_att,
         properties_att,
-        cache: HashMap::new(),
-        fresh: false,
+        renew: false,
     }
 }
 
@@ -131,13 +116,16 @@ unsafe fn stamp<'a>(
     let relid = (*td.tg_relation).rd_id;
     let snapshot = pg_sys::GetActiveSnapshot();
     let curcid = if snapshot.is_null() { 0 } else { (*snapshot).curcid };
-    let key = (relid, (*td.tg_trigger).tgoid, local_xid(), curcid);
+    let statement = (curcid, pg_sys::GetCurrentSubTransactionId());
+    let key = (relid, (*td.tg_trigger).tgoid, crate::probe::local_xid(), statement);
     let tupdesc = (*td.tg_relation).rd_att;
     let tuple = td.tg_trigtuple;
 
     CONTEXT.with(|slot| {
         let mut slot = slot.borrow_mut();
         if slot.as_ref().map(|c| c.key) != Some(key) {
+            // A new statement: see what other sessions changed before it started.
+            crate::cache::accept_invalidations();
             *slot = Some(build_context(td, key));
         }
         let ctx = slot.as_mut().unwrap();
@@ -148,17 +136,40 @@ unsafe fn stamp<'a>(
             }
         }
 
-        let distinct: Option<String> = get_attr(tuple, tupdesc, ctx.distinct_att);
-        let canonical = distinct.map(|d| {
-            if let Some(c) = ctx.cache.get(&d) {
-                return c.clone();
+        let mut is_null = false;
+        let distinct_datum = pg_sys::heap_getattr(tuple, ctx.distinct_att, tupdesc, &mut is_null);
+        // The canonical id as a datum: the distinct_id's own datum when the id is unknown.
+        let canonical: Option<pg_sys::Datum> = if is_null {
+            None
+        } else {
+            let text = pg_sys::pg_detoast_datum_packed(distinct_datum.cast_mut_ptr());
+            let id = pgrx::varlena::varlena_to_byte_slice(text);
+            let mut out = None;
+            let hit = crate::cache::get(ctx.project.id, id, |e| {
+                out = Some(match e {
+                    Some(c) => (&**c).into_datum().unwrap(),
+                    None => distinct_datum,
+                });
+            });
+            if !hit {
+                let mut found: Option<Box<[u8]>> = None;
+                crate::probe::canonical(statement, ctx.renew, ctx.project.id, distinct_datum, |d| {
+                    found = d.map(|d| {
+                        let t = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+                        Box::from(pgrx::varlena::varlena_to_byte_slice(t))
+                    });
+                });
+                ctx.renew = false;
+                out = Some(match &found {
+                    Some(c) => (&**c).into_datum().unwrap(),
+                    None => distinct_datum,
+                });
+                crate::cache::put(ctx.project.id, id, found);
             }
-            let c = store::canonical_of(ctx.project.id, &d, ctx.fresh);
-            ctx.cache.insert(d, c.clone());
-            c
-        });
+            out
+        };
 
-        let mut values = [canonical.clone().into_datum().unwrap_or(pg_sys::Datum::from(0))];
+        let mut values = [canonical.unwrap_or(pg_sys::Datum::from(0))];
         let mut nulls = [canonical.is_none()];
         let mut cols = [ctx.canonical_att];
         let new_tuple =
@@ -187,8 +198,8 @@ unsafe fn apply_row_event(
     };
     match result {
         Ok(_) => {
-            ctx.cache.clear();
-            ctx.fresh = true;
+            crate::cache::clear();
+            ctx.renew = true;
         }
         // A lock cycle with another transaction is transient: abort this INSERT with 40001 so
         // the loader retries it, rather than recording the event as refused.

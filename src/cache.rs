@@ -1,0 +1,120 @@
+//! A per-backend cache of id -> canonical id for the stamping trigger, kept correct by
+//! PostgreSQL's relcache invalidation: every statement that writes `identity_merge.identities`
+//! fires a statement trigger that invalidates the table's relcache entry; the message reaches
+//! every backend (this one at its next command, others when they next accept invalidations,
+//! which the trigger does at each statement start), and the callback here empties the cache.
+//! An aborted transaction's invalidations are replayed locally, so its changes leave too.
+//!
+//! Entries are filled from probes whose snapshot is taken after invalidations were accepted,
+//! so an entry is never older than the invalidations already processed: a merge committed by
+//! another session is seen by the next statement (rows stamped meanwhile are the stale ones
+//! `mp_restamp` fixes).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+/// What a lookup learned: `Some(canonical)` for a known id, `None` for an id never seen
+/// (which resolves to itself).
+type Entry = Option<Box<[u8]>>;
+
+struct IdCache {
+    generation: u64,
+    project_id: i32,
+    entries: HashMap<Box<[u8]>, Entry>,
+}
+
+thread_local! {
+    static GENERATION: Cell<u64> = const { Cell::new(0) };
+    static REGISTERED: Cell<bool> = const { Cell::new(false) };
+    static CACHE: RefCell<Option<IdCache>> = const { RefCell::new(None) };
+}
+
+/// Invalidation callback: must not error or allocate through PostgreSQL, and may run while the
+/// cache is borrowed, so it only bumps a counter the cache checks.
+#[pg_guard]
+unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, _relid: pg_sys::Oid) {
+    // Any relation: the identities table's oid can change (extension recreated) and the cost
+    // of an extra flush is one refill.
+    GENERATION.with(|g| g.set(g.get() + 1));
+}
+
+fn ensure_registered() {
+    REGISTERED.with(|r| {
+        if !r.get() {
+            unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(on_relcache_invalidation), pg_sys::Datum::from(0)) };
+            r.set(true);
+        }
+    });
+}
+
+/// Maximum entries before the cache starts over (identity_merge.stamp_cache_entries).
+fn capacity() -> usize {
+    crate::guc::STAMP_CACHE_ENTRIES.get().max(0) as usize
+}
+
+/// Processes pending invalidations (call at the start of each statement).
+pub fn accept_invalidations() {
+    ensure_registered();
+    unsafe { pg_sys::AcceptInvalidationMessages() };
+}
+
+/// Looks `id` up; `None` when not cached.
+pub fn get(project_id: i32, id: &[u8], f: impl FnOnce(&Entry)) -> bool {
+    let generation = GENERATION.with(|g| g.get());
+    CACHE.with(|c| {
+        let c = c.borrow();
+        match c.as_ref() {
+            Some(cache) if cache.generation == generation && cache.project_id == project_id => match cache.entries.get(id) {
+                Some(e) => {
+                    f(e);
+                    true
+                }
+                None => false,
+            },
+            _ => false,
+        }
+    })
+}
+
+pub fn put(project_id: i32, id: &[u8], entry: Entry) {
+    let cap = capacity();
+    if cap == 0 {
+        return;
+    }
+    let generation = GENERATION.with(|g| g.get());
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        let stale = match c.as_ref() {
+            Some(cache) => cache.generation != generation || cache.project_id != project_id || cache.entries.len() >= cap,
+            None => true,
+        };
+        if stale {
+            *c = Some(IdCache { generation, project_id, entries: HashMap::new() });
+        }
+        c.as_mut().unwrap().entries.insert(id.into(), entry);
+    })
+}
+
+/// Forgets everything (after this backend changed the identity graph).
+pub fn clear() {
+    GENERATION.with(|g| g.set(g.get() + 1));
+    CACHE.with(|c| *c.borrow_mut() = None);
+}
+
+#[pg_schema]
+mod identity_merge {
+    use pgrx::prelude::*;
+
+    /// Statement trigger on identity_merge.identities: tells every backend's stamp cache that
+    /// the identity graph changed (through a relcache invalidation of the table).
+    #[pg_trigger]
+    fn identities_changed<'a>(
+        trigger: &'a pgrx::PgTrigger<'a>,
+    ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
+        unsafe { pgrx::pg_sys::CacheInvalidateRelcache(trigger.trigger_data().tg_relation) };
+        Ok(None)
+    }
+}

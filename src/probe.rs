@@ -1,0 +1,246 @@
+//! Direct index probes of `identity_merge.identities` for the stamping trigger: no SPI, no
+//! executor, no planning per row. One probe (relations, index scan, slot) is opened per
+//! transaction under the top transaction's resource owner, so it outlives each statement
+//! and is closed just before commit; its snapshot is the current statement's, replaced when
+//! the statement changes or when the trigger itself changed the identity graph.
+
+use std::cell::RefCell;
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+pub struct Probe {
+    heap: pg_sys::Relation,
+    index: pg_sys::Relation,
+    scan: pg_sys::IndexScanDesc,
+    slot: *mut pg_sys::TupleTableSlot,
+    snapshot: pg_sys::Snapshot,
+    collation: pg_sys::Oid,
+    canonical_attno: i32,
+    /// Visibility map page pinned by index-only lookups.
+    vmbuffer: pg_sys::Buffer,
+    lxid: u32,
+    statement: (u32, u32),
+    busy: bool,
+}
+
+thread_local! {
+    static PROBE: RefCell<Option<Probe>> = const { RefCell::new(None) };
+}
+
+pub unsafe fn local_xid() -> u32 {
+    #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16"))]
+    {
+        (*pg_sys::MyProc).lxid
+    }
+    #[cfg(any(feature = "pg17", feature = "pg18"))]
+    {
+        (*pg_sys::MyProc).vxid.lxid
+    }
+}
+
+/// Runs `f` with the top transaction's resource owner and memory context, so that what it
+/// opens, pins or registers lives until the transaction ends rather than the statement.
+unsafe fn in_transaction_scope<R>(f: impl FnOnce() -> R) -> R {
+    let owner = pg_sys::CurrentResourceOwner;
+    let cx = pg_sys::MemoryContextSwitchTo(pg_sys::TopTransactionContext);
+    pg_sys::CurrentResourceOwner = pg_sys::TopTransactionResourceOwner;
+    let r = f();
+    pg_sys::CurrentResourceOwner = owner;
+    pg_sys::MemoryContextSwitchTo(cx);
+    r
+}
+
+/// An index scan that returns index tuples too, for index-only lookups (the primary key
+/// INCLUDEs canonical_id).
+unsafe fn begin_scan(heap: pg_sys::Relation, index: pg_sys::Relation, snapshot: pg_sys::Snapshot) -> pg_sys::IndexScanDesc {
+    #[cfg(not(feature = "pg18"))]
+    let scan = pg_sys::index_beginscan(heap, index, snapshot, 2, 0);
+    #[cfg(feature = "pg18")]
+    let scan = pg_sys::index_beginscan(heap, index, snapshot, std::ptr::null_mut(), 2, 0);
+    (*scan).xs_want_itup = true;
+    scan
+}
+
+/// A snapshot taken now, after the caller accepted invalidation messages: it sees every
+/// commit whose invalidation was processed (see cache.rs) and, after a command counter
+/// increment, what this statement changed through SPI.
+unsafe fn current_snapshot(after_own_changes: bool) -> pg_sys::Snapshot {
+    if after_own_changes {
+        pg_sys::CommandCounterIncrement();
+    }
+    pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot())
+}
+
+impl Probe {
+    unsafe fn open(statement: (u32, u32)) -> Probe {
+        in_transaction_scope(|| {
+            let nsp = pg_sys::get_namespace_oid(c"identity_merge".as_ptr(), false);
+            let heap_oid = pg_sys::get_relname_relid(c"identities".as_ptr(), nsp);
+            let index_oid = pg_sys::get_relname_relid(c"identities_pkey".as_ptr(), nsp);
+            if heap_oid == pg_sys::InvalidOid || index_oid == pg_sys::InvalidOid {
+                error!("identity_merge: table identity_merge.identities or its primary key is missing; reinstall the extension");
+            }
+            let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+            let heap = pg_sys::table_open(heap_oid, lock);
+            let index = pg_sys::index_open(index_oid, lock);
+            let collation = *(*index).rd_indcollation.add(1);
+            let tupdesc = pgrx::PgTupleDesc::from_pg_unchecked((*heap).rd_att);
+            let canonical_attno = tupdesc
+                .iter()
+                .position(|a| a.name() == "canonical_id")
+                .map(|i| i as i32 + 1)
+                .unwrap_or_else(|| error!("identity_merge: identities.canonical_id is missing"));
+            let snapshot = current_snapshot(false);
+            let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
+            let scan = begin_scan(heap, index, snapshot);
+            Probe {
+                heap,
+                index,
+                scan,
+                slot,
+                snapshot,
+                collation,
+                canonical_attno,
+                vmbuffer: pg_sys::InvalidBuffer as pg_sys::Buffer,
+                lxid: local_xid(),
+                statement,
+                busy: false,
+            }
+        })
+    }
+
+    /// Moves to a new snapshot: the next statement's, or this one's after its own changes.
+    unsafe fn renew_snapshot(&mut self, after_own_changes: bool) {
+        in_transaction_scope(|| {
+            pg_sys::index_endscan(self.scan);
+            pg_sys::UnregisterSnapshot(self.snapshot);
+            self.snapshot = current_snapshot(after_own_changes);
+            self.scan = begin_scan(self.heap, self.index, self.snapshot);
+        })
+    }
+
+    unsafe fn close(self) {
+        in_transaction_scope(|| {
+            pg_sys::index_endscan(self.scan);
+            if self.vmbuffer != pg_sys::InvalidBuffer as pg_sys::Buffer {
+                pg_sys::ReleaseBuffer(self.vmbuffer);
+            }
+            pg_sys::ExecDropSingleTupleTableSlot(self.slot);
+            pg_sys::UnregisterSnapshot(self.snapshot);
+            let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+            pg_sys::index_close(self.index, lock);
+            pg_sys::table_close(self.heap, lock);
+        })
+    }
+
+    /// Hands `f` the canonical id of `id` (a text datum) as a text datum, or None when unknown.
+    /// The datum points into a pinned buffer, released when `f` returns.
+    unsafe fn lookup(&mut self, project_id: i32, id: pg_sys::Datum, f: impl FnOnce(Option<pg_sys::Datum>)) {
+        in_transaction_scope(|| {
+            let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
+            pg_sys::ScanKeyEntryInitialize(
+                &mut keys[0],
+                0,
+                1,
+                pg_sys::BTEqualStrategyNumber as u16,
+                pg_sys::InvalidOid,
+                pg_sys::InvalidOid,
+                pg_sys::regproc::from(pg_sys::F_INT4EQ),
+                pg_sys::Datum::from(project_id),
+            );
+            pg_sys::ScanKeyEntryInitialize(
+                &mut keys[1],
+                0,
+                2,
+                pg_sys::BTEqualStrategyNumber as u16,
+                pg_sys::InvalidOid,
+                self.collation,
+                pg_sys::regproc::from(pg_sys::F_TEXTEQ),
+                id,
+            );
+            pg_sys::index_rescan(self.scan, keys.as_mut_ptr(), 2, std::ptr::null_mut(), 0);
+            // As an index-only scan does: when the heap page is all-visible the index tuple
+            // answers; otherwise fetch the heap tuple and check it against the snapshot.
+            let mut found = None;
+            loop {
+                let tid = pg_sys::index_getnext_tid(self.scan, pg_sys::ScanDirection::ForwardScanDirection);
+                if tid.is_null() {
+                    break;
+                }
+                let block = pgrx::itemptr::item_pointer_get_block_number(tid);
+                let status = pg_sys::visibilitymap_get_status(self.heap, block, &mut self.vmbuffer);
+                if status as u32 & pg_sys::VISIBILITYMAP_ALL_VISIBLE != 0 {
+                    let mut values = [pg_sys::Datum::from(0); 3];
+                    let mut nulls = [false; 3];
+                    pg_sys::index_deform_tuple(
+                        (*self.scan).xs_itup,
+                        (*self.scan).xs_itupdesc,
+                        values.as_mut_ptr(),
+                        nulls.as_mut_ptr(),
+                    );
+                    found = (!nulls[2]).then_some(values[2]);
+                    break;
+                }
+                if pg_sys::index_fetch_heap(self.scan, self.slot) {
+                    let mut is_null = false;
+                    let d = pg_sys::slot_getattr(self.slot, self.canonical_attno, &mut is_null);
+                    found = (!is_null).then_some(d);
+                    break;
+                }
+            }
+            f(found);
+            pg_sys::ExecClearTuple(self.slot);
+        })
+    }
+}
+
+/// Looks `id` up for the statement `statement` (command id, subtransaction; the local xid is
+/// implied) and hands the canonical datum, if any, to `f`. `renew` asks for a new snapshot that
+/// sees what this statement changed so far (after the trigger applied an identity event).
+pub unsafe fn canonical(
+    statement: (u32, u32),
+    renew: bool,
+    project_id: i32,
+    id: pg_sys::Datum,
+    f: impl FnOnce(Option<pg_sys::Datum>),
+) {
+    PROBE.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        let lxid = local_xid();
+        // A probe of an earlier transaction was closed before it committed or was released
+        // by its abort: forget it. One left busy by an error is closed and reopened.
+        if slot.as_ref().is_some_and(|p| p.lxid != lxid) {
+            *slot = None;
+        }
+        if slot.as_ref().is_some_and(|p| p.busy) {
+            slot.take().unwrap().close();
+        }
+        if slot.is_none() {
+            *slot = Some(Probe::open(statement));
+            pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::PreCommit, close_current);
+        }
+        let probe = slot.as_mut().unwrap();
+        if probe.statement != statement {
+            probe.renew_snapshot(false);
+            probe.statement = statement;
+        }
+        if renew {
+            probe.renew_snapshot(true);
+        }
+        probe.busy = true;
+        probe.lookup(project_id, id, f);
+        probe.busy = false;
+    })
+}
+
+/// Closes this transaction's probe (pre-commit).
+pub fn close_current() {
+    PROBE.with(|slot| {
+        if let Some(p) = slot.borrow_mut().take() {
+            if p.lxid == unsafe { local_xid() } {
+                unsafe { p.close() };
+            }
+        }
+    })
+}
