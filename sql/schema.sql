@@ -36,6 +36,12 @@ CREATE TABLE identity_merge.identities (
 CREATE INDEX identities_cluster_idx ON identity_merge.identities (project_id, canonical_id);
 COMMENT ON TABLE identity_merge.identities IS 'Every id seen by an identity operation, with its cluster''s canonical id';
 
+-- Never holds rows and no query reads it: a relcache invalidation of this table is how a write
+-- to identities tells every backend's stamp cache (src/cache.rs) that the graph changed,
+-- without invalidating the cached plans of queries on identities.
+CREATE TABLE identity_merge.graph_changed (never_used boolean);
+COMMENT ON TABLE identity_merge.graph_changed IS 'Signal only: its relcache invalidation empties the stamp caches';
+
 -- One row per cluster, keyed by its canonical id.
 CREATE TABLE identity_merge.clusters (
     project_id   integer NOT NULL,

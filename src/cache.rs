@@ -1,6 +1,8 @@
 //! A per-backend cache of id -> canonical id for the stamping trigger, kept correct by
 //! PostgreSQL's relcache invalidation: every statement that writes `identity_merge.identities`
-//! fires a statement trigger that invalidates the table's relcache entry; the message reaches
+//! fires a statement trigger that invalidates the relcache entry of the signal table
+//! `identity_merge.graph_changed` (not of identities itself, whose cached plans would all be
+//! replanned in every backend after every merge); the message reaches
 //! every backend (this one at its next command, others when they next accept invalidations,
 //! which the trigger does at each statement start), and the callback here empties the cache.
 //! An aborted transaction's invalidations are replayed locally, so its changes leave too.
@@ -28,6 +30,8 @@ struct IdCache {
 
 thread_local! {
     static GENERATION: Cell<u64> = const { Cell::new(0) };
+    /// The oid of identity_merge.graph_changed, looked up at each statement start.
+    static WATCHED: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
     static REGISTERED: Cell<bool> = const { Cell::new(false) };
     static CACHE: RefCell<Option<IdCache>> = const { RefCell::new(None) };
 }
@@ -35,10 +39,11 @@ thread_local! {
 /// Invalidation callback: must not error or allocate through PostgreSQL, and may run while the
 /// cache is borrowed, so it only bumps a counter the cache checks.
 #[pg_guard]
-unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, _relid: pg_sys::Oid) {
-    // Any relation: the identities table's oid can change (extension recreated) and the cost
-    // of an extra flush is one refill.
-    GENERATION.with(|g| g.set(g.get() + 1));
+unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    // InvalidOid means "every relation" (e.g. after the invalidation queue overflowed).
+    if relid == pg_sys::InvalidOid || relid == WATCHED.with(|w| w.get()) {
+        GENERATION.with(|g| g.set(g.get() + 1));
+    }
 }
 
 fn ensure_registered() {
@@ -58,7 +63,20 @@ fn capacity() -> usize {
 /// Processes pending invalidations (call at the start of each statement).
 pub fn accept_invalidations() {
     ensure_registered();
-    unsafe { pg_sys::AcceptInvalidationMessages() };
+    unsafe {
+        pg_sys::AcceptInvalidationMessages();
+        let nsp = pg_sys::get_namespace_oid(c"identity_merge".as_ptr(), true);
+        let oid = if nsp == pg_sys::InvalidOid {
+            pg_sys::InvalidOid
+        } else {
+            pg_sys::get_relname_relid(c"graph_changed".as_ptr(), nsp)
+        };
+        if oid != WATCHED.with(|w| w.get()) {
+            // The table was recreated (or first use): nothing cached can be trusted.
+            WATCHED.with(|w| w.set(oid));
+            GENERATION.with(|g| g.set(g.get() + 1));
+        }
+    }
 }
 
 /// Looks `id` up; `None` when not cached.
@@ -109,12 +127,20 @@ mod identity_merge {
     use pgrx::prelude::*;
 
     /// Statement trigger on identity_merge.identities: tells every backend's stamp cache that
-    /// the identity graph changed (through a relcache invalidation of the table).
+    /// the identity graph changed (a relcache invalidation of identity_merge.graph_changed,
+    /// sent when the transaction commits and seen by this backend at its next command).
     #[pg_trigger]
     fn identities_changed<'a>(
-        trigger: &'a pgrx::PgTrigger<'a>,
+        _trigger: &'a pgrx::PgTrigger<'a>,
     ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
-        unsafe { pgrx::pg_sys::CacheInvalidateRelcache(trigger.trigger_data().tg_relation) };
+        unsafe {
+            use pgrx::pg_sys;
+            let nsp = pg_sys::get_namespace_oid(c"identity_merge".as_ptr(), false);
+            let signal = pg_sys::get_relname_relid(c"graph_changed".as_ptr(), nsp);
+            if signal != pg_sys::InvalidOid {
+                pg_sys::CacheInvalidateRelcacheByRelid(signal);
+            }
+        }
         Ok(None)
     }
 }
