@@ -16,3 +16,5 @@ if [ "$(id -u)" = 0 ]; then
   # the test server (as postgres) reads files the tests write under /tmp
 fi
 cargo pgrx test pg15 "$@"
+# cargo pgrx test installed the extension into PostgreSQL 15; check dump and restore with it.
+bash tests/dump_restore.sh
