@@ -195,3 +195,21 @@ END $$;
 -- Every write to identities tells the stamping trigger's per-backend caches (src/cache.rs).
 CREATE TRIGGER identities_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON identity_merge.identities
     FOR EACH STATEMENT EXECUTE FUNCTION identity_merge.identities_changed();
+
+-- The seed's HTTP API shapes: request bodies in, IdentityResponse out (src/json_api.rs).
+-- The jsonb is handed over as text so that every failure is an answer, never an error.
+CREATE FUNCTION mp_identity_create(body jsonb) RETURNS jsonb
+LANGUAGE sql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+AS $$ SELECT identity_merge._identity_create(body::text) $$;
+
+CREATE FUNCTION mp_identity_create_alias(body jsonb) RETURNS jsonb
+LANGUAGE sql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+AS $$ SELECT identity_merge._identity_create_alias(body::text) $$;
+
+CREATE FUNCTION mp_identity_merge(body jsonb) RETURNS jsonb
+LANGUAGE sql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+AS $$ SELECT identity_merge._identity_merge(body::text) $$;
+
+CREATE FUNCTION mp_track(payload jsonb) RETURNS jsonb
+LANGUAGE sql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+AS $$ SELECT identity_merge._track(payload::text) $$;

@@ -15,9 +15,12 @@ fn run(op: Op, a: Option<&str>, b: Option<&str>, project: Option<&str>) -> Strin
         let name = match op {
             Op::Identify => "mp_identify",
             Op::Alias => "mp_alias",
-            Op::Merge => "mp_merge",
+            Op::Merge | Op::Link => "mp_merge",
         };
-        crate::error::raise(IdentityError::WrongMode { op: name, token: project.token });
+        crate::error::raise(IdentityError::WrongMode {
+            op: name,
+            token: project.token,
+        });
     }
     store::apply(&project, op, a, b).or_raise()
 }
@@ -34,7 +37,11 @@ fn mp_identify(
 
 /// `$create_alias`: alias joins distinct_id's cluster; returns the canonical id.
 #[pg_extern(volatile, parallel_unsafe)]
-fn mp_alias(alias: Option<&str>, distinct_id: Option<&str>, project: default!(Option<&str>, "'default'")) -> String {
+fn mp_alias(
+    alias: Option<&str>,
+    distinct_id: Option<&str>,
+    project: default!(Option<&str>, "'default'"),
+) -> String {
     run(Op::Alias, alias, distinct_id, project)
 }
 
@@ -50,8 +57,15 @@ fn mp_merge(
 
 /// `$merge` with `$distinct_ids` as an array of exactly two ids.
 #[pg_extern(volatile, parallel_unsafe, name = "mp_merge")]
-fn mp_merge_array(distinct_ids: Option<Vec<Option<String>>>, project: default!(Option<&str>, "'default'")) -> String {
-    let ids = distinct_ids.ok_or(IdentityError::NullId { field: "distinct_ids" }).or_raise();
+fn mp_merge_array(
+    distinct_ids: Option<Vec<Option<String>>>,
+    project: default!(Option<&str>, "'default'"),
+) -> String {
+    let ids = distinct_ids
+        .ok_or(IdentityError::NullId {
+            field: "distinct_ids",
+        })
+        .or_raise();
     if ids.len() != 2 {
         crate::error::raise(IdentityError::InvalidArgument {
             what: "distinct_ids (it must hold exactly 2 ids; its length is shown)",

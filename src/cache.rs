@@ -49,7 +49,12 @@ unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid:
 fn ensure_registered() {
     REGISTERED.with(|r| {
         if !r.get() {
-            unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(on_relcache_invalidation), pg_sys::Datum::from(0)) };
+            unsafe {
+                pg_sys::CacheRegisterRelcacheCallback(
+                    Some(on_relcache_invalidation),
+                    pg_sys::Datum::from(0),
+                )
+            };
             r.set(true);
         }
     });
@@ -85,13 +90,15 @@ pub fn get(project_id: i32, id: &[u8], f: impl FnOnce(&Entry)) -> bool {
     CACHE.with(|c| {
         let c = c.borrow();
         match c.as_ref() {
-            Some(cache) if cache.generation == generation && cache.project_id == project_id => match cache.entries.get(id) {
-                Some(e) => {
-                    f(e);
-                    true
+            Some(cache) if cache.generation == generation && cache.project_id == project_id => {
+                match cache.entries.get(id) {
+                    Some(e) => {
+                        f(e);
+                        true
+                    }
+                    None => false,
                 }
-                None => false,
-            },
+            }
             _ => false,
         }
     })
@@ -106,11 +113,19 @@ pub fn put(project_id: i32, id: &[u8], entry: Entry) {
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
         let stale = match c.as_ref() {
-            Some(cache) => cache.generation != generation || cache.project_id != project_id || cache.entries.len() >= cap,
+            Some(cache) => {
+                cache.generation != generation
+                    || cache.project_id != project_id
+                    || cache.entries.len() >= cap
+            }
             None => true,
         };
         if stale {
-            *c = Some(IdCache { generation, project_id, entries: HashMap::new() });
+            *c = Some(IdCache {
+                generation,
+                project_id,
+                entries: HashMap::new(),
+            });
         }
         c.as_mut().unwrap().entries.insert(id.into(), entry);
     })

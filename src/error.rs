@@ -64,19 +64,61 @@ impl BadIdKind {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IdentityError {
-    NullId { field: &'static str },
-    InvalidId { field: &'static str, value: String, kind: BadIdKind },
-    Refused { reason: Reason, op: Op, a: String, b: String },
-    ManyIds { op: Op, a: String, b: String, size: i64, limit: i64 },
-    UnknownProject { token: String },
-    ProjectExists { token: String },
-    ProjectHasData { token: String },
-    WrongMode { op: &'static str, token: String },
-    InvalidArgument { what: &'static str, value: String, hint: &'static str },
+    NullId {
+        field: &'static str,
+    },
+    InvalidId {
+        field: &'static str,
+        value: String,
+        kind: BadIdKind,
+    },
+    Refused {
+        reason: Reason,
+        op: Op,
+        a: String,
+        b: String,
+    },
+    ManyIds {
+        op: Op,
+        a: String,
+        b: String,
+        size: i64,
+        limit: i64,
+    },
+    UnknownProject {
+        token: String,
+    },
+    ProjectExists {
+        token: String,
+    },
+    ProjectHasData {
+        token: String,
+    },
+    WrongMode {
+        op: &'static str,
+        token: String,
+    },
+    InvalidArgument {
+        what: &'static str,
+        value: String,
+        hint: &'static str,
+    },
     /// An identity event (row or JSON body) whose fields are missing or of the wrong type.
-    MalformedEvent { field: String, problem: String },
+    MalformedEvent {
+        field: String,
+        problem: String,
+    },
+    /// A `$identify` / `$create_alias` / `$merge` event in a Simplified project (recorded only).
+    Ignored {
+        event: String,
+        token: String,
+    },
     /// Concurrent writers kept moving the clusters under us; safe to retry the transaction.
-    Contention { op: Op, a: String, b: String },
+    Contention {
+        op: Op,
+        a: String,
+        b: String,
+    },
 }
 
 /// Shortens a value for a message: ids may be 255 characters, junk may be longer.
@@ -90,7 +132,12 @@ fn show(v: &str) -> String {
 
 impl IdentityError {
     pub fn refused(reason: Reason, op: Op, a: &str, b: &str) -> Self {
-        IdentityError::Refused { reason, op, a: a.to_string(), b: b.to_string() }
+        IdentityError::Refused {
+            reason,
+            op,
+            a: a.to_string(),
+            b: b.to_string(),
+        }
     }
 
     /// The reason code recorded in rejections and quoted in messages, where there is one.
@@ -101,6 +148,7 @@ impl IdentityError {
             IdentityError::Refused { reason, .. } => Some(*reason),
             IdentityError::ManyIds { .. } => Some(Reason::ManyIds),
             IdentityError::MalformedEvent { .. } => Some(Reason::MalformedEvent),
+            IdentityError::Ignored { .. } => Some(Reason::IgnoredInSimplified),
             _ => None,
         }
     }
@@ -116,7 +164,7 @@ impl IdentityError {
             IdentityError::ManyIds { .. } => "54000",
             IdentityError::UnknownProject { .. } => "42704",
             IdentityError::ProjectExists { .. } => "42710",
-            IdentityError::WrongMode { .. } => "0A000",
+            IdentityError::WrongMode { .. } | IdentityError::Ignored { .. } => "0A000",
             IdentityError::Contention { .. } => "40001",
         }
     }
@@ -161,6 +209,11 @@ impl IdentityError {
             }
             IdentityError::InvalidArgument { what, value, .. } => format!("invalid {what}: {}", show(value)),
             IdentityError::MalformedEvent { field, problem } => format!("errMalformedEvent: {field} {problem}"),
+            IdentityError::Ignored { event, token } => format!(
+                "errIgnoredInSimplified: event {} has no identity meaning in Simplified ID Merge project {}; ignored",
+                show(event),
+                show(token)
+            ),
             IdentityError::Contention { op, a, b } => {
                 format!("{} of {} and {} kept conflicting with concurrent merges", op.as_str(), show(a), show(b))
             }
@@ -198,6 +251,7 @@ impl IdentityError {
                 "Simplified projects link ids through $device_id and $user_id on events.".into()
             }
             IdentityError::InvalidArgument { hint, .. } => (*hint).into(),
+            IdentityError::Ignored { .. } => "Send $device_id and $user_id on events instead.".into(),
             IdentityError::MalformedEvent { .. } => {
                 "Identity events carry their ids as strings (numbers are accepted) in the fields the Mixpanel API names.".into()
             }
@@ -256,7 +310,11 @@ mod tests {
         assert!(e.message().starts_with("errAnonDistinctIdAssignedAlready:"));
         assert!(e.message().contains("\"U2\"") && e.message().contains("\"abc\""));
         assert_eq!(e.sqlstate(), "55000");
-        let e = IdentityError::InvalidId { field: "alias", value: "null".into(), kind: BadIdKind::Blocked };
+        let e = IdentityError::InvalidId {
+            field: "alias",
+            value: "null".into(),
+            kind: BadIdKind::Blocked,
+        };
         assert_eq!(e.sqlstate(), "22023");
         assert!(e.message().contains("\"null\"") && e.message().contains("blocked"));
         assert!(!e.hint().is_empty());
@@ -264,7 +322,11 @@ mod tests {
 
     #[test]
     fn long_values_are_shortened() {
-        let e = IdentityError::InvalidId { field: "x", value: "y".repeat(1000), kind: BadIdKind::TooLong };
+        let e = IdentityError::InvalidId {
+            field: "x",
+            value: "y".repeat(1000),
+            kind: BadIdKind::TooLong,
+        };
         assert!(e.message().len() < 200);
     }
 }

@@ -12,7 +12,8 @@ pub enum AnonIdFormatGuc {
     Any,
 }
 
-pub static ANON_ID_FORMAT: GucSetting<AnonIdFormatGuc> = GucSetting::<AnonIdFormatGuc>::new(AnonIdFormatGuc::Uuid);
+pub static ANON_ID_FORMAT: GucSetting<AnonIdFormatGuc> =
+    GucSetting::<AnonIdFormatGuc>::new(AnonIdFormatGuc::Uuid);
 
 /// `identity_merge.stamp_cache_entries`: ids each backend remembers for the stamping trigger.
 pub static STAMP_CACHE_ENTRIES: GucSetting<i32> = GucSetting::<i32>::new(1_000_000);

@@ -4,8 +4,8 @@
 
 use serde_json::Value;
 
-use crate::error::IdentityError;
-use crate::rules::Op;
+use crate::error::{IdentityError, Reason};
+use crate::rules::{Op, RuleSettings, DEVICE_PREFIX};
 
 /// The identity operation an event name stands for, if any.
 pub fn identity_op(event: &str) -> Option<Op> {
@@ -26,7 +26,10 @@ pub fn id_field(props: &Value, field: &str) -> Result<Option<String>, IdentityEr
 
 fn id_value(v: Option<&Value>, path: &str) -> Result<Option<String>, IdentityError> {
     match v {
-        None => Err(IdentityError::MalformedEvent { field: path.to_string(), problem: "is missing".into() }),
+        None => Err(IdentityError::MalformedEvent {
+            field: path.to_string(),
+            problem: "is missing".into(),
+        }),
         Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(Value::Number(n)) => Ok(Some(n.to_string())),
@@ -57,16 +60,197 @@ pub fn event_ids(op: Op, props: &Value) -> Result<(Option<String>, Option<String
         });
     }
     match op {
-        Op::Identify => Ok((id_field(props, "$identified_id")?, id_field(props, "$anon_id")?)),
+        Op::Identify => Ok((
+            id_field(props, "$identified_id")?,
+            id_field(props, "$anon_id")?,
+        )),
         Op::Alias => Ok((id_field(props, "alias")?, id_field(props, "distinct_id")?)),
         Op::Merge => distinct_ids_pair(props.get("$distinct_ids"), "properties.$distinct_ids"),
+        Op::Link => Err(IdentityError::MalformedEvent {
+            field: "event".into(),
+            problem: "is not an identity event".into(),
+        }),
     }
 }
 
-/// `$distinct_ids`: an array of exactly two ids.
-pub fn distinct_ids_pair(v: Option<&Value>, path: &str) -> Result<(Option<String>, Option<String>), IdentityError> {
+/// An optional id field: absent or null gives None; strings and numbers as in `id_field`.
+fn optional_id(v: Option<&Value>, path: &str) -> Result<Option<String>, IdentityError> {
     match v {
-        None => Err(IdentityError::MalformedEvent { field: path.into(), problem: "is missing".into() }),
+        None => Ok(None),
+        some => id_value(some, path),
+    }
+}
+
+/// `$device_id` and `$user_id` of a Simplified ID Merge event: from the row's columns of those
+/// names when given, else from its properties. A malformed field is dropped (and returned as
+/// an error to record) without losing the other.
+pub fn simplified_ids(
+    props: &Value,
+    device_column: Option<String>,
+    user_column: Option<String>,
+) -> (Option<String>, Option<String>, Vec<IdentityError>) {
+    let mut errors = Vec::new();
+    let mut field = |column: Option<String>, name: &str| match column {
+        Some(v) => Some(v),
+        None => optional_id(props.get(name), &format!("properties.{name}")).unwrap_or_else(|e| {
+            errors.push(e);
+            None
+        }),
+    };
+    let device = field(device_column, "$device_id");
+    let user = field(user_column, "$user_id");
+    (device, user, errors)
+}
+
+/// What a Simplified ID Merge event means for identity.
+#[derive(Debug, Default, PartialEq)]
+pub struct SimplifiedEvent {
+    /// The distinct_id Mixpanel sets: `$user_id`, else `'$device:' || $device_id`.
+    pub distinct_id: Option<String>,
+    /// (user, `$device:` device) to link, when the event carries both.
+    pub link: Option<(String, String)>,
+    /// Ids refused on the way (recorded; the event is kept).
+    pub refusals: Vec<IdentityError>,
+}
+
+pub fn simplified_event(
+    settings: &RuleSettings,
+    device: Option<String>,
+    user: Option<String>,
+) -> SimplifiedEvent {
+    let mut out = SimplifiedEvent::default();
+    let device = device.filter(|d| match settings.validate_id("$device_id", Some(d)) {
+        Ok(()) => true,
+        Err(e) => {
+            out.refusals.push(e);
+            false
+        }
+    });
+    let device_id = device.map(|d| format!("{DEVICE_PREFIX}{d}"));
+    let user = user.filter(|u| {
+        if let Err(e) = settings.validate_id("$user_id", Some(u)) {
+            out.refusals.push(e);
+            return false;
+        }
+        if u.starts_with(DEVICE_PREFIX) {
+            out.refusals.push(IdentityError::refused(
+                Reason::UserIdIsDevice,
+                Op::Link,
+                u,
+                device_id.as_deref().unwrap_or(""),
+            ));
+            return false;
+        }
+        true
+    });
+    out.link = match (&user, &device_id) {
+        (Some(u), Some(d)) => Some((u.clone(), d.clone())),
+        _ => None,
+    };
+    out.distinct_id = user.or(device_id);
+    out
+}
+
+/// A Mixpanel event object as /track and /import take it.
+#[derive(Debug)]
+pub struct TrackedEvent {
+    pub name: String,
+    pub token: String,
+    pub properties: Value,
+}
+
+pub fn tracked_event(v: &Value) -> Result<TrackedEvent, IdentityError> {
+    let bad = |field: &str, problem: String| IdentityError::MalformedEvent {
+        field: field.into(),
+        problem,
+    };
+    let Value::Object(obj) = v else {
+        return Err(bad(
+            "event object",
+            format!("must be an object, not {}", json_type(v)),
+        ));
+    };
+    let name = match obj.get("event") {
+        Some(Value::String(s)) => s.clone(),
+        None => return Err(bad("event", "is missing".into())),
+        Some(other) => {
+            return Err(bad(
+                "event",
+                format!("must be a string, not {}", json_type(other)),
+            ))
+        }
+    };
+    let properties = match obj.get("properties") {
+        Some(p @ Value::Object(_)) => p.clone(),
+        None => return Err(bad("properties", "is missing".into())),
+        Some(other) => {
+            return Err(bad(
+                "properties",
+                format!("must be an object, not {}", json_type(other)),
+            ))
+        }
+    };
+    let token = string_field(&properties, "token", "properties.token")?;
+    Ok(TrackedEvent {
+        name,
+        token,
+        properties,
+    })
+}
+
+/// A required string field (tokens are never numbers).
+pub fn string_field(obj: &Value, field: &str, path: &str) -> Result<String, IdentityError> {
+    match obj.get(field) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        None => Err(IdentityError::MalformedEvent {
+            field: path.into(),
+            problem: "is missing".into(),
+        }),
+        Some(other) => Err(IdentityError::MalformedEvent {
+            field: path.into(),
+            problem: format!("must be a string, not {}", json_type(other)),
+        }),
+    }
+}
+
+/// The token and the two ids of an Identity API request body (POST /identity/create,
+/// /identity/create-alias, /identity/merge).
+pub fn identity_request(
+    op: Op,
+    body: &Value,
+) -> Result<(String, Option<String>, Option<String>), IdentityError> {
+    if !body.is_object() {
+        return Err(IdentityError::MalformedEvent {
+            field: "body".into(),
+            problem: format!("must be an object, not {}", json_type(body)),
+        });
+    }
+    let (a, b) = match op {
+        Op::Identify => (
+            id_value(body.get("$identified_id"), "$identified_id")?,
+            id_value(body.get("$anon_id"), "$anon_id")?,
+        ),
+        Op::Alias => (
+            id_value(body.get("alias"), "alias")?,
+            id_value(body.get("distinct_id"), "distinct_id")?,
+        ),
+        Op::Merge => distinct_ids_pair(body.get("$distinct_ids"), "$distinct_ids")?,
+        Op::Link => unreachable!("no Identity API endpoint links devices"),
+    };
+    let token = string_field(body, "$token", "$token")?;
+    Ok((token, a, b))
+}
+
+/// `$distinct_ids`: an array of exactly two ids.
+pub fn distinct_ids_pair(
+    v: Option<&Value>,
+    path: &str,
+) -> Result<(Option<String>, Option<String>), IdentityError> {
+    match v {
+        None => Err(IdentityError::MalformedEvent {
+            field: path.into(),
+            problem: "is missing".into(),
+        }),
         Some(Value::Array(items)) if items.len() == 2 => Ok((
             id_value(Some(&items[0]), &format!("{path}[0]"))?,
             id_value(Some(&items[1]), &format!("{path}[1]"))?,
@@ -92,7 +276,11 @@ pub fn scrub_nul(v: Value) -> Value {
     match v {
         Value::String(s) if s.contains('\0') => Value::String(scrub_nul_str(&s)),
         Value::Array(items) => Value::Array(items.into_iter().map(scrub_nul).collect()),
-        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (scrub_nul_str(&k), scrub_nul(v))).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (scrub_nul_str(&k), scrub_nul(v)))
+                .collect(),
+        ),
         other => other,
     }
 }
@@ -105,13 +293,19 @@ mod tests {
     #[test]
     fn identify_fields() {
         let p = json!({"$identified_id": "U1", "$anon_id": "A", "token": "t"});
-        assert_eq!(event_ids(Op::Identify, &p).unwrap(), (Some("U1".into()), Some("A".into())));
+        assert_eq!(
+            event_ids(Op::Identify, &p).unwrap(),
+            (Some("U1".into()), Some("A".into()))
+        );
     }
 
     #[test]
     fn numbers_are_ids_booleans_are_not() {
         let p = json!({"alias": 42, "distinct_id": "D"});
-        assert_eq!(event_ids(Op::Alias, &p).unwrap(), (Some("42".into()), Some("D".into())));
+        assert_eq!(
+            event_ids(Op::Alias, &p).unwrap(),
+            (Some("42".into()), Some("D".into()))
+        );
         let p = json!({"alias": true, "distinct_id": "D"});
         let e = event_ids(Op::Alias, &p).unwrap_err();
         assert!(e.message().contains("properties.alias") && e.message().contains("boolean"));
@@ -125,7 +319,10 @@ mod tests {
         assert!(e.message().contains("exactly 2"));
         let e = event_ids(Op::Merge, &json!({"$distinct_ids": ["a"]})).unwrap_err();
         assert!(e.message().contains("not 1"));
-        assert_eq!(event_ids(Op::Merge, &json!({"$distinct_ids": ["a", null]})).unwrap(), (Some("a".into()), None));
+        assert_eq!(
+            event_ids(Op::Merge, &json!({"$distinct_ids": ["a", null]})).unwrap(),
+            (Some("a".into()), None)
+        );
         let e = event_ids(Op::Merge, &json!([1, 2])).unwrap_err();
         assert!(e.message().contains("properties must be an object"));
     }
@@ -134,6 +331,85 @@ mod tests {
     fn nul_is_scrubbed_everywhere() {
         let v = scrub_nul(json!({"a\u{0}": ["x\u{0}y", 1]}));
         assert_eq!(v, json!({"a\u{FFFD}": ["x\u{FFFD}y", 1]}));
+    }
+
+    #[test]
+    fn simplified_distinct_id_and_link() {
+        let s = RuleSettings::default();
+        let e = simplified_event(&s, Some("D1".into()), None);
+        assert_eq!(e.distinct_id.as_deref(), Some("$device:D1"));
+        assert_eq!(e.link, None);
+        let e = simplified_event(&s, Some("D1".into()), Some("U1".into()));
+        assert_eq!(e.distinct_id.as_deref(), Some("U1"));
+        assert_eq!(e.link, Some(("U1".into(), "$device:D1".into())));
+        let e = simplified_event(&s, Some("D1".into()), Some("$device:X".into()));
+        assert_eq!(e.distinct_id.as_deref(), Some("$device:D1"));
+        assert_eq!(e.refusals[0].reason().unwrap().code(), "errUserIdIsDevice");
+        let e = simplified_event(&s, Some("undefined".into()), Some("U1".into()));
+        assert_eq!(e.distinct_id.as_deref(), Some("U1"));
+        assert_eq!(e.link, None);
+        assert_eq!(e.refusals[0].reason().unwrap().code(), "errInvalidID");
+        let (d, u, errs) = simplified_ids(&json!({"$device_id": 77, "$user_id": "U"}), None, None);
+        assert_eq!(
+            (d.as_deref(), u.as_deref(), errs.len()),
+            (Some("77"), Some("U"), 0)
+        );
+        let (d, _, _) = simplified_ids(&json!({"$device_id": "P"}), Some("C".into()), None);
+        assert_eq!(d.as_deref(), Some("C"), "a column wins over properties");
+        let (d, u, errs) = simplified_ids(
+            &json!({"$device_id": "D", "$user_id": {"a": 1}}),
+            None,
+            None,
+        );
+        assert_eq!(
+            (d.as_deref(), u, errs.len()),
+            (Some("D"), None, 1),
+            "the good field survives"
+        );
+    }
+
+    #[test]
+    fn request_bodies() {
+        let (t, a, b) = identity_request(
+            Op::Identify,
+            &json!({"$identified_id": "U", "$anon_id": "A", "$token": "t"}),
+        )
+        .unwrap();
+        assert_eq!(
+            (t.as_str(), a.as_deref(), b.as_deref()),
+            ("t", Some("U"), Some("A"))
+        );
+        let e = identity_request(
+            Op::Identify,
+            &json!({"$identified_id": "U", "$anon_id": "A"}),
+        )
+        .unwrap_err();
+        assert!(e.message().contains("$token is missing"), "{}", e.message());
+        let e = identity_request(
+            Op::Identify,
+            &json!({"$identified_id": "U", "$anon_id": "A", "$token": 5}),
+        )
+        .unwrap_err();
+        assert!(e.message().contains("$token must be a string"));
+        let e = identity_request(
+            Op::Merge,
+            &json!({"$distinct_ids": ["a", "b", "c"], "$token": "t"}),
+        )
+        .unwrap_err();
+        assert!(e.message().contains("$distinct_ids must hold exactly 2"));
+        let (_, a, _) = identity_request(
+            Op::Alias,
+            &json!({"alias": 12, "distinct_id": "d", "$token": "t"}),
+        )
+        .unwrap();
+        assert_eq!(a.as_deref(), Some("12"));
+        let ev = tracked_event(&json!({"event": "x", "properties": {"token": "t"}})).unwrap();
+        assert_eq!(ev.token, "t");
+        assert!(tracked_event(&json!({"event": "x", "properties": {}}))
+            .unwrap_err()
+            .message()
+            .contains("properties.token is missing"));
+        assert!(tracked_event(&json!({"event": 1, "properties": {"token": "t"}})).is_err());
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! - `error`: the one error enum and its mapping to SQLSTATEs.
 //! - `ingest`: reading identity events out of JSON payloads, pure Rust.
 //! - `store`: SPI access with kept plans, and the locking protocol of a join.
-//! - `api`: the Rust-backed SQL functions; `trigger`: the stamping trigger; `guc`: settings.
+//! - `api`: the Rust-backed SQL functions; `json_api`: the seed's HTTP API shapes;
+//!   `trigger`: the stamping trigger; `probe` and `cache`: its lookups; `guc`: settings.
 //! SQL objects live in `sql/schema.sql` (tables) and `sql/api.sql` (plain SQL functions).
 
 use pgrx::prelude::*;
@@ -17,6 +18,7 @@ pub mod rules;
 mod api;
 mod cache;
 mod guc;
+mod json_api;
 mod probe;
 mod store;
 mod trigger;

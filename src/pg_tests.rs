@@ -22,7 +22,9 @@ mod tests {
         run("CREATE OR REPLACE FUNCTION pg_temp.im_try(q text) RETURNS text LANGUAGE plpgsql AS $$ \
              BEGIN EXECUTE q; RETURN 'ok'; \
              EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE || ' ' || SQLERRM; END $$");
-        Spi::get_one_with_args::<String>("SELECT pg_temp.im_try($1)", &[sql.into()]).unwrap().unwrap()
+        Spi::get_one_with_args::<String>("SELECT pg_temp.im_try($1)", &[sql.into()])
+            .unwrap()
+            .unwrap()
     }
 
     /// A fingerprint of all identity state, to prove that a refusal changed nothing.
@@ -36,7 +38,9 @@ mod tests {
     }
 
     fn resolve(id: &str) -> String {
-        Spi::get_one_with_args::<String>("SELECT mp_resolve($1)", &[id.into()]).unwrap().unwrap()
+        Spi::get_one_with_args::<String>("SELECT mp_resolve($1)", &[id.into()])
+            .unwrap()
+            .unwrap()
     }
 
     /// Checks the structural invariants of the default project.
@@ -61,7 +65,10 @@ mod tests {
 
     #[pg_test]
     fn smoke() {
-        assert_eq!(one("SELECT mp_resolve('never-seen')").as_deref(), Some("never-seen"));
+        assert_eq!(
+            one("SELECT mp_resolve('never-seen')").as_deref(),
+            Some("never-seen")
+        );
     }
 
     // ---- The doc flows of 002_f06f188177ad2724.txt, through the functions ----
@@ -69,11 +76,21 @@ mod tests {
     #[pg_test]
     fn flow_new_user_signup_functions() {
         assert_eq!(resolve(A1), A1, "anonymous events carry the device id");
-        assert_eq!(one(&format!("SELECT mp_identify('U1', '{A1}')")).as_deref(), Some("U1"));
-        assert_eq!(resolve(A1), "U1", "earlier anonymous id now resolves to the user");
+        assert_eq!(
+            one(&format!("SELECT mp_identify('U1', '{A1}')")).as_deref(),
+            Some("U1")
+        );
+        assert_eq!(
+            resolve(A1),
+            "U1",
+            "earlier anonymous id now resolves to the user"
+        );
         assert_eq!(resolve("U1"), "U1");
         let members: Vec<String> = Spi::connect(|c| {
-            c.select("SELECT mp_cluster('U1')", None, &[]).unwrap().map(|r| r.get::<String>(1).unwrap().unwrap()).collect()
+            c.select("SELECT mp_cluster('U1')", None, &[])
+                .unwrap()
+                .map(|r| r.get::<String>(1).unwrap().unwrap())
+                .collect()
         });
         assert_eq!(members, vec![A1.to_string(), "U1".to_string()]);
         assert_consistent();
@@ -83,10 +100,19 @@ mod tests {
     fn flow_returning_user_functions() {
         run(&format!("SELECT mp_identify('U1', '{A1}')"));
         assert_eq!(resolve(A2), A2, "new device, not logged in");
-        assert_eq!(one(&format!("SELECT mp_identify('U1', '{A2}')")).as_deref(), Some("U1"));
+        assert_eq!(
+            one(&format!("SELECT mp_identify('U1', '{A2}')")).as_deref(),
+            Some("U1")
+        );
         assert_eq!(resolve(A1), "U1");
         assert_eq!(resolve(A2), "U1");
-        assert_eq!(Spi::get_one::<i32>("SELECT size FROM identity_merge.clusters WHERE canonical_id = 'U1'").unwrap(), Some(3));
+        assert_eq!(
+            Spi::get_one::<i32>(
+                "SELECT size FROM identity_merge.clusters WHERE canonical_id = 'U1'"
+            )
+            .unwrap(),
+            Some(3)
+        );
         assert_consistent();
     }
 
@@ -99,7 +125,10 @@ mod tests {
         // the first device cannot be taken over by the second user
         let before = state();
         let e = err(&format!("SELECT mp_identify('U2', '{A1}')"));
-        assert!(e.starts_with("55000 errAnonDistinctIdAssignedAlready"), "{e}");
+        assert!(
+            e.starts_with("55000 errAnonDistinctIdAssignedAlready"),
+            "{e}"
+        );
         assert_eq!(state(), before);
     }
 
@@ -138,11 +167,21 @@ mod tests {
         assert_eq!(stamps(), ["$device:D1", "$device:D1"]);
         run(&identify_row(3, "U1", "D1"));
         assert_eq!(stamps(), ["$device:D1", "$device:D1", "U1"]);
-        assert_eq!(Spi::get_one::<i64>("SELECT mp_restamp('ev')").unwrap(), Some(2));
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT mp_restamp('ev')").unwrap(),
+            Some(2)
+        );
         assert_eq!(stamps(), ["U1", "U1", "U1"]);
-        assert_eq!(Spi::get_one::<i64>("SELECT mp_restamp('ev')").unwrap(), Some(0), "second restamp finds nothing");
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT mp_restamp('ev')").unwrap(),
+            Some(0),
+            "second restamp finds nothing"
+        );
         // the distinct_id as sent is kept
-        assert_eq!(one("SELECT string_agg(distinct_id, ',' ORDER BY n) FROM ev").as_deref(), Some("$device:D1,$device:D1,U1"));
+        assert_eq!(
+            one("SELECT string_agg(distinct_id, ',' ORDER BY n) FROM ev").as_deref(),
+            Some("$device:D1,$device:D1,U1")
+        );
     }
 
     #[pg_test]
@@ -155,7 +194,10 @@ mod tests {
         run(&page(5, "D2"));
         assert_eq!(stamps()[3..], ["$device:D2", "$device:D2"]);
         run(&identify_row(6, "U1", "D2"));
-        assert_eq!(Spi::get_one::<i64>("SELECT mp_restamp('ev')").unwrap(), Some(4));
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT mp_restamp('ev')").unwrap(),
+            Some(4)
+        );
         assert_eq!(stamps(), ["U1"; 6]);
     }
 
@@ -170,7 +212,10 @@ mod tests {
         run(&identify_row(5, "U2", "D2"));
         run("SELECT mp_restamp('ev')");
         assert_eq!(stamps(), ["U1", "U1", "U2", "U2", "U2"]);
-        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM identity_merge.rejections").unwrap(), Some(0));
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM identity_merge.rejections").unwrap(),
+            Some(0)
+        );
     }
 
     #[pg_test]
@@ -197,8 +242,14 @@ mod tests {
         run("COPY (SELECT n, '$device:D' || (n % 2 + 1), 'Page View', '{}'::jsonb, NULL::text FROM generate_series(1, 10) n) \
              TO '/tmp/identity_merge_copy_test.csv' CSV");
         run("COPY ev FROM '/tmp/identity_merge_copy_test.csv' CSV");
-        assert_eq!(one("SELECT string_agg(canonical_id, ',' ORDER BY n) FROM ev WHERE n <= 4").as_deref(), Some("$device:D2,U1,$device:D2,U1"));
-        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM ev").unwrap(), Some(10));
+        assert_eq!(
+            one("SELECT string_agg(canonical_id, ',' ORDER BY n) FROM ev WHERE n <= 4").as_deref(),
+            Some("$device:D2,U1,$device:D2,U1")
+        );
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM ev").unwrap(),
+            Some(10)
+        );
     }
 
     #[pg_test]
@@ -213,7 +264,11 @@ mod tests {
              (4, 'U1', '$merge', '{\"$distinct_ids\": [\"U1\", true]}'), \
              (5, 'U1', '$create_alias', '{\"alias\": \"undefined\", \"distinct_id\": \"U1\"}'), \
              (6, 'U1', '$merge', '{\"$distinct_ids\": [\"U1\"]}')");
-        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM ev").unwrap(), Some(6), "no row lost");
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM ev").unwrap(),
+            Some(6),
+            "no row lost"
+        );
         assert_eq!(
             one("SELECT string_agg(reason_code, ',' ORDER BY rejection_id) FROM identity_merge.rejections").as_deref(),
             Some("errAnonDistinctIdNonGUIDForm,errSameIDs,errMalformedEvent,errMalformedEvent,errInvalidID,errMalformedEvent")
@@ -222,8 +277,17 @@ mod tests {
             one("SELECT format('%s|%s|%s|%s', source_table, id_a, id_b, source_row->>'distinct_id') FROM identity_merge.rejections ORDER BY rejection_id LIMIT 1").as_deref(),
             Some("ev|U1|D1|U1")
         );
-        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM identity_merge.identities WHERE project_id = 1").unwrap(), Some(0));
-        assert_eq!(one("SELECT string_agg(DISTINCT canonical_id, ',') FROM ev").as_deref(), Some("U1"));
+        assert_eq!(
+            Spi::get_one::<i64>(
+                "SELECT count(*) FROM identity_merge.identities WHERE project_id = 1"
+            )
+            .unwrap(),
+            Some(0)
+        );
+        assert_eq!(
+            one("SELECT string_agg(DISTINCT canonical_id, ',') FROM ev").as_deref(),
+            Some("U1")
+        );
     }
 
     #[pg_test]
@@ -231,18 +295,38 @@ mod tests {
         run("CREATE TABLE plain_ev (user_key text, person text, payload int)");
         run("SELECT mp_attach('plain_ev', 'default', 'user_key', 'person')");
         run(&format!("SELECT mp_identify('U9', '{A1}')"));
-        run(&format!("INSERT INTO plain_ev VALUES ('{A1}', NULL, 1), (NULL, 'junk', 2), ('other', NULL, 3)"));
-        assert_eq!(one("SELECT string_agg(coalesce(person, '<null>'), ',' ORDER BY payload) FROM plain_ev").as_deref(), Some("U9,<null>,other"));
+        run(&format!(
+            "INSERT INTO plain_ev VALUES ('{A1}', NULL, 1), (NULL, 'junk', 2), ('other', NULL, 3)"
+        ));
+        assert_eq!(
+            one(
+                "SELECT string_agg(coalesce(person, '<null>'), ',' ORDER BY payload) FROM plain_ev"
+            )
+            .as_deref(),
+            Some("U9,<null>,other")
+        );
         run("SELECT mp_detach('plain_ev')");
         run("INSERT INTO plain_ev VALUES ('x', NULL, 4)");
-        assert_eq!(one("SELECT coalesce(person, '<null>') FROM plain_ev WHERE payload = 4").as_deref(), Some("<null>"));
-        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM identity_merge.attachments WHERE project_id = 1").unwrap(), Some(0));
+        assert_eq!(
+            one("SELECT coalesce(person, '<null>') FROM plain_ev WHERE payload = 4").as_deref(),
+            Some("<null>")
+        );
+        assert_eq!(
+            Spi::get_one::<i64>(
+                "SELECT count(*) FROM identity_merge.attachments WHERE project_id = 1"
+            )
+            .unwrap(),
+            Some(0)
+        );
     }
 
     #[pg_test]
     fn attach_checks_its_arguments() {
         run("CREATE TABLE t1 (distinct_id text, canonical_id int)");
-        assert!(err("SELECT mp_attach('t1')").starts_with("42804"), "canonical column must be text");
+        assert!(
+            err("SELECT mp_attach('t1')").starts_with("42804"),
+            "canonical column must be text"
+        );
         assert!(err("SELECT mp_attach('t1', 'default', 'nope')").starts_with("42703"));
         assert!(err("SELECT mp_attach('t1', 'no-such-project')").starts_with("42704"));
         assert!(err("SELECT mp_restamp('t1')").starts_with("55000"));
@@ -254,13 +338,23 @@ mod tests {
         run("INSERT INTO ev SELECT n, 'd' || (n % 50), 'Page View', '{}' FROM generate_series(1, 1000) n");
         run("SELECT mp_merge('d1', 'd2'), mp_merge('d1', 'd3'), mp_alias('d4', 'd1')");
         // 20 rows each of d2, d3, d4 are stale; d1's 20 rows already say d1
-        assert_eq!(Spi::get_one::<i64>("SELECT mp_restamp('ev')").unwrap(), Some(60));
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT mp_restamp('ev')").unwrap(),
+            Some(60)
+        );
         assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM ev WHERE canonical_id IS DISTINCT FROM mp_resolve(distinct_id)").unwrap(), Some(0));
         // a chain: the d1 cluster is absorbed later
         run("SELECT mp_merge('d5', 'd1')");
-        assert_eq!(Spi::get_one::<i64>("SELECT mp_restamp('ev')").unwrap(), Some(80));
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT mp_restamp('ev')").unwrap(),
+            Some(80)
+        );
         assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM ev WHERE canonical_id IS DISTINCT FROM mp_resolve(distinct_id)").unwrap(), Some(0));
-        assert!(one("SELECT indexdef FROM pg_indexes WHERE tablename = 'ev'").unwrap().contains("canonical_id"));
+        assert!(
+            one("SELECT indexdef FROM pg_indexes WHERE tablename = 'ev'")
+                .unwrap()
+                .contains("canonical_id")
+        );
     }
 
     // ---- Refusals and bad input: SQLSTATE, reason code, nothing changed ----
@@ -272,13 +366,31 @@ mod tests {
         let cases: Vec<(String, &str)> = vec![
             ("SELECT mp_identify('U1', 'U1')".into(), "55000 errSameIDs"),
             ("SELECT mp_alias('Q', 'Q')".into(), "55000 errSameIDs"),
-            ("SELECT mp_identify('U2', 'not-a-uuid')".into(), "55000 errAnonDistinctIdNonGUIDForm"),
+            (
+                "SELECT mp_identify('U2', 'not-a-uuid')".into(),
+                "55000 errAnonDistinctIdNonGUIDForm",
+            ),
             // a version-1 uuid is not a v4
-            ("SELECT mp_identify('U2', '3f1b2b8e-6f5c-1a7e-9d2b-1c2d3e4f5a6b')".into(), "55000 errAnonDistinctIdNonGUIDForm"),
-            (format!("SELECT mp_identify('U2', '{A1}')"), "55000 errAnonDistinctIdAssignedAlready"),
-            (format!("SELECT mp_identify('U2', '$device:{A1}')"), "ok-new"), // a different id, not refused
-            ("SELECT mp_alias('AL', 'Other')".into(), "55000 errAliasAlreadyExists"),
-            ("SELECT mp_alias('U1', 'Other')".into(), "55000 errAliasAlreadyExists"),
+            (
+                "SELECT mp_identify('U2', '3f1b2b8e-6f5c-1a7e-9d2b-1c2d3e4f5a6b')".into(),
+                "55000 errAnonDistinctIdNonGUIDForm",
+            ),
+            (
+                format!("SELECT mp_identify('U2', '{A1}')"),
+                "55000 errAnonDistinctIdAssignedAlready",
+            ),
+            (
+                format!("SELECT mp_identify('U2', '$device:{A1}')"),
+                "ok-new",
+            ), // a different id, not refused
+            (
+                "SELECT mp_alias('AL', 'Other')".into(),
+                "55000 errAliasAlreadyExists",
+            ),
+            (
+                "SELECT mp_alias('U1', 'Other')".into(),
+                "55000 errAliasAlreadyExists",
+            ),
         ];
         for (sql, want) in cases {
             if want == "ok-new" {
@@ -333,8 +445,15 @@ mod tests {
             assert_eq!(state(), before, "{sql} changed state");
         }
         // 255 characters is accepted
-        assert_eq!(one(&format!("SELECT mp_merge('{ok255}', 'seed-a')")).as_deref(), Some(ok255.as_str()));
-        assert_eq!(one("SELECT mp_resolve(NULL)"), None, "NULL resolves to NULL");
+        assert_eq!(
+            one(&format!("SELECT mp_merge('{ok255}', 'seed-a')")).as_deref(),
+            Some(ok255.as_str())
+        );
+        assert_eq!(
+            one("SELECT mp_resolve(NULL)"),
+            None,
+            "NULL resolves to NULL"
+        );
     }
 
     #[pg_test]
@@ -353,23 +472,40 @@ mod tests {
         assert_eq!(one("SELECT mp_resolve('b')").as_deref(), Some("b"));
         // per-project settings
         run("SELECT mp_set_project_setting('tok-o', 'anon_id_format', 'any')");
-        assert_eq!(one("SELECT mp_identify('U', 'D1', 'tok-o')").as_deref(), Some("U"));
+        assert_eq!(
+            one("SELECT mp_identify('U', 'D1', 'tok-o')").as_deref(),
+            Some("U")
+        );
         assert!(err("SELECT mp_identify('U', 'D1')").contains("errAnonDistinctIdNonGUIDForm"));
         run("SELECT mp_set_project_setting('tok-o', 'blocked_ids', '{Bob}')");
         assert!(err("SELECT mp_merge('x', ' bob', 'tok-o')").starts_with("22023"));
-        assert_eq!(one("SELECT mp_merge('x', 'undefined', 'tok-o')").as_deref(), Some("x"), "list replaced");
-        assert_eq!(one("SELECT value FROM mp_project_settings('tok-o') WHERE setting = 'blocked_ids'").as_deref(), Some("{bob}"));
+        assert_eq!(
+            one("SELECT mp_merge('x', 'undefined', 'tok-o')").as_deref(),
+            Some("x"),
+            "list replaced"
+        );
+        assert_eq!(
+            one("SELECT value FROM mp_project_settings('tok-o') WHERE setting = 'blocked_ids'")
+                .as_deref(),
+            Some("{bob}")
+        );
     }
 
     // ---- Chains, identified merges, the size limit, replays ----
 
     #[pg_test]
     fn alias_chains_join_one_cluster() {
-        assert_eq!(one("SELECT mp_alias('a1', 'root')").as_deref(), Some("root"));
+        assert_eq!(
+            one("SELECT mp_alias('a1', 'root')").as_deref(),
+            Some("root")
+        );
         assert_eq!(one("SELECT mp_alias('a2', 'a1')").as_deref(), Some("root"));
         assert_eq!(one("SELECT mp_alias('a3', 'a2')").as_deref(), Some("root"));
         assert_eq!(resolve("a3"), "root");
-        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM mp_cluster('a1')").unwrap(), Some(4));
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM mp_cluster('a1')").unwrap(),
+            Some(4)
+        );
         assert_consistent();
     }
 
@@ -377,14 +513,31 @@ mod tests {
     fn merge_of_two_identified_clusters() {
         run(&format!("SELECT mp_identify('U1', '{A1}')"));
         run(&format!("SELECT mp_identify('U2', '{A2}')"));
-        assert_eq!(one("SELECT mp_merge(ARRAY['U2', 'U1'])").as_deref(), Some("U2"), "first id's canonical survives");
+        assert_eq!(
+            one("SELECT mp_merge(ARRAY['U2', 'U1'])").as_deref(),
+            Some("U2"),
+            "first id's canonical survives"
+        );
         for id in ["U1", "U2", A1, A2] {
             assert_eq!(resolve(id), "U2");
         }
-        assert_eq!(Spi::get_one::<i32>("SELECT size FROM identity_merge.clusters WHERE canonical_id = 'U2'").unwrap(), Some(4));
-        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM identity_merge.clusters WHERE project_id = 1").unwrap(), Some(1));
+        assert_eq!(
+            Spi::get_one::<i32>(
+                "SELECT size FROM identity_merge.clusters WHERE canonical_id = 'U2'"
+            )
+            .unwrap(),
+            Some(4)
+        );
+        assert_eq!(
+            Spi::get_one::<i64>(
+                "SELECT count(*) FROM identity_merge.clusters WHERE project_id = 1"
+            )
+            .unwrap(),
+            Some(1)
+        );
         // a third identify on the merged cluster's anon id, by another user, is refused
-        assert!(err(&format!("SELECT mp_identify('U3', '{A1}')")).contains("errAnonDistinctIdAssignedAlready"));
+        assert!(err(&format!("SELECT mp_identify('U3', '{A1}')"))
+            .contains("errAnonDistinctIdAssignedAlready"));
         assert_consistent();
     }
 
@@ -393,24 +546,48 @@ mod tests {
         // an anonymous cluster of 3 joins a new identified id: the identified id becomes canonical
         run("SET LOCAL identity_merge.anon_id_format = 'any'");
         run("SELECT mp_merge('anon1', 'anon2'), mp_merge('anon1', 'anon3')");
-        assert_eq!(one("SELECT mp_identify('user', 'anon2')").as_deref(), Some("user"));
+        assert_eq!(
+            one("SELECT mp_identify('user', 'anon2')").as_deref(),
+            Some("user")
+        );
         for id in ["anon1", "anon2", "anon3", "user"] {
             assert_eq!(resolve(id), "user");
         }
         let log = one("SELECT string_agg(format('%s:%s>%s', operation, absorbed_canonical, kept_canonical), ' ' ORDER BY seq) FROM identity_merge.merge_log WHERE project_id = 1");
-        assert_eq!(log.as_deref(), Some("merge:anon2>anon1 merge:anon3>anon1 identify:anon1>user"));
+        assert_eq!(
+            log.as_deref(),
+            Some("merge:anon2>anon1 merge:anon3>anon1 identify:anon1>user")
+        );
         assert_consistent();
     }
 
     #[pg_test]
     fn size_limit_allows_500_refuses_501() {
         run("SELECT mp_merge('big', 'm' || g) FROM generate_series(1, 498) g");
-        assert_eq!(Spi::get_one::<i32>("SELECT size FROM identity_merge.clusters WHERE canonical_id = 'big'").unwrap(), Some(499));
-        assert_eq!(one("SELECT mp_alias('the500th', 'big')").as_deref(), Some("big"));
-        assert_eq!(Spi::get_one::<i32>("SELECT size FROM identity_merge.clusters WHERE canonical_id = 'big'").unwrap(), Some(500));
+        assert_eq!(
+            Spi::get_one::<i32>(
+                "SELECT size FROM identity_merge.clusters WHERE canonical_id = 'big'"
+            )
+            .unwrap(),
+            Some(499)
+        );
+        assert_eq!(
+            one("SELECT mp_alias('the500th', 'big')").as_deref(),
+            Some("big")
+        );
+        assert_eq!(
+            Spi::get_one::<i32>(
+                "SELECT size FROM identity_merge.clusters WHERE canonical_id = 'big'"
+            )
+            .unwrap(),
+            Some(500)
+        );
         let before = state();
         let got = err("SELECT mp_alias('the501st', 'big')");
-        assert!(got.starts_with("54000 errManyIDs") && got.contains("501") && got.contains("500"), "{got}");
+        assert!(
+            got.starts_with("54000 errManyIDs") && got.contains("501") && got.contains("500"),
+            "{got}"
+        );
         let got = err("SELECT mp_merge('small', 'm7')");
         assert!(got.starts_with("54000 errManyIDs"), "{got}");
         assert_eq!(state(), before);
@@ -425,13 +602,379 @@ mod tests {
         run(&format!("SELECT mp_identify('U1', '{A1}')"));
         run("SELECT mp_alias('al', 'U1'), mp_merge('U1', 'other')");
         let before = state();
-        assert_eq!(one(&format!("SELECT mp_identify('U1', '{A1}')")).as_deref(), Some("U1"));
+        assert_eq!(
+            one(&format!("SELECT mp_identify('U1', '{A1}')")).as_deref(),
+            Some("U1")
+        );
         assert_eq!(one("SELECT mp_alias('al', 'U1')").as_deref(), Some("U1"));
-        assert_eq!(one("SELECT mp_alias('al', 'other')").as_deref(), Some("U1"), "alias already in the same cluster");
+        assert_eq!(
+            one("SELECT mp_alias('al', 'other')").as_deref(),
+            Some("U1"),
+            "alias already in the same cluster"
+        );
         assert_eq!(one("SELECT mp_merge('other', 'U1')").as_deref(), Some("U1"));
         assert_eq!(one("SELECT mp_merge('al', 'al')").as_deref(), Some("U1"));
-        assert_eq!(one("SELECT mp_merge('lonely', 'lonely')").as_deref(), Some("lonely"));
+        assert_eq!(
+            one("SELECT mp_merge('lonely', 'lonely')").as_deref(),
+            Some("lonely")
+        );
         assert_eq!(state(), before);
+    }
+}
+
+/// Simplified ID Merge, projects and the JSON API (same `tests` schema, which the runner calls).
+mod simplified {
+    #[pgrx::pg_schema]
+    mod tests {
+        use pgrx::prelude::*;
+
+        fn one(sql: &str) -> Option<String> {
+            Spi::get_one::<String>(sql).expect(sql)
+        }
+
+        fn run(sql: &str) {
+            Spi::run(sql).expect(sql)
+        }
+
+        fn rows(sql: &str) -> Vec<String> {
+            Spi::connect(|c| {
+                c.select(sql, None, &[])
+                    .unwrap()
+                    .map(|r| r.get::<String>(1).unwrap().unwrap_or_default())
+                    .collect()
+            })
+        }
+
+        /// A simplified project and an event table with $device_id / $user_id columns, as the doc's tables.
+        fn setup(token: &str) {
+            run(&format!(
+                "SELECT mp_create_project('{token}', 'simplified')"
+            ));
+            run("CREATE TABLE sev (n int, \"$device_id\" text, \"$user_id\" text, distinct_id text, event text, properties jsonb, canonical_id text)");
+            run(&format!("SELECT mp_attach('sev', '{token}')"));
+        }
+
+        fn ev(n: i32, device: &str, user: Option<&str>) -> String {
+            let user = user.map(|u| format!("'{u}'")).unwrap_or("NULL".into());
+            format!("INSERT INTO sev (n, \"$device_id\", \"$user_id\", event, properties) VALUES ({n}, '{device}', {user}, 'Page View', '{{}}')")
+        }
+
+        #[pg_test]
+        fn simplified_new_user_signup() {
+            setup("s1");
+            run(&ev(1, "D1", None));
+            run(&ev(2, "D1", None));
+            assert_eq!(
+                rows("SELECT distinct_id FROM sev ORDER BY n"),
+                ["$device:D1", "$device:D1"],
+                "distinct_id filled"
+            );
+            assert_eq!(
+                rows("SELECT canonical_id FROM sev ORDER BY n"),
+                ["$device:D1", "$device:D1"]
+            );
+            run(&ev(3, "D1", Some("U1")));
+            assert_eq!(
+                one("SELECT mp_resolve('$device:D1', 's1')").as_deref(),
+                Some("U1")
+            );
+            run("SELECT mp_restamp('sev')");
+            assert_eq!(
+                rows("SELECT canonical_id FROM sev ORDER BY n"),
+                ["U1", "U1", "U1"]
+            );
+            assert_eq!(
+                rows("SELECT distinct_id FROM sev ORDER BY n"),
+                ["$device:D1", "$device:D1", "U1"]
+            );
+        }
+
+        #[pg_test]
+        fn simplified_returning_user() {
+            setup("s2");
+            for (n, d, u) in [
+                (1, "D1", Some("U1")),
+                (2, "D1", Some("U1")),
+                (3, "D1", Some("U1")),
+                (4, "D2", None),
+                (5, "D2", None),
+            ] {
+                run(&ev(n, d, u));
+            }
+            assert_eq!(
+                rows("SELECT canonical_id FROM sev ORDER BY n"),
+                ["U1", "U1", "U1", "$device:D2", "$device:D2"]
+            );
+            run(&ev(6, "D2", Some("U1")));
+            run("SELECT mp_restamp('sev')");
+            assert_eq!(rows("SELECT canonical_id FROM sev ORDER BY n"), ["U1"; 6]);
+        }
+
+        #[pg_test]
+        fn simplified_multiple_users_one_device() {
+            setup("s3");
+            run(&ev(1, "D1", None));
+            run(&ev(2, "D1", Some("U1")));
+            run(&ev(3, "D2", None));
+            run(&ev(4, "D2", None));
+            run(&ev(5, "D2", Some("U2")));
+            run("SELECT mp_restamp('sev')");
+            assert_eq!(
+                rows("SELECT canonical_id FROM sev ORDER BY n"),
+                ["U1", "U1", "U2", "U2", "U2"]
+            );
+            // first link wins: U2 on D1 is recorded and the event stays U2's
+            run(&ev(6, "D1", Some("U2")));
+            assert_eq!(
+                one("SELECT canonical_id FROM sev WHERE n = 6").as_deref(),
+                Some("U2")
+            );
+            assert_eq!(
+                one("SELECT mp_resolve('$device:D1', 's3')").as_deref(),
+                Some("U1")
+            );
+            assert_eq!(one("SELECT reason_code FROM identity_merge.rejections ORDER BY rejection_id DESC LIMIT 1").as_deref(), Some("errDeviceLinkedToOtherUser"));
+            // two user ids never merge, and there is no size limit
+            assert_eq!(one("SELECT mp_resolve('U2', 's3')").as_deref(), Some("U2"));
+        }
+
+        #[pg_test]
+        fn simplified_properties_distinct_only_and_refusals() {
+            run("SELECT mp_create_project('s4', 'simplified')");
+            run("CREATE TABLE pev (n int, distinct_id text, event text, properties jsonb, canonical_id text)");
+            run("SELECT mp_attach('pev', 's4')");
+            run(
+                "INSERT INTO pev (n, distinct_id, event, properties) VALUES \
+             (1, NULL, 'Page View', '{\"$device_id\": \"D7\"}'), \
+             (2, NULL, 'Login', '{\"$device_id\": \"D7\", \"$user_id\": 42}'), \
+             (3, '$device:D7', 'Page View', '{}'), \
+             (4, 'U9', 'Page View', '{}'), \
+             (5, NULL, '$identify', '{\"$identified_id\": \"U9\", \"$anon_id\": \"$device:D7\"}'), \
+             (6, NULL, 'x', '{\"$device_id\": \"D8\", \"$user_id\": \"$device:D8\"}'), \
+             (7, NULL, 'x', '{\"$device_id\": \"D9\", \"$user_id\": [1]}')",
+            );
+            assert_eq!(
+            rows("SELECT coalesce(distinct_id, '<null>') || '>' || coalesce(canonical_id, '<null>') FROM pev ORDER BY n"),
+            ["$device:D7>$device:D7", "42>42", "$device:D7>42", "U9>U9", "<null>><null>", "$device:D8>$device:D8", "$device:D9>$device:D9"]
+        );
+            assert_eq!(
+            one("SELECT string_agg(reason_code, ',' ORDER BY rejection_id) FROM identity_merge.rejections r JOIN identity_merge.projects p USING (project_id) WHERE p.token = 's4'").as_deref(),
+            Some("errIgnoredInSimplified,errUserIdIsDevice,errMalformedEvent")
+        );
+            assert_eq!(
+                Spi::get_one::<i64>("SELECT count(*) FROM pev").unwrap(),
+                Some(7),
+                "no row lost"
+            );
+        }
+
+        #[pg_test]
+        fn two_projects_same_ids_stay_apart() {
+            run("SELECT mp_create_project('orig'), mp_create_project('simp', 'simplified')");
+            run("SET LOCAL identity_merge.anon_id_format = 'any'");
+            run("SELECT mp_identify('U1', '$device:D1', 'orig')");
+            run("CREATE TABLE t_s (distinct_id text, \"$device_id\" text, \"$user_id\" text, canonical_id text)");
+            run("SELECT mp_attach('t_s', 'simp')");
+            run("INSERT INTO t_s (\"$device_id\", \"$user_id\") VALUES ('D1', 'U2')");
+            assert_eq!(
+                one("SELECT mp_resolve('$device:D1', 'orig')").as_deref(),
+                Some("U1")
+            );
+            assert_eq!(
+                one("SELECT mp_resolve('$device:D1', 'simp')").as_deref(),
+                Some("U2")
+            );
+            assert_eq!(
+                one("SELECT mp_resolve('$device:D1')").as_deref(),
+                Some("$device:D1"),
+                "default project untouched"
+            );
+            assert_eq!(
+                one("SELECT string_agg(x, ',' ORDER BY x) FROM mp_cluster('U1', 'orig') x")
+                    .as_deref(),
+                Some("$device:D1,U1")
+            );
+            assert_eq!(
+                one("SELECT string_agg(x, ',' ORDER BY x) FROM mp_cluster('U2', 'simp') x")
+                    .as_deref(),
+                Some("$device:D1,U2")
+            );
+        }
+
+        // ---- The JSON API ----
+
+        fn state() -> String {
+            one("SELECT md5(coalesce(string_agg(format('%s|%s|%s', project_id, distinct_id, canonical_id), ',' ORDER BY 1), '')) \
+             || (SELECT count(*) FROM identity_merge.merge_log WHERE project_id = 1) FROM identity_merge.identities WHERE project_id = 1")
+        .unwrap()
+        }
+
+        fn call(f: &str, body: &str) -> serde_json::Value {
+            Spi::get_one_with_args::<pgrx::JsonB>(&format!("SELECT {f}($1::jsonb)"), &[body.into()])
+                .unwrap()
+                .unwrap()
+                .0
+        }
+
+        const ANON: &str = "3f1b2b8e-6f5c-4a7e-9d2b-1c2d3e4f5a6b";
+
+        #[pg_test]
+        fn identity_api_success_and_replay() {
+            let body =
+                format!(r#"{{"$identified_id": "U1", "$anon_id": "{ANON}", "$token": "default"}}"#);
+            assert_eq!(
+                call("mp_identity_create", &body),
+                serde_json::json!({"status": 1})
+            );
+            assert_eq!(
+                call("mp_identity_create", &body),
+                serde_json::json!({"status": 1}),
+                "replay"
+            );
+            assert_eq!(
+                call(
+                    "mp_identity_create_alias",
+                    r#"{"alias": "A1", "distinct_id": "U1", "$token": "default"}"#
+                )["status"],
+                1
+            );
+            assert_eq!(
+                call(
+                    "mp_identity_merge",
+                    r#"{"$distinct_ids": ["U1", 777], "$token": "default"}"#
+                )["status"],
+                1
+            );
+            assert_eq!(
+                one("SELECT mp_resolve('777')").as_deref(),
+                Some("U1"),
+                "numbers are ids as text"
+            );
+            assert_eq!(
+                one(&format!("SELECT mp_resolve('{ANON}')")).as_deref(),
+                Some("U1")
+            );
+        }
+
+        #[pg_test]
+        fn identity_api_bad_bodies_answer_status_0_and_change_nothing() {
+            run(&format!("SELECT mp_identify('U1', '{ANON}')"));
+            let taken =
+                format!(r#"{{"$identified_id": "U2", "$anon_id": "{ANON}", "$token": "default"}}"#);
+            let cases: Vec<(&str, &str, &str)> = vec![
+            ("mp_identity_create", r#"{"$anon_id": "x", "$token": "default"}"#, "errMalformedEvent: $identified_id is missing"),
+            ("mp_identity_create", r#"{"$identified_id": "U", "$anon_id": "x"}"#, "errMalformedEvent: $token is missing"),
+            ("mp_identity_create", r#"{"$identified_id": true, "$anon_id": "x", "$token": "default"}"#, "errMalformedEvent: $identified_id must be a string, not a boolean"),
+            ("mp_identity_create", r#"{"$identified_id": "U", "$anon_id": {"a": 1}, "$token": "default"}"#, "errMalformedEvent: $anon_id must be a string, not an object"),
+            ("mp_identity_create", r#"{"$identified_id": "U", "$anon_id": "x", "$token": 12}"#, "errMalformedEvent: $token must be a string, not a number"),
+            ("mp_identity_create", r#"{"$identified_id": "U", "$anon_id": "x", "$token": "nope"}"#, "unknown project token \"nope\""),
+            ("mp_identity_create", r#"{"$identified_id": null, "$anon_id": "x", "$token": "default"}"#, "errNullID: identified_id is NULL"),
+            ("mp_identity_create", r#"{"$identified_id": "U", "$anon_id": "not-uuid", "$token": "default"}"#, "errAnonDistinctIdNonGUIDForm"),
+            ("mp_identity_create", &taken, "errAnonDistinctIdAssignedAlready"),
+            ("mp_identity_create", r#"["not", "an", "object"]"#, "errMalformedEvent: body must be an object, not an array"),
+            ("mp_identity_create", r#""just a string""#, "errMalformedEvent: body must be an object"),
+            ("mp_identity_create_alias", r#"{"alias": "U1", "distinct_id": "U1", "$token": "default"}"#, "errSameIDs"),
+            ("mp_identity_create_alias", r#"{"alias": "   ", "distinct_id": "U1", "$token": "default"}"#, "errInvalidID"),
+            ("mp_identity_create_alias", r#"{"alias": "undefined", "distinct_id": "U1", "$token": "default"}"#, "errInvalidID"),
+            ("mp_identity_merge", r#"{"$distinct_ids": ["a"], "$token": "default"}"#, "errMalformedEvent: $distinct_ids must hold exactly 2 ids, not 1"),
+            ("mp_identity_merge", r#"{"$distinct_ids": ["a", "b", "c"], "$token": "default"}"#, "errMalformedEvent: $distinct_ids must hold exactly 2 ids, not 3"),
+            ("mp_identity_merge", r#"{"$distinct_ids": "a,b", "$token": "default"}"#, "errMalformedEvent: $distinct_ids must be an array"),
+            ("mp_identity_merge", r#"{"$distinct_ids": ["a", false], "$token": "default"}"#, "errMalformedEvent: $distinct_ids[1] must be a string"),
+            ("mp_track", r#"{"event": "$identify", "properties": {"$identified_id": "U"}}"#, "errMalformedEvent: properties.token is missing"),
+            ("mp_track", r#"{"properties": {"token": "default"}}"#, "errMalformedEvent: event is missing"),
+            ("mp_track", r#"{"event": "$identify", "properties": {"token": "default", "$identified_id": "U"}}"#, "errMalformedEvent: properties.$anon_id is missing"),
+            ("mp_track", r#"{"event": "$merge", "properties": {"token": "default", "$distinct_ids": [1, 2, 3]}}"#, "exactly 2"),
+            ("mp_track", r#"{"event": "x", "properties": {"token": "zzz"}}"#, "unknown project token"),
+            ("mp_track", r#"42"#, "errMalformedEvent: payload must be an event object or an array of them, not a number"),
+        ];
+            for (f, body, want) in cases {
+                let before = state();
+                let got = call(f, body);
+                assert_eq!(got["status"], 0, "{f}({body}) -> {got}");
+                let error = got["error"].as_str().unwrap_or_default();
+                assert!(
+                    error.starts_with(want) || error.contains(want),
+                    "{f}({body}): got {error:?}, want {want:?}"
+                );
+                assert_eq!(state(), before, "{f}({body}) changed state");
+            }
+            // a simplified project refuses the identity endpoints
+            run("SELECT mp_create_project('simple', 'simplified')");
+            let got = call(
+                "mp_identity_merge",
+                r#"{"$distinct_ids": ["a", "b"], "$token": "simple"}"#,
+            );
+            assert_eq!(got["status"], 0);
+            assert!(got["error"].as_str().unwrap().contains("Simplified"));
+        }
+
+        #[pg_test]
+        fn track_arrays_give_per_event_results_and_record_refusals() {
+            let payload = format!(
+                r#"[{{"event": "$identify", "properties": {{"token": "default", "distinct_id": "U5", "$identified_id": "U5", "$anon_id": "{ANON}"}}}},
+                {{"event": "Page View", "properties": {{"token": "default", "distinct_id": "U5"}}}},
+                {{"event": "$create_alias", "properties": {{"token": "default", "alias": "U5", "distinct_id": "U5"}}}},
+                {{"event": "$merge", "properties": {{"token": "default", "$distinct_ids": ["U5", "U6"]}}}}]"#
+            );
+            let got = call("mp_track", &payload);
+            assert_eq!(got["status"], 0);
+            let statuses: Vec<i64> = got["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["status"].as_i64().unwrap())
+                .collect();
+            assert_eq!(statuses, [1, 1, 0, 1]);
+            assert!(got["results"][2]["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("errSameIDs"));
+            assert_eq!(one("SELECT mp_resolve('U6')").as_deref(), Some("U5"));
+            assert_eq!(one("SELECT reason_code || '|' || (source_row->>'event') FROM identity_merge.rejections WHERE project_id = 1").as_deref(), Some("errSameIDs|$create_alias"));
+            // too many events in one call
+            let huge = format!(
+                "[{}]",
+                vec![r#"{"event": "x", "properties": {"token": "default"}}"#; 2001].join(",")
+            );
+            let got = call("mp_track", &huge);
+            assert_eq!(got["status"], 0);
+            assert!(got["error"].as_str().unwrap().contains("2001 events"));
+            // deeply nested JSON is answered, not raised
+            let deep = format!("{}{}", "[".repeat(3000), "]".repeat(3000));
+            let got = call("mp_track", &deep);
+            assert_eq!(got["status"], 0, "{got}");
+        }
+
+        #[pg_test]
+        fn track_simplified_events() {
+            run("SELECT mp_create_project('tok', 'simplified')");
+            let got = call(
+                "mp_track",
+                r#"[{"event": "a", "properties": {"token": "tok", "$device_id": "D1"}},
+                                       {"event": "b", "properties": {"token": "tok", "$device_id": "D1", "$user_id": "U1"}},
+                                       {"event": "c", "properties": {"token": "tok", "$device_id": "D1", "$user_id": "U2"}},
+                                       {"event": "$identify", "properties": {"token": "tok", "$identified_id": "U2", "$anon_id": "$device:D1"}}]"#,
+            );
+            let statuses: Vec<i64> = got["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["status"].as_i64().unwrap())
+                .collect();
+            assert_eq!(statuses, [1, 1, 0, 1], "{got}");
+            assert!(got["results"][2]["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("errDeviceLinkedToOtherUser"));
+            assert_eq!(
+                one("SELECT mp_resolve('$device:D1', 'tok')").as_deref(),
+                Some("U1")
+            );
+            assert_eq!(
+            one("SELECT string_agg(reason_code, ',' ORDER BY rejection_id) FROM identity_merge.rejections r JOIN identity_merge.projects p USING (project_id) WHERE p.token = 'tok'").as_deref(),
+            Some("errDeviceLinkedToOtherUser,errIgnoredInSimplified")
+        );
+        }
     }
 }
 
@@ -476,12 +1019,19 @@ mod sessions {
             )
             .unwrap();
         let db: HashMap<String, String> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-        let ids: Vec<String> = parent.keys().cloned().chain(parent.values().cloned()).collect();
+        let ids: Vec<String> = parent
+            .keys()
+            .cloned()
+            .chain(parent.values().cloned())
+            .collect();
         for x in &ids {
             for y in &ids {
                 let same_model = find(&mut parent, x) == find(&mut parent, y);
                 let same_db = db.get(x) == db.get(y) && db.contains_key(x);
-                assert_eq!(same_model, same_db, "{x} and {y}: model says together={same_model}");
+                assert_eq!(
+                    same_model, same_db,
+                    "{x} and {y}: model says together={same_model}"
+                );
             }
         }
         let bad: i64 = c
@@ -501,7 +1051,9 @@ mod sessions {
     #[test]
     fn two_sessions_merging_overlapping_clusters() {
         let mut setup = connect();
-        setup.batch_execute("SELECT mp_create_project('conc2')").unwrap();
+        setup
+            .batch_execute("SELECT mp_create_project('conc2')")
+            .unwrap();
         let rounds = 300;
         let barrier = Arc::new(Barrier::new(2));
         let workers: Vec<_> = (0..2)
@@ -543,7 +1095,9 @@ mod sessions {
     #[test]
     fn crossing_transactions_get_a_clear_refusal_never_a_deadlock_error() {
         let mut setup = connect();
-        setup.batch_execute("SELECT mp_create_project('cross')").unwrap();
+        setup
+            .batch_execute("SELECT mp_create_project('cross')")
+            .unwrap();
         let barrier = Arc::new(Barrier::new(2));
         let plans = [(("p", "q"), ("s", "p")), (("r", "s"), ("q", "r"))];
         let workers: Vec<_> = plans
@@ -553,9 +1107,11 @@ mod sessions {
                 std::thread::spawn(move || {
                     let mut c = pgrx_tests::client().unwrap().0;
                     c.batch_execute("BEGIN").unwrap();
-                    c.query_one("SELECT mp_merge($1, $2, 'cross')", &[&first.0, &first.1]).unwrap();
+                    c.query_one("SELECT mp_merge($1, $2, 'cross')", &[&first.0, &first.1])
+                        .unwrap();
                     barrier.wait();
-                    let r = c.query_one("SELECT mp_merge($1, $2, 'cross')", &[&second.0, &second.1]);
+                    let r =
+                        c.query_one("SELECT mp_merge($1, $2, 'cross')", &[&second.0, &second.1]);
                     let outcome = match r {
                         Ok(_) => {
                             c.batch_execute("COMMIT").unwrap();
@@ -563,7 +1119,10 @@ mod sessions {
                         }
                         Err(e) => {
                             let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
-                            let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
+                            let msg = e
+                                .as_db_error()
+                                .map(|d| d.message().to_string())
+                                .unwrap_or_default();
                             c.batch_execute("ROLLBACK").unwrap();
                             Err((code, msg))
                         }
@@ -576,14 +1135,19 @@ mod sessions {
         let mut joins = Vec::new();
         for r in &results {
             match r {
-                Ok(pairs) => joins.extend(pairs.iter().map(|(a, b)| (a.to_string(), b.to_string()))),
+                Ok(pairs) => {
+                    joins.extend(pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())))
+                }
                 Err((code, msg)) => {
                     assert_eq!(code, "40001", "a refusal, not a deadlock error: {msg}");
                     assert!(msg.contains("concurrent merges"), "{msg}");
                 }
             }
         }
-        assert!(results.iter().any(|r| r.is_ok()), "at least one transaction commits");
+        assert!(
+            results.iter().any(|r| r.is_ok()),
+            "at least one transaction commits"
+        );
         check_partition(&mut setup, "cross", &joins);
     }
 
@@ -600,19 +1164,37 @@ mod sessions {
             .unwrap();
         // the loader's backend now has x and y in its stamp cache
         let mut other = pgrx_tests::client().unwrap().0;
-        other.batch_execute("SELECT mp_merge('y', 'x', 'stale')").unwrap();
-        loader.batch_execute("INSERT INTO stale_ev VALUES (3, 'x', NULL)").unwrap();
-        let stamp: String = loader.query_one("SELECT canonical_id FROM stale_ev WHERE n = 3", &[]).unwrap().get(0);
+        other
+            .batch_execute("SELECT mp_merge('y', 'x', 'stale')")
+            .unwrap();
+        loader
+            .batch_execute("INSERT INTO stale_ev VALUES (3, 'x', NULL)")
+            .unwrap();
+        let stamp: String = loader
+            .query_one("SELECT canonical_id FROM stale_ev WHERE n = 3", &[])
+            .unwrap()
+            .get(0);
         assert_eq!(stamp, "y", "the next statement sees the committed merge");
         // a merge in an open transaction of the loader itself, then its rollback
         loader.batch_execute("BEGIN; SELECT mp_merge('z', 'x', 'stale'); INSERT INTO stale_ev VALUES (4, 'x', NULL)").unwrap();
-        let stamp: String = loader.query_one("SELECT canonical_id FROM stale_ev WHERE n = 4", &[]).unwrap().get(0);
+        let stamp: String = loader
+            .query_one("SELECT canonical_id FROM stale_ev WHERE n = 4", &[])
+            .unwrap()
+            .get(0);
         assert_eq!(stamp, "z", "own uncommitted merge is seen");
-        loader.batch_execute("ROLLBACK; INSERT INTO stale_ev VALUES (5, 'x', NULL)").unwrap();
-        let stamp: String = loader.query_one("SELECT canonical_id FROM stale_ev WHERE n = 5", &[]).unwrap().get(0);
+        loader
+            .batch_execute("ROLLBACK; INSERT INTO stale_ev VALUES (5, 'x', NULL)")
+            .unwrap();
+        let stamp: String = loader
+            .query_one("SELECT canonical_id FROM stale_ev WHERE n = 5", &[])
+            .unwrap()
+            .get(0);
         assert_eq!(stamp, "y", "a rolled-back merge leaves the cache");
         // earlier rows were stamped before the merge: mp_restamp fixes exactly those
-        let changed: i64 = loader.query_one("SELECT mp_restamp('stale_ev')", &[]).unwrap().get(0);
+        let changed: i64 = loader
+            .query_one("SELECT mp_restamp('stale_ev')", &[])
+            .unwrap()
+            .get(0);
         assert_eq!(changed, 1, "row 1 (x) was stamped before the merge");
         let wrong: i64 = loader
             .query_one("SELECT count(*) FROM stale_ev WHERE canonical_id IS DISTINCT FROM mp_resolve(distinct_id, 'stale')", &[])

@@ -53,7 +53,11 @@ unsafe fn in_transaction_scope<R>(f: impl FnOnce() -> R) -> R {
 
 /// An index scan that returns index tuples too, for index-only lookups (the primary key
 /// INCLUDEs canonical_id).
-unsafe fn begin_scan(heap: pg_sys::Relation, index: pg_sys::Relation, snapshot: pg_sys::Snapshot) -> pg_sys::IndexScanDesc {
+unsafe fn begin_scan(
+    heap: pg_sys::Relation,
+    index: pg_sys::Relation,
+    snapshot: pg_sys::Snapshot,
+) -> pg_sys::IndexScanDesc {
     #[cfg(not(feature = "pg18"))]
     let scan = pg_sys::index_beginscan(heap, index, snapshot, 2, 0);
     #[cfg(feature = "pg18")]
@@ -136,7 +140,12 @@ impl Probe {
 
     /// Hands `f` the canonical id of `id` (a text datum) as a text datum, or None when unknown.
     /// The datum points into a pinned buffer, released when `f` returns.
-    unsafe fn lookup(&mut self, project_id: i32, id: pg_sys::Datum, f: impl FnOnce(Option<pg_sys::Datum>)) {
+    unsafe fn lookup(
+        &mut self,
+        project_id: i32,
+        id: pg_sys::Datum,
+        f: impl FnOnce(Option<pg_sys::Datum>),
+    ) {
         in_transaction_scope(|| {
             let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
             pg_sys::ScanKeyEntryInitialize(
@@ -164,7 +173,10 @@ impl Probe {
             // answers; otherwise fetch the heap tuple and check it against the snapshot.
             let mut found = None;
             loop {
-                let tid = pg_sys::index_getnext_tid(self.scan, pg_sys::ScanDirection::ForwardScanDirection);
+                let tid = pg_sys::index_getnext_tid(
+                    self.scan,
+                    pg_sys::ScanDirection::ForwardScanDirection,
+                );
                 if tid.is_null() {
                     break;
                 }

@@ -84,7 +84,9 @@ impl Default for RuleSettings {
 impl RuleSettings {
     fn is_blocked(&self, id: &str) -> bool {
         let folded = id.trim().to_lowercase();
-        self.blocked_ids.iter().any(|b| b.trim().to_lowercase() == folded)
+        self.blocked_ids
+            .iter()
+            .any(|b| b.trim().to_lowercase() == folded)
     }
 
     /// Checks one id: present, not blank, not too long, no NUL, not blocked.
@@ -105,7 +107,11 @@ impl RuleSettings {
             None
         };
         match kind {
-            Some(kind) => Err(IdentityError::InvalidId { field, value: id.to_string(), kind }),
+            Some(kind) => Err(IdentityError::InvalidId {
+                field,
+                value: id.to_string(),
+                kind,
+            }),
             None => Ok(()),
         }
     }
@@ -131,12 +137,14 @@ pub fn is_uuid_v4_anon(anon: &str) -> bool {
     }
 }
 
-/// The three Original ID Merge operations.
+/// The three Original ID Merge operations, and Simplified ID Merge's link of a device to a user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
     Identify,
     Alias,
     Merge,
+    /// Simplified: `$user_id` (a) and `'$device:' || $device_id` (b) on one event.
+    Link,
 }
 
 impl Op {
@@ -145,6 +153,7 @@ impl Op {
             Op::Identify => "identify",
             Op::Alias => "alias",
             Op::Merge => "merge",
+            Op::Link => "link",
         }
     }
     /// Names of the two arguments, in call order, for error messages.
@@ -153,6 +162,7 @@ impl Op {
             Op::Identify => ("identified_id", "anon_id"),
             Op::Alias => ("alias", "distinct_id"),
             Op::Merge => ("distinct_id_a", "distinct_id_b"),
+            Op::Link => ("$user_id", "$device_id"),
         }
     }
 }
@@ -170,7 +180,13 @@ pub struct Side {
 
 impl Side {
     pub fn new_id(id: &str) -> Side {
-        Side { id: id.to_string(), canonical: id.to_string(), size: 1, identified: false, exists: false }
+        Side {
+            id: id.to_string(),
+            canonical: id.to_string(),
+            size: 1,
+            identified: false,
+            exists: false,
+        }
     }
 }
 
@@ -208,7 +224,12 @@ impl Outcome {
 /// Checks that need no stored state: the ids themselves, equality, the anon id form.
 /// `a` and `b` are in call order (identify: identified, anon; alias: alias, distinct_id;
 /// merge: a, b).
-pub fn precheck(op: Op, settings: &RuleSettings, a: Option<&str>, b: Option<&str>) -> Result<(), IdentityError> {
+pub fn precheck(
+    op: Op,
+    settings: &RuleSettings,
+    a: Option<&str>,
+    b: Option<&str>,
+) -> Result<(), IdentityError> {
     let (fa, fb) = op.fields();
     settings.validate_id(fa, a)?;
     settings.validate_id(fb, b)?;
@@ -219,13 +240,21 @@ pub fn precheck(op: Op, settings: &RuleSettings, a: Option<&str>, b: Option<&str
     if op == Op::Identify && !settings.check_anon_form(b) {
         return Err(IdentityError::refused(Reason::AnonNonGuid, op, a, b));
     }
+    if op == Op::Link && a.starts_with(DEVICE_PREFIX) {
+        return Err(IdentityError::refused(Reason::UserIdIsDevice, op, a, b));
+    }
     Ok(())
 }
 
 /// Decides an operation from the state of both ids' clusters. `a`, `b` in call order.
 /// The identified side (identify), the alias target (alias) and the first id (merge)
 /// keep their canonical; the other side is absorbed.
-pub fn decide(op: Op, settings: &RuleSettings, a: &Side, b: &Side) -> Result<Outcome, IdentityError> {
+pub fn decide(
+    op: Op,
+    settings: &RuleSettings,
+    a: &Side,
+    b: &Side,
+) -> Result<Outcome, IdentityError> {
     if a.canonical == b.canonical {
         return Ok(Outcome::Together(a.canonical.clone()));
     }
@@ -234,21 +263,44 @@ pub fn decide(op: Op, settings: &RuleSettings, a: &Side, b: &Side) -> Result<Out
             // $anon_id may not already belong to a cluster that was identified: that cluster
             // holds an identified id, and it is not this one (this one is in the other cluster).
             if b.identified {
-                return Err(IdentityError::refused(Reason::AnonAssigned, op, &a.id, &b.id));
+                return Err(IdentityError::refused(
+                    Reason::AnonAssigned,
+                    op,
+                    &a.id,
+                    &b.id,
+                ));
             }
             (a, b)
         }
         Op::Alias => {
             // The alias must be new: an alias already in a different cluster is refused.
             if a.exists {
-                return Err(IdentityError::refused(Reason::AliasExists, op, &a.id, &b.id));
+                return Err(IdentityError::refused(
+                    Reason::AliasExists,
+                    op,
+                    &a.id,
+                    &b.id,
+                ));
             }
             (b, a)
         }
         Op::Merge => (a, b),
+        Op::Link => {
+            // A device links to its first user only; users never join each other.
+            if b.exists {
+                return Err(IdentityError::refused(
+                    Reason::DeviceLinked,
+                    op,
+                    &a.id,
+                    &b.id,
+                ));
+            }
+            (a, b)
+        }
     };
     let size = kept.size + absorbed.size;
-    if size > settings.max_cluster_size {
+    // Simplified ID Merge has no size limit.
+    if op != Op::Link && size > settings.max_cluster_size {
         return Err(IdentityError::ManyIds {
             op,
             a: a.id.clone(),
@@ -257,8 +309,14 @@ pub fn decide(op: Op, settings: &RuleSettings, a: &Side, b: &Side) -> Result<Out
             limit: settings.max_cluster_size,
         });
     }
-    let identified = op == Op::Identify || kept.identified || absorbed.identified;
-    Ok(Outcome::Join(JoinPlan { kept: kept.clone(), absorbed: absorbed.clone(), size, identified }))
+    let identified =
+        matches!(op, Op::Identify | Op::Link) || kept.identified || absorbed.identified;
+    Ok(Outcome::Join(JoinPlan {
+        kept: kept.clone(),
+        absorbed: absorbed.clone(),
+        size,
+        identified,
+    }))
 }
 
 /// A stable 64-bit lock key for a cluster, from its project and canonical id (FNV-1a).
@@ -280,7 +338,13 @@ mod tests {
     const ANON: &str = "3f1b2b8e-6f5c-4a7e-9d2b-1c2d3e4f5a6b";
 
     fn side(id: &str, canonical: &str, size: i64, identified: bool) -> Side {
-        Side { id: id.into(), canonical: canonical.into(), size, identified, exists: true }
+        Side {
+            id: id.into(),
+            canonical: canonical.into(),
+            size,
+            identified,
+            exists: true,
+        }
     }
 
     #[test]
@@ -298,7 +362,10 @@ mod tests {
     #[test]
     fn id_validation_kinds() {
         let s = RuleSettings::default();
-        assert!(matches!(s.validate_id("x", None), Err(IdentityError::NullId { .. })));
+        assert!(matches!(
+            s.validate_id("x", None),
+            Err(IdentityError::NullId { .. })
+        ));
         let kind = |v: &str| match s.validate_id("x", Some(v)) {
             Err(IdentityError::InvalidId { kind, .. }) => Some(kind),
             _ => None,
@@ -307,25 +374,48 @@ mod tests {
         assert_eq!(kind("  \t"), Some(BadIdKind::Whitespace));
         assert_eq!(kind("a\0b"), Some(BadIdKind::Nul));
         assert_eq!(kind(&"x".repeat(256)), Some(BadIdKind::TooLong));
-        assert_eq!(kind(&"é".repeat(255)), None, "255 characters is fine even if more bytes");
+        assert_eq!(
+            kind(&"é".repeat(255)),
+            None,
+            "255 characters is fine even if more bytes"
+        );
         assert_eq!(kind(" Anonymous "), Some(BadIdKind::Blocked));
         assert_eq!(kind("NULL"), Some(BadIdKind::Blocked));
         assert_eq!(kind("[object Object]"), Some(BadIdKind::Blocked));
         assert_eq!(kind("NaN"), Some(BadIdKind::Blocked));
-        assert_eq!(kind("00000000-0000-0000-0000-000000000000"), Some(BadIdKind::Blocked));
+        assert_eq!(
+            kind("00000000-0000-0000-0000-000000000000"),
+            Some(BadIdKind::Blocked)
+        );
         assert_eq!(kind("user-1"), None);
     }
 
     #[test]
     fn precheck_refusals() {
         let s = RuleSettings::default();
-        let code = |r: Result<(), IdentityError>| r.err().and_then(|e| e.reason()).map(|r| r.code());
-        assert_eq!(code(precheck(Op::Identify, &s, Some("u"), Some("u"))), Some("errSameIDs"));
-        assert_eq!(code(precheck(Op::Alias, &s, Some("u"), Some("u"))), Some("errSameIDs"));
-        assert_eq!(code(precheck(Op::Identify, &s, Some("u"), Some("D1"))), Some("errAnonDistinctIdNonGUIDForm"));
+        let code =
+            |r: Result<(), IdentityError>| r.err().and_then(|e| e.reason()).map(|r| r.code());
+        assert_eq!(
+            code(precheck(Op::Identify, &s, Some("u"), Some("u"))),
+            Some("errSameIDs")
+        );
+        assert_eq!(
+            code(precheck(Op::Alias, &s, Some("u"), Some("u"))),
+            Some("errSameIDs")
+        );
+        assert_eq!(
+            code(precheck(Op::Identify, &s, Some("u"), Some("D1"))),
+            Some("errAnonDistinctIdNonGUIDForm")
+        );
         assert!(precheck(Op::Identify, &s, Some("u"), Some(ANON)).is_ok());
-        assert!(precheck(Op::Merge, &s, Some("u"), Some("u")).is_ok(), "merge of an id with itself is a no-op");
-        let any = RuleSettings { anon_id_format: AnonIdFormat::Any, ..RuleSettings::default() };
+        assert!(
+            precheck(Op::Merge, &s, Some("u"), Some("u")).is_ok(),
+            "merge of an id with itself is a no-op"
+        );
+        let any = RuleSettings {
+            anon_id_format: AnonIdFormat::Any,
+            ..RuleSettings::default()
+        };
         assert!(precheck(Op::Identify, &any, Some("u"), Some("D1")).is_ok());
     }
 
@@ -345,10 +435,16 @@ mod tests {
         let s = RuleSettings::default();
         let anon = side(ANON, "U1", 2, true);
         let err = decide(Op::Identify, &s, &Side::new_id("U2"), &anon).unwrap_err();
-        assert_eq!(err.reason().unwrap().code(), "errAnonDistinctIdAssignedAlready");
+        assert_eq!(
+            err.reason().unwrap().code(),
+            "errAnonDistinctIdAssignedAlready"
+        );
         // the same identify replayed is fine
         let u1 = side("U1", "U1", 2, true);
-        assert_eq!(decide(Op::Identify, &s, &u1, &anon).unwrap(), Outcome::Together("U1".into()));
+        assert_eq!(
+            decide(Op::Identify, &s, &u1, &anon).unwrap(),
+            Outcome::Together("U1".into())
+        );
     }
 
     #[test]
@@ -359,14 +455,26 @@ mod tests {
         let err = decide(Op::Alias, &s, &side("A", "X", 2, false), &Side::new_id("D")).unwrap_err();
         assert_eq!(err.reason().unwrap().code(), "errAliasAlreadyExists");
         // alias of an alias: joins the same cluster
-        let out = decide(Op::Alias, &s, &Side::new_id("A2"), &side("A", "D", 2, false)).unwrap();
+        let out = decide(
+            Op::Alias,
+            &s,
+            &Side::new_id("A2"),
+            &side("A", "D", 2, false),
+        )
+        .unwrap();
         assert_eq!(out.canonical(), "D");
     }
 
     #[test]
     fn merge_joins_identified_clusters_first_side_wins() {
         let s = RuleSettings::default();
-        let out = decide(Op::Merge, &s, &side("U1", "U1", 3, true), &side("U2", "U2", 4, true)).unwrap();
+        let out = decide(
+            Op::Merge,
+            &s,
+            &side("U1", "U1", 3, true),
+            &side("U2", "U2", 4, true),
+        )
+        .unwrap();
         let Outcome::Join(plan) = out else { panic!() };
         assert_eq!(plan.canonical(), "U1");
         assert_eq!(plan.size, 7);
@@ -380,9 +488,36 @@ mod tests {
         assert!(decide(Op::Merge, &s, &big, &Side::new_id("B")).is_ok());
         let full = side("A", "A", 500, false);
         let err = decide(Op::Merge, &s, &full, &Side::new_id("B")).unwrap_err();
-        assert!(matches!(err, IdentityError::ManyIds { size: 501, limit: 500, .. }));
+        assert!(matches!(
+            err,
+            IdentityError::ManyIds {
+                size: 501,
+                limit: 500,
+                ..
+            }
+        ));
         assert_eq!(err.reason().unwrap().code(), "errManyIDs");
         assert_eq!(err.sqlstate(), "54000");
+    }
+
+    #[test]
+    fn simplified_link_first_user_wins_no_size_limit() {
+        let s = RuleSettings {
+            max_cluster_size: 2,
+            ..RuleSettings::default()
+        };
+        let user = side("U1", "U1", 5, true);
+        let out = decide(Op::Link, &s, &user, &Side::new_id("$device:D9")).unwrap();
+        assert_eq!(out.canonical(), "U1", "no size limit in simplified mode");
+        let linked = side("$device:D1", "U1", 5, true);
+        let err = decide(Op::Link, &s, &Side::new_id("U2"), &linked).unwrap_err();
+        assert_eq!(err.reason().unwrap().code(), "errDeviceLinkedToOtherUser");
+        assert_eq!(
+            decide(Op::Link, &s, &user, &linked).unwrap(),
+            Outcome::Together("U1".into())
+        );
+        let code = precheck(Op::Link, &s, Some("$device:X"), Some("$device:D1")).unwrap_err();
+        assert_eq!(code.reason().unwrap().code(), "errUserIdIsDevice");
     }
 
     #[test]

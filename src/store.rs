@@ -45,7 +45,8 @@ const SQL_SIDES: &str = "SELECT i.distinct_id, i.canonical_id, c.size, c.identif
       AND c.canonical_id OPERATOR(pg_catalog.=) i.canonical_id \
      WHERE i.project_id OPERATOR(pg_catalog.=) $1 \
        AND i.distinct_id OPERATOR(pg_catalog.=) ANY (ARRAY[$2, $3])";
-const SQL_LOCK: &str = "SELECT pg_catalog.pg_advisory_xact_lock($1), pg_catalog.pg_advisory_xact_lock($2)";
+const SQL_LOCK: &str =
+    "SELECT pg_catalog.pg_advisory_xact_lock($1), pg_catalog.pg_advisory_xact_lock($2)";
 const SQL_JOIN: &str = "SELECT identity_merge._join($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 const SQL_RESOLVE: &str = "SELECT p.project_id, i.canonical_id FROM identity_merge.projects p \
      LEFT JOIN identity_merge.identities i ON i.project_id OPERATOR(pg_catalog.=) p.project_id \
@@ -136,9 +137,13 @@ pub fn project(token: Option<&str>) -> Result<Project, IdentityError> {
     let token = token.ok_or(IdentityError::NullId { field: "project" })?;
     let p = plans();
     Spi::connect(|c| {
-        let rows = c.select(&p.project, Some(1), &[token.into()]).expect("project lookup");
+        let rows = c
+            .select(&p.project, Some(1), &[token.into()])
+            .expect("project lookup");
         if rows.is_empty() {
-            return Err(IdentityError::UnknownProject { token: token.to_string() });
+            return Err(IdentityError::UnknownProject {
+                token: token.to_string(),
+            });
         }
         let row = rows.first();
         let id: i32 = row.get(1).unwrap().unwrap();
@@ -149,11 +154,19 @@ pub fn project(token: Option<&str>) -> Result<Project, IdentityError> {
         Ok(Project {
             id,
             token: token.to_string(),
-            mode: if mode == "simplified" { Mode::Simplified } else { Mode::Original },
+            mode: if mode == "simplified" {
+                Mode::Simplified
+            } else {
+                Mode::Original
+            },
             settings: RuleSettings {
                 max_cluster_size: max as i64,
                 anon_id_format: anon_format(&format),
-                blocked_ids: blocked.into_iter().flatten().map(|s| s.trim().to_lowercase()).collect(),
+                blocked_ids: blocked
+                    .into_iter()
+                    .flatten()
+                    .map(|s| s.trim().to_lowercase())
+                    .collect(),
             },
         })
     })
@@ -162,7 +175,9 @@ pub fn project(token: Option<&str>) -> Result<Project, IdentityError> {
 /// Reads the clusters of `a` and `b` (fresh snapshot).
 fn read_sides(p: &Plans, project_id: i32, a: &str, b: &str) -> (Side, Side) {
     Spi::connect(|c| {
-        let rows = c.select(&p.sides, None, &[project_id.into(), a.into(), b.into()]).expect("sides");
+        let rows = c
+            .select(&p.sides, None, &[project_id.into(), a.into(), b.into()])
+            .expect("sides");
         let (mut sa, mut sb) = (Side::new_id(a), Side::new_id(b));
         for row in rows {
             let id: String = row.get(1).unwrap().unwrap();
@@ -230,7 +245,8 @@ fn in_subtransaction<T>(f: impl FnOnce() -> Step<T>) -> Option<T> {
 fn lock_clusters(p: &Plans, keys: [i64; 2]) -> bool {
     PgTryBuilder::new(|| {
         Spi::connect(|c| {
-            c.select(&p.lock, None, &[keys[0].into(), keys[1].into()]).expect("lock");
+            c.select(&p.lock, None, &[keys[0].into(), keys[1].into()])
+                .expect("lock");
         });
         true
     })
@@ -243,7 +259,12 @@ const MAX_ATTEMPTS: usize = 1000;
 /// Applies one Original ID Merge operation to a project: validation, locking, the rules'
 /// decision, and the write. Returns the canonical id of the resulting cluster, or the refusal.
 /// Nothing is written when it returns an error.
-pub fn apply(project: &Project, op: Op, a: Option<&str>, b: Option<&str>) -> Result<String, IdentityError> {
+pub fn apply(
+    project: &Project,
+    op: Op,
+    a: Option<&str>,
+    b: Option<&str>,
+) -> Result<String, IdentityError> {
     rules::precheck(op, &project.settings, a, b)?;
     let (a, b) = (a.unwrap(), b.unwrap());
     let p = plans();
@@ -261,7 +282,11 @@ pub fn apply(project: &Project, op: Op, a: Option<&str>, b: Option<&str>) -> Res
         let (seen_a, seen_b) = (sa.canonical.clone(), sb.canonical.clone());
         let result = in_subtransaction(|| {
             if !lock_clusters(&p, keys) {
-                return Step::Fail(Err(IdentityError::Contention { op, a: a.to_string(), b: b.to_string() }));
+                return Step::Fail(Err(IdentityError::Contention {
+                    op,
+                    a: a.to_string(),
+                    b: b.to_string(),
+                }));
             }
             let (na, nb) = read_sides(&p, project.id, a, b);
             if na.canonical != seen_a || nb.canonical != seen_b {
@@ -279,10 +304,20 @@ pub fn apply(project: &Project, op: Op, a: Option<&str>, b: Option<&str>) -> Res
             return r;
         }
     }
-    Err(IdentityError::Contention { op, a: a.to_string(), b: b.to_string() })
+    Err(IdentityError::Contention {
+        op,
+        a: a.to_string(),
+        b: b.to_string(),
+    })
 }
 
-fn decide_and_write(p: &Plans, project: &Project, op: Op, a: &Side, b: &Side) -> Result<String, IdentityError> {
+fn decide_and_write(
+    p: &Plans,
+    project: &Project,
+    op: Op,
+    a: &Side,
+    b: &Side,
+) -> Result<String, IdentityError> {
     match rules::decide(op, &project.settings, a, b)? {
         Outcome::Together(c) => Ok(c),
         Outcome::Join(plan) => {
@@ -314,11 +349,19 @@ fn decide_and_write(p: &Plans, project: &Project, op: Op, a: &Side, b: &Side) ->
 pub fn resolve(token: &str, id: &str) -> Result<String, IdentityError> {
     let p = plans();
     Spi::connect(|c| {
-        let rows = c.select(&p.resolve, Some(1), &[token.into(), id.into()]).expect("resolve");
+        let rows = c
+            .select(&p.resolve, Some(1), &[token.into(), id.into()])
+            .expect("resolve");
         if rows.is_empty() {
-            return Err(IdentityError::UnknownProject { token: token.to_string() });
+            return Err(IdentityError::UnknownProject {
+                token: token.to_string(),
+            });
         }
-        Ok(rows.first().get::<String>(2).unwrap().unwrap_or_else(|| id.to_string()))
+        Ok(rows
+            .first()
+            .get::<String>(2)
+            .unwrap()
+            .unwrap_or_else(|| id.to_string()))
     })
 }
 

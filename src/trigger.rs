@@ -25,6 +25,9 @@ struct StatementContext {
     canonical_att: i32,
     event_att: Option<i32>,
     properties_att: Option<i32>,
+    /// Simplified projects: columns named `$device_id` and `$user_id`, when the table has them.
+    device_att: Option<i32>,
+    user_att: Option<i32>,
     /// Set when this statement just applied an identity event: the next lookup must take a
     /// new snapshot to see it (the statement's own snapshot predates it).
     renew: bool,
@@ -53,25 +56,38 @@ unsafe fn attnum(tupdesc: pg_sys::TupleDesc, name: &str) -> Option<i32> {
     None
 }
 
-unsafe fn build_context(td: &pg_sys::TriggerData, key: (pg_sys::Oid, pg_sys::Oid, u32, (u32, u32))) -> StatementContext {
+unsafe fn build_context(
+    td: &pg_sys::TriggerData,
+    key: (pg_sys::Oid, pg_sys::Oid, u32, (u32, u32)),
+) -> StatementContext {
     let trigger = &*td.tg_trigger;
     let nargs = trigger.tgnargs as usize;
     let args: Vec<String> = (0..nargs)
-        .map(|i| CStr::from_ptr(*trigger.tgargs.add(i)).to_string_lossy().into_owned())
+        .map(|i| {
+            CStr::from_ptr(*trigger.tgargs.add(i))
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     if args.len() != 3 {
         error!("identity_merge.stamp_event expects 3 trigger arguments (project, distinct_id column, canonical column); attach tables with mp_attach");
     }
     let project = store::project(Some(&args[0])).unwrap_or_else(|e| crate::error::raise(e));
     let tupdesc = (*td.tg_relation).rd_att;
-    let distinct_att = attnum(tupdesc, &args[1])
-        .unwrap_or_else(|| error!("identity_merge: column {:?} not found; re-attach the table with mp_attach", args[1]));
-    let canonical_att = attnum(tupdesc, &args[2])
-        .unwrap_or_else(|| error!("identity_merge: column {:?} not found; re-attach the table with mp_attach", args[2]));
-    let (event_att, properties_att) = match (attnum(tupdesc, "event"), attnum(tupdesc, "properties")) {
-        (Some(e), Some(p)) => (Some(e), Some(p)),
-        _ => (None, None),
-    };
+    let distinct_att = attnum(tupdesc, &args[1]).unwrap_or_else(|| {
+        error!(
+            "identity_merge: column {:?} not found; re-attach the table with mp_attach",
+            args[1]
+        )
+    });
+    let canonical_att = attnum(tupdesc, &args[2]).unwrap_or_else(|| {
+        error!(
+            "identity_merge: column {:?} not found; re-attach the table with mp_attach",
+            args[2]
+        )
+    });
+    let event_att = attnum(tupdesc, "event");
+    let properties_att = attnum(tupdesc, "properties");
     StatementContext {
         key,
         project,
@@ -79,11 +95,17 @@ unsafe fn build_context(td: &pg_sys::TriggerData, key: (pg_sys::Oid, pg_sys::Oid
         canonical_att,
         event_att,
         properties_att,
+        device_att: attnum(tupdesc, "$device_id"),
+        user_att: attnum(tupdesc, "$user_id"),
         renew: false,
     }
 }
 
-unsafe fn get_attr<T: FromDatum>(tuple: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc, att: i32) -> Option<T> {
+unsafe fn get_attr<T: FromDatum>(
+    tuple: pg_sys::HeapTuple,
+    tupdesc: pg_sys::TupleDesc,
+    att: i32,
+) -> Option<T> {
     let mut is_null = false;
     let datum = pg_sys::heap_getattr(tuple, att, tupdesc, &mut is_null);
     T::from_datum(datum, is_null)
@@ -111,13 +133,24 @@ unsafe fn stamp<'a>(
     let is_before = event & pg_sys::TRIGGER_EVENT_TIMINGMASK == pg_sys::TRIGGER_EVENT_BEFORE;
     let is_insert = event & pg_sys::TRIGGER_EVENT_OPMASK == pg_sys::TRIGGER_EVENT_INSERT;
     if !(is_row && is_before && is_insert) {
-        return Err(StampError("identity_merge.stamp_event must be a BEFORE INSERT FOR EACH ROW trigger".into()));
+        return Err(StampError(
+            "identity_merge.stamp_event must be a BEFORE INSERT FOR EACH ROW trigger".into(),
+        ));
     }
     let relid = (*td.tg_relation).rd_id;
     let snapshot = pg_sys::GetActiveSnapshot();
-    let curcid = if snapshot.is_null() { 0 } else { (*snapshot).curcid };
+    let curcid = if snapshot.is_null() {
+        0
+    } else {
+        (*snapshot).curcid
+    };
     let statement = (curcid, pg_sys::GetCurrentSubTransactionId());
-    let key = (relid, (*td.tg_trigger).tgoid, crate::probe::local_xid(), statement);
+    let key = (
+        relid,
+        (*td.tg_trigger).tgoid,
+        crate::probe::local_xid(),
+        statement,
+    );
     let tupdesc = (*td.tg_relation).rd_att;
     let tuple = td.tg_trigtuple;
 
@@ -130,14 +163,28 @@ unsafe fn stamp<'a>(
         }
         let ctx = slot.as_mut().unwrap();
 
-        if ctx.project.mode == Mode::Original {
-            if let (Some(ea), Some(pa)) = (ctx.event_att, ctx.properties_att) {
-                apply_row_event(ctx, tuple, tupdesc, ea, pa, relid);
+        // Simplified projects may fill a NULL distinct_id from $user_id / $device_id.
+        let mut filled_distinct: Option<pg_sys::Datum> = None;
+        match ctx.project.mode {
+            Mode::Original => {
+                if let (Some(ea), Some(pa)) = (ctx.event_att, ctx.properties_att) {
+                    apply_row_event(ctx, tuple, tupdesc, ea, pa, relid);
+                }
+            }
+            Mode::Simplified => {
+                if let Some(d) = apply_simplified_row(ctx, tuple, tupdesc, relid) {
+                    filled_distinct = d.as_str().into_datum();
+                }
             }
         }
 
         let mut is_null = false;
-        let distinct_datum = pg_sys::heap_getattr(tuple, ctx.distinct_att, tupdesc, &mut is_null);
+        let mut distinct_datum =
+            pg_sys::heap_getattr(tuple, ctx.distinct_att, tupdesc, &mut is_null);
+        if let Some(d) = filled_distinct {
+            distinct_datum = d;
+            is_null = false;
+        }
         // The canonical id as a datum: the distinct_id's own datum when the id is unknown.
         let canonical: Option<pg_sys::Datum> = if is_null {
             None
@@ -153,12 +200,18 @@ unsafe fn stamp<'a>(
             });
             if !hit {
                 let mut found: Option<Box<[u8]>> = None;
-                crate::probe::canonical(statement, ctx.renew, ctx.project.id, distinct_datum, |d| {
-                    found = d.map(|d| {
-                        let t = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
-                        Box::from(pgrx::varlena::varlena_to_byte_slice(t))
-                    });
-                });
+                crate::probe::canonical(
+                    statement,
+                    ctx.renew,
+                    ctx.project.id,
+                    distinct_datum,
+                    |d| {
+                        found = d.map(|d| {
+                            let t = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+                            Box::from(pgrx::varlena::varlena_to_byte_slice(t))
+                        });
+                    },
+                );
                 ctx.renew = false;
                 out = Some(match &found {
                     Some(c) => (&**c).into_datum().unwrap(),
@@ -169,12 +222,22 @@ unsafe fn stamp<'a>(
             out
         };
 
-        let mut values = [canonical.unwrap_or(pg_sys::Datum::from(0))];
-        let mut nulls = [canonical.is_none()];
-        let mut cols = [ctx.canonical_att];
-        let new_tuple =
-            pg_sys::heap_modify_tuple_by_cols(tuple, tupdesc, 1, cols.as_mut_ptr(), values.as_mut_ptr(), nulls.as_mut_ptr());
-        Ok(Some(PgHeapTuple::from_heap_tuple(PgTupleDesc::from_pg_unchecked(tupdesc), new_tuple)))
+        let mut values = [canonical.unwrap_or(pg_sys::Datum::from(0)), distinct_datum];
+        let mut nulls = [canonical.is_none(), false];
+        let mut cols = [ctx.canonical_att, ctx.distinct_att];
+        let ncols = if filled_distinct.is_some() { 2 } else { 1 };
+        let new_tuple = pg_sys::heap_modify_tuple_by_cols(
+            tuple,
+            tupdesc,
+            ncols,
+            cols.as_mut_ptr(),
+            values.as_mut_ptr(),
+            nulls.as_mut_ptr(),
+        );
+        Ok(Some(PgHeapTuple::from_heap_tuple(
+            PgTupleDesc::from_pg_unchecked(tupdesc),
+            new_tuple,
+        )))
     })
 }
 
@@ -187,8 +250,12 @@ unsafe fn apply_row_event(
     properties_att: i32,
     relid: pg_sys::Oid,
 ) {
-    let Some(event) = get_attr::<String>(tuple, tupdesc, event_att) else { return };
-    let Some(op) = ingest::identity_op(&event) else { return };
+    let Some(event) = get_attr::<String>(tuple, tupdesc, event_att) else {
+        return;
+    };
+    let Some(op) = ingest::identity_op(&event) else {
+        return;
+    };
     let props: Option<pgrx::JsonB> = get_attr(tuple, tupdesc, properties_att);
     let props = props.map(|j| j.0).unwrap_or(serde_json::Value::Null);
     let ids = ingest::event_ids(op, &props);
@@ -207,8 +274,119 @@ unsafe fn apply_row_event(
         Err(err) => {
             let distinct: Option<String> = get_attr(tuple, tupdesc, ctx.distinct_att);
             let (a, b) = ids.unwrap_or((None, None));
-            reject(ctx, &err, op.as_str(), a.as_deref(), b.as_deref(), relid, distinct, &event, props);
+            reject(
+                ctx,
+                &err,
+                op.as_str(),
+                a.as_deref(),
+                b.as_deref(),
+                relid,
+                distinct,
+                &event,
+                props,
+            );
         }
+    }
+}
+
+/// Simplified ID Merge for one row: records ignored identity events and refused ids, links the
+/// device to the user when the row carries both, and returns the distinct_id to fill in when
+/// the row's distinct_id is NULL.
+unsafe fn apply_simplified_row(
+    ctx: &mut StatementContext,
+    tuple: pg_sys::HeapTuple,
+    tupdesc: pg_sys::TupleDesc,
+    relid: pg_sys::Oid,
+) -> Option<String> {
+    let event: Option<String> = ctx.event_att.and_then(|a| get_attr(tuple, tupdesc, a));
+    let distinct: Option<String> = get_attr(tuple, tupdesc, ctx.distinct_att);
+    let device_col: Option<String> = ctx.device_att.and_then(|a| get_attr(tuple, tupdesc, a));
+    let user_col: Option<String> = ctx.user_att.and_then(|a| get_attr(tuple, tupdesc, a));
+    // Properties are read only when a column does not answer (they cost a JSON parse).
+    let need_props = device_col.is_none() || user_col.is_none();
+    let props: serde_json::Value = match (need_props, ctx.properties_att) {
+        (true, Some(pa)) => get_attr::<pgrx::JsonB>(tuple, tupdesc, pa)
+            .map(|j| j.0)
+            .unwrap_or(serde_json::Value::Null),
+        _ => serde_json::Value::Null,
+    };
+    let event_name = event.clone().unwrap_or_default();
+    if let Some(name) = &event {
+        if ingest::identity_op(name).is_some() {
+            let err = IdentityError::Ignored {
+                event: name.clone(),
+                token: ctx.project.token.clone(),
+            };
+            reject(
+                ctx,
+                &err,
+                "ignore",
+                None,
+                None,
+                relid,
+                distinct.clone(),
+                name,
+                props.clone(),
+            );
+        }
+    }
+    let (device, user, errors) = ingest::simplified_ids(&props, device_col, user_col);
+    for err in &errors {
+        reject(
+            ctx,
+            err,
+            "link",
+            None,
+            None,
+            relid,
+            distinct.clone(),
+            &event_name,
+            props.clone(),
+        );
+    }
+    let plan = ingest::simplified_event(&ctx.project.settings, device, user);
+    for err in &plan.refusals {
+        reject(
+            ctx,
+            err,
+            "link",
+            None,
+            None,
+            relid,
+            distinct.clone(),
+            &event_name,
+            props.clone(),
+        );
+    }
+    if let Some((user, device)) = &plan.link {
+        match store::apply(
+            &ctx.project,
+            crate::rules::Op::Link,
+            Some(user),
+            Some(device),
+        ) {
+            Ok(_) => {
+                crate::cache::clear();
+                ctx.renew = true;
+            }
+            Err(err @ IdentityError::Contention { .. }) => crate::error::raise(err),
+            Err(err) => reject(
+                ctx,
+                &err,
+                "link",
+                Some(user),
+                Some(device),
+                relid,
+                distinct.clone(),
+                &event_name,
+                props,
+            ),
+        }
+    }
+    if distinct.is_none() {
+        plan.distinct_id
+    } else {
+        None
     }
 }
 

@@ -1,0 +1,212 @@
+//! The seed's HTTP API shapes as SQL functions: the Identity API request bodies
+//! (`/identity/create`, `/identity/create-alias`, `/identity/merge`) and Mixpanel event
+//! payloads (`/track`, `/import`), answered with `IdentityResponse` (`{"status": 1}` or
+//! `{"status": 0, "error": "<reason code>: <message>"}`). Bad content never raises.
+//! The SQL-facing `mp_*` wrappers (sql/api.sql) pass the jsonb as text, so that parsing, and
+//! its limits (nesting depth), are ours to answer rather than a conversion error.
+
+use pgrx::prelude::*;
+use serde_json::{json, Value};
+
+use crate::error::IdentityError;
+use crate::ingest;
+use crate::rules::Op;
+use crate::store::{self, Mode, Rejection};
+
+/// Most events one `mp_track` call takes (Mixpanel's /import batch limit).
+pub const MAX_BATCH: usize = 2000;
+
+fn ok() -> Value {
+    json!({"status": 1})
+}
+
+fn failed(err: &IdentityError) -> Value {
+    json!({"status": 0, "error": ingest::scrub_nul_str(&err.message())})
+}
+
+fn parse(body: Option<&str>, what: &str) -> Result<Value, IdentityError> {
+    let body = body.ok_or_else(|| IdentityError::MalformedEvent {
+        field: what.into(),
+        problem: "is NULL".into(),
+    })?;
+    serde_json::from_str(body).map_err(|e| IdentityError::MalformedEvent {
+        field: what.into(),
+        problem: format!("cannot be read: {e}"),
+    })
+}
+
+/// Transient conflicts are raised (retry the transaction); everything else is an answer.
+fn respond(result: Result<(), IdentityError>) -> pgrx::JsonB {
+    match result {
+        Ok(()) => pgrx::JsonB(ok()),
+        Err(err @ IdentityError::Contention { .. }) => crate::error::raise(err),
+        Err(err) => pgrx::JsonB(failed(&err)),
+    }
+}
+
+fn identity_call(op: Op, endpoint: &'static str, body: Option<&str>) -> pgrx::JsonB {
+    respond((|| {
+        let v = parse(body, "body")?;
+        let (token, a, b) = ingest::identity_request(op, &v)?;
+        let project = store::project(Some(&token))?;
+        if project.mode == Mode::Simplified {
+            return Err(IdentityError::WrongMode {
+                op: endpoint,
+                token,
+            });
+        }
+        store::apply(&project, op, a.as_deref(), b.as_deref()).map(|_| ())
+    })())
+}
+
+fn record(
+    project_id: Option<i32>,
+    err: &IdentityError,
+    op: Option<&str>,
+    a: Option<&str>,
+    b: Option<&str>,
+    event: &Value,
+) {
+    store::record_rejection(Rejection {
+        project_id,
+        reason: err.reason().unwrap_or(crate::error::Reason::MalformedEvent),
+        message: err.message(),
+        operation: op,
+        id_a: a,
+        id_b: b,
+        source_table: None,
+        source_row: Some(pgrx::JsonB(event.clone())),
+    });
+}
+
+/// One event of `mp_track`: applies what it means for identity, records what is refused.
+fn track_one(event: &Value) -> Result<(), IdentityError> {
+    let fail = |project_id: Option<i32>,
+                err: IdentityError,
+                op: Option<&str>,
+                a: Option<&str>,
+                b: Option<&str>| {
+        if !matches!(err, IdentityError::Contention { .. }) {
+            record(project_id, &err, op, a, b, event);
+        }
+        Err(err)
+    };
+    let ev = match ingest::tracked_event(event) {
+        Ok(ev) => ev,
+        Err(err) => return fail(None, err, None, None, None),
+    };
+    let project = match store::project(Some(&ev.token)) {
+        Ok(p) => p,
+        Err(err) => return fail(None, err, None, None, None),
+    };
+    let pid = Some(project.id);
+    match project.mode {
+        Mode::Original => {
+            let Some(op) = ingest::identity_op(&ev.name) else {
+                return Ok(());
+            };
+            let (a, b) = match ingest::event_ids(op, &ev.properties) {
+                Ok(ids) => ids,
+                Err(err) => return fail(pid, err, Some(op.as_str()), None, None),
+            };
+            match store::apply(&project, op, a.as_deref(), b.as_deref()) {
+                Ok(_) => Ok(()),
+                Err(err) => fail(pid, err, Some(op.as_str()), a.as_deref(), b.as_deref()),
+            }
+        }
+        Mode::Simplified => {
+            if ingest::identity_op(&ev.name).is_some() {
+                // Accepted and ignored, as Mixpanel does; recorded so nothing vanishes silently.
+                let err = IdentityError::Ignored {
+                    event: ev.name.clone(),
+                    token: ev.token.clone(),
+                };
+                record(pid, &err, Some("ignore"), None, None, event);
+                return Ok(());
+            }
+            let (device, user, errors) = ingest::simplified_ids(&ev.properties, None, None);
+            let plan = ingest::simplified_event(&project.settings, device, user);
+            let mut first: Option<IdentityError> = None;
+            for err in errors.into_iter().chain(plan.refusals) {
+                record(pid, &err, Some("link"), None, None, event);
+                first.get_or_insert(err);
+            }
+            if let Some((user, device)) = &plan.link {
+                if let Err(err) = store::apply(&project, Op::Link, Some(user), Some(device)) {
+                    return fail(pid, err, Some("link"), Some(user), Some(device));
+                }
+            }
+            first.map_or(Ok(()), Err)
+        }
+    }
+}
+
+#[pg_schema]
+mod identity_merge {
+    use super::*;
+
+    #[pg_extern(volatile, parallel_unsafe)]
+    fn _identity_create(body: Option<&str>) -> pgrx::JsonB {
+        identity_call(Op::Identify, "/identity/create", body)
+    }
+
+    #[pg_extern(volatile, parallel_unsafe)]
+    fn _identity_create_alias(body: Option<&str>) -> pgrx::JsonB {
+        identity_call(Op::Alias, "/identity/create-alias", body)
+    }
+
+    #[pg_extern(volatile, parallel_unsafe)]
+    fn _identity_merge(body: Option<&str>) -> pgrx::JsonB {
+        identity_call(Op::Merge, "/identity/merge", body)
+    }
+
+    #[pg_extern(volatile, parallel_unsafe)]
+    fn _track(payload: Option<&str>) -> pgrx::JsonB {
+        let v = match parse(payload, "payload") {
+            Ok(v) => v,
+            Err(err) => return pgrx::JsonB(failed(&err)),
+        };
+        match &v {
+            Value::Array(events) if events.len() > MAX_BATCH => {
+                pgrx::JsonB(failed(&IdentityError::MalformedEvent {
+                    field: "payload".into(),
+                    problem: format!(
+                        "holds {} events, more than the {MAX_BATCH} one call takes",
+                        events.len()
+                    ),
+                }))
+            }
+            Value::Array(events) => {
+                let mut all_ok = true;
+                let results: Vec<Value> = events
+                    .iter()
+                    .map(|e| match track_one(e) {
+                        Ok(()) => ok(),
+                        Err(err @ IdentityError::Contention { .. }) => crate::error::raise(err),
+                        Err(err) => {
+                            all_ok = false;
+                            failed(&err)
+                        }
+                    })
+                    .collect();
+                let failures = results.iter().filter(|r| r["status"] == 0).count();
+                let mut out = json!({"status": if all_ok { 1 } else { 0 }, "results": results});
+                if !all_ok {
+                    out["error"] = json!(format!(
+                        "{failures} of {} events failed; see results",
+                        events.len()
+                    ));
+                }
+                pgrx::JsonB(out)
+            }
+            Value::Object(_) => respond(track_one(&v)),
+            other => pgrx::JsonB(failed(&IdentityError::MalformedEvent {
+                field: "payload".into(),
+                problem: format!(
+                    "must be an event object or an array of them, not {}",
+                    ingest::json_type(other)
+                ),
+            })),
+        }
+    }
+}
