@@ -282,7 +282,9 @@ pub fn raise(err: IdentityError) -> ! {
         "40001" => C::ERRCODE_T_R_SERIALIZATION_FAILURE,
         _ => C::ERRCODE_INTERNAL_ERROR,
     };
-    pgrx::ereport!(pgrx::PgLogLevel::ERROR, code, err.message(), err.hint());
+    pgrx::pg_sys::panic::ErrorReport::new(code, err.message(), "identity_merge")
+        .set_hint(err.hint())
+        .report(pgrx::PgLogLevel::ERROR);
     unreachable!()
 }
 

@@ -491,6 +491,22 @@ mod tests {
         );
     }
 
+    #[pg_test]
+    fn errors_carry_a_hint() {
+        run("CREATE OR REPLACE FUNCTION pg_temp.im_hint(q text) RETURNS text LANGUAGE plpgsql AS $$ \
+             DECLARE h text; BEGIN EXECUTE q; RETURN ''; \
+             EXCEPTION WHEN OTHERS THEN GET STACKED DIAGNOSTICS h = PG_EXCEPTION_HINT; RETURN h; END $$");
+        for sql in [
+            "SELECT mp_identify('u', 'not-a-uuid')",
+            "SELECT mp_merge('a', 'null')",
+            "SELECT mp_merge('a', NULL)",
+            "SELECT mp_resolve('a', 'nope')",
+        ] {
+            let hint = Spi::get_one_with_args::<String>("SELECT pg_temp.im_hint($1)", &[sql.into()]).unwrap().unwrap();
+            assert!(hint.len() > 10, "{sql}: hint {hint:?}");
+        }
+    }
+
     // ---- Chains, identified merges, the size limit, replays ----
 
     #[pg_test]
