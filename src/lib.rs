@@ -12,10 +12,12 @@
 use pgrx::prelude::*;
 
 pub mod error;
+pub mod graph;
 pub mod ingest;
 pub mod rules;
 
 mod api;
+mod backfill;
 mod cache;
 mod guc;
 mod json_api;

@@ -502,8 +502,106 @@ mod tests {
             "SELECT mp_merge('a', NULL)",
             "SELECT mp_resolve('a', 'nope')",
         ] {
-            let hint = Spi::get_one_with_args::<String>("SELECT pg_temp.im_hint($1)", &[sql.into()]).unwrap().unwrap();
+            let hint =
+                Spi::get_one_with_args::<String>("SELECT pg_temp.im_hint($1)", &[sql.into()])
+                    .unwrap()
+                    .unwrap();
             assert!(hint.len() > 10, "{sql}: hint {hint:?}");
+        }
+    }
+
+    /// mp_backfill and the online functions on the same random history give the same clusters,
+    /// canonical ids, merge log and refusals, also when starting from existing state.
+    #[pg_test]
+    fn backfill_matches_online_on_random_histories() {
+        run("CREATE TABLE hist (n int, op text, a text, b text)");
+        run("CREATE TABLE online_refusals (n int, code text)");
+        run("CREATE FUNCTION pg_temp.replay(p text) RETURNS void LANGUAGE plpgsql AS $$ \
+             DECLARE r record; BEGIN \
+               FOR r IN SELECT * FROM hist ORDER BY n LOOP \
+                 BEGIN \
+                   CASE r.op WHEN 'identify' THEN PERFORM mp_identify(r.a, r.b, p); \
+                             WHEN 'alias' THEN PERFORM mp_alias(r.a, r.b, p); \
+                             ELSE PERFORM mp_merge(r.a, r.b, p); END CASE; \
+                 EXCEPTION WHEN OTHERS THEN INSERT INTO online_refusals VALUES (r.n, split_part(SQLERRM, ':', 1)); END; \
+               END LOOP; END $$");
+        let ids: Vec<String> = (0..40)
+            .map(|i| match i {
+                0 => "null".to_string(),
+                1 => "  ".to_string(),
+                i if i % 3 == 0 => format!("user-{i}"),
+                i => format!("anon-{i}"),
+            })
+            .collect();
+        for seed in 1..=4u64 {
+            let (online, batch) = (format!("online{seed}"), format!("batch{seed}"));
+            for p in [&online, &batch] {
+                run(&format!("SELECT mp_create_project('{p}'), mp_set_project_setting('{p}', 'anon_id_format', 'any'), \
+                              mp_set_project_setting('{p}', 'max_cluster_size', '9')"));
+                // existing state both start from
+                run(&format!("SELECT mp_identify('user-3', 'anon-4', '{p}'), mp_merge('anon-5', 'anon-7', '{p}')"));
+            }
+            run("TRUNCATE hist, online_refusals");
+            let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+            let mut next = |m: usize| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x % m as u64) as usize
+            };
+            for n in 0..400 {
+                let op = ["identify", "alias", "merge", "identify", "merge"][next(5)];
+                let a = if next(50) == 0 {
+                    "NULL".to_string()
+                } else {
+                    format!("'{}'", ids[next(ids.len())])
+                };
+                let b = format!("'{}'", ids[next(ids.len())]);
+                run(&format!("INSERT INTO hist VALUES ({n}, '{op}', {a}, {b})"));
+            }
+            run(&format!("SELECT pg_temp.replay('{online}')"));
+            run(&format!(
+                "SELECT * FROM mp_backfill('SELECT op, a, b FROM hist ORDER BY n', '{batch}')"
+            ));
+            let of = |q: &str, p: &str| one(&q.replace("$P", p)).unwrap_or_default();
+            let ids_q = "SELECT string_agg(distinct_id || '>' || canonical_id, ',' ORDER BY distinct_id) FROM identity_merge.identities \
+                         WHERE project_id = (SELECT project_id FROM identity_merge.projects WHERE token = '$P')";
+            let clusters_q = "SELECT string_agg(format('%s/%s/%s', canonical_id, size, identified), ',' ORDER BY canonical_id) FROM identity_merge.clusters \
+                         WHERE project_id = (SELECT project_id FROM identity_merge.projects WHERE token = '$P')";
+            let log_q = "SELECT string_agg(format('%s:%s>%s', operation, absorbed_canonical, kept_canonical), ',' ORDER BY seq) FROM identity_merge.merge_log \
+                         WHERE project_id = (SELECT project_id FROM identity_merge.projects WHERE token = '$P')";
+            assert_eq!(
+                of(ids_q, &online),
+                of(ids_q, &batch),
+                "seed {seed}: identities"
+            );
+            assert_eq!(
+                of(clusters_q, &online),
+                of(clusters_q, &batch),
+                "seed {seed}: clusters"
+            );
+            assert_eq!(
+                of(log_q, &online),
+                of(log_q, &batch),
+                "seed {seed}: merge log"
+            );
+            let online_refusals =
+                one("SELECT string_agg(n || ':' || code, ',' ORDER BY n) FROM online_refusals")
+                    .unwrap_or_default();
+            let batch_refusals = of(
+                "SELECT string_agg(((source_row->>'backfill_ordinal')::int - 1) || ':' || reason_code, ',' ORDER BY rejection_id) \
+                 FROM identity_merge.rejections WHERE project_id = (SELECT project_id FROM identity_merge.projects WHERE token = '$P')",
+                &batch,
+            );
+            assert_eq!(online_refusals, batch_refusals, "seed {seed}: refusals");
+            assert!(
+                online_refusals.contains("errManyIDs") || seed > 1,
+                "the history exercises the size limit"
+            );
+            assert!(
+                online_refusals.contains("errInvalidID") && online_refusals.contains("errNullID"),
+                "and bad ids"
+            );
         }
     }
 

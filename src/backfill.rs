@@ -1,0 +1,271 @@
+//! `mp_backfill`: loads a history of identity events in one pass. The events are read through
+//! a cursor, applied in memory by `graph::Graph` (the online rules, union-find), and the result
+//! is written in bulk: changed ids, changed clusters, one merge-log row per join, one rejection
+//! per refused event. Online writers of identities wait for it (SHARE ROW EXCLUSIVE lock).
+
+use pgrx::prelude::*;
+
+use crate::error::{IdentityError, OrRaise, Reason};
+use crate::graph::Graph;
+use crate::rules::Op;
+use crate::store::{self, Mode};
+
+const FETCH: std::ffi::c_long = 10_000;
+const CHUNK: usize = 50_000;
+
+fn op_of(name: &str) -> Option<Op> {
+    match name {
+        "identify" | "$identify" => Some(Op::Identify),
+        "alias" | "create_alias" | "$create_alias" => Some(Op::Alias),
+        "merge" | "$merge" => Some(Op::Merge),
+        "link" => Some(Op::Link),
+        _ => None,
+    }
+}
+
+struct Refusal {
+    ordinal: i64,
+    op: Option<String>,
+    a: Option<String>,
+    b: Option<String>,
+    err: IdentityError,
+}
+
+fn text_array(
+    c: &mut pgrx::spi::SpiClient<'_>,
+    sql: &str,
+    arrays: Vec<Vec<Option<String>>>,
+    project_id: i32,
+) {
+    let mut args: Vec<pgrx::datum::DatumWithOid> = vec![project_id.into()];
+    for a in arrays {
+        args.push(a.into());
+    }
+    c.update(sql, None, &args)
+        .unwrap_or_else(|e| error!("identity_merge backfill write failed: {e}"));
+}
+
+#[pg_extern(volatile, parallel_unsafe)]
+fn mp_backfill(
+    source: &str,
+    project: default!(&str, "'default'"),
+) -> TableIterator<
+    'static,
+    (
+        name!(events, i64),
+        name!(joins, i64),
+        name!(refused, i64),
+        name!(ids_written, i64),
+        name!(clusters_written, i64),
+    ),
+> {
+    let project = store::project(Some(project)).or_raise();
+    let settings = project.settings.clone();
+    let pid = project.id;
+    let mut graph = Graph::new();
+    let mut refusals: Vec<Refusal> = Vec::new();
+    let mut events: i64 = 0;
+
+    Spi::connect_mut(|c| {
+        c.update("LOCK TABLE identity_merge.identities, identity_merge.clusters IN SHARE ROW EXCLUSIVE MODE", None, &[])
+            .unwrap();
+        // The project's current state.
+        let mut state = c
+            .try_open_cursor(
+                "SELECT i.distinct_id::text, i.canonical_id::text, c.size, c.identified \
+                 FROM identity_merge.identities i JOIN identity_merge.clusters c \
+                   ON c.project_id OPERATOR(pg_catalog.=) i.project_id AND c.canonical_id OPERATOR(pg_catalog.=) i.canonical_id \
+                 WHERE i.project_id OPERATOR(pg_catalog.=) $1",
+                &[pid.into()],
+            )
+            .unwrap();
+        loop {
+            let rows = state.fetch(FETCH).unwrap();
+            if rows.is_empty() {
+                break;
+            }
+            for r in rows {
+                let id: String = r.get(1).unwrap().unwrap();
+                let canonical: String = r.get(2).unwrap().unwrap();
+                graph.load(
+                    &id,
+                    &canonical,
+                    r.get::<i32>(3).unwrap().unwrap() as i64,
+                    r.get(4).unwrap().unwrap(),
+                );
+            }
+            unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) };
+        }
+        drop(state);
+
+        // The history, in the order the query gives.
+        let mut cursor = c.try_open_cursor(source, &[]).unwrap_or_else(|e| {
+            crate::error::raise(IdentityError::InvalidArgument {
+                what: "backfill source query",
+                value: format!("{source} ({e})"),
+                hint:
+                    "Pass a query returning (operation text, id_a text, id_b text) in time order.",
+            })
+        });
+        loop {
+            let rows = cursor.fetch(FETCH).unwrap();
+            if rows.is_empty() {
+                break;
+            }
+            if rows.columns().unwrap_or(0) < 3 {
+                crate::error::raise(IdentityError::InvalidArgument {
+                    what: "backfill source query",
+                    value: source.to_string(),
+                    hint: "It must return three columns: operation, id_a, id_b.",
+                });
+            }
+            for r in rows {
+                events += 1;
+                let name: Option<String> = r.get(1).unwrap_or(None);
+                let a: Option<String> = r.get(2).unwrap_or(None);
+                let b: Option<String> = r.get(3).unwrap_or(None);
+                let op = name.as_deref().and_then(op_of);
+                let result = match (op, project.mode) {
+                    (None, _) => Err(IdentityError::MalformedEvent {
+                        field: "operation".into(),
+                        problem: format!(
+                            "{:?} is not identify, alias, merge or link",
+                            name.as_deref().unwrap_or("NULL")
+                        ),
+                    }),
+                    (Some(Op::Link), Mode::Original)
+                    | (Some(Op::Identify | Op::Alias | Op::Merge), Mode::Simplified) => {
+                        Err(IdentityError::WrongMode {
+                            op: "this operation",
+                            token: project.token.clone(),
+                        })
+                    }
+                    (Some(Op::Link), Mode::Simplified) => {
+                        let device = b
+                            .as_deref()
+                            .map(|d| format!("{}{d}", crate::rules::DEVICE_PREFIX));
+                        graph.apply(&settings, Op::Link, a.as_deref(), device.as_deref())
+                    }
+                    (Some(op), Mode::Original) => {
+                        graph.apply(&settings, op, a.as_deref(), b.as_deref())
+                    }
+                };
+                if let Err(err) = result {
+                    refusals.push(Refusal {
+                        ordinal: events,
+                        op: name,
+                        a,
+                        b,
+                        err,
+                    });
+                }
+            }
+            unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) };
+        }
+        drop(cursor);
+
+        // Bulk writes.
+        let changed = graph.changed_ids();
+        for chunk in changed.chunks(CHUNK) {
+            let (ids, canon): (Vec<Option<String>>, Vec<Option<String>>) = chunk
+                .iter()
+                .map(|(i, c)| (Some(i.clone()), Some(c.clone())))
+                .unzip();
+            text_array(
+                c,
+                "INSERT INTO identity_merge.identities (project_id, distinct_id, canonical_id) \
+                 SELECT $1, u.d, u.c FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) u(d, c) \
+                 ON CONFLICT (project_id, distinct_id) DO UPDATE SET canonical_id = EXCLUDED.canonical_id",
+                vec![ids, canon],
+                pid,
+            );
+        }
+        let absorbed: Vec<Option<String>> =
+            graph.absorbed_canonicals().into_iter().map(Some).collect();
+        for chunk in absorbed.chunks(CHUNK) {
+            text_array(
+                c,
+                "DELETE FROM identity_merge.clusters WHERE project_id OPERATOR(pg_catalog.=) $1 \
+                 AND canonical_id OPERATOR(pg_catalog.=) ANY ($2::text[])",
+                vec![chunk.to_vec()],
+                pid,
+            );
+        }
+        let clusters = graph.changed_clusters();
+        for chunk in clusters.chunks(CHUNK) {
+            let canon: Vec<Option<String>> =
+                chunk.iter().map(|(c, _, _)| Some(c.clone())).collect();
+            let sizes: Vec<Option<i32>> = chunk.iter().map(|(_, s, _)| Some(*s as i32)).collect();
+            let ident: Vec<Option<bool>> = chunk.iter().map(|(_, _, i)| Some(*i)).collect();
+            c.update(
+                "INSERT INTO identity_merge.clusters (project_id, canonical_id, size, identified) \
+                 SELECT $1, u.c, u.s, u.i FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::int4[]), pg_catalog.unnest($4::bool[])) u(c, s, i) \
+                 ON CONFLICT (project_id, canonical_id) DO UPDATE \
+                 SET size = EXCLUDED.size, identified = EXCLUDED.identified, updated_at = pg_catalog.now()",
+                None,
+                &[pid.into(), canon.into(), sizes.into(), ident.into()],
+            )
+            .unwrap_or_else(|e| error!("identity_merge backfill write failed: {e}"));
+        }
+        for chunk in graph.joins.chunks(CHUNK) {
+            let col = |f: &dyn Fn(&crate::graph::Join) -> String| {
+                chunk.iter().map(|j| Some(f(j))).collect::<Vec<_>>()
+            };
+            let moved: Vec<Option<i32>> = chunk.iter().map(|j| Some(j.moved as i32)).collect();
+            c.update(
+                "INSERT INTO identity_merge.merge_log (project_id, operation, id_a, id_b, kept_canonical, absorbed_canonical, moved_ids) \
+                 SELECT $1, u.o, u.a, u.b, u.k, u.x, u.m \
+                 FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::text[]), pg_catalog.unnest($7::int4[])) WITH ORDINALITY u(o, a, b, k, x, m, n) \
+                 ORDER BY u.n",
+                None,
+                &[
+                    pid.into(),
+                    col(&|j| j.op.as_str().to_string()).into(),
+                    col(&|j| j.a.clone()).into(),
+                    col(&|j| j.b.clone()).into(),
+                    col(&|j| j.kept.clone()).into(),
+                    col(&|j| j.absorbed.clone()).into(),
+                    moved.into(),
+                ],
+            )
+            .unwrap_or_else(|e| error!("identity_merge backfill write failed: {e}"));
+        }
+        for chunk in refusals.chunks(CHUNK) {
+            let reason: Vec<Option<String>> = chunk
+                .iter()
+                .map(|r| {
+                    Some(
+                        r.err
+                            .reason()
+                            .unwrap_or(Reason::MalformedEvent)
+                            .code()
+                            .to_string(),
+                    )
+                })
+                .collect();
+            let message: Vec<Option<String>> = chunk
+                .iter()
+                .map(|r| Some(crate::ingest::scrub_nul_str(&r.err.message())))
+                .collect();
+            let op: Vec<Option<String>> = chunk.iter().map(|r| r.op.clone()).collect();
+            let a: Vec<Option<String>> = chunk.iter().map(|r| r.a.clone()).collect();
+            let b: Vec<Option<String>> = chunk.iter().map(|r| r.b.clone()).collect();
+            let ordinal: Vec<Option<i64>> = chunk.iter().map(|r| Some(r.ordinal)).collect();
+            c.update(
+                "INSERT INTO identity_merge.rejections (project_id, reason_code, message, operation, id_a, id_b, source_row) \
+                 SELECT $1, u.r, u.m, u.o, u.a, u.b, pg_catalog.jsonb_build_object('backfill_ordinal', u.n) \
+                 FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::text[]), pg_catalog.unnest($7::int8[])) u(r, m, o, a, b, n)",
+                None,
+                &[pid.into(), reason.into(), message.into(), op.into(), a.into(), b.into(), ordinal.into()],
+            )
+            .unwrap_or_else(|e| error!("identity_merge backfill write failed: {e}"));
+        }
+        TableIterator::once((
+            events,
+            graph.joins.len() as i64,
+            refusals.len() as i64,
+            changed.len() as i64,
+            clusters.len() as i64,
+        ))
+    })
+}

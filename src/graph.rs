@@ -1,0 +1,305 @@
+//! The identity graph in memory, for batch loads of history (`mp_backfill`): a union-find over
+//! interned ids where every event goes through the same `rules::precheck` / `rules::decide` as
+//! the online path, so both paths give the same clusters, canonicals and refusals. Plain Rust.
+
+use std::collections::HashMap;
+
+use crate::error::IdentityError;
+use crate::rules::{self, Op, Outcome, RuleSettings, Side};
+
+/// One join made by the batch, as the merge log records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Join {
+    pub op: Op,
+    pub a: String,
+    pub b: String,
+    pub kept: String,
+    pub absorbed: String,
+    pub moved: i64,
+}
+
+#[derive(Default)]
+pub struct Graph {
+    index: HashMap<String, u32>,
+    names: Vec<String>,
+    parent: Vec<u32>,
+    /// Per root: the canonical id (a node), the size, whether identified.
+    canonical: Vec<u32>,
+    size: Vec<i64>,
+    identified: Vec<bool>,
+    /// The canonical each node had when loaded (None: new in this batch).
+    initial: Vec<Option<u32>>,
+    pub joins: Vec<Join>,
+}
+
+impl Graph {
+    pub fn new() -> Graph {
+        Graph::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    fn intern(&mut self, id: &str) -> u32 {
+        if let Some(&i) = self.index.get(id) {
+            return i;
+        }
+        let i = self.names.len() as u32;
+        self.names.push(id.to_string());
+        self.index.insert(id.to_string(), i);
+        self.parent.push(i);
+        self.canonical.push(i);
+        self.size.push(1);
+        self.identified.push(false);
+        self.initial.push(None);
+        i
+    }
+
+    fn find(&mut self, mut x: u32) -> u32 {
+        while self.parent[x as usize] != x {
+            let grand = self.parent[self.parent[x as usize] as usize];
+            self.parent[x as usize] = grand;
+            x = grand;
+        }
+        x
+    }
+
+    /// Loads one stored id with its cluster's canonical, size and identified flag.
+    pub fn load(&mut self, id: &str, canonical: &str, size: i64, identified: bool) {
+        let c = self.intern(canonical);
+        let i = self.intern(id);
+        let (rc, ri) = (self.find(c), self.find(i));
+        if rc != ri {
+            // Attach under the canonical's root; the root carries the stored cluster's facts.
+            let (big, small) = if self.size[rc as usize] >= self.size[ri as usize] {
+                (rc, ri)
+            } else {
+                (ri, rc)
+            };
+            self.parent[small as usize] = big;
+        }
+        let root = self.find(c);
+        self.canonical[root as usize] = c;
+        self.size[root as usize] = size;
+        self.identified[root as usize] = identified;
+        self.initial[i as usize] = Some(c);
+        self.initial[c as usize] = Some(c);
+    }
+
+    fn side(&mut self, id: &str) -> Side {
+        match self.index.get(id).copied() {
+            Some(i) => {
+                let root = self.find(i);
+                let exists = self.initial[i as usize].is_some()
+                    || self.parent[i as usize] != i
+                    || self.size[root as usize] > 1;
+                if !exists {
+                    return Side::new_id(id);
+                }
+                Side {
+                    id: id.to_string(),
+                    canonical: self.names[self.canonical[root as usize] as usize].clone(),
+                    size: self.size[root as usize],
+                    identified: self.identified[root as usize],
+                    exists: true,
+                }
+            }
+            None => Side::new_id(id),
+        }
+    }
+
+    /// Applies one operation with the online rules. Returns the canonical id, or the refusal.
+    pub fn apply(
+        &mut self,
+        settings: &RuleSettings,
+        op: Op,
+        a: Option<&str>,
+        b: Option<&str>,
+    ) -> Result<String, IdentityError> {
+        rules::precheck(op, settings, a, b)?;
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let (sa, sb) = (self.side(a), self.side(b));
+        match rules::decide(op, settings, &sa, &sb)? {
+            Outcome::Together(c) => Ok(c),
+            Outcome::Join(plan) => {
+                let (ia, ib) = (self.intern(a), self.intern(b));
+                let (ra, rb) = (self.find(ia), self.find(ib));
+                let kept_node = self.index[&plan.kept.canonical];
+                let (big, small) = if self.size[ra as usize] >= self.size[rb as usize] {
+                    (ra, rb)
+                } else {
+                    (rb, ra)
+                };
+                self.parent[small as usize] = big;
+                self.canonical[big as usize] = kept_node;
+                self.size[big as usize] = plan.size;
+                self.identified[big as usize] = plan.identified;
+                self.joins.push(Join {
+                    op,
+                    a: a.to_string(),
+                    b: b.to_string(),
+                    kept: plan.kept.canonical.clone(),
+                    absorbed: plan.absorbed.canonical.clone(),
+                    moved: plan.absorbed.size,
+                });
+                Ok(plan.kept.canonical)
+            }
+        }
+    }
+
+    /// Every id whose canonical differs from what was loaded (or that is new), with its
+    /// canonical now.
+    pub fn changed_ids(&mut self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for i in 0..self.names.len() as u32 {
+            let root = self.find(i);
+            let c = self.canonical[root as usize];
+            let new_cluster = self.size[root as usize] > 1 || self.initial[i as usize].is_some();
+            if new_cluster && self.initial[i as usize] != Some(c) {
+                out.push((
+                    self.names[i as usize].clone(),
+                    self.names[c as usize].clone(),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Final facts of every cluster the batch changed: (canonical, size, identified).
+    pub fn changed_clusters(&mut self) -> Vec<(String, i64, bool)> {
+        let mut seen = std::collections::HashSet::new();
+        let kept: Vec<String> = self.joins.iter().map(|j| j.kept.clone()).collect();
+        let mut out = Vec::new();
+        for k in kept {
+            let i = self.index[&k];
+            let root = self.find(i);
+            if seen.insert(root) {
+                let c = self.canonical[root as usize];
+                out.push((
+                    self.names[c as usize].clone(),
+                    self.size[root as usize],
+                    self.identified[root as usize],
+                ));
+            }
+        }
+        out
+    }
+
+    /// Canonicals that stopped being canonical in this batch (their cluster rows go).
+    pub fn absorbed_canonicals(&self) -> Vec<String> {
+        self.joins.iter().map(|j| j.absorbed.clone()).collect()
+    }
+
+    /// The canonical of an id now (itself when unknown).
+    pub fn resolve(&mut self, id: &str) -> String {
+        match self.index.get(id).copied() {
+            Some(i) => {
+                let root = self.find(i);
+                self.names[self.canonical[root as usize] as usize].clone()
+            }
+            None => id.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::AnonIdFormat;
+
+    fn any() -> RuleSettings {
+        RuleSettings {
+            anon_id_format: AnonIdFormat::Any,
+            ..RuleSettings::default()
+        }
+    }
+
+    #[test]
+    fn joins_follow_the_rules() {
+        let s = any();
+        let mut g = Graph::new();
+        assert_eq!(
+            g.apply(&s, Op::Merge, Some("a1"), Some("a2")).unwrap(),
+            "a1"
+        );
+        assert_eq!(
+            g.apply(&s, Op::Identify, Some("U"), Some("a2")).unwrap(),
+            "U"
+        );
+        assert_eq!(g.resolve("a1"), "U");
+        let e = g
+            .apply(&s, Op::Identify, Some("V"), Some("a1"))
+            .unwrap_err();
+        assert_eq!(
+            e.reason().unwrap().code(),
+            "errAnonDistinctIdAssignedAlready"
+        );
+        assert_eq!(g.apply(&s, Op::Alias, Some("al"), Some("a1")).unwrap(), "U");
+        assert_eq!(
+            g.apply(&s, Op::Alias, Some("al"), Some("X"))
+                .unwrap_err()
+                .reason()
+                .unwrap()
+                .code(),
+            "errAliasAlreadyExists"
+        );
+        assert_eq!(g.joins.len(), 3);
+        let mut changed = g.changed_ids();
+        changed.sort();
+        assert_eq!(
+            changed,
+            vec![
+                ("U".into(), "U".into()),
+                ("a1".into(), "U".into()),
+                ("a2".into(), "U".into()),
+                ("al".into(), "U".into())
+            ]
+        );
+        assert_eq!(g.changed_clusters(), vec![("U".into(), 4, true)]);
+    }
+
+    #[test]
+    fn loaded_state_is_respected() {
+        let s = RuleSettings {
+            max_cluster_size: 3,
+            ..any()
+        };
+        let mut g = Graph::new();
+        g.load("U", "U", 2, true);
+        g.load("d", "U", 2, true);
+        assert_eq!(g.resolve("d"), "U");
+        assert_eq!(
+            g.apply(&s, Op::Identify, Some("V"), Some("d"))
+                .unwrap_err()
+                .reason()
+                .unwrap()
+                .code(),
+            "errAnonDistinctIdAssignedAlready"
+        );
+        assert_eq!(g.apply(&s, Op::Merge, Some("x"), Some("d")).unwrap(), "x");
+        assert_eq!(
+            g.apply(&s, Op::Merge, Some("x"), Some("y"))
+                .unwrap_err()
+                .reason()
+                .unwrap()
+                .code(),
+            "errManyIDs"
+        );
+        let mut changed = g.changed_ids();
+        changed.sort();
+        assert_eq!(
+            changed,
+            vec![
+                ("U".into(), "x".into()),
+                ("d".into(), "x".into()),
+                ("x".into(), "x".into())
+            ]
+        );
+        assert_eq!(g.absorbed_canonicals(), vec!["U".to_string()]);
+    }
+}
