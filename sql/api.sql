@@ -192,9 +192,11 @@ BEGIN
     RETURN n;
 END $$;
 
--- Every write to identities tells the stamping trigger's per-backend caches (src/cache.rs).
-CREATE TRIGGER identities_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON identity_merge.identities
-    FOR EACH STATEMENT EXECUTE FUNCTION identity_merge.identities_changed();
+-- Every write to identities or projects tells the per-backend caches (src/cache.rs).
+CREATE TRIGGER notify_caches AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON identity_merge.identities
+    FOR EACH STATEMENT EXECUTE FUNCTION identity_merge.notify_caches();
+CREATE TRIGGER notify_caches AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON identity_merge.projects
+    FOR EACH STATEMENT EXECUTE FUNCTION identity_merge.notify_caches();
 
 -- The seed's HTTP API shapes: request bodies in, IdentityResponse out (src/json_api.rs).
 -- The jsonb is handed over as text so that every failure is an answer, never an error.

@@ -76,8 +76,26 @@ fn mp_merge_array(
     run(Op::Merge, ids[0].as_deref(), ids[1].as_deref(), project)
 }
 
-/// The canonical distinct_id of an id; an id never seen resolves to itself.
+/// The canonical distinct_id of an id; an id never seen resolves to itself. One direct index
+/// probe under the caller's snapshot (no SPI), the project from the backend's cache.
 #[pg_extern(stable, strict, parallel_safe)]
 fn mp_resolve(distinct_id: &str, project: default!(&str, "'default'")) -> String {
-    store::resolve(project, distinct_id).or_raise()
+    use pgrx::IntoDatum;
+    let project = store::project(Some(project)).or_raise();
+    let mut found: Option<String> = None;
+    let datum = distinct_id.into_datum().unwrap();
+    unsafe {
+        let statement = (0, pg_sys::GetCurrentSubTransactionId());
+        crate::probe::canonical(
+            crate::probe::Use::Resolve,
+            statement,
+            false,
+            project.id,
+            datum,
+            |d| {
+                found = d.and_then(|d| <String as pgrx::FromDatum>::from_datum(d, false));
+            },
+        );
+    }
+    found.unwrap_or_else(|| distinct_id.to_string())
 }

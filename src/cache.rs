@@ -29,6 +29,8 @@ struct IdCache {
 }
 
 thread_local! {
+    /// Projects by token, valid for one generation (projects changes fire the same signal).
+    static PROJECTS: RefCell<(u64, HashMap<String, crate::store::Project>)> = RefCell::new((0, HashMap::new()));
     static GENERATION: Cell<u64> = const { Cell::new(0) };
     /// The oid of identity_merge.graph_changed, looked up at each statement start.
     static WATCHED: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
@@ -131,6 +133,35 @@ pub fn put(project_id: i32, id: &[u8], entry: Entry) {
     })
 }
 
+/// A project from the cache, or loaded by `load` and remembered until the next change signal.
+/// Invalidations are accepted first, so a project created or changed by a committed transaction
+/// is seen.
+pub fn project(
+    token: &str,
+    load: impl FnOnce(&str) -> Result<crate::store::Project, crate::error::IdentityError>,
+) -> Result<crate::store::Project, crate::error::IdentityError> {
+    accept_invalidations();
+    let generation = GENERATION.with(|g| g.get());
+    let hit = PROJECTS.with(|p| {
+        let p = p.borrow();
+        (p.0 == generation)
+            .then(|| p.1.get(token).cloned())
+            .flatten()
+    });
+    if let Some(project) = hit {
+        return Ok(project);
+    }
+    let project = load(token)?;
+    PROJECTS.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.0 != generation {
+            *p = (generation, HashMap::new());
+        }
+        p.1.insert(token.to_string(), project.clone());
+    });
+    Ok(project)
+}
+
 /// Forgets everything (after this backend changed the identity graph).
 pub fn clear() {
     GENERATION.with(|g| g.set(g.get() + 1));
@@ -141,11 +172,12 @@ pub fn clear() {
 mod identity_merge {
     use pgrx::prelude::*;
 
-    /// Statement trigger on identity_merge.identities: tells every backend's stamp cache that
-    /// the identity graph changed (a relcache invalidation of identity_merge.graph_changed,
-    /// sent when the transaction commits and seen by this backend at its next command).
+    /// Statement trigger on identity_merge.identities and .projects: tells every backend's
+    /// caches that the identity graph or a project changed (a relcache invalidation of
+    /// identity_merge.graph_changed, sent when the transaction commits and seen by this backend
+    /// at its next command).
     #[pg_trigger]
-    fn identities_changed<'a>(
+    fn notify_caches<'a>(
         _trigger: &'a pgrx::PgTrigger<'a>,
     ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
         unsafe {

@@ -30,10 +30,10 @@ mod tests {
     /// A fingerprint of all identity state, to prove that a refusal changed nothing.
     fn state() -> String {
         one("SELECT (SELECT md5(coalesce(string_agg(format('%s|%s|%s', project_id, distinct_id, canonical_id), ',' \
-                ORDER BY project_id, distinct_id), '')) FROM identity_merge.identities WHERE project_id <> ALL (SELECT project_id FROM identity_merge.projects WHERE token IN ('conc2', 'cross', 'stale'))) || \
+                ORDER BY project_id, distinct_id), '')) FROM identity_merge.identities WHERE project_id <> ALL (SELECT project_id FROM identity_merge.projects WHERE token IN ('conc2', 'cross', 'stale', 'snap', 'late'))) || \
                 (SELECT md5(coalesce(string_agg(format('%s|%s|%s|%s', project_id, canonical_id, size, identified), ',' \
-                ORDER BY project_id, canonical_id), '')) FROM identity_merge.clusters WHERE project_id <> ALL (SELECT project_id FROM identity_merge.projects WHERE token IN ('conc2', 'cross', 'stale'))) || \
-                (SELECT count(*) FROM identity_merge.merge_log WHERE project_id <> ALL (SELECT project_id FROM identity_merge.projects WHERE token IN ('conc2', 'cross', 'stale')))::text")
+                ORDER BY project_id, canonical_id), '')) FROM identity_merge.clusters WHERE project_id <> ALL (SELECT project_id FROM identity_merge.projects WHERE token IN ('conc2', 'cross', 'stale', 'snap', 'late'))) || \
+                (SELECT count(*) FROM identity_merge.merge_log WHERE project_id <> ALL (SELECT project_id FROM identity_merge.projects WHERE token IN ('conc2', 'cross', 'stale', 'snap', 'late')))::text")
         .unwrap()
     }
 
@@ -1315,5 +1315,54 @@ mod sessions {
             .unwrap()
             .get(0);
         assert_eq!(wrong, 0);
+    }
+
+    #[test]
+    fn resolve_keeps_the_callers_snapshot_and_project_changes_are_seen() {
+        let mut a = connect();
+        let mut b = pgrx_tests::client().unwrap().0;
+        a.batch_execute("SELECT mp_create_project('snap')").unwrap();
+        let resolve = |c: &mut postgres::Client, id: &str| -> String {
+            c.query_one("SELECT mp_resolve($1, 'snap')", &[&id])
+                .unwrap()
+                .get(0)
+        };
+        a.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            .unwrap();
+        assert_eq!(resolve(&mut a, "m2"), "m2");
+        b.batch_execute("SELECT mp_merge('m1', 'm2', 'snap')")
+            .unwrap();
+        assert_eq!(
+            resolve(&mut a, "m2"),
+            "m2",
+            "a repeatable-read transaction keeps its snapshot"
+        );
+        a.batch_execute("COMMIT").unwrap();
+        assert_eq!(
+            resolve(&mut a, "m2"),
+            "m1",
+            "the next transaction sees the merge"
+        );
+        // a project created, and a setting changed, by another session are seen at once
+        b.batch_execute("SELECT mp_create_project('late')").unwrap();
+        let r: String = a
+            .query_one("SELECT mp_resolve('x', 'late')", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(r, "x");
+        a.batch_execute("SELECT mp_merge('p', 'q', 'late')")
+            .unwrap();
+        b.batch_execute("SELECT mp_set_project_setting('late', 'max_cluster_size', '2')")
+            .unwrap();
+        let err = a
+            .batch_execute("SELECT mp_merge('p', 'r', 'late')")
+            .unwrap_err();
+        assert_eq!(err.code().unwrap().code(), "54000", "the new limit applies");
+        // the session setting is read at each call, even with the project cached
+        let err = a
+            .batch_execute("SELECT mp_identify('u', 'not-a-uuid', 'snap')")
+            .unwrap_err();
+        assert_eq!(err.code().unwrap().code(), "55000");
+        a.batch_execute("SET identity_merge.anon_id_format = 'any'; SELECT mp_identify('u', 'not-a-uuid', 'snap')").unwrap();
     }
 }

@@ -24,8 +24,17 @@ pub struct Probe {
     busy: bool,
 }
 
+/// Who is asking: the stamping trigger (snapshot as fresh as the caches, see cache.rs) or
+/// `mp_resolve` (the caller's own snapshot, as a STABLE function must see).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    Stamp,
+    Resolve,
+}
+
 thread_local! {
     static PROBE: RefCell<Option<Probe>> = const { RefCell::new(None) };
+    static RESOLVE_PROBE: RefCell<Option<Probe>> = const { RefCell::new(None) };
 }
 
 pub unsafe fn local_xid() -> u32 {
@@ -211,13 +220,18 @@ impl Probe {
 /// implied) and hands the canonical datum, if any, to `f`. `renew` asks for a new snapshot that
 /// sees what this statement changed so far (after the trigger applied an identity event).
 pub unsafe fn canonical(
+    user: Use,
     statement: (u32, u32),
     renew: bool,
     project_id: i32,
     id: pg_sys::Datum,
     f: impl FnOnce(Option<pg_sys::Datum>),
 ) {
-    PROBE.with(|slot| {
+    let slot = match user {
+        Use::Stamp => &PROBE,
+        Use::Resolve => &RESOLVE_PROBE,
+    };
+    slot.with(|slot| {
         let mut slot = slot.borrow_mut();
         let lxid = local_xid();
         // A probe of an earlier transaction was closed before it committed or was released
@@ -231,6 +245,11 @@ pub unsafe fn canonical(
         if slot.is_none() {
             *slot = Some(Probe::open(statement));
             pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::PreCommit, close_current);
+            // A parallel worker (mp_resolve is parallel safe) sees this event instead.
+            pgrx::register_xact_callback(
+                pgrx::PgXactCallbackEvent::ParallelPreCommit,
+                close_current,
+            );
         }
         let probe = slot.as_mut().unwrap();
         if probe.statement != statement {
@@ -241,18 +260,26 @@ pub unsafe fn canonical(
             probe.renew_snapshot(true);
         }
         probe.busy = true;
+        if user == Use::Resolve {
+            // The caller's snapshot, valid for this call (the executor holds it); the scan's
+            // own registered snapshot is put back afterwards.
+            (*probe.scan).xs_snapshot = pg_sys::GetActiveSnapshot();
+        }
         probe.lookup(project_id, id, f);
+        (*probe.scan).xs_snapshot = probe.snapshot;
         probe.busy = false;
     })
 }
 
-/// Closes this transaction's probe (pre-commit).
+/// Closes this transaction's probes (pre-commit).
 pub fn close_current() {
-    PROBE.with(|slot| {
-        if let Some(p) = slot.borrow_mut().take() {
-            if p.lxid == unsafe { local_xid() } {
-                unsafe { p.close() };
+    for slot in [&PROBE, &RESOLVE_PROBE] {
+        slot.with(|slot| {
+            if let Some(p) = slot.borrow_mut().take() {
+                if p.lxid == unsafe { local_xid() } {
+                    unsafe { p.close() };
+                }
             }
-        }
-    })
+        })
+    }
 }

@@ -32,6 +32,8 @@ pub struct Project {
     pub id: i32,
     pub token: String,
     pub mode: Mode,
+    /// The project's own anon_id_format ('uuid' | 'any'); `settings` also folds in the GUC.
+    pub anon_id_format: String,
     pub settings: RuleSettings,
 }
 
@@ -39,19 +41,18 @@ pub struct Project {
 // own schemas can never be picked up, whatever the caller's search_path.
 const SQL_PROJECT: &str = "SELECT project_id, mode, max_cluster_size, anon_id_format, blocked_ids \
      FROM identity_merge.projects WHERE token OPERATOR(pg_catalog.=) $1";
-const SQL_SIDES: &str = "SELECT i.distinct_id, i.canonical_id, c.size, c.identified \
-     FROM identity_merge.identities i JOIN identity_merge.clusters c \
-       ON c.project_id OPERATOR(pg_catalog.=) i.project_id \
-      AND c.canonical_id OPERATOR(pg_catalog.=) i.canonical_id \
-     WHERE i.project_id OPERATOR(pg_catalog.=) $1 \
-       AND i.distinct_id OPERATOR(pg_catalog.=) ANY (ARRAY[$2, $3])";
+// Two plain primary-key probes, with the cluster facts as scalar subqueries: this stays index
+// probes whatever plan the plan cache settles on (a generic plan of `= ANY(...)` or of a join can
+// turn into a scan of the whole project once it is large).
+const SQL_SIDE_COLUMNS: &str = "SELECT i.distinct_id, i.canonical_id, \
+       (SELECT c.size FROM identity_merge.clusters c WHERE c.project_id OPERATOR(pg_catalog.=) $1 \
+           AND c.canonical_id OPERATOR(pg_catalog.=) i.canonical_id), \
+       (SELECT c.identified FROM identity_merge.clusters c WHERE c.project_id OPERATOR(pg_catalog.=) $1 \
+           AND c.canonical_id OPERATOR(pg_catalog.=) i.canonical_id) \
+     FROM identity_merge.identities i WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.distinct_id OPERATOR(pg_catalog.=) ";
 const SQL_LOCK: &str =
     "SELECT pg_catalog.pg_advisory_xact_lock($1), pg_catalog.pg_advisory_xact_lock($2)";
 const SQL_JOIN: &str = "SELECT identity_merge._join($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
-const SQL_RESOLVE: &str = "SELECT p.project_id, i.canonical_id FROM identity_merge.projects p \
-     LEFT JOIN identity_merge.identities i ON i.project_id OPERATOR(pg_catalog.=) p.project_id \
-      AND i.distinct_id OPERATOR(pg_catalog.=) $2 \
-     WHERE p.token OPERATOR(pg_catalog.=) $1";
 const SQL_REJECT: &str = "INSERT INTO identity_merge.rejections \
      (project_id, reason_code, message, operation, id_a, id_b, source_table, source_row) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
@@ -62,7 +63,6 @@ struct Plans {
     sides: OwnedPreparedStatement,
     lock: OwnedPreparedStatement,
     join: OwnedPreparedStatement,
-    resolve: OwnedPreparedStatement,
     reject: OwnedPreparedStatement,
 }
 
@@ -81,10 +81,12 @@ fn plans() -> std::rc::Rc<Plans> {
     use pg_sys::BuiltinOid::*;
     let p = Spi::connect(|c| {
         let prep = |sql: &str, args: &[PgOid]| c.prepare_mut(sql, args).expect("prepare").keep();
-        let prep_ro = |sql: &str, args: &[PgOid]| c.prepare(sql, args).expect("prepare").keep();
         Plans {
             project: prep(SQL_PROJECT, &[oid(TEXTOID)]),
-            sides: prep(SQL_SIDES, &[oid(INT4OID), oid(TEXTOID), oid(TEXTOID)]),
+            sides: prep(
+                &format!("{SQL_SIDE_COLUMNS} $2 UNION ALL {SQL_SIDE_COLUMNS} $3"),
+                &[oid(INT4OID), oid(TEXTOID), oid(TEXTOID)],
+            ),
             lock: prep(SQL_LOCK, &[oid(INT8OID), oid(INT8OID)]),
             join: prep(
                 SQL_JOIN,
@@ -101,7 +103,6 @@ fn plans() -> std::rc::Rc<Plans> {
                     oid(BOOLOID),
                 ],
             ),
-            resolve: prep_ro(SQL_RESOLVE, &[oid(TEXTOID), oid(TEXTOID)]),
             reject: prep(
                 SQL_REJECT,
                 &[
@@ -132,9 +133,22 @@ fn anon_format(project_setting: &str) -> AnonIdFormat {
     }
 }
 
-/// Loads a project by token, or `UnknownProject`.
+impl Project {
+    /// Re-derives the effective anon id format (the session setting may have changed).
+    pub fn refreshed(mut self) -> Project {
+        self.settings.anon_id_format = anon_format(&self.anon_id_format);
+        self
+    }
+}
+
+/// A project by token (from the backend's cache when it is current), or `UnknownProject`.
 pub fn project(token: Option<&str>) -> Result<Project, IdentityError> {
     let token = token.ok_or(IdentityError::NullId { field: "project" })?;
+    crate::cache::project(token, load_project).map(Project::refreshed)
+}
+
+/// Loads a project by token from the projects table.
+fn load_project(token: &str) -> Result<Project, IdentityError> {
     let p = plans();
     Spi::connect(|c| {
         let rows = c
@@ -159,6 +173,7 @@ pub fn project(token: Option<&str>) -> Result<Project, IdentityError> {
             } else {
                 Mode::Original
             },
+            anon_id_format: format.clone(),
             settings: RuleSettings {
                 max_cluster_size: max as i64,
                 anon_id_format: anon_format(&format),
@@ -343,26 +358,6 @@ fn decide_and_write(
             Ok(plan.kept.canonical)
         }
     }
-}
-
-/// `mp_resolve`: project check and lookup in one probe.
-pub fn resolve(token: &str, id: &str) -> Result<String, IdentityError> {
-    let p = plans();
-    Spi::connect(|c| {
-        let rows = c
-            .select(&p.resolve, Some(1), &[token.into(), id.into()])
-            .expect("resolve");
-        if rows.is_empty() {
-            return Err(IdentityError::UnknownProject {
-                token: token.to_string(),
-            });
-        }
-        Ok(rows
-            .first()
-            .get::<String>(2)
-            .unwrap()
-            .unwrap_or_else(|| id.to_string()))
-    })
 }
 
 /// What the ingest path records about a refused identity event.

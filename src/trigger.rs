@@ -201,6 +201,7 @@ unsafe fn stamp<'a>(
             if !hit {
                 let mut found: Option<Box<[u8]>> = None;
                 crate::probe::canonical(
+                    crate::probe::Use::Stamp,
                     statement,
                     ctx.renew,
                     ctx.project.id,

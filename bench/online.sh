@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Targets 2-4: pgbench, 2 clients, against the cluster bench/run.sh started (PG* set).
+secs=${BENCH_SECONDS:-10}
+cluster_psql >/dev/null <<'SQL'
+CREATE TABLE pgb_plain (distinct_id text, event text, properties jsonb, canonical_id text);
+CREATE TABLE pgb_ours (LIKE pgb_plain);
+SELECT mp_attach('pgb_ours', create_index => false);
+SELECT mp_create_project('pgbench'), mp_set_project_setting('pgbench', 'anon_id_format', 'any'),
+       mp_set_project_setting('pgbench', 'max_cluster_size', '100000000');
+SQL
+tps() {  # script, extra pgbench args
+  { "$PG_BIN/pgbench" -n -M prepared -c 2 -j 2 -T "$secs" -f "bench/pgbench/$1" "${@:2}" 2>&1 || true; } \
+    | awk '/aborted/{aborted=1} /^tps = /{t=$3} END{printf "%.0f%s", t, aborted ? " (a client aborted)" : ""}'
+}
+export PGOPTIONS="-c synchronous_commit=off"
+p=$(tps insert_plain.sql); o=$(tps insert_ours.sql)
+s=$(tps resolve_select.sql); r=$(tps resolve_ours.sql)
+i=$(tps identify.sql)
+unset PGOPTIONS
+ic=$(tps identify.sql)
+clusters=$(cluster_psql -Atc "SELECT count(*) FROM identity_merge.clusters WHERE project_id = (SELECT project_id FROM identity_merge.projects WHERE token = 'pgbench')")
+bad=$(cluster_psql -Atc "SELECT count(*) FROM identity_merge.clusters c WHERE c.size <> (SELECT count(*) FROM identity_merge.identities i WHERE i.project_id = c.project_id AND i.canonical_id = c.canonical_id)")
+echo
+echo "pgbench, 2 clients, ${secs}s each, -M prepared (synchronous_commit=off unless said)"
+printf '| %-58s | %10s | %9s |\n' "target" "tps" "ratio"
+printf '| %-58s | %10s | %9s |\n' "2 single-row INSERT, plain table" "$p" "1.00"
+printf '| %-58s | %10s | %9s |\n' "2 single-row INSERT, attached table (stamped)" "$o" "$(awk "BEGIN{printf \"%.2f\", $p/$o}")x time"
+printf '| %-58s | %10s | %9s |\n' "3 indexed SELECT of the mapping" "$s" "1.00"
+printf '| %-58s | %10s | %9s |\n' "3 mp_resolve" "$r" "$(awk "BEGIN{printf \"%.2f\", $s/$r}")x time"
+printf '| %-58s | %10s | %9s |\n' "4 mp_identify, overlapping users (2,000), new anon ids" "$i" "ops/s"
+printf '| %-58s | %10s | %9s |\n' "4 mp_identify, same, synchronous_commit=on" "$ic" "ops/s"
+echo "  after the identify runs: $clusters clusters in project pgbench, $bad clusters whose size disagrees with their members"
