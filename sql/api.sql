@@ -215,3 +215,47 @@ AS $$ SELECT identity_merge._identity_merge(body::text) $$;
 CREATE FUNCTION mp_track(payload jsonb) RETURNS jsonb
 LANGUAGE sql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
 AS $$ SELECT identity_merge._track(payload::text) $$;
+
+-- Every violation of the identity invariants in a project, one row each; no rows when all hold.
+-- Structural checks here, the merge-log replay in Rust (identity_merge._check_log).
+CREATE FUNCTION mp_check(project text DEFAULT 'default') RETURNS TABLE (check_name text, detail text)
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer := (identity_merge._project(project)).project_id;
+    a identity_merge.attachments;
+    coll text;
+BEGIN
+    RETURN QUERY
+    SELECT 'id_without_cluster', format('id %s points at canonical %s, which has no cluster', i.distinct_id, i.canonical_id)
+      FROM identity_merge.identities i
+     WHERE i.project_id = pid AND NOT EXISTS (SELECT 1 FROM identity_merge.clusters c
+                                               WHERE c.project_id = pid AND c.canonical_id = i.canonical_id);
+    RETURN QUERY
+    SELECT CASE WHEN i.distinct_id IS NULL THEN 'canonical_not_member' ELSE 'id_in_two_clusters' END,
+           format('cluster %s: its canonical id %s', c.canonical_id,
+                  CASE WHEN i.distinct_id IS NULL THEN 'is not one of its ids'
+                       ELSE 'belongs to the cluster of ' || i.canonical_id END)
+      FROM identity_merge.clusters c
+      LEFT JOIN identity_merge.identities i ON i.project_id = pid AND i.distinct_id = c.canonical_id
+     WHERE c.project_id = pid AND (i.distinct_id IS NULL OR i.canonical_id <> c.canonical_id);
+    RETURN QUERY
+    SELECT 'size_mismatch', format('cluster %s says size %s, has %s ids', c.canonical_id, c.size, m.n)
+      FROM identity_merge.clusters c
+      JOIN (SELECT canonical_id, count(*) AS n FROM identity_merge.identities WHERE project_id = pid GROUP BY 1) m
+        ON m.canonical_id = c.canonical_id
+     WHERE c.project_id = pid AND c.size <> m.n;
+    RETURN QUERY SELECT l.check_name, l.detail FROM identity_merge._check_log(pid) l;
+    -- Stamped rows: stale ones are fine (mp_restamp fixes them); one mp_restamp would not fix is not.
+    FOR a IN SELECT * FROM identity_merge.attachments x WHERE x.project_id = pid LOOP
+        RETURN QUERY EXECUTE format(
+            'SELECT ''unfixable_stamp''::text, format(''%%s row distinct_id %%s stamped %%s, resolves to %%s'', %1$L, e.%2$I, e.%3$I, r.c) '
+            'FROM %1$s e CROSS JOIN LATERAL (SELECT coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
+            '  WHERE i.project_id = $1 AND i.distinct_id = e.%2$I::text COLLATE "C"), e.%2$I::text) AS c) r '
+            'WHERE e.%3$I IS NOT NULL AND e.%3$I::text COLLATE "C" <> r.c '
+            '  AND NOT (EXISTS (SELECT 1 FROM identity_merge.merge_log l WHERE l.project_id = $1 '
+            '                   AND l.absorbed_canonical = e.%3$I::text COLLATE "C") '
+            '       AND coalesce((SELECT i.canonical_id FROM identity_merge.identities i WHERE i.project_id = $1 '
+            '                     AND i.distinct_id = e.%3$I::text COLLATE "C"), e.%3$I::text) = r.c)',
+            a.events, a.distinct_id_column, a.canonical_column) USING pid;
+    END LOOP;
+END $$;

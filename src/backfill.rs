@@ -69,34 +69,57 @@ fn mp_backfill(
     Spi::connect_mut(|c| {
         c.update("LOCK TABLE identity_merge.identities, identity_merge.clusters IN SHARE ROW EXCLUSIVE MODE", None, &[])
             .unwrap();
-        // The project's current state.
-        let mut state = c
+        // The project's current state: clusters, then ids (two plain scans, joined here; a
+        // cursor's fast-start plan of the SQL join can degrade to a rescan per row).
+        let mut clusters: std::collections::HashMap<String, (i64, bool)> =
+            std::collections::HashMap::new();
+        let mut cur = c
             .try_open_cursor(
-                "SELECT i.distinct_id::text, i.canonical_id::text, c.size, c.identified \
-                 FROM identity_merge.identities i JOIN identity_merge.clusters c \
-                   ON c.project_id OPERATOR(pg_catalog.=) i.project_id AND c.canonical_id OPERATOR(pg_catalog.=) i.canonical_id \
-                 WHERE i.project_id OPERATOR(pg_catalog.=) $1",
+                "SELECT canonical_id::text, size, identified FROM identity_merge.clusters \
+                 WHERE project_id OPERATOR(pg_catalog.=) $1",
                 &[pid.into()],
             )
             .unwrap();
         loop {
-            let rows = state.fetch(FETCH).unwrap();
+            let rows = cur.fetch(FETCH).unwrap();
+            if rows.is_empty() {
+                break;
+            }
+            for r in rows {
+                let canonical: String = r.get(1).unwrap().unwrap();
+                clusters.insert(
+                    canonical,
+                    (
+                        r.get::<i32>(2).unwrap().unwrap() as i64,
+                        r.get(3).unwrap().unwrap(),
+                    ),
+                );
+            }
+            unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) };
+        }
+        drop(cur);
+        let mut cur = c
+            .try_open_cursor(
+                "SELECT distinct_id::text, canonical_id::text FROM identity_merge.identities \
+                 WHERE project_id OPERATOR(pg_catalog.=) $1",
+                &[pid.into()],
+            )
+            .unwrap();
+        loop {
+            let rows = cur.fetch(FETCH).unwrap();
             if rows.is_empty() {
                 break;
             }
             for r in rows {
                 let id: String = r.get(1).unwrap().unwrap();
                 let canonical: String = r.get(2).unwrap().unwrap();
-                graph.load(
-                    &id,
-                    &canonical,
-                    r.get::<i32>(3).unwrap().unwrap() as i64,
-                    r.get(4).unwrap().unwrap(),
-                );
+                let (size, identified) = clusters.get(&canonical).copied().unwrap_or((1, false));
+                graph.load(&id, &canonical, size, identified);
             }
             unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) };
         }
-        drop(state);
+        drop(cur);
+        drop(clusters);
 
         // The history, in the order the query gives.
         let mut cursor = c.try_open_cursor(source, &[]).unwrap_or_else(|e| {

@@ -19,6 +19,7 @@ pub mod rules;
 mod api;
 mod backfill;
 mod cache;
+mod check;
 mod guc;
 mod json_api;
 mod probe;

@@ -605,6 +605,64 @@ mod tests {
         }
     }
 
+    #[pg_test]
+    fn check_is_clean_after_operations_and_finds_injected_corruption() {
+        make_events();
+        run("INSERT INTO ev SELECT n, 'd' || (n % 20), 'Page View', '{}' FROM generate_series(1, 200) n");
+        run("SELECT mp_merge('d1', 'd2'), mp_identify('U', 'd3'), mp_alias('d4', 'U'), mp_merge('d3', 'd5')");
+        run("SELECT * FROM mp_backfill('SELECT ''merge'', ''d6'', ''d7''')");
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM mp_check()").unwrap(),
+            Some(0),
+            "stale stamps are not violations"
+        );
+        // Each corruption runs in a block that raises what mp_check found, which undoes it.
+        let checks = |sql: &str| -> String {
+            err(&format!(
+                "DO $b$ DECLARE r text; BEGIN {sql}; \
+                 SELECT string_agg(DISTINCT check_name, ',') INTO r FROM mp_check(); \
+                 RAISE EXCEPTION 'found:%', r; END $b$"
+            ))
+        };
+        assert!(
+            checks("UPDATE identity_merge.clusters SET size = 7 WHERE canonical_id = 'U'")
+                .contains("size_mismatch")
+        );
+        assert!(checks(
+            "UPDATE identity_merge.identities SET canonical_id = 'd1' WHERE distinct_id = 'd4'"
+        )
+        .contains("log_replay"));
+        assert!(
+            checks("DELETE FROM identity_merge.identities WHERE distinct_id = 'U'")
+                .contains("canonical_not_member")
+        );
+        assert!(checks(
+            "UPDATE identity_merge.identities SET canonical_id = 'd1' WHERE distinct_id = 'U'"
+        )
+        .contains("id_in_two_clusters"));
+        assert!(
+            checks("DELETE FROM identity_merge.clusters WHERE canonical_id = 'd1'")
+                .contains("id_without_cluster")
+        );
+        assert!(
+            checks("INSERT INTO identity_merge.identities VALUES (1, 'stray', 'U')")
+                .contains("log_replay")
+        );
+        assert!(
+            checks("UPDATE ev SET canonical_id = 'someone-else' WHERE n = 1")
+                .contains("unfixable_stamp")
+        );
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM mp_check()").unwrap(),
+            Some(0)
+        );
+        run("SELECT mp_restamp('ev')");
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM mp_check()").unwrap(),
+            Some(0)
+        );
+    }
+
     // ---- Chains, identified merges, the size limit, replays ----
 
     #[pg_test]

@@ -1,0 +1,54 @@
+# Target 5 (sourced by bench/run.sh): mp_backfill vs iterative SQL label propagation (the dbt
+# id-stitching approach), and how backfill time and peak memory grow with the history.
+sizes=${BENCH_BACKFILL_SIZES:-100000 1000000 10000000}
+lp_max=${BENCH_LP_MAX:-1000000}
+echo
+echo "backfill: mp_backfill vs label propagation (connected components by iterated min-label UPDATE)"
+printf '| %10s | %12s | %14s | %9s | %14s | %10s | %8s |\n' "events" "backfill ms" "backfill MB" "refused" "label prop ms" "LP iters" "speedup"
+for edges in $sizes; do
+  cluster_psql -v edges="$edges" -f bench/history.sql >/dev/null
+  cluster_psql -Atc "SELECT mp_create_project('bf$edges'), mp_set_project_setting('bf$edges', 'anon_id_format', 'any'), mp_set_project_setting('bf$edges', 'max_cluster_size', '100000000')" >/dev/null
+  # one fresh backend for the backfill, so its peak resident memory is the backfill's
+  out=$(cluster_psql -At <<SQL
+SELECT pg_backend_pid() AS pid \gset
+\! grep VmHWM /proc/:pid/status | awk '{print \$2}' > $dir/hwm_before
+SELECT extract(epoch FROM clock_timestamp()) AS t0 \gset
+SELECT refused FROM mp_backfill('SELECT op, a, b FROM hist ORDER BY n', 'bf$edges');
+SELECT round((extract(epoch FROM clock_timestamp()) - :t0) * 1000);
+\! grep VmHWM /proc/:pid/status | awk '{print \$2}' > $dir/hwm_after
+SQL
+)
+  refused=$(echo "$out" | sed -n 1p); bf_ms=$(echo "$out" | sed -n 2p)
+  mb=$(( $(cat "$dir/hwm_after") / 1024 ))
+  lp_ms="-"; iters="-"; speed="-"
+  if [ "$edges" -le "$lp_max" ]; then
+    lp=$(cluster_psql -At <<'SQL'
+SELECT extract(epoch FROM clock_timestamp()) AS t0 \gset
+CREATE TEMP TABLE lp_edges AS SELECT a AS src, b AS dst FROM hist UNION ALL SELECT b, a FROM hist;
+CREATE INDEX ON lp_edges (dst);
+CREATE TEMP TABLE lp AS SELECT DISTINCT src AS id, src AS label FROM lp_edges;
+CREATE UNIQUE INDEX ON lp (id);
+ANALYZE lp_edges, lp;
+CREATE TEMP TABLE iters (n int);
+DO $$
+DECLARE changed bigint; n int := 0;
+BEGIN
+  LOOP
+    UPDATE lp SET label = m.label
+      FROM (SELECT e.src AS id, min(l.label) AS label FROM lp_edges e JOIN lp l ON l.id = e.dst GROUP BY e.src) m
+     WHERE lp.id = m.id AND m.label < lp.label;
+    GET DIAGNOSTICS changed = ROW_COUNT;
+    n := n + 1;
+    EXIT WHEN changed = 0;
+  END LOOP;
+  INSERT INTO iters VALUES (n);
+END $$;
+SELECT n FROM iters;
+SELECT round((extract(epoch FROM clock_timestamp()) - :t0) * 1000);
+SQL
+)
+    iters=$(echo "$lp" | sed -n 1p); lp_ms=$(echo "$lp" | sed -n 2p)
+    speed=$(awk "BEGIN{printf \"%.1fx\", $lp_ms/$bf_ms}")
+  fi
+  printf '| %10s | %12s | %14s | %9s | %14s | %10s | %8s |\n' "$edges" "$bf_ms" "$mb" "$refused" "$lp_ms" "$iters" "$speed"
+done
