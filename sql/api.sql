@@ -101,6 +101,34 @@ BEGIN
                   WHERE i.project_id = pid AND i.canonical_id = canon ORDER BY i.distinct_id;
 END $$;
 
+-- The attachments registry is written with the extension owner's rights, and only to record a
+-- fact the caller proved by creating (or dropping) the trigger on the table, which takes owning it.
+CREATE FUNCTION identity_merge._register_attachment(p_events regclass, p_project integer,
+                                                    p_distinct name, p_canonical name) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = p_events AND t.tgname = 'identity_merge_stamp'
+                     AND t.tgfoid = 'identity_merge.stamp_event()'::regprocedure) THEN
+        RAISE EXCEPTION 'table % has no identity_merge_stamp trigger', p_events USING ERRCODE = '55000',
+            HINT = 'Use mp_attach.';
+    END IF;
+    INSERT INTO identity_merge.attachments (events, project_id, distinct_id_column, canonical_column)
+    VALUES (p_events, p_project, p_distinct, p_canonical)
+    ON CONFLICT ON CONSTRAINT attachments_pkey DO UPDATE
+       SET project_id = EXCLUDED.project_id, distinct_id_column = EXCLUDED.distinct_id_column,
+           canonical_column = EXCLUDED.canonical_column, attached_at = now();
+END $$;
+
+CREATE FUNCTION identity_merge._unregister_attachment(p_events regclass) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = p_events AND t.tgname = 'identity_merge_stamp') THEN
+        RAISE EXCEPTION 'table % still has its identity_merge_stamp trigger', p_events USING ERRCODE = '55000',
+            HINT = 'Use mp_detach.';
+    END IF;
+    DELETE FROM identity_merge.attachments a WHERE a.events = p_events;
+END $$;
+
 -- Puts the stamping trigger on an event table and registers it. Unless create_index is false,
 -- creates an index on the canonical column when none leads with it (mp_restamp needs one to
 -- stay proportional to the rows it changes).
@@ -142,11 +170,7 @@ BEGIN
                     WHERE x.indrelid = events AND a.attname = canonical_column) THEN
         EXECUTE format('CREATE INDEX ON %s (%I)', events, canonical_column);
     END IF;
-    INSERT INTO identity_merge.attachments (events, project_id, distinct_id_column, canonical_column)
-    VALUES (events, p.project_id, distinct_id_column, canonical_column)
-    ON CONFLICT ON CONSTRAINT attachments_pkey DO UPDATE
-       SET project_id = EXCLUDED.project_id, distinct_id_column = EXCLUDED.distinct_id_column,
-           canonical_column = EXCLUDED.canonical_column, attached_at = now();
+    PERFORM identity_merge._register_attachment(events, p.project_id, distinct_id_column, canonical_column);
 END $$;
 
 CREATE FUNCTION mp_detach(events regclass) RETURNS void
@@ -155,7 +179,7 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = events AND t.tgname = 'identity_merge_stamp') THEN
         EXECUTE format('DROP TRIGGER identity_merge_stamp ON %s', events);
     END IF;
-    DELETE FROM identity_merge.attachments a WHERE a.events = mp_detach.events;
+    PERFORM identity_merge._unregister_attachment(events);
 END $$;
 
 -- Brings stamped rows up to date after later merges. A stamp is stale exactly when it is a
@@ -179,14 +203,17 @@ BEGIN
       FROM pg_attribute t JOIN pg_collation c ON c.oid = t.attcollation
       JOIN pg_namespace cn ON cn.oid = c.collnamespace
      WHERE t.attrelid = events AND t.attname = a.canonical_column;
+    -- Each stale value's current canonical is a scalar subquery (one index probe) so that no
+    -- plan, whatever the statistics of a freshly loaded merge log say, scans identities per value.
     EXECUTE format(
-        'UPDATE %1$s e SET %2$I = i.canonical_id '
-        'FROM (SELECT DISTINCT l.absorbed_canonical AS stale FROM identity_merge.merge_log l '
-        '       WHERE l.project_id OPERATOR(pg_catalog.=) $1) d '
-        'JOIN identity_merge.identities i ON i.project_id OPERATOR(pg_catalog.=) $1 '
-        '                               AND i.distinct_id OPERATOR(pg_catalog.=) d.stale '
-        'WHERE e.%2$I OPERATOR(pg_catalog.=) (d.stale COLLATE %3$s) '
-        '  AND e.%2$I OPERATOR(pg_catalog.<>) (i.canonical_id COLLATE %3$s)',
+        'UPDATE %1$s e SET %2$I = m.now_canonical '
+        'FROM (SELECT d.stale, (SELECT i.canonical_id FROM identity_merge.identities i '
+        '                        WHERE i.project_id OPERATOR(pg_catalog.=) $1 '
+        '                          AND i.distinct_id OPERATOR(pg_catalog.=) d.stale) AS now_canonical '
+        '        FROM (SELECT DISTINCT l.absorbed_canonical AS stale FROM identity_merge.merge_log l '
+        '               WHERE l.project_id OPERATOR(pg_catalog.=) $1) d) m '
+        'WHERE e.%2$I OPERATOR(pg_catalog.=) (m.stale COLLATE %3$s) '
+        '  AND e.%2$I OPERATOR(pg_catalog.<>) (m.now_canonical COLLATE %3$s)',
         events, a.canonical_column, coll) USING a.project_id;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
@@ -259,3 +286,48 @@ BEGIN
             a.events, a.distinct_id_column, a.canonical_column) USING pid;
     END LOOP;
 END $$;
+
+-- Rights to read: resolve ids, list clusters, read settings and the state tables, run mp_check.
+CREATE FUNCTION mp_grant_reader(role regrole) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE s text := (SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+                    WHERE e.extname = 'identity_merge');
+BEGIN
+    EXECUTE format('GRANT USAGE ON SCHEMA identity_merge TO %s', role);
+    EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA identity_merge TO %s', role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION %1$I.mp_resolve(text, text), %1$I.mp_cluster(text, text), '
+                   '%1$I.mp_project_settings(text), %1$I.mp_check(text), identity_merge._check_log(integer), '
+                   'identity_merge._project(text) TO %2$s', s, role);
+END $$;
+
+-- Rights to change identities through the functions (never the tables directly), to feed the
+-- JSON API, and to attach event tables the role owns.
+CREATE FUNCTION mp_grant_writer(role regrole) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE s text := (SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+                    WHERE e.extname = 'identity_merge');
+BEGIN
+    EXECUTE format('SELECT %I.mp_grant_reader(%L::regrole)', s, role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION %1$I.mp_identify(text, text, text), %1$I.mp_alias(text, text, text), '
+                   '%1$I.mp_merge(text, text, text), %1$I.mp_merge(text[], text), '
+                   '%1$I.mp_identity_create(jsonb), %1$I.mp_identity_create_alias(jsonb), %1$I.mp_identity_merge(jsonb), '
+                   '%1$I.mp_track(jsonb), identity_merge._identity_create(text), identity_merge._identity_create_alias(text), '
+                   'identity_merge._identity_merge(text), identity_merge._track(text), '
+                   '%1$I.mp_attach(regclass, text, name, name, boolean), %1$I.mp_detach(regclass), %1$I.mp_restamp(regclass), '
+                   'identity_merge.stamp_event(), identity_merge._register_attachment(regclass, integer, name, name), '
+                   'identity_merge._unregister_attachment(regclass) TO %2$s', s, role);
+END $$;
+
+-- Least privilege (docs/security.md). Nothing is executable by PUBLIC: an administrator grants
+-- one of two roles' worth of rights. The state tables are only ever changed by the functions,
+-- which do their writes as the extension owner.
+DO $$
+DECLARE f regprocedure;
+BEGIN
+    FOR f IN SELECT d.objid::regprocedure FROM pg_catalog.pg_depend d
+              WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.refclassid = 'pg_catalog.pg_extension'::regclass
+                AND d.refobjid = (SELECT oid FROM pg_catalog.pg_extension WHERE extname = 'identity_merge') LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+    END LOOP;
+END $$;
+

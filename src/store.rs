@@ -123,6 +123,47 @@ fn plans() -> std::rc::Rc<Plans> {
     p
 }
 
+thread_local! {
+    /// (oid of schema identity_merge, its owner): who the extension's own writes run as.
+    static OWNER: std::cell::Cell<(pg_sys::Oid, pg_sys::Oid)> =
+        const { std::cell::Cell::new((pg_sys::InvalidOid, pg_sys::InvalidOid)) };
+}
+
+fn owner_oid() -> pg_sys::Oid {
+    let schema = unsafe { pg_sys::get_namespace_oid(c"identity_merge".as_ptr(), false) };
+    let (cached_schema, owner) = OWNER.with(|o| o.get());
+    if cached_schema == schema {
+        return owner;
+    }
+    let owner = Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT nspowner FROM pg_catalog.pg_namespace WHERE oid OPERATOR(pg_catalog.=) $1",
+        &[schema.into()],
+    )
+    .unwrap()
+    .unwrap();
+    OWNER.with(|o| o.set((schema, owner)));
+    owner
+}
+
+/// Runs `f` as the owner of the extension's schema, the way PostgreSQL's foreign-key triggers
+/// switch to the table owner: callers need EXECUTE on the mp_* functions (see docs/security.md),
+/// never privileges on the state tables, which only the functions change. An ERROR inside is
+/// cleaned up by the (sub)transaction abort, which restores the user id.
+pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
+    let owner = owner_oid();
+    unsafe {
+        let (mut user, mut context) = (pg_sys::InvalidOid, 0);
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
+        pg_sys::SetUserIdAndSecContext(
+            owner,
+            context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        );
+        let r = f();
+        pg_sys::SetUserIdAndSecContext(user, context);
+        r
+    }
+}
+
 /// The effective anon id format: 'any' when either the project or the session says so.
 fn anon_format(project_setting: &str) -> AnonIdFormat {
     let guc = crate::guc::anon_id_format_any();
@@ -144,7 +185,7 @@ impl Project {
 /// A project by token (from the backend's cache when it is current), or `UnknownProject`.
 pub fn project(token: Option<&str>) -> Result<Project, IdentityError> {
     let token = token.ok_or(IdentityError::NullId { field: "project" })?;
-    crate::cache::project(token, load_project).map(Project::refreshed)
+    crate::cache::project(token, |t| as_owner(|| load_project(t))).map(Project::refreshed)
 }
 
 /// Loads a project by token from the projects table.
@@ -281,7 +322,10 @@ pub fn apply(
     b: Option<&str>,
 ) -> Result<String, IdentityError> {
     rules::precheck(op, &project.settings, a, b)?;
-    let (a, b) = (a.unwrap(), b.unwrap());
+    as_owner(|| apply_checked(project, op, a.unwrap(), b.unwrap()))
+}
+
+fn apply_checked(project: &Project, op: Op, a: &str, b: &str) -> Result<String, IdentityError> {
     let p = plans();
     let (mut sa, mut sb) = read_sides(&p, project.id, a, b);
     for _ in 0..MAX_ATTEMPTS {
@@ -378,21 +422,23 @@ pub fn record_rejection(r: Rejection<'_>) {
     let (id_a, id_b) = (r.id_a.map(scrub_nul_str), r.id_b.map(scrub_nul_str));
     let message = scrub_nul_str(&r.message);
     let row = r.source_row.map(|j| pgrx::JsonB(scrub_nul(j.0)));
-    Spi::connect_mut(|c| {
-        c.update(
-            &p.reject,
-            None,
-            &[
-                r.project_id.into(),
-                r.reason.code().into(),
-                message.as_str().into(),
-                r.operation.into(),
-                id_a.into(),
-                id_b.into(),
-                r.source_table.into(),
-                row.into(),
-            ],
-        )
-        .expect("record rejection");
+    as_owner(|| {
+        Spi::connect_mut(|c| {
+            c.update(
+                &p.reject,
+                None,
+                &[
+                    r.project_id.into(),
+                    r.reason.code().into(),
+                    message.as_str().into(),
+                    r.operation.into(),
+                    id_a.into(),
+                    id_b.into(),
+                    r.source_table.into(),
+                    row.into(),
+                ],
+            )
+            .expect("record rejection");
+        })
     });
 }
