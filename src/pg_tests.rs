@@ -30,10 +30,10 @@ mod tests {
     /// A fingerprint of all identity state, to prove that a refusal changed nothing.
     fn state() -> String {
         one("SELECT (SELECT md5(coalesce(string_agg(format('%s|%s|%s', project_id, distinct_id, canonical_id), ',' \
-                ORDER BY project_id, distinct_id), '')) FROM identity_merge.identities WHERE project_id <> ALL (SELECT project_id FROM identity_merge.projects WHERE token IN ('conc2', 'cross', 'stale', 'snap', 'late'))) || \
+                ORDER BY project_id, distinct_id), '')) FROM identity_merge.identities WHERE project_id <> ALL (SELECT project_id FROM identity_merge.projects WHERE token IN ('conc2', 'cross', 'stale', 'snap', 'late', 'stress'))) || \
                 (SELECT md5(coalesce(string_agg(format('%s|%s|%s|%s', project_id, canonical_id, size, identified), ',' \
-                ORDER BY project_id, canonical_id), '')) FROM identity_merge.clusters WHERE project_id <> ALL (SELECT project_id FROM identity_merge.projects WHERE token IN ('conc2', 'cross', 'stale', 'snap', 'late'))) || \
-                (SELECT count(*) FROM identity_merge.merge_log WHERE project_id <> ALL (SELECT project_id FROM identity_merge.projects WHERE token IN ('conc2', 'cross', 'stale', 'snap', 'late')))::text")
+                ORDER BY project_id, canonical_id), '')) FROM identity_merge.clusters WHERE project_id <> ALL (SELECT project_id FROM identity_merge.projects WHERE token IN ('conc2', 'cross', 'stale', 'snap', 'late', 'stress'))) || \
+                (SELECT count(*) FROM identity_merge.merge_log WHERE project_id <> ALL (SELECT project_id FROM identity_merge.projects WHERE token IN ('conc2', 'cross', 'stale', 'snap', 'late', 'stress')))::text")
         .unwrap()
     }
 
@@ -213,7 +213,10 @@ mod tests {
         run("SELECT mp_restamp('ev')");
         assert_eq!(stamps(), ["U1", "U1", "U2", "U2", "U2"]);
         assert_eq!(
-            Spi::get_one::<i64>("SELECT count(*) FROM identity_merge.rejections").unwrap(),
+            Spi::get_one::<i64>(
+                "SELECT count(*) FROM identity_merge.rejections WHERE project_id = 1"
+            )
+            .unwrap(),
             Some(0)
         );
     }
@@ -270,11 +273,11 @@ mod tests {
             "no row lost"
         );
         assert_eq!(
-            one("SELECT string_agg(reason_code, ',' ORDER BY rejection_id) FROM identity_merge.rejections").as_deref(),
+            one("SELECT string_agg(reason_code, ',' ORDER BY rejection_id) FROM identity_merge.rejections WHERE project_id = 1").as_deref(),
             Some("errAnonDistinctIdNonGUIDForm,errSameIDs,errMalformedEvent,errMalformedEvent,errInvalidID,errMalformedEvent")
         );
         assert_eq!(
-            one("SELECT format('%s|%s|%s|%s', source_table, id_a, id_b, source_row->>'distinct_id') FROM identity_merge.rejections ORDER BY rejection_id LIMIT 1").as_deref(),
+            one("SELECT format('%s|%s|%s|%s', source_table, id_a, id_b, source_row->>'distinct_id') FROM identity_merge.rejections WHERE project_id = 1 ORDER BY rejection_id LIMIT 1").as_deref(),
             Some("ev|U1|D1|U1")
         );
         assert_eq!(
@@ -663,6 +666,271 @@ mod tests {
             Some(0)
         );
         run("SELECT mp_restamp('ev')");
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM mp_check()").unwrap(),
+            Some(0)
+        );
+    }
+
+    // ---- A reference model, and fuzzing ----
+
+    /// An obviously-correct model of the contract's Original ID Merge, written apart from
+    /// `rules`: clusters as sets, identified ids as a set, refusals in the contract's order.
+    struct Model {
+        cluster_of: std::collections::HashMap<String, usize>,
+        clusters: Vec<(std::collections::BTreeSet<String>, String)>,
+        identified: std::collections::HashSet<String>,
+        limit: usize,
+    }
+
+    impl Model {
+        fn bad(id: Option<&str>) -> Option<&'static str> {
+            let Some(id) = id else {
+                return Some("errNullID");
+            };
+            let blocked = ["null", "undefined", "anonymous", "0", "[object object]"];
+            if id.trim().is_empty()
+                || id.chars().count() > 255
+                || blocked.contains(&id.trim().to_lowercase().as_str())
+            {
+                return Some("errInvalidID");
+            }
+            None
+        }
+        fn members(&self, id: &str) -> std::collections::BTreeSet<String> {
+            match self.cluster_of.get(id) {
+                Some(&c) => self.clusters[c].0.clone(),
+                None => [id.to_string()].into(),
+            }
+        }
+        fn canonical(&self, id: &str) -> String {
+            self.cluster_of
+                .get(id)
+                .map(|&c| self.clusters[c].1.clone())
+                .unwrap_or_else(|| id.to_string())
+        }
+        fn join(&mut self, keep: &str, other: &str) -> String {
+            let canonical = self.canonical(keep);
+            let all: std::collections::BTreeSet<String> = self
+                .members(keep)
+                .union(&self.members(other))
+                .cloned()
+                .collect();
+            self.clusters.push((all.clone(), canonical.clone()));
+            for id in all {
+                self.cluster_of.insert(id, self.clusters.len() - 1);
+            }
+            canonical
+        }
+        fn apply(
+            &mut self,
+            op: &str,
+            a: Option<&str>,
+            b: Option<&str>,
+        ) -> Result<String, &'static str> {
+            if let Some(e) = Self::bad(a).or(Self::bad(b)) {
+                return Err(e);
+            }
+            let (a, b) = (a.unwrap(), b.unwrap());
+            if a == b && op != "merge" {
+                return Err("errSameIDs");
+            }
+            if op == "identify" {
+                let bare = b.strip_prefix("$device:").unwrap_or(b);
+                let v4 = bare.len() == 36
+                    && uuid::Uuid::parse_str(bare)
+                        .map(|u| u.get_version_num() == 4)
+                        .unwrap_or(false);
+                if !v4 {
+                    return Err("errAnonDistinctIdNonGUIDForm");
+                }
+            }
+            if self.canonical(a) == self.canonical(b) {
+                return Ok(self.canonical(a));
+            }
+            match op {
+                "identify" if self.members(b).iter().any(|m| self.identified.contains(m)) => {
+                    return Err("errAnonDistinctIdAssignedAlready")
+                }
+                "alias" if self.cluster_of.contains_key(a) => return Err("errAliasAlreadyExists"),
+                _ => {}
+            }
+            if self.members(a).len() + self.members(b).len() > self.limit {
+                return Err("errManyIDs");
+            }
+            Ok(match op {
+                "identify" => {
+                    self.identified.insert(a.to_string());
+                    self.join(a, b)
+                }
+                "alias" => self.join(b, a),
+                _ => self.join(a, b),
+            })
+        }
+    }
+
+    #[pg_test]
+    fn extension_agrees_with_the_reference_model() {
+        run("SELECT mp_create_project('model'), mp_set_project_setting('model', 'max_cluster_size', '6')");
+        run("CREATE FUNCTION pg_temp.op(o text, a text, b text) RETURNS text LANGUAGE plpgsql AS $$ \
+             BEGIN RETURN 'ok:' || CASE o WHEN 'identify' THEN mp_identify(a, b, 'model') \
+                                        WHEN 'alias' THEN mp_alias(a, b, 'model') ELSE mp_merge(a, b, 'model') END; \
+             EXCEPTION WHEN OTHERS THEN RETURN 'err:' || split_part(SQLERRM, ':', 1); END $$");
+        let uuids: Vec<String> = (0..8)
+            .map(|i| format!("{:08x}-6f5c-4a7e-9d2b-1c2d3e4f5a6b", i * 7919 + 1))
+            .collect();
+        let mut pool: Vec<Option<String>> = (0..14).map(|i| Some(format!("id{i}"))).collect();
+        pool.extend(uuids.iter().map(|u| Some(u.clone())));
+        pool.extend(uuids.iter().take(3).map(|u| Some(format!("$device:{u}"))));
+        pool.extend([
+            None,
+            Some("null".into()),
+            Some(" ".into()),
+            Some("Undefined".into()),
+        ]);
+        let mut model = Model {
+            cluster_of: Default::default(),
+            clusters: vec![],
+            identified: Default::default(),
+            limit: 6,
+        };
+        let mut x: u64 = 0x2545F4914F6CDD1D;
+        let mut next = |m: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % m as u64) as usize
+        };
+        let (mut oks, mut refusals) = (0, 0);
+        for step in 0..600 {
+            let op = ["identify", "alias", "merge"][next(3)];
+            let a = pool[next(pool.len())].clone();
+            let b = pool[next(pool.len())].clone();
+            let want = match model.apply(op, a.as_deref(), b.as_deref()) {
+                Ok(c) => {
+                    oks += 1;
+                    format!("ok:{c}")
+                }
+                Err(e) => {
+                    refusals += 1;
+                    format!("err:{e}")
+                }
+            };
+            let got = Spi::get_one_with_args::<String>(
+                "SELECT pg_temp.op($1, $2, $3)",
+                &[op.into(), a.clone().into(), b.clone().into()],
+            )
+            .unwrap()
+            .unwrap();
+            assert_eq!(got, want, "step {step}: {op}({a:?}, {b:?})");
+            // every id's canonical agrees after every step
+            for id in pool.iter().flatten().filter(|i| !i.trim().is_empty()) {
+                let r = Spi::get_one_with_args::<String>(
+                    "SELECT mp_resolve($1, 'model')",
+                    &[id.as_str().into()],
+                )
+                .unwrap()
+                .unwrap();
+                assert_eq!(r, model.canonical(id), "step {step}: resolve({id})");
+            }
+        }
+        assert!(
+            oks > 50 && refusals > 100,
+            "the sequence exercises both ({oks} ok, {refusals} refused)"
+        );
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM mp_check('model')").unwrap(),
+            Some(0)
+        );
+    }
+
+    #[pg_test]
+    fn fuzzed_json_never_raises() {
+        let mut x: u64 = 0x9E3779B97F4A7C15;
+        let mut next = |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        fn value(next: &mut dyn FnMut(u64) -> u64, depth: u32) -> serde_json::Value {
+            use serde_json::json;
+            let keys = [
+                "event",
+                "properties",
+                "token",
+                "$token",
+                "$distinct_ids",
+                "$identified_id",
+                "$anon_id",
+                "alias",
+                "distinct_id",
+                "$device_id",
+                "$user_id",
+                "x",
+                "é",
+                "",
+            ];
+            let strings = [
+                "$identify",
+                "$merge",
+                "$create_alias",
+                "default",
+                "U1",
+                "",
+                " ",
+                "null",
+                "$device:D",
+                "3f1b2b8e-6f5c-4a7e-9d2b-1c2d3e4f5a6b",
+                "ü\u{1F600}",
+                "a\"b",
+                "\\",
+            ];
+            match next(if depth > 6 { 5 } else { 8 }) {
+                0 => json!(null),
+                1 => json!(next(2) == 0),
+                2 => json!(next(1_000_000) as i64 - 500_000),
+                3 => json!(next(1000) as f64 / 7.0),
+                4 => json!(strings[next(strings.len() as u64) as usize]),
+                5 | 6 => {
+                    let n = next(6);
+                    let mut m = serde_json::Map::new();
+                    for _ in 0..n {
+                        m.insert(
+                            keys[next(keys.len() as u64) as usize].to_string(),
+                            value(next, depth + 1),
+                        );
+                    }
+                    serde_json::Value::Object(m)
+                }
+                _ => {
+                    serde_json::Value::Array((0..next(4)).map(|_| value(next, depth + 1)).collect())
+                }
+            }
+        }
+        let started = std::time::Instant::now();
+        let mut tried = 0;
+        while tried < 3000 && started.elapsed() < std::time::Duration::from_secs(20) {
+            let v = value(&mut next, 0);
+            for f in [
+                "mp_track",
+                "mp_identity_create",
+                "mp_identity_create_alias",
+                "mp_identity_merge",
+            ] {
+                let r = Spi::get_one_with_args::<pgrx::JsonB>(
+                    &format!("SELECT {f}($1)"),
+                    &[pgrx::JsonB(v.clone()).into()],
+                )
+                .unwrap_or_else(|e| panic!("{f}({v}) raised {e}"))
+                .unwrap()
+                .0;
+                let status = r["status"].as_i64();
+                assert!(status == Some(0) || status == Some(1), "{f}({v}) -> {r}");
+                tried += 1;
+            }
+        }
+        assert!(tried >= 400, "fuzzed {tried} payloads");
         assert_eq!(
             Spi::get_one::<i64>("SELECT count(*) FROM mp_check()").unwrap(),
             Some(0)
@@ -1067,7 +1335,7 @@ mod simplified {
                 one("SELECT mp_resolve('$device:D1', 's3')").as_deref(),
                 Some("U1")
             );
-            assert_eq!(one("SELECT reason_code FROM identity_merge.rejections ORDER BY rejection_id DESC LIMIT 1").as_deref(), Some("errDeviceLinkedToOtherUser"));
+            assert_eq!(one("SELECT r.reason_code FROM identity_merge.rejections r JOIN identity_merge.projects p USING (project_id) WHERE p.token = 's3' ORDER BY rejection_id DESC LIMIT 1").as_deref(), Some("errDeviceLinkedToOtherUser"));
             // two user ids never merge, and there is no size limit
             assert_eq!(one("SELECT mp_resolve('U2', 's3')").as_deref(), Some("U2"));
         }
@@ -1584,5 +1852,115 @@ mod sessions {
             .unwrap_err();
         assert_eq!(err.code().unwrap().code(), "55000");
         a.batch_execute("SET identity_merge.anon_id_format = 'any'; SELECT mp_identify('u', 'not-a-uuid', 'snap')").unwrap();
+    }
+
+    /// 8 sessions for a bounded time: random identify / alias / merge on overlapping ids, and
+    /// event rows (with $merge rows) into an attached table. Afterwards mp_check is clean, no
+    /// client saw a deadlock or serialization error, and the clusters equal what the committed
+    /// operations imply.
+    #[test]
+    fn stress_eight_sessions() {
+        let mut setup = connect();
+        setup
+            .batch_execute(
+                "SELECT mp_create_project('stress'), mp_set_project_setting('stress', 'anon_id_format', 'any'), \
+                 mp_set_project_setting('stress', 'max_cluster_size', '40'); \
+                 CREATE TABLE stress_ev (n bigserial, distinct_id text, event text, properties jsonb, canonical_id text); \
+                 SELECT mp_attach('stress_ev', 'stress')",
+            )
+            .unwrap();
+        let seconds: u64 = std::env::var("IDENTITY_MERGE_STRESS_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(8);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        let workers: Vec<_> = (0..8u64)
+            .map(|w| {
+                std::thread::spawn(move || {
+                    let mut c = pgrx_tests::client().unwrap().0;
+                    let mut seed: u64 = 0x9E3779B97F4A7C15 ^ (w + 1).wrapping_mul(0xBF58476D1CE4E5B9);
+                    let mut next = |m: u64| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        seed % m
+                    };
+                    let (mut joins, mut ops, mut refused, mut rows) = (Vec::new(), 0u64, 0u64, 0u64);
+                    let mut unexpected = Vec::new();
+                    while std::time::Instant::now() < deadline {
+                        let a = format!("s{}", next(300));
+                        let b = format!("s{}", next(300));
+                        if next(5) == 0 {
+                            // events: a page view and a $merge row, one INSERT
+                            let sql = format!(
+                                "INSERT INTO stress_ev (distinct_id, event, properties) VALUES \
+                                 ('{a}', 'Page View', '{{}}'), ('{a}', '$merge', '{{\"$distinct_ids\": [\"{a}\", \"{b}\"]}}')"
+                            );
+                            match c.batch_execute(&sql) {
+                                Ok(()) => rows += 2,
+                                Err(e) => unexpected.push(format!("{sql}: {e}")),
+                            }
+                            continue;
+                        }
+                        let op = ["mp_identify", "mp_alias", "mp_merge"][next(3) as usize];
+                        ops += 1;
+                        match c.query_one(&format!("SELECT {op}($1, $2, 'stress')"), &[&a, &b]) {
+                            Ok(_) => joins.push((a, b)),
+                            Err(e) => {
+                                let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
+                                if code == "55000" || code == "54000" {
+                                    refused += 1;
+                                } else {
+                                    unexpected.push(format!("{op}({a}, {b}): {code} {e}"));
+                                }
+                            }
+                        }
+                    }
+                    (joins, ops, refused, rows, unexpected)
+                })
+            })
+            .collect();
+        let (mut joins, mut ops, mut refused, mut rows, mut unexpected) =
+            (Vec::new(), 0, 0, 0, Vec::new());
+        for w in workers {
+            let (j, o, r, n, u) = w.join().unwrap();
+            joins.extend(j);
+            ops += o;
+            refused += r;
+            rows += n;
+            unexpected.extend(u);
+        }
+        assert!(
+            unexpected.is_empty(),
+            "errors a client had to handle: {unexpected:?}"
+        );
+        // $merge rows the trigger applied are joins too; the refused ones are in rejections
+        let applied: Vec<(String, String)> = setup
+            .query(
+                "SELECT e.properties->'$distinct_ids'->>0, e.properties->'$distinct_ids'->>1 FROM stress_ev e \
+                 WHERE e.event = '$merge' AND NOT EXISTS (SELECT 1 FROM identity_merge.rejections r \
+                   WHERE r.source_table = 'stress_ev'::regclass AND r.source_row->'properties' = e.properties)",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        joins.extend(applied);
+        check_partition(&mut setup, "stress", &joins);
+        let violations: i64 = setup
+            .query_one("SELECT count(*) FROM mp_check('stress')", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(violations, 0);
+        setup
+            .batch_execute("SELECT mp_restamp('stress_ev')")
+            .unwrap();
+        let stale: i64 = setup
+            .query_one("SELECT count(*) FROM stress_ev WHERE canonical_id IS DISTINCT FROM mp_resolve(distinct_id, 'stress')", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(stale, 0);
+        println!("stress: 8 sessions, {seconds}s: {ops} operations ({refused} refused), {rows} event rows, {violations} violations");
     }
 }
