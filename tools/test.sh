@@ -19,3 +19,4 @@ cargo pgrx test pg15 "$@"
 # cargo pgrx test installed the extension into PostgreSQL 15; check dump and restore with it.
 bash tests/dump_restore.sh
 bash tests/sdk.sh
+bash tests/crash.sh
