@@ -33,7 +33,9 @@ CREATE TABLE identity_merge.identities (
     created_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (project_id, distinct_id) INCLUDE (canonical_id)
 );
-CREATE INDEX identities_cluster_idx ON identity_merge.identities (project_id, canonical_id);
+-- canonical_id leads so that only the primary key can serve (project_id, distinct_id) probes,
+-- whatever the statistics say about a project (a lone project_id prefix would tempt the planner).
+CREATE INDEX identities_cluster_idx ON identity_merge.identities (canonical_id, project_id);
 COMMENT ON TABLE identity_merge.identities IS 'Every id seen by an identity operation, with its cluster''s canonical id';
 
 -- Never holds rows and no query reads it: a relcache invalidation of this table is how a write

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Freezes the install script of the current version as sql/released/identity_merge--VERSION.sql.
+# Run once when a version is released; released scripts are never edited afterwards (the
+# upgrade test checks it). The next version bumps Cargo.toml's version and ships
+# sql/identity_merge--OLD--NEW.sql.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+version=$(grep -m1 '^version' Cargo.toml | cut -d'"' -f2)
+out=sql/released/identity_merge--$version.sql
+[ ! -e "$out" ] || { echo "$out exists: released scripts are never rewritten" >&2; exit 1; }
+cargo pgrx schema pg15 --out "$out" >/dev/null
+echo "froze $out"
