@@ -1963,4 +1963,36 @@ mod sessions {
         assert_eq!(stale, 0);
         println!("stress: 8 sessions, {seconds}s: {ops} operations ({refused} refused), {rows} event rows, {violations} violations");
     }
+
+    #[test]
+    fn resolve_in_parallel_workers() {
+        let mut c = connect();
+        c.batch_execute(
+            "SELECT mp_create_project('par'); \
+             SELECT mp_merge('pu' || g, 'pd' || g, 'par') FROM generate_series(1, 200) g; \
+             CREATE TABLE par_ev AS SELECT 'pd' || (1 + n % 200) AS distinct_id FROM generate_series(1, 200000) n; \
+             ANALYZE par_ev; \
+             SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; SET min_parallel_table_scan_size = 0; \
+             SET max_parallel_workers_per_gather = 2",
+        )
+        .unwrap();
+        let plan: Vec<String> = c
+            .query("EXPLAIN SELECT count(*) FROM par_ev WHERE mp_resolve(distinct_id, 'par') LIKE 'pu%'", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(
+            plan.iter().any(|l| l.contains("Gather")),
+            "a parallel plan: {plan:?}"
+        );
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM par_ev WHERE mp_resolve(distinct_id, 'par') LIKE 'pu%'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 200000);
+    }
 }

@@ -78,7 +78,12 @@ unsafe fn begin_scan(
 /// A snapshot taken now, after the caller accepted invalidation messages: it sees every
 /// commit whose invalidation was processed (see cache.rs) and, after a command counter
 /// increment, what this statement changed through SPI.
-unsafe fn current_snapshot(after_own_changes: bool) -> pg_sys::Snapshot {
+unsafe fn current_snapshot(user: Use, after_own_changes: bool) -> pg_sys::Snapshot {
+    if user == Use::Resolve {
+        // mp_resolve sets the caller's snapshot on each lookup; this one only has to be valid
+        // (and taking a new one is not allowed in a parallel worker).
+        return pg_sys::RegisterSnapshot(pg_sys::GetActiveSnapshot());
+    }
     if after_own_changes {
         pg_sys::CommandCounterIncrement();
     }
@@ -86,7 +91,7 @@ unsafe fn current_snapshot(after_own_changes: bool) -> pg_sys::Snapshot {
 }
 
 impl Probe {
-    unsafe fn open(statement: (u32, u32)) -> Probe {
+    unsafe fn open(user: Use, statement: (u32, u32)) -> Probe {
         in_transaction_scope(|| {
             let nsp = pg_sys::get_namespace_oid(c"identity_merge".as_ptr(), false);
             let heap_oid = pg_sys::get_relname_relid(c"identities".as_ptr(), nsp);
@@ -104,7 +109,7 @@ impl Probe {
                 .position(|a| a.name() == "canonical_id")
                 .map(|i| i as i32 + 1)
                 .unwrap_or_else(|| error!("identity_merge: identities.canonical_id is missing"));
-            let snapshot = current_snapshot(false);
+            let snapshot = current_snapshot(user, false);
             let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
             let scan = begin_scan(heap, index, snapshot);
             Probe {
@@ -124,11 +129,11 @@ impl Probe {
     }
 
     /// Moves to a new snapshot: the next statement's, or this one's after its own changes.
-    unsafe fn renew_snapshot(&mut self, after_own_changes: bool) {
+    unsafe fn renew_snapshot(&mut self, user: Use, after_own_changes: bool) {
         in_transaction_scope(|| {
             pg_sys::index_endscan(self.scan);
             pg_sys::UnregisterSnapshot(self.snapshot);
-            self.snapshot = current_snapshot(after_own_changes);
+            self.snapshot = current_snapshot(user, after_own_changes);
             self.scan = begin_scan(self.heap, self.index, self.snapshot);
         })
     }
@@ -243,7 +248,7 @@ pub unsafe fn canonical(
             slot.take().unwrap().close();
         }
         if slot.is_none() {
-            *slot = Some(Probe::open(statement));
+            *slot = Some(Probe::open(user, statement));
             pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::PreCommit, close_current);
             // A parallel worker (mp_resolve is parallel safe) sees this event instead.
             pgrx::register_xact_callback(
@@ -253,11 +258,11 @@ pub unsafe fn canonical(
         }
         let probe = slot.as_mut().unwrap();
         if probe.statement != statement {
-            probe.renew_snapshot(false);
+            probe.renew_snapshot(user, false);
             probe.statement = statement;
         }
         if renew {
-            probe.renew_snapshot(true);
+            probe.renew_snapshot(user, true);
         }
         probe.busy = true;
         if user == Use::Resolve {

@@ -82,7 +82,11 @@ fn plans() -> std::rc::Rc<Plans> {
     let p = Spi::connect(|c| {
         let prep = |sql: &str, args: &[PgOid]| c.prepare_mut(sql, args).expect("prepare").keep();
         Plans {
-            project: prep(SQL_PROJECT, &[oid(TEXTOID)]),
+            // Read-only: mp_resolve (parallel safe) looks projects up in parallel workers too.
+            project: c
+                .prepare(SQL_PROJECT, &[oid(TEXTOID)])
+                .expect("prepare")
+                .keep(),
             sides: prep(
                 &format!("{SQL_SIDE_COLUMNS} $2 UNION ALL {SQL_SIDE_COLUMNS} $3"),
                 &[oid(INT4OID), oid(TEXTOID), oid(TEXTOID)],
@@ -135,12 +139,20 @@ fn owner_oid() -> pg_sys::Oid {
     if cached_schema == schema {
         return owner;
     }
-    let owner = Spi::get_one_with_args::<pg_sys::Oid>(
-        "SELECT nspowner FROM pg_catalog.pg_namespace WHERE oid OPERATOR(pg_catalog.=) $1",
-        &[schema.into()],
-    )
-    .unwrap()
-    .unwrap();
+    // A read-only select: Spi::get_one_with_args would mark the transaction as writing, which a
+    // parallel worker (mp_resolve is parallel safe) may not do.
+    let owner = Spi::connect(|c| {
+        c.select(
+            "SELECT nspowner FROM pg_catalog.pg_namespace WHERE oid OPERATOR(pg_catalog.=) $1",
+            Some(1),
+            &[schema.into()],
+        )
+        .unwrap()
+        .first()
+        .get::<pg_sys::Oid>(1)
+        .unwrap()
+        .unwrap()
+    });
     OWNER.with(|o| o.set((schema, owner)));
     owner
 }

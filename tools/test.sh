@@ -20,3 +20,4 @@ cargo pgrx test pg15 "$@"
 bash tests/dump_restore.sh
 bash tests/sdk.sh
 bash tests/crash.sh
+bash tests/upgrade.sh
