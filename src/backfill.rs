@@ -31,6 +31,27 @@ struct Refusal {
     err: IdentityError,
 }
 
+/// Runs `sql` through a cursor and hands every row to `f`, freeing each fetched batch (a history
+/// may hold millions of rows).
+fn for_each_row(
+    c: &pgrx::spi::SpiClient<'_>,
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+    mut f: impl FnMut(pgrx::spi::SpiHeapTupleData<'_>),
+) -> Result<(), pgrx::spi::SpiError> {
+    let mut cursor = c.try_open_cursor(sql, args)?;
+    loop {
+        let rows = cursor.fetch(FETCH)?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        for r in rows {
+            f(r);
+        }
+        unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) };
+    }
+}
+
 fn text_array(
     c: &mut pgrx::spi::SpiClient<'_>,
     sql: &str,
@@ -73,19 +94,12 @@ fn mp_backfill(
         // cursor's fast-start plan of the SQL join can degrade to a rescan per row).
         let mut clusters: std::collections::HashMap<String, (i64, bool)> =
             std::collections::HashMap::new();
-        let mut cur = c
-            .try_open_cursor(
-                "SELECT canonical_id::text, size, identified FROM identity_merge.clusters \
-                 WHERE project_id OPERATOR(pg_catalog.=) $1",
-                &[pid.into()],
-            )
-            .unwrap();
-        loop {
-            let rows = cur.fetch(FETCH).unwrap();
-            if rows.is_empty() {
-                break;
-            }
-            for r in rows {
+        for_each_row(
+            c,
+            "SELECT canonical_id::text, size, identified FROM identity_merge.clusters \
+             WHERE project_id OPERATOR(pg_catalog.=) $1",
+            &[pid.into()],
+            |r| {
                 let canonical: String = r.get(1).unwrap().unwrap();
                 clusters.insert(
                     canonical,
@@ -94,35 +108,74 @@ fn mp_backfill(
                         r.get(3).unwrap().unwrap(),
                     ),
                 );
-            }
-            unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) };
-        }
-        drop(cur);
-        let mut cur = c
-            .try_open_cursor(
-                "SELECT distinct_id::text, canonical_id::text FROM identity_merge.identities \
-                 WHERE project_id OPERATOR(pg_catalog.=) $1",
-                &[pid.into()],
-            )
-            .unwrap();
-        loop {
-            let rows = cur.fetch(FETCH).unwrap();
-            if rows.is_empty() {
-                break;
-            }
-            for r in rows {
+            },
+        )
+        .unwrap();
+        for_each_row(
+            c,
+            "SELECT distinct_id::text, canonical_id::text FROM identity_merge.identities \
+             WHERE project_id OPERATOR(pg_catalog.=) $1",
+            &[pid.into()],
+            |r| {
                 let id: String = r.get(1).unwrap().unwrap();
                 let canonical: String = r.get(2).unwrap().unwrap();
                 let (size, identified) = clusters.get(&canonical).copied().unwrap_or((1, false));
                 graph.load(&id, &canonical, size, identified);
-            }
-            unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) };
-        }
-        drop(cur);
+            },
+        )
+        .unwrap();
         drop(clusters);
 
         // The history, in the order the query gives.
-        let mut cursor = c.try_open_cursor(source, &[]).unwrap_or_else(|e| {
+        for_each_row(c, source, &[], |r| {
+            if r.columns() < 3 {
+                crate::error::raise(IdentityError::InvalidArgument {
+                    what: "backfill source query",
+                    value: source.to_string(),
+                    hint: "It must return three columns: operation, id_a, id_b.",
+                });
+            }
+            events += 1;
+            let name: Option<String> = r.get(1).unwrap_or(None);
+            let a: Option<String> = r.get(2).unwrap_or(None);
+            let b: Option<String> = r.get(3).unwrap_or(None);
+            let op = name.as_deref().and_then(op_of);
+            let result = match (op, project.mode) {
+                (None, _) => Err(IdentityError::MalformedEvent {
+                    field: "operation".into(),
+                    problem: format!(
+                        "{:?} is not identify, alias, merge or link",
+                        name.as_deref().unwrap_or("NULL")
+                    ),
+                }),
+                (Some(Op::Link), Mode::Original)
+                | (Some(Op::Identify | Op::Alias | Op::Merge), Mode::Simplified) => {
+                    Err(IdentityError::WrongMode {
+                        op: "this operation",
+                        token: project.token.clone(),
+                    })
+                }
+                (Some(Op::Link), Mode::Simplified) => {
+                    let device = b
+                        .as_deref()
+                        .map(|d| format!("{}{d}", crate::rules::DEVICE_PREFIX));
+                    graph.apply(&settings, Op::Link, a.as_deref(), device.as_deref())
+                }
+                (Some(op), Mode::Original) => {
+                    graph.apply(&settings, op, a.as_deref(), b.as_deref())
+                }
+            };
+            if let Err(err) = result {
+                refusals.push(Refusal {
+                    ordinal: events,
+                    op: name,
+                    a,
+                    b,
+                    err,
+                });
+            }
+        })
+        .unwrap_or_else(|e| {
             crate::error::raise(IdentityError::InvalidArgument {
                 what: "backfill source query",
                 value: format!("{source} ({e})"),
@@ -130,62 +183,6 @@ fn mp_backfill(
                     "Pass a query returning (operation text, id_a text, id_b text) in time order.",
             })
         });
-        loop {
-            let rows = cursor.fetch(FETCH).unwrap();
-            if rows.is_empty() {
-                break;
-            }
-            if rows.columns().unwrap_or(0) < 3 {
-                crate::error::raise(IdentityError::InvalidArgument {
-                    what: "backfill source query",
-                    value: source.to_string(),
-                    hint: "It must return three columns: operation, id_a, id_b.",
-                });
-            }
-            for r in rows {
-                events += 1;
-                let name: Option<String> = r.get(1).unwrap_or(None);
-                let a: Option<String> = r.get(2).unwrap_or(None);
-                let b: Option<String> = r.get(3).unwrap_or(None);
-                let op = name.as_deref().and_then(op_of);
-                let result = match (op, project.mode) {
-                    (None, _) => Err(IdentityError::MalformedEvent {
-                        field: "operation".into(),
-                        problem: format!(
-                            "{:?} is not identify, alias, merge or link",
-                            name.as_deref().unwrap_or("NULL")
-                        ),
-                    }),
-                    (Some(Op::Link), Mode::Original)
-                    | (Some(Op::Identify | Op::Alias | Op::Merge), Mode::Simplified) => {
-                        Err(IdentityError::WrongMode {
-                            op: "this operation",
-                            token: project.token.clone(),
-                        })
-                    }
-                    (Some(Op::Link), Mode::Simplified) => {
-                        let device = b
-                            .as_deref()
-                            .map(|d| format!("{}{d}", crate::rules::DEVICE_PREFIX));
-                        graph.apply(&settings, Op::Link, a.as_deref(), device.as_deref())
-                    }
-                    (Some(op), Mode::Original) => {
-                        graph.apply(&settings, op, a.as_deref(), b.as_deref())
-                    }
-                };
-                if let Err(err) = result {
-                    refusals.push(Refusal {
-                        ordinal: events,
-                        op: name,
-                        a,
-                        b,
-                        err,
-                    });
-                }
-            }
-            unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) };
-        }
-        drop(cursor);
 
         // Bulk writes.
         let changed = graph.changed_ids();

@@ -332,21 +332,8 @@ unsafe fn apply_simplified_row(
         }
     }
     let (device, user, errors) = ingest::simplified_ids(&props, device_col, user_col);
-    for err in &errors {
-        reject(
-            ctx,
-            err,
-            "link",
-            None,
-            None,
-            relid,
-            distinct.clone(),
-            &event_name,
-            props.clone(),
-        );
-    }
     let plan = ingest::simplified_event(&ctx.project.settings, device, user);
-    for err in &plan.refusals {
+    for err in errors.iter().chain(&plan.refusals) {
         reject(
             ctx,
             err,
