@@ -4,22 +4,19 @@ sizes=${BENCH_BACKFILL_SIZES:-100000 1000000 10000000}
 lp_max=${BENCH_LP_MAX:-1000000}
 echo
 echo "backfill: mp_backfill vs label propagation (connected components by iterated min-label UPDATE)"
-printf '| %10s | %12s | %14s | %9s | %14s | %10s | %8s |\n' "events" "backfill ms" "backfill MB" "refused" "label prop ms" "LP iters" "speedup"
+printf '| %10s | %12s | %14s | %9s | %14s | %10s | %8s |\n' "events" "backfill ms" "peak RSS MB" "refused" "label prop ms" "LP iters" "speedup"
 for edges in $sizes; do
   cluster_psql -v edges="$edges" -f bench/history.sql >/dev/null
   cluster_psql -Atc "SELECT mp_create_project('bf$edges'), mp_set_project_setting('bf$edges', 'anon_id_format', 'any'), mp_set_project_setting('bf$edges', 'max_cluster_size', '100000000')" >/dev/null
   # one fresh backend for the backfill, so its peak resident memory is the backfill's
   out=$(cluster_psql -At <<SQL
-SELECT pg_backend_pid() AS pid \gset
-\! grep VmHWM /proc/:pid/status | awk '{print \$2}' > $dir/hwm_before
 SELECT extract(epoch FROM clock_timestamp()) AS t0 \gset
 SELECT refused FROM mp_backfill('SELECT op, a, b FROM hist ORDER BY n', 'bf$edges');
 SELECT round((extract(epoch FROM clock_timestamp()) - :t0) * 1000);
-\! grep VmHWM /proc/:pid/status | awk '{print \$2}' > $dir/hwm_after
+SELECT substring(pg_read_file('/proc/' || pg_backend_pid() || '/status') FROM 'VmHWM:\s+(\d+) kB')::bigint / 1024;
 SQL
 )
-  refused=$(echo "$out" | sed -n 1p); bf_ms=$(echo "$out" | sed -n 2p)
-  mb=$(( $(cat "$dir/hwm_after") / 1024 ))
+  refused=$(echo "$out" | sed -n 1p); bf_ms=$(echo "$out" | sed -n 2p); mb=$(echo "$out" | sed -n 3p)
   lp_ms="-"; iters="-"; speed="-"
   if [ "$edges" -le "$lp_max" ]; then
     lp=$(cluster_psql -At <<'SQL'

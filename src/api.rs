@@ -81,7 +81,7 @@ fn mp_merge_array(
 #[pg_extern(stable, strict, parallel_safe)]
 fn mp_resolve(distinct_id: &str, project: default!(&str, "'default'")) -> String {
     use pgrx::IntoDatum;
-    let project = store::project(Some(project)).or_raise();
+    let project_id = store::project_id(project).or_raise();
     let mut found: Option<String> = None;
     let datum = distinct_id.into_datum().unwrap();
     unsafe {
@@ -90,7 +90,7 @@ fn mp_resolve(distinct_id: &str, project: default!(&str, "'default'")) -> String
             crate::probe::Use::Resolve,
             statement,
             false,
-            project.id,
+            project_id,
             datum,
             |d| {
                 found = d.and_then(|d| <String as pgrx::FromDatum>::from_datum(d, false));

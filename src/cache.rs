@@ -162,6 +162,25 @@ pub fn project(
     Ok(project)
 }
 
+/// Only the id of a project (no clone of its settings): the `mp_resolve` path.
+pub fn project_id(
+    token: &str,
+    load: impl FnOnce(&str) -> Result<crate::store::Project, crate::error::IdentityError>,
+) -> Result<i32, crate::error::IdentityError> {
+    accept_invalidations();
+    let generation = GENERATION.with(|g| g.get());
+    let hit = PROJECTS.with(|p| {
+        let p = p.borrow();
+        (p.0 == generation)
+            .then(|| p.1.get(token).map(|project| project.id))
+            .flatten()
+    });
+    match hit {
+        Some(id) => Ok(id),
+        None => project(token, load).map(|p| p.id),
+    }
+}
+
 /// Forgets everything (after this backend changed the identity graph).
 pub fn clear() {
     GENERATION.with(|g| g.set(g.get() + 1));

@@ -200,6 +200,11 @@ pub fn project(token: Option<&str>) -> Result<Project, IdentityError> {
     crate::cache::project(token, |t| as_owner(|| load_project(t))).map(Project::refreshed)
 }
 
+/// Only the id of a project by token (the `mp_resolve` path: no settings cloned).
+pub fn project_id(token: &str) -> Result<i32, IdentityError> {
+    crate::cache::project_id(token, |t| as_owner(|| load_project(t)))
+}
+
 /// Loads a project by token from the projects table.
 fn load_project(token: &str) -> Result<Project, IdentityError> {
     let p = plans();

@@ -29,7 +29,7 @@ catalog="SELECT md5(string_agg(x, E'\n' ORDER BY x)) FROM (
   SELECT format('fn %s %s %s %s %s', p.oid::regprocedure, p.provolatile, p.proisstrict, p.proparallel, md5(p.prosrc)) x
     FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.classid = 'pg_proc'::regclass AND d.deptype = 'e'
    WHERE d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'identity_merge')
-     AND p.pronamespace <> 'tests'::regnamespace
+     AND p.pronamespace::regnamespace::text <> 'tests'
   UNION ALL SELECT format('col %s.%s %s %s', c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull)
     FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
    WHERE c.relnamespace = 'identity_merge'::regnamespace AND c.relkind = 'r'
