@@ -1961,7 +1961,11 @@ mod sessions {
             .unwrap()
             .get(0);
         assert_eq!(stale, 0);
-        println!("stress: 8 sessions, {seconds}s: {ops} operations ({refused} refused), {rows} event rows, {violations} violations");
+        let summary =
+            format!("stress: 8 sessions, {seconds}s: {ops} operations ({refused} refused), {rows} event rows, {violations} violations");
+        println!("{summary}");
+        // tools/test.sh prints it (cargo test keeps a passing test's output to itself)
+        let _ = std::fs::write("target/stress-summary.txt", summary + "\n");
     }
 
     #[test]

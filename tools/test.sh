@@ -15,7 +15,9 @@ if [ "$(id -u)" = 0 ]; then
   chown postgres "$(dirname "$CARGO_PGRX_TEST_PGDATA")"
   # the test server (as postgres) reads files the tests write under /tmp
 fi
+rm -f target/stress-summary.txt
 cargo pgrx test pg15 "$@"
+cat target/stress-summary.txt 2>/dev/null || true
 # cargo pgrx test installed the extension into PostgreSQL 15; check dump and restore with it.
 bash tests/dump_restore.sh
 bash tests/sdk.sh
