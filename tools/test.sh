@@ -13,7 +13,6 @@ if [ "$(id -u)" = 0 ]; then
   export CARGO_PGRX_TEST_PGDATA="${CARGO_PGRX_TEST_PGDATA:-/tmp/identity_merge-test/pgdata}"
   mkdir -p "$(dirname "$CARGO_PGRX_TEST_PGDATA")"
   chown postgres "$(dirname "$CARGO_PGRX_TEST_PGDATA")"
-  # the test server (as postgres) reads files the tests write under /tmp
 fi
 rm -f target/stress-summary.txt
 cargo pgrx test pg15 "$@"
