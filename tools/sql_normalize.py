@@ -1,11 +1,11 @@
-"""Prints an extension script without comments and blank lines, to compare two scripts by
-their statements (pgrx's generated scripts carry source-location comments)."""
+"""Prints an extension script's lines without comments and blank lines, sorted, to compare two
+scripts by content: pgrx's generated scripts carry source-location comments, and the order of
+their statements is not stable from one generation to the next."""
 import re
 import sys
 
 text = open(sys.argv[1]).read()
 text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
-for line in text.splitlines():
-    s = line.strip()
-    if s and not s.startswith("--"):
-        print(s)
+lines = [line.strip() for line in text.splitlines()]
+for s in sorted(s for s in lines if s and not s.startswith("--")):
+    print(s)
