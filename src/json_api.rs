@@ -99,46 +99,15 @@ fn track_one(event: &Value) -> Result<(), IdentityError> {
         Ok(p) => p,
         Err(err) => return fail(None, err, None, None, None),
     };
-    let pid = Some(project.id);
-    match project.mode {
-        Mode::Original => {
-            let Some(op) = ingest::identity_op(&ev.name) else {
-                return Ok(());
-            };
-            let (a, b) = match ingest::event_ids(op, &ev.properties) {
-                Ok(ids) => ids,
-                Err(err) => return fail(pid, err, Some(op.as_str()), None, None),
-            };
-            match store::apply(&project, op, a.as_deref(), b.as_deref()) {
-                Ok(_) => Ok(()),
-                Err(err) => fail(pid, err, Some(op.as_str()), a.as_deref(), b.as_deref()),
-            }
-        }
-        Mode::Simplified => {
-            if ingest::identity_op(&ev.name).is_some() {
-                // Accepted and ignored, as Mixpanel does; recorded so nothing vanishes silently.
-                let err = IdentityError::Ignored {
-                    event: ev.name.clone(),
-                    token: ev.token.clone(),
-                };
-                record(pid, &err, Some("ignore"), None, None, event);
-                return Ok(());
-            }
-            let (device, user, errors) = ingest::simplified_ids(&ev.properties, None, None);
-            let plan = ingest::simplified_event(&project.settings, device, user);
-            let mut first: Option<IdentityError> = None;
-            for err in errors.into_iter().chain(plan.refusals) {
-                record(pid, &err, Some("link"), None, None, event);
-                first.get_or_insert(err);
-            }
-            if let Some((user, device)) = &plan.link {
-                if let Err(err) = store::apply(&project, Op::Link, Some(user), Some(device)) {
-                    return fail(pid, err, Some("link"), Some(user), Some(device));
-                }
-            }
-            first.map_or(Ok(()), Err)
-        }
-    }
+    let outcome = store::apply_event(
+        &project,
+        Some(&ev.name),
+        &|| ev.properties.clone(),
+        None,
+        None,
+        |err, op, a, b| record(Some(project.id), err, Some(op), a, b, event),
+    )?;
+    outcome.refused.map_or(Ok(()), Err)
 }
 
 #[pg_schema]

@@ -1576,6 +1576,17 @@ mod simplified {
             one("SELECT string_agg(reason_code, ',' ORDER BY rejection_id) FROM identity_merge.rejections r JOIN identity_merge.projects p USING (project_id) WHERE p.token = 'tok'").as_deref(),
             Some("errDeviceLinkedToOtherUser,errIgnoredInSimplified")
         );
+            // an identity event is ignored as such but stays an ordinary event: its device and
+            // user link, as in the trigger
+            let got = call(
+                "mp_track",
+                r#"{"event": "$identify", "properties": {"token": "tok", "$device_id": "D5", "$user_id": "U5"}}"#,
+            );
+            assert_eq!(got, serde_json::json!({"status": 1}));
+            assert_eq!(
+                one("SELECT mp_resolve('$device:D5', 'tok')").as_deref(),
+                Some("U5")
+            );
         }
     }
 }

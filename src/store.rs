@@ -329,7 +329,8 @@ fn lock_clusters(p: &Plans, keys: [i64; 2]) -> bool {
 
 const MAX_ATTEMPTS: usize = 1000;
 
-/// Applies one Original ID Merge operation to a project: validation, locking, the rules'
+/// Applies one identity operation (Original ID Merge's three, or Simplified's link) to a
+/// project: validation, locking, the rules'
 /// decision, and the write. Returns the canonical id of the resulting cluster, or the refusal.
 /// Nothing is written when it returns an error.
 pub fn apply(
@@ -343,6 +344,11 @@ pub fn apply(
 }
 
 fn apply_checked(project: &Project, op: Op, a: &str, b: &str) -> Result<String, IdentityError> {
+    let contention = || IdentityError::Contention {
+        op,
+        a: a.to_string(),
+        b: b.to_string(),
+    };
     let p = plans();
     let (mut sa, mut sb) = read_sides(&p, project.id, a, b);
     for _ in 0..MAX_ATTEMPTS {
@@ -358,11 +364,7 @@ fn apply_checked(project: &Project, op: Op, a: &str, b: &str) -> Result<String, 
         let (seen_a, seen_b) = (sa.canonical.clone(), sb.canonical.clone());
         let result = in_subtransaction(|| {
             if !lock_clusters(&p, keys) {
-                return Step::Fail(Err(IdentityError::Contention {
-                    op,
-                    a: a.to_string(),
-                    b: b.to_string(),
-                }));
+                return Step::Fail(Err(contention()));
             }
             let (na, nb) = read_sides(&p, project.id, a, b);
             if na.canonical != seen_a || nb.canonical != seen_b {
@@ -380,11 +382,7 @@ fn apply_checked(project: &Project, op: Op, a: &str, b: &str) -> Result<String, 
             return r;
         }
     }
-    Err(IdentityError::Contention {
-        op,
-        a: a.to_string(),
-        b: b.to_string(),
-    })
+    Err(contention())
 }
 
 fn decide_and_write(
@@ -419,6 +417,91 @@ fn decide_and_write(
             Ok(plan.kept.canonical)
         }
     }
+}
+
+/// What one ingested event did to the identity graph (see `apply_event`).
+#[derive(Default)]
+pub struct EventOutcome {
+    /// A join was made: lookups in this statement must look again.
+    pub changed: bool,
+    /// Simplified projects: the distinct_id the event implies (`$user_id`, else the device).
+    pub distinct_id: Option<String>,
+    /// The first refusal, when there was one (every refusal went to `record`).
+    pub refused: Option<IdentityError>,
+}
+
+/// The identity meaning of one ingested event, shared by the stamping trigger and `mp_track`.
+/// Original projects apply `$identify` / `$create_alias` / `$merge`; Simplified projects record
+/// those as ignored (the event stays an ordinary event) and link `$device_id` to `$user_id`,
+/// taken from `device_column` / `user_column` when given, else from the properties. `properties`
+/// is called only when needed (a row's jsonb costs a parse). Every refusal is handed to
+/// `record(error, operation, id_a, id_b)`; only `Contention` is returned as an error, for the
+/// caller to raise (retry the transaction).
+pub fn apply_event(
+    project: &Project,
+    event: Option<&str>,
+    properties: &dyn Fn() -> serde_json::Value,
+    device_column: Option<String>,
+    user_column: Option<String>,
+    mut record: impl FnMut(&IdentityError, &str, Option<&str>, Option<&str>),
+) -> Result<EventOutcome, IdentityError> {
+    use crate::ingest;
+    let mut out = EventOutcome::default();
+    let identity_op = event.and_then(ingest::identity_op);
+    if project.mode == Mode::Simplified && identity_op.is_some() {
+        // Ignored, as Mixpanel does, and recorded so nothing vanishes silently; not a refusal
+        // of the event, which still links its device and user below.
+        let ignored = IdentityError::Ignored {
+            event: event.unwrap_or_default().to_string(),
+            token: project.token.clone(),
+        };
+        record(&ignored, "ignore", None, None);
+    }
+    let mut refuse =
+        |out: &mut EventOutcome, err: IdentityError, op: &str, a: Option<&str>, b: Option<&str>| {
+            record(&err, op, a, b);
+            out.refused.get_or_insert(err);
+        };
+    match project.mode {
+        Mode::Original => {
+            let Some(op) = identity_op else {
+                return Ok(out);
+            };
+            let (a, b) = match ingest::event_ids(op, &properties()) {
+                Ok(ids) => ids,
+                Err(err) => {
+                    refuse(&mut out, err, op.as_str(), None, None);
+                    return Ok(out);
+                }
+            };
+            match apply(project, op, a.as_deref(), b.as_deref()) {
+                Ok(_) => out.changed = true,
+                Err(err @ IdentityError::Contention { .. }) => return Err(err),
+                Err(err) => refuse(&mut out, err, op.as_str(), a.as_deref(), b.as_deref()),
+            }
+        }
+        Mode::Simplified => {
+            let props = if device_column.is_none() || user_column.is_none() {
+                properties()
+            } else {
+                serde_json::Value::Null
+            };
+            let (device, user, errors) = ingest::simplified_ids(&props, device_column, user_column);
+            let plan = ingest::simplified_event(&project.settings, device, user);
+            for err in errors.into_iter().chain(plan.refusals) {
+                refuse(&mut out, err, "link", None, None);
+            }
+            if let Some((user, device)) = &plan.link {
+                match apply(project, Op::Link, Some(user), Some(device)) {
+                    Ok(_) => out.changed = true,
+                    Err(err @ IdentityError::Contention { .. }) => return Err(err),
+                    Err(err) => refuse(&mut out, err, "link", Some(user), Some(device)),
+                }
+            }
+            out.distinct_id = plan.distinct_id;
+        }
+    }
+    Ok(out)
 }
 
 /// What the ingest path records about a refused identity event.

@@ -14,7 +14,6 @@ use pgrx::prelude::*;
 use pgrx::{FromDatum, IntoDatum, PgTupleDesc};
 
 use crate::error::IdentityError;
-use crate::ingest;
 use crate::store::{self, Mode, Project, Rejection};
 
 /// What one statement's rows share.
@@ -164,19 +163,8 @@ unsafe fn stamp<'a>(
         let ctx = slot.as_mut().unwrap();
 
         // Simplified projects may fill a NULL distinct_id from $user_id / $device_id.
-        let mut filled_distinct: Option<pg_sys::Datum> = None;
-        match ctx.project.mode {
-            Mode::Original => {
-                if let (Some(ea), Some(pa)) = (ctx.event_att, ctx.properties_att) {
-                    apply_row_event(ctx, tuple, tupdesc, ea, pa, relid);
-                }
-            }
-            Mode::Simplified => {
-                if let Some(d) = apply_simplified_row(ctx, tuple, tupdesc, relid) {
-                    filled_distinct = d.as_str().into_datum();
-                }
-            }
-        }
+        let filled_distinct: Option<pg_sys::Datum> =
+            apply_row_event(ctx, tuple, tupdesc, relid).and_then(|d| d.as_str().into_datum());
 
         let mut is_null = false;
         let mut distinct_datum =
@@ -243,144 +231,70 @@ unsafe fn stamp<'a>(
 }
 
 /// Applies `$identify` / `$create_alias` / `$merge` rows; records what it refuses.
+/// Applies the row's identity meaning (`store::apply_event`): identity events in Original
+/// projects when the table has `event` and `properties` columns, device/user links in Simplified
+/// ones. Records refusals with the row; returns the distinct_id to fill in when the row's is NULL.
 unsafe fn apply_row_event(
-    ctx: &mut StatementContext,
-    tuple: pg_sys::HeapTuple,
-    tupdesc: pg_sys::TupleDesc,
-    event_att: i32,
-    properties_att: i32,
-    relid: pg_sys::Oid,
-) {
-    let Some(event) = get_attr::<String>(tuple, tupdesc, event_att) else {
-        return;
-    };
-    let Some(op) = ingest::identity_op(&event) else {
-        return;
-    };
-    let props: Option<pgrx::JsonB> = get_attr(tuple, tupdesc, properties_att);
-    let props = props.map(|j| j.0).unwrap_or(serde_json::Value::Null);
-    let ids = ingest::event_ids(op, &props);
-    let result = match &ids {
-        Ok((a, b)) => store::apply(&ctx.project, op, a.as_deref(), b.as_deref()),
-        Err(e) => Err(e.clone()),
-    };
-    match result {
-        Ok(_) => {
-            crate::cache::clear();
-            ctx.renew = true;
-        }
-        // A lock cycle with another transaction is transient: abort this INSERT with 40001 so
-        // the loader retries it, rather than recording the event as refused.
-        Err(err @ IdentityError::Contention { .. }) => crate::error::raise(err),
-        Err(err) => {
-            let distinct: Option<String> = get_attr(tuple, tupdesc, ctx.distinct_att);
-            let (a, b) = ids.unwrap_or((None, None));
-            reject(
-                ctx,
-                &err,
-                op.as_str(),
-                a.as_deref(),
-                b.as_deref(),
-                relid,
-                distinct,
-                &event,
-                props,
-            );
-        }
-    }
-}
-
-/// Simplified ID Merge for one row: records ignored identity events and refused ids, links the
-/// device to the user when the row carries both, and returns the distinct_id to fill in when
-/// the row's distinct_id is NULL.
-unsafe fn apply_simplified_row(
     ctx: &mut StatementContext,
     tuple: pg_sys::HeapTuple,
     tupdesc: pg_sys::TupleDesc,
     relid: pg_sys::Oid,
 ) -> Option<String> {
-    let event: Option<String> = ctx.event_att.and_then(|a| get_attr(tuple, tupdesc, a));
-    let distinct: Option<String> = get_attr(tuple, tupdesc, ctx.distinct_att);
-    let device_col: Option<String> = ctx.device_att.and_then(|a| get_attr(tuple, tupdesc, a));
-    let user_col: Option<String> = ctx.user_att.and_then(|a| get_attr(tuple, tupdesc, a));
-    // Properties are read only when a column does not answer (they cost a JSON parse).
-    let need_props = device_col.is_none() || user_col.is_none();
-    let props: serde_json::Value = match (need_props, ctx.properties_att) {
-        (true, Some(pa)) => get_attr::<pgrx::JsonB>(tuple, tupdesc, pa)
-            .map(|j| j.0)
-            .unwrap_or(serde_json::Value::Null),
-        _ => serde_json::Value::Null,
+    let (device_col, user_col) = match ctx.project.mode {
+        Mode::Original if ctx.event_att.is_none() || ctx.properties_att.is_none() => return None,
+        Mode::Original => (None, None),
+        Mode::Simplified => (
+            ctx.device_att
+                .and_then(|a| get_attr::<String>(tuple, tupdesc, a)),
+            ctx.user_att
+                .and_then(|a| get_attr::<String>(tuple, tupdesc, a)),
+        ),
     };
-    let event_name = event.clone().unwrap_or_default();
-    if let Some(name) = &event {
-        if ingest::identity_op(name).is_some() {
-            let err = IdentityError::Ignored {
-                event: name.clone(),
-                token: ctx.project.token.clone(),
-            };
+    let event: Option<String> = ctx.event_att.and_then(|a| get_attr(tuple, tupdesc, a));
+    let properties_att = ctx.properties_att;
+    let properties = || -> serde_json::Value {
+        properties_att
+            .and_then(|a| get_attr::<pgrx::JsonB>(tuple, tupdesc, a))
+            .map(|j| j.0)
+            .unwrap_or(serde_json::Value::Null)
+    };
+    // Read only when a refusal is recorded or a Simplified row may need its distinct_id filled.
+    let distinct = || -> Option<String> { get_attr(tuple, tupdesc, ctx.distinct_att) };
+    let project = &ctx.project;
+    let outcome = store::apply_event(
+        project,
+        event.as_deref(),
+        &properties,
+        device_col,
+        user_col,
+        |err, op, a, b| {
+            let event = event.as_deref().unwrap_or_default();
             reject(
-                ctx,
-                &err,
-                "ignore",
-                None,
-                None,
+                project,
+                err,
+                op,
+                a,
+                b,
                 relid,
-                distinct.clone(),
-                name,
-                props.clone(),
-            );
-        }
+                distinct(),
+                event,
+                properties(),
+            )
+        },
+    )
+    // A lock cycle with another transaction is transient: abort this INSERT with 40001 so the
+    // loader retries it, rather than recording the event as refused.
+    .unwrap_or_else(|err| crate::error::raise(err));
+    if outcome.changed {
+        crate::cache::clear();
+        ctx.renew = true;
     }
-    let (device, user, errors) = ingest::simplified_ids(&props, device_col, user_col);
-    let plan = ingest::simplified_event(&ctx.project.settings, device, user);
-    for err in errors.iter().chain(&plan.refusals) {
-        reject(
-            ctx,
-            err,
-            "link",
-            None,
-            None,
-            relid,
-            distinct.clone(),
-            &event_name,
-            props.clone(),
-        );
-    }
-    if let Some((user, device)) = &plan.link {
-        match store::apply(
-            &ctx.project,
-            crate::rules::Op::Link,
-            Some(user),
-            Some(device),
-        ) {
-            Ok(_) => {
-                crate::cache::clear();
-                ctx.renew = true;
-            }
-            Err(err @ IdentityError::Contention { .. }) => crate::error::raise(err),
-            Err(err) => reject(
-                ctx,
-                &err,
-                "link",
-                Some(user),
-                Some(device),
-                relid,
-                distinct.clone(),
-                &event_name,
-                props,
-            ),
-        }
-    }
-    if distinct.is_none() {
-        plan.distinct_id
-    } else {
-        None
-    }
+    outcome.distinct_id.filter(|_| distinct().is_none())
 }
 
 #[allow(clippy::too_many_arguments)]
 fn reject(
-    ctx: &StatementContext,
+    project: &Project,
     err: &IdentityError,
     op: &str,
     a: Option<&str>,
@@ -392,7 +306,7 @@ fn reject(
 ) {
     let row = serde_json::json!({ "distinct_id": distinct, "event": event, "properties": props });
     store::record_rejection(Rejection {
-        project_id: Some(ctx.project.id),
+        project_id: Some(project.id),
         reason: err.reason().unwrap_or(crate::error::Reason::MalformedEvent),
         message: err.message(),
         operation: Some(op),
