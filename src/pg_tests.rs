@@ -30,10 +30,10 @@ mod tests {
     /// A fingerprint of all identity state, to prove that a refusal changed nothing.
     fn state() -> String {
         one("SELECT (SELECT md5(coalesce(string_agg(format('%s|%s|%s', project_id, distinct_id, canonical_id), ',' \
-                ORDER BY project_id, distinct_id), '')) FROM identity_merge.identities WHERE project_id <> ALL (SELECT project_id FROM identity_merge.projects WHERE token IN ('conc2', 'cross', 'stale', 'snap', 'late', 'stress'))) || \
+                ORDER BY project_id, distinct_id), '')) FROM identity_merge.identities WHERE project_id <> ALL (SELECT project_id FROM identity_merge.projects WHERE token IN ('conc2', 'cross', 'stale', 'snap', 'late', 'stress', 'own', 'own_ref'))) || \
                 (SELECT md5(coalesce(string_agg(format('%s|%s|%s|%s', project_id, canonical_id, size, identified), ',' \
-                ORDER BY project_id, canonical_id), '')) FROM identity_merge.clusters WHERE project_id <> ALL (SELECT project_id FROM identity_merge.projects WHERE token IN ('conc2', 'cross', 'stale', 'snap', 'late', 'stress'))) || \
-                (SELECT count(*) FROM identity_merge.merge_log WHERE project_id <> ALL (SELECT project_id FROM identity_merge.projects WHERE token IN ('conc2', 'cross', 'stale', 'snap', 'late', 'stress')))::text")
+                ORDER BY project_id, canonical_id), '')) FROM identity_merge.clusters WHERE project_id <> ALL (SELECT project_id FROM identity_merge.projects WHERE token IN ('conc2', 'cross', 'stale', 'snap', 'late', 'stress', 'own', 'own_ref'))) || \
+                (SELECT count(*) FROM identity_merge.merge_log WHERE project_id <> ALL (SELECT project_id FROM identity_merge.projects WHERE token IN ('conc2', 'cross', 'stale', 'snap', 'late', 'stress', 'own', 'own_ref')))::text")
         .unwrap()
     }
 
@@ -61,6 +61,71 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(orphans, 0, "ids pointing at no cluster");
+    }
+
+    /// Many misses make the trigger load the whole project into its cache; from then on an id
+    /// missing from the cache is unknown without a probe. Stamps stay what mp_resolve says,
+    /// also after the statement's own joins and for ids added by them.
+    #[pg_test]
+    fn a_loaded_project_stamps_like_resolve() {
+        run("SELECT mp_create_project('bulk'); \
+             SELECT mp_set_project_setting('bulk', 'anon_id_format', 'any'); \
+             SELECT mp_merge('u' || g, 'd' || g, 'bulk') FROM generate_series(1, 3000) g; \
+             CREATE TABLE bulk_ev (n int, distinct_id text, event text, properties jsonb, canonical_id text); \
+             SELECT mp_attach('bulk_ev', 'bulk')");
+        run("INSERT INTO bulk_ev (n, distinct_id, event) \
+             SELECT g, CASE g % 4 WHEN 0 THEN 'd' || (g % 3000 + 1) WHEN 1 THEN 'u' || (g % 3000 + 1) \
+                               ELSE 'new' || g END, 'Page' \
+               FROM generate_series(1, 40000) g");
+        let project: i32 =
+            Spi::get_one("SELECT project_id FROM identity_merge.projects WHERE token = 'bulk'")
+                .unwrap()
+                .unwrap();
+        assert!(
+            crate::cache::is_complete(project),
+            "40,000 rows with 23,000 distinct ids loaded the project"
+        );
+        let wrong = one(
+            "SELECT count(*)::text FROM bulk_ev WHERE canonical_id IS DISTINCT FROM mp_resolve(distinct_id, 'bulk')",
+        );
+        assert_eq!(wrong.as_deref(), Some("0"));
+        // Joins inside the statement, then rows that need them: d1 and d2's clusters merge;
+        // new-a (never seen) is identified as u3; new-b stays unknown.
+        run(
+            r#"INSERT INTO bulk_ev (n, distinct_id, event, properties) VALUES
+             (100001, 'd1', 'Page', NULL), (100002, 'd2', 'Page', NULL), (100003, 'new-a', 'Page', NULL),
+             (100004, 'u1', '$merge', '{"$distinct_ids": ["d1", "d2"]}'),
+             (100005, 'u3', '$identify', '{"$identified_id": "u3", "$anon_id": "new-a"}'),
+             (100006, 'd1', 'Page', NULL), (100007, 'd2', 'Page', NULL), (100008, 'u2', 'Page', NULL),
+             (100009, 'new-a', 'Page', NULL), (100010, 'new-b', 'Page', NULL)"#,
+        );
+        assert!(
+            crate::cache::is_complete(project),
+            "own joins keep the loaded cache"
+        );
+        let before = one(
+            "SELECT string_agg(canonical_id, ',' ORDER BY n) FROM bulk_ev WHERE n BETWEEN 100001 AND 100003",
+        );
+        assert_eq!(
+            before.as_deref(),
+            Some("u1,u2,new-a"),
+            "rows before the joins"
+        );
+        let after =
+            one("SELECT string_agg(canonical_id, ',' ORDER BY n) FROM bulk_ev WHERE n > 100005");
+        let merged = resolve_in("d2", "bulk");
+        assert_eq!(merged, resolve_in("d1", "bulk"));
+        assert_eq!(
+            after,
+            Some(format!("{merged},{merged},{merged},u3,new-b")),
+            "rows after the joins"
+        );
+    }
+
+    fn resolve_in(id: &str, project: &str) -> String {
+        Spi::get_one_with_args::<String>("SELECT mp_resolve($1, $2)", &[id.into(), project.into()])
+            .unwrap()
+            .unwrap()
     }
 
     #[pg_test]
@@ -1762,6 +1827,154 @@ mod sessions {
             "at least one transaction commits"
         );
         check_partition(&mut setup, "cross", &joins);
+    }
+
+    /// One bulk INSERT whose rows join clusters ($merge, $identify) between ordinary rows: the
+    /// stamp cache keeps its entries across the backend's own joins (redirecting absorbed
+    /// canonicals), so every row must still get exactly what mp_resolve said at its turn, which
+    /// a second project replays one call at a time. A rolled-back savepoint takes its joins
+    /// (and the redirects) away.
+    #[test]
+    fn own_joins_in_a_bulk_insert_stamp_like_resolve_at_each_row() {
+        let mut c = connect();
+        c.batch_execute(
+            "SELECT mp_create_project(p) FROM unnest(ARRAY['own', 'own_ref']) p; \
+             SELECT mp_set_project_setting(p, 'anon_id_format', 'any') FROM unnest(ARRAY['own', 'own_ref']) p; \
+             SELECT mp_merge(a, b, p) FROM unnest(ARRAY['own', 'own_ref']) p, \
+                 (VALUES ('u1', 'd1'), ('u2', 'd2'), ('u3', 'd3')) v(a, b); \
+             CREATE TABLE own_ev (n int, distinct_id text, event text, properties jsonb, canonical_id text); \
+             SELECT mp_attach('own_ev', 'own')",
+        )
+        .unwrap();
+        let merge = |a: &str, b: &str| serde_json::json!({"$distinct_ids": [a, b]});
+        let identify =
+            |user: &str, anon: &str| serde_json::json!({"$identified_id": user, "$anon_id": anon});
+        let page = serde_json::json!({});
+        // (distinct_id, event, properties)
+        let rows: Vec<(&str, &str, serde_json::Value)> = vec![
+            ("d1", "Page", page.clone()),
+            ("d2", "Page", page.clone()),
+            ("x", "Page", page.clone()),
+            ("u3", "Page", page.clone()),
+            ("u1", "$merge", merge("d1", "d2")),
+            ("d1", "Page", page.clone()),
+            ("d2", "Page", page.clone()),
+            ("u2", "Page", page.clone()),
+            ("u1", "$identify", identify("u1", "x")),
+            ("x", "Page", page.clone()),
+            ("u3", "$merge", merge("d3", "x")),
+            ("d2", "Page", page.clone()),
+            ("x", "Page", page.clone()),
+            ("d3", "Page", page.clone()),
+            ("z", "Page", page.clone()),
+            ("z", "$merge", merge("z", "zz")),
+            ("zz", "Page", page.clone()),
+            ("z", "Page", page.clone()),
+        ];
+        // The reference: each identity event as its own call, each row's answer from mp_resolve.
+        let mut expected = Vec::new();
+        for (id, event, props) in &rows {
+            match *event {
+                "$merge" => {
+                    let ids = props["$distinct_ids"].as_array().unwrap();
+                    let (a, b) = (ids[0].as_str().unwrap(), ids[1].as_str().unwrap());
+                    c.query_one("SELECT mp_merge($1, $2, 'own_ref')", &[&a, &b])
+                        .unwrap();
+                }
+                "$identify" => {
+                    let (user, anon) = (
+                        props["$identified_id"].as_str().unwrap(),
+                        props["$anon_id"].as_str().unwrap(),
+                    );
+                    c.query_one("SELECT mp_identify($1, $2, 'own_ref')", &[&user, &anon])
+                        .unwrap();
+                }
+                _ => {}
+            }
+            let r: String = c
+                .query_one("SELECT mp_resolve($1, 'own_ref')", &[id])
+                .unwrap()
+                .get(0);
+            expected.push(r);
+        }
+        // The same rows in one statement, in order, through the trigger.
+        let values: Vec<String> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, (id, event, props))| {
+                format!(
+                    "({}, '{}', '{}', '{}'::jsonb)",
+                    i + 1,
+                    id,
+                    event,
+                    props.to_string().replace('\'', "''")
+                )
+            })
+            .collect();
+        c.batch_execute(&format!(
+            "INSERT INTO own_ev (n, distinct_id, event, properties) VALUES {}",
+            values.join(", ")
+        ))
+        .unwrap();
+        let got: Vec<String> = c
+            .query("SELECT canonical_id FROM own_ev ORDER BY n", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(
+            got, expected,
+            "row by row, as mp_resolve answered at each turn"
+        );
+        let refused: i64 = c
+            .query_one(
+                "SELECT count(*) FROM identity_merge.rejections r JOIN identity_merge.projects p USING (project_id) WHERE p.token = 'own'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(refused, 0);
+        // Both projects ended with the same clusters.
+        let clusters = |c: &mut postgres::Client, p: &str| -> Vec<(String, String)> {
+            c.query(
+                "SELECT distinct_id, canonical_id FROM identity_merge.identities i \
+                 JOIN identity_merge.projects p USING (project_id) WHERE p.token = $1 ORDER BY 1",
+                &[&p],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+        };
+        assert_eq!(clusters(&mut c, "own"), clusters(&mut c, "own_ref"));
+
+        // A savepoint rolled back takes its join away, and the cache forgets it.
+        let x = expected[12].clone();
+        c.batch_execute(
+            "BEGIN; INSERT INTO own_ev (n, distinct_id, event) VALUES (101, 'y', 'Page'); \
+             SAVEPOINT s; \
+             INSERT INTO own_ev (n, distinct_id, event, properties) VALUES \
+                 (102, 'u1', '$identify', '{\"$identified_id\": \"x\", \"$anon_id\": \"y\"}'), \
+                 (103, 'y', 'Page', '{}'); \
+             ROLLBACK TO s; \
+             INSERT INTO own_ev (n, distinct_id, event) VALUES (104, 'y', 'Page'), (105, 'x', 'Page'); \
+             COMMIT",
+        )
+        .unwrap();
+        let got: Vec<(i32, String)> = c
+            .query(
+                "SELECT n, canonical_id FROM own_ev WHERE n > 100 ORDER BY n",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(101, "y".to_string()), (104, "y".to_string()), (105, x)],
+            "the rolled-back join left no trace in the stamps"
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub struct Probe {
     snapshot: pg_sys::Snapshot,
     collation: pg_sys::Oid,
     canonical_attno: i32,
+    distinct_attno: i32,
     /// Visibility map page pinned by index-only lookups.
     vmbuffer: pg_sys::Buffer,
     lxid: u32,
@@ -67,10 +68,19 @@ unsafe fn begin_scan(
     index: pg_sys::Relation,
     snapshot: pg_sys::Snapshot,
 ) -> pg_sys::IndexScanDesc {
+    begin_scan_keys(heap, index, snapshot, 2)
+}
+
+unsafe fn begin_scan_keys(
+    heap: pg_sys::Relation,
+    index: pg_sys::Relation,
+    snapshot: pg_sys::Snapshot,
+    nkeys: i32,
+) -> pg_sys::IndexScanDesc {
     #[cfg(not(feature = "pg18"))]
-    let scan = pg_sys::index_beginscan(heap, index, snapshot, 2, 0);
+    let scan = pg_sys::index_beginscan(heap, index, snapshot, nkeys, 0);
     #[cfg(feature = "pg18")]
-    let scan = pg_sys::index_beginscan(heap, index, snapshot, std::ptr::null_mut(), 2, 0);
+    let scan = pg_sys::index_beginscan(heap, index, snapshot, std::ptr::null_mut(), nkeys, 0);
     (*scan).xs_want_itup = true;
     scan
 }
@@ -104,11 +114,15 @@ impl Probe {
             let index = pg_sys::index_open(index_oid, lock);
             let collation = *(*index).rd_indcollation.add(1);
             let tupdesc = pgrx::PgTupleDesc::from_pg_unchecked((*heap).rd_att);
-            let canonical_attno = tupdesc
-                .iter()
-                .position(|a| a.name() == "canonical_id")
-                .map(|i| i as i32 + 1)
-                .unwrap_or_else(|| error!("identity_merge: identities.canonical_id is missing"));
+            let column = |name: &str| {
+                tupdesc
+                    .iter()
+                    .position(|a| a.name() == name)
+                    .map(|i| i as i32 + 1)
+                    .unwrap_or_else(|| error!("identity_merge: identities.{name} is missing"))
+            };
+            let canonical_attno = column("canonical_id");
+            let distinct_attno = column("distinct_id");
             let snapshot = current_snapshot(user, false);
             let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
             let scan = begin_scan(heap, index, snapshot);
@@ -120,6 +134,7 @@ impl Probe {
                 snapshot,
                 collation,
                 canonical_attno,
+                distinct_attno,
                 vmbuffer: pg_sys::InvalidBuffer as pg_sys::Buffer,
                 lxid: local_xid(),
                 statement,
@@ -160,6 +175,27 @@ impl Probe {
         id: pg_sys::Datum,
         f: impl FnOnce(Option<pg_sys::Datum>),
     ) {
+        let mut f = Some(f);
+        let mut found = false;
+        self.scan_project(project_id, Some(id), |_, canonical| {
+            found = true;
+            (f.take().unwrap())(Some(canonical));
+            false
+        });
+        if !found {
+            (f.take().unwrap())(None);
+        }
+    }
+
+    /// Visits the visible identities of a project (all of them, or the one with distinct_id
+    /// `id`) in index order, handing `f` (distinct_id, canonical_id) text datums that are valid
+    /// only during the call; stops when `f` returns false. How many rows it visited.
+    unsafe fn scan_project(
+        &mut self,
+        project_id: i32,
+        id: Option<pg_sys::Datum>,
+        mut f: impl FnMut(pg_sys::Datum, pg_sys::Datum) -> bool,
+    ) -> usize {
         in_transaction_scope(|| {
             let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
             pg_sys::ScanKeyEntryInitialize(
@@ -172,66 +208,96 @@ impl Probe {
                 pg_sys::regproc::from(pg_sys::F_INT4EQ),
                 pg_sys::Datum::from(project_id),
             );
-            pg_sys::ScanKeyEntryInitialize(
-                &mut keys[1],
-                0,
-                2,
-                pg_sys::BTEqualStrategyNumber as u16,
-                pg_sys::InvalidOid,
-                self.collation,
-                pg_sys::regproc::from(pg_sys::F_TEXTEQ),
-                id,
-            );
-            pg_sys::index_rescan(self.scan, keys.as_mut_ptr(), 2, std::ptr::null_mut(), 0);
+            // A btree scan keeps the number of keys it began with: a whole-project scan
+            // (one key) gets a scan of its own.
+            let scan = if id.is_some() {
+                self.scan
+            } else {
+                begin_scan_keys(self.heap, self.index, self.snapshot, 1)
+            };
+            let nkeys = if let Some(id) = id {
+                pg_sys::ScanKeyEntryInitialize(
+                    &mut keys[1],
+                    0,
+                    2,
+                    pg_sys::BTEqualStrategyNumber as u16,
+                    pg_sys::InvalidOid,
+                    self.collation,
+                    pg_sys::regproc::from(pg_sys::F_TEXTEQ),
+                    id,
+                );
+                2
+            } else {
+                1
+            };
+            pg_sys::index_rescan(scan, keys.as_mut_ptr(), nkeys, std::ptr::null_mut(), 0);
             // As an index-only scan does: when the heap page is all-visible the index tuple
             // answers; otherwise fetch the heap tuple and check it against the snapshot.
-            let mut found = None;
+            let mut visited = 0;
             loop {
-                let tid = pg_sys::index_getnext_tid(
-                    self.scan,
-                    pg_sys::ScanDirection::ForwardScanDirection,
-                );
+                let tid =
+                    pg_sys::index_getnext_tid(scan, pg_sys::ScanDirection::ForwardScanDirection);
                 if tid.is_null() {
                     break;
                 }
                 let block = pgrx::itemptr::item_pointer_get_block_number(tid);
                 let status = pg_sys::visibilitymap_get_status(self.heap, block, &mut self.vmbuffer);
+                let mut go_on = true;
                 if status as u32 & pg_sys::VISIBILITYMAP_ALL_VISIBLE != 0 {
                     let mut values = [pg_sys::Datum::from(0); 3];
                     let mut nulls = [false; 3];
                     pg_sys::index_deform_tuple(
-                        (*self.scan).xs_itup,
-                        (*self.scan).xs_itupdesc,
+                        (*scan).xs_itup,
+                        (*scan).xs_itupdesc,
                         values.as_mut_ptr(),
                         nulls.as_mut_ptr(),
                     );
-                    found = (!nulls[2]).then_some(values[2]);
-                    break;
-                }
-                if pg_sys::index_fetch_heap(self.scan, self.slot) {
+                    if !nulls[2] {
+                        visited += 1;
+                        go_on = f(values[1], values[2]);
+                    }
+                } else if pg_sys::index_fetch_heap(scan, self.slot) {
                     let mut is_null = false;
                     let d = pg_sys::slot_getattr(self.slot, self.canonical_attno, &mut is_null);
-                    found = (!is_null).then_some(d);
+                    if !is_null {
+                        let mut id_null = false;
+                        let id = pg_sys::slot_getattr(self.slot, self.distinct_attno, &mut id_null);
+                        visited += 1;
+                        go_on = f(id, d);
+                    }
+                    pg_sys::ExecClearTuple(self.slot);
+                }
+                if !go_on {
                     break;
                 }
             }
-            f(found);
-            pg_sys::ExecClearTuple(self.slot);
+            if scan != self.scan {
+                pg_sys::index_endscan(scan);
+            }
+            visited
         })
+    }
+
+    /// An estimate of how many identities all projects hold (pg_class, else the size).
+    unsafe fn estimated_rows(&self) -> f64 {
+        let reltuples = (*(*self.heap).rd_rel).reltuples as f64;
+        if reltuples >= 0.0 {
+            return reltuples;
+        }
+        let blocks =
+            pg_sys::RelationGetNumberOfBlocksInFork(self.heap, pg_sys::ForkNumber::MAIN_FORKNUM);
+        blocks as f64 * 120.0
     }
 }
 
-/// Looks `id` up for the statement `statement` (command id, subtransaction; the local xid is
-/// implied) and hands the canonical datum, if any, to `f`. `renew` asks for a new snapshot that
-/// sees what this statement changed so far (after the trigger applied an identity event).
-pub unsafe fn canonical(
+/// Opens (or reuses) the probe of `user` for `statement`, renewing its snapshot as asked, and
+/// runs `f` with it.
+unsafe fn with_probe<R>(
     user: Use,
     statement: (u32, u32),
     renew: bool,
-    project_id: i32,
-    id: pg_sys::Datum,
-    f: impl FnOnce(Option<pg_sys::Datum>),
-) {
+    f: impl FnOnce(&mut Probe) -> R,
+) -> R {
     let slot = match user {
         Use::Stamp => &PROBE,
         Use::Resolve => &RESOLVE_PROBE,
@@ -270,9 +336,46 @@ pub unsafe fn canonical(
             // own registered snapshot is put back afterwards.
             (*probe.scan).xs_snapshot = pg_sys::GetActiveSnapshot();
         }
-        probe.lookup(project_id, id, f);
+        let r = f(probe);
         (*probe.scan).xs_snapshot = probe.snapshot;
         probe.busy = false;
+        r
+    })
+}
+
+/// Visits every identity of a project as the stamping trigger sees the graph (see
+/// `canonical`), handing `f` (distinct_id, canonical_id) datums; stops early when `f` returns
+/// false. How many it visited.
+pub unsafe fn each_identity(
+    statement: (u32, u32),
+    renew: bool,
+    project_id: i32,
+    f: impl FnMut(pg_sys::Datum, pg_sys::Datum) -> bool,
+) -> usize {
+    with_probe(Use::Stamp, statement, renew, |probe| {
+        probe.scan_project(project_id, None, f)
+    })
+}
+
+/// How many identities all projects hold, roughly (for the stamp cache's choice between
+/// probing ids one by one and loading a whole project).
+pub unsafe fn estimated_identities(statement: (u32, u32)) -> f64 {
+    with_probe(Use::Stamp, statement, false, |probe| probe.estimated_rows())
+}
+
+/// Looks `id` up for the statement `statement` (command id, subtransaction; the local xid is
+/// implied) and hands the canonical datum, if any, to `f`. `renew` asks for a new snapshot that
+/// sees what this statement changed so far (after the trigger applied an identity event).
+pub unsafe fn canonical(
+    user: Use,
+    statement: (u32, u32),
+    renew: bool,
+    project_id: i32,
+    id: pg_sys::Datum,
+    f: impl FnOnce(Option<pg_sys::Datum>),
+) {
+    with_probe(user, statement, renew, |probe| {
+        probe.lookup(project_id, id, f)
     })
 }
 

@@ -52,7 +52,33 @@ const SQL_SIDE_COLUMNS: &str = "SELECT i.distinct_id, i.canonical_id, \
      FROM identity_merge.identities i WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.distinct_id OPERATOR(pg_catalog.=) ";
 const SQL_LOCK: &str =
     "SELECT pg_catalog.pg_advisory_xact_lock($1), pg_catalog.pg_advisory_xact_lock($2)";
-const SQL_JOIN: &str = "SELECT identity_merge._join($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+// Writes one join decided by `rules::decide`, under both clusters' locks, in one statement (one
+// executor run instead of a PL/pgSQL function's four): re-points the absorbed cluster's ids
+// ($8: it exists) or adds the absorbed id, adds the kept id when new ($6: it exists), drops the
+// absorbed cluster, updates or adds the kept one, and logs the join with how many ids moved.
+// Parameters: project, operation, id_a, id_b, kept, kept exists, absorbed, absorbed exists,
+// new size, identified. (It replaces the SQL function identity_merge._join, kept for
+// compatibility.)
+const SQL_JOIN: &str = "WITH moved AS ( \
+         UPDATE identity_merge.identities SET canonical_id = $5 \
+          WHERE $8 AND project_id OPERATOR(pg_catalog.=) $1 AND canonical_id OPERATOR(pg_catalog.=) $7 \
+         RETURNING 1), \
+     added AS ( \
+         INSERT INTO identity_merge.identities (project_id, distinct_id, canonical_id) \
+         SELECT $1, v.id, $5 FROM (VALUES ($7, NOT $8), ($5, NOT $6)) v(id, is_new) WHERE v.is_new), \
+     dropped AS ( \
+         DELETE FROM identity_merge.clusters \
+          WHERE $8 AND project_id OPERATOR(pg_catalog.=) $1 AND canonical_id OPERATOR(pg_catalog.=) $7), \
+     kept_updated AS ( \
+         UPDATE identity_merge.clusters SET size = $9, identified = $10, updated_at = pg_catalog.now() \
+          WHERE $6 AND project_id OPERATOR(pg_catalog.=) $1 AND canonical_id OPERATOR(pg_catalog.=) $5), \
+     kept_added AS ( \
+         INSERT INTO identity_merge.clusters (project_id, canonical_id, size, identified) \
+         SELECT $1, $5, $9, $10 WHERE NOT $6) \
+     INSERT INTO identity_merge.merge_log \
+         (project_id, operation, id_a, id_b, kept_canonical, absorbed_canonical, moved_ids) \
+     SELECT $1, $2, $3, $4, $5, $7, \
+            CASE WHEN $8 THEN (SELECT pg_catalog.count(*) FROM moved)::integer ELSE 1 END";
 const SQL_REJECT: &str = "INSERT INTO identity_merge.rejections \
      (project_id, reason_code, message, operation, id_a, id_b, source_table, source_row) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
@@ -327,6 +353,48 @@ fn lock_clusters(p: &Plans, keys: [i64; 2]) -> bool {
     .execute()
 }
 
+/// The lock `pg_advisory_xact_lock(key)` takes (SET_LOCKTAG_ADVISORY with an int8 key).
+fn advisory_tag(key: i64) -> pg_sys::LOCKTAG {
+    pg_sys::LOCKTAG {
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: ((key as u64) >> 32) as u32,
+        locktag_field3: key as u64 as u32,
+        locktag_field4: 1,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    }
+}
+
+/// Takes both cluster locks if neither has to be waited for; else takes none.
+fn try_lock_clusters(keys: [i64; 2]) -> bool {
+    let mode = pg_sys::ExclusiveLock as pg_sys::LOCKMODE;
+    let first = advisory_tag(keys[0]);
+    unsafe {
+        if pg_sys::LockAcquire(&first, mode, false, true)
+            == pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+        {
+            return false;
+        }
+        let second = advisory_tag(keys[1]);
+        if pg_sys::LockAcquire(&second, mode, false, true)
+            == pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+        {
+            pg_sys::LockRelease(&first, mode, false);
+            return false;
+        }
+    }
+    true
+}
+
+/// Gives back one hold of each lock `try_lock_clusters` took (locks this transaction held
+/// before stay held).
+fn unlock_clusters(keys: [i64; 2]) {
+    let mode = pg_sys::ExclusiveLock as pg_sys::LOCKMODE;
+    for key in keys {
+        unsafe { pg_sys::LockRelease(&advisory_tag(key), mode, false) };
+    }
+}
+
 const MAX_ATTEMPTS: usize = 1000;
 
 /// Applies one identity operation (Original ID Merge's three, or Simplified's link) to a
@@ -344,6 +412,28 @@ pub fn apply(
 }
 
 fn apply_checked(project: &Project, op: Op, a: &str, b: &str) -> Result<String, IdentityError> {
+    // The stamp caches learn of this backend's own joins from here (cache::own_change_end).
+    let before = crate::cache::own_change_begin();
+    let result = join_clusters(project, op, a, b);
+    let joined = match &result {
+        Ok(Applied {
+            canonical,
+            absorbed: Some(absorbed),
+        }) => Some((project.id, absorbed.as_str(), canonical.as_str())),
+        _ => None,
+    };
+    crate::cache::own_change_end(before, joined);
+    result.map(|applied| applied.canonical)
+}
+
+/// What an operation did: the canonical id of the resulting cluster, and the canonical id it
+/// absorbed when two clusters (or a new id) were joined.
+struct Applied {
+    canonical: String,
+    absorbed: Option<String>,
+}
+
+fn join_clusters(project: &Project, op: Op, a: &str, b: &str) -> Result<Applied, IdentityError> {
     let contention = || IdentityError::Contention {
         op,
         a: a.to_string(),
@@ -354,7 +444,10 @@ fn apply_checked(project: &Project, op: Op, a: &str, b: &str) -> Result<String, 
     for _ in 0..MAX_ATTEMPTS {
         // Replays change nothing and need no lock.
         if sa.canonical == sb.canonical {
-            return Ok(sa.canonical);
+            return Ok(Applied {
+                canonical: sa.canonical,
+                absorbed: None,
+            });
         }
         let mut keys = [
             rules::cluster_lock_key(project.id, &sa.canonical),
@@ -362,6 +455,22 @@ fn apply_checked(project: &Project, op: Op, a: &str, b: &str) -> Result<String, 
         ];
         keys.sort_unstable();
         let (seen_a, seen_b) = (sa.canonical.clone(), sb.canonical.clone());
+        // Fast path: both locks free right now. No wait, so no deadlock can involve this
+        // transaction, and no subtransaction is needed to release them on a retry.
+        if try_lock_clusters(keys) {
+            let (na, nb) = read_sides(&p, project.id, a, b);
+            if na.canonical != seen_a || nb.canonical != seen_b {
+                unlock_clusters(keys);
+                sa = na;
+                sb = nb;
+                continue;
+            }
+            let result = decide_and_write(&p, project, op, &na, &nb);
+            if result.is_err() {
+                unlock_clusters(keys);
+            }
+            return result;
+        }
         let result = in_subtransaction(|| {
             if !lock_clusters(&p, keys) {
                 return Step::Fail(Err(contention()));
@@ -391,9 +500,12 @@ fn decide_and_write(
     op: Op,
     a: &Side,
     b: &Side,
-) -> Result<String, IdentityError> {
+) -> Result<Applied, IdentityError> {
     match rules::decide(op, &project.settings, a, b)? {
-        Outcome::Together(c) => Ok(c),
+        Outcome::Together(c) => Ok(Applied {
+            canonical: c,
+            absorbed: None,
+        }),
         Outcome::Join(plan) => {
             Spi::connect_mut(|c| {
                 c.update(
@@ -414,7 +526,10 @@ fn decide_and_write(
                 )
                 .expect("join");
             });
-            Ok(plan.kept.canonical)
+            Ok(Applied {
+                canonical: plan.kept.canonical,
+                absorbed: Some(plan.absorbed.canonical),
+            })
         }
     }
 }

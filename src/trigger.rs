@@ -180,14 +180,32 @@ unsafe fn stamp<'a>(
             let text = pg_sys::pg_detoast_datum_packed(distinct_datum.cast_mut_ptr());
             let id = pgrx::varlena::varlena_to_byte_slice(text);
             let mut out = None;
-            let hit = crate::cache::get(ctx.project.id, id, |e| {
-                out = Some(match e {
-                    Some(c) => (&**c).into_datum().unwrap(),
-                    None => distinct_datum,
-                });
+            let mut hit = crate::cache::get(ctx.project.id, id, |c| {
+                out = Some(c.map_or(distinct_datum, |c| c.datum()));
             });
+            if !hit
+                && crate::cache::should_load(ctx.project.id, || {
+                    crate::probe::estimated_identities(statement)
+                })
+            {
+                // Many ids missed: reading the whole project costs less than probing on.
+                let project_id = ctx.project.id;
+                let renew = ctx.renew;
+                crate::cache::load(project_id, |put| {
+                    let mut whole = true;
+                    crate::probe::each_identity(statement, renew, project_id, |id, canonical| {
+                        whole = put(text_bytes(id), text_bytes(canonical));
+                        whole
+                    });
+                    whole
+                });
+                ctx.renew = false;
+                hit = crate::cache::get(ctx.project.id, id, |c| {
+                    out = Some(c.map_or(distinct_datum, |c| c.datum()));
+                });
+            }
             if !hit {
-                let mut found: Option<Box<[u8]>> = None;
+                let mut found: Option<crate::cache::Canonical> = None;
                 crate::probe::canonical(
                     crate::probe::Use::Stamp,
                     statement,
@@ -197,16 +215,17 @@ unsafe fn stamp<'a>(
                     |d| {
                         found = d.map(|d| {
                             let t = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
-                            Box::from(pgrx::varlena::varlena_to_byte_slice(t))
+                            crate::cache::Canonical::new(pgrx::varlena::varlena_to_byte_slice(t))
                         });
                     },
                 );
                 ctx.renew = false;
+                crate::cache::put(ctx.project.id, id, found.as_ref().map(|c| c.bytes()));
                 out = Some(match &found {
-                    Some(c) => (&**c).into_datum().unwrap(),
+                    // The datum must outlive `found`: a copy.
+                    Some(c) => c.bytes().into_datum().unwrap(),
                     None => distinct_datum,
                 });
-                crate::cache::put(ctx.project.id, id, found);
             }
             out
         };
@@ -242,6 +261,10 @@ unsafe fn apply_row_event(
 ) -> Option<String> {
     let (device_col, user_col) = match ctx.project.mode {
         Mode::Original if ctx.event_att.is_none() || ctx.properties_att.is_none() => return None,
+        // Most rows are ordinary events: tell them by the event name's bytes, without copying.
+        Mode::Original if !is_identity_event(tuple, tupdesc, ctx.event_att.unwrap()) => {
+            return None
+        }
         Mode::Original => (None, None),
         Mode::Simplified => (
             ctx.device_att
@@ -286,10 +309,32 @@ unsafe fn apply_row_event(
     // loader retries it, rather than recording the event as refused.
     .unwrap_or_else(|err| crate::error::raise(err));
     if outcome.changed {
-        crate::cache::clear();
+        // The cache already knows (store::apply redirects it); the probe's snapshot does not.
         ctx.renew = true;
     }
     outcome.distinct_id.filter(|_| distinct().is_none())
+}
+
+/// The bytes of a text datum (valid as long as the datum is).
+unsafe fn text_bytes<'a>(datum: pg_sys::Datum) -> &'a [u8] {
+    let text = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
+    pgrx::varlena::varlena_to_byte_slice(text)
+}
+
+/// Whether the row's event names an identity operation (`ingest::identity_op`).
+unsafe fn is_identity_event(
+    tuple: pg_sys::HeapTuple,
+    tupdesc: pg_sys::TupleDesc,
+    att: i32,
+) -> bool {
+    let mut is_null = false;
+    let datum = pg_sys::heap_getattr(tuple, att, tupdesc, &mut is_null);
+    if is_null {
+        return false;
+    }
+    let text = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
+    let bytes = pgrx::varlena::varlena_to_byte_slice(text);
+    std::str::from_utf8(bytes).is_ok_and(|e| crate::ingest::identity_op(e).is_some())
 }
 
 #[allow(clippy::too_many_arguments)]
