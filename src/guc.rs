@@ -18,7 +18,27 @@ pub static ANON_ID_FORMAT: GucSetting<AnonIdFormatGuc> =
 /// `identity_merge.stamp_cache_entries`: ids each backend remembers for the stamping trigger.
 pub static STAMP_CACHE_ENTRIES: GucSetting<i32> = GucSetting::<i32>::new(1_000_000);
 
+/// `identity_merge.cluster_locks_per_transaction`: cluster locks a transaction takes before it
+/// locks the whole project instead (locks.rs).
+pub static CLUSTER_LOCKS_PER_TRANSACTION: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
+pub fn cluster_locks_per_transaction() -> usize {
+    CLUSTER_LOCKS_PER_TRANSACTION.get().max(0) as usize
+}
+
 pub fn init() {
+    GucRegistry::define_int_guc(
+        c"identity_merge.cluster_locks_per_transaction",
+        c"Cluster locks a transaction takes before it locks its whole project for writing instead.",
+        c"Each identity operation locks two clusters until commit, in PostgreSQL's shared lock table \
+(sized by max_locks_per_transaction). A transaction past this many (a bulk INSERT carrying many identity \
+events) takes one exclusive lock of the project instead; the project's other writers then wait for it to end.",
+        &CLUSTER_LOCKS_PER_TRANSACTION,
+        0,
+        1_000_000,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"identity_merge.stamp_cache_entries",
         c"How many id -> canonical id answers each backend keeps for the stamping trigger (0 disables).",

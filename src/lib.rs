@@ -22,6 +22,7 @@ mod cache;
 mod check;
 mod guc;
 mod json_api;
+mod locks;
 mod probe;
 mod store;
 mod trigger;

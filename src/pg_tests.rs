@@ -1977,6 +1977,70 @@ mod sessions {
         );
     }
 
+    /// A transaction that applies many identity operations stops taking cluster locks (which
+    /// stay in the shared lock table until commit) and locks its project instead; the
+    /// project's other writers wait for it, other projects do not.
+    #[test]
+    fn many_operations_in_one_transaction_lock_the_project_not_every_cluster() {
+        let mut a = connect();
+        let mut b = pgrx_tests::client().unwrap().0;
+        a.batch_execute(
+            "SELECT mp_create_project('many'); SELECT mp_create_project('many_other'); \
+             SELECT mp_set_project_setting('many', 'anon_id_format', 'any'); \
+             CREATE TABLE many_ev (n int, distinct_id text, event text, properties jsonb, canonical_id text); \
+             SELECT mp_attach('many_ev', 'many')",
+        )
+        .unwrap();
+        a.batch_execute(
+            "SET identity_merge.cluster_locks_per_transaction = 10; BEGIN; \
+             INSERT INTO many_ev (n, distinct_id, event, properties) \
+             SELECT g, 'user' || g, '$identify', \
+                    jsonb_build_object('$identified_id', 'user' || g, '$anon_id', 'anon' || g) \
+               FROM generate_series(1, 200) g",
+        )
+        .unwrap();
+        let locks: Vec<(i32, String)> = a
+            .query(
+                "SELECT objsubid::int, mode FROM pg_locks \
+                  WHERE locktype = 'advisory' AND pid = pg_backend_pid() ORDER BY 1, 2",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let clusters = locks.iter().filter(|(sub, _)| *sub == 1).count();
+        assert!(clusters <= 10, "cluster locks stop at the limit: {locks:?}");
+        assert!(
+            locks.contains(&(3, "ExclusiveLock".to_string())),
+            "the project is locked: {locks:?}"
+        );
+        // Another writer of the project waits; one of another project does not.
+        b.batch_execute("SET lock_timeout = '300ms'").unwrap();
+        let err = b
+            .batch_execute("SELECT mp_identify('someone', 'anon-x', 'many')")
+            .unwrap_err();
+        assert_eq!(err.code().unwrap().code(), "55P03", "{err}");
+        b.batch_execute("SELECT mp_merge('p', 'q', 'many_other')")
+            .unwrap();
+        a.batch_execute("COMMIT").unwrap();
+        b.batch_execute("SELECT mp_identify('someone', 'anon-x', 'many')")
+            .unwrap();
+        let joined: i64 = b
+            .query_one(
+                "SELECT count(*) FROM many_ev WHERE mp_resolve('anon' || n, 'many') = 'user' || n",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(joined, 200, "every operation of the transaction applied");
+        let violations: i64 = b
+            .query_one("SELECT count(*) FROM mp_check('many')", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(violations, 0);
+    }
+
     #[test]
     fn a_merge_committed_elsewhere_reaches_the_next_statement_of_a_stamping_session() {
         let mut loader = connect();

@@ -277,17 +277,6 @@ impl Probe {
             visited
         })
     }
-
-    /// An estimate of how many identities all projects hold (pg_class, else the size).
-    unsafe fn estimated_rows(&self) -> f64 {
-        let reltuples = (*(*self.heap).rd_rel).reltuples as f64;
-        if reltuples >= 0.0 {
-            return reltuples;
-        }
-        let blocks =
-            pg_sys::RelationGetNumberOfBlocksInFork(self.heap, pg_sys::ForkNumber::MAIN_FORKNUM);
-        blocks as f64 * 120.0
-    }
 }
 
 /// Opens (or reuses) the probe of `user` for `statement`, renewing its snapshot as asked, and
@@ -355,12 +344,6 @@ pub unsafe fn each_identity(
     with_probe(Use::Stamp, statement, renew, |probe| {
         probe.scan_project(project_id, None, f)
     })
-}
-
-/// How many identities all projects hold, roughly (for the stamp cache's choice between
-/// probing ids one by one and loading a whole project).
-pub unsafe fn estimated_identities(statement: (u32, u32)) -> f64 {
-    with_probe(Use::Stamp, statement, false, |probe| probe.estimated_rows())
 }
 
 /// Looks `id` up for the statement `statement` (command id, subtransaction; the local xid is

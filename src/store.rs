@@ -1,15 +1,19 @@
 //! Reads and writes the identity tables through SPI with plans prepared once per backend
-//! (no per-call planning), and runs identity operations under the locking protocol:
+//! (no per-call planning), and runs identity operations under the locking protocol (the locks
+//! themselves are locks.rs):
 //!
-//! 1. read both ids' clusters (a fresh READ COMMITTED snapshot each statement),
-//! 2. in a subtransaction, take the advisory lock of each cluster (key = project + canonical,
-//!    `rules::cluster_lock_key`) in ascending key order,
-//! 3. read again: if either id moved to another cluster meanwhile, roll the subtransaction back
-//!    (which releases its locks) and start over; else decide with `rules::decide` and write.
+//! 1. read both ids' clusters (a fresh READ COMMITTED snapshot each statement); equal: done,
+//! 2. hold the project shared (exclusive once the transaction took many cluster locks: then
+//!    read again and write, skipping 3-4),
+//! 3. take the lock of each cluster (key = project + canonical, `rules::cluster_lock_key`) in
+//!    ascending key order: at once when free, else waiting in a subtransaction,
+//! 4. read again: if either id moved to another cluster meanwhile, give the locks back and
+//!    start over; else decide with `rules::decide` and write the join in one statement.
 //!
-//! Every writer of a cluster holds its lock, locks are taken in one global order, and a writer
-//! never waits while holding a lock out of order, so no deadlock can form; no id can end in two
-//! clusters because re-pointing happens only under both clusters' locks.
+//! Every writer of a cluster holds its lock until commit, locks are taken in one global order,
+//! and a writer that waits while holding locks from earlier operations is refused with 40001
+//! if PostgreSQL finds a deadlock; no id can end in two clusters because re-pointing happens
+//! only under both clusters' locks (or the project's exclusive one).
 
 use std::cell::RefCell;
 
@@ -50,8 +54,6 @@ const SQL_SIDE_COLUMNS: &str = "SELECT i.distinct_id, i.canonical_id, \
        (SELECT c.identified FROM identity_merge.clusters c WHERE c.project_id OPERATOR(pg_catalog.=) $1 \
            AND c.canonical_id OPERATOR(pg_catalog.=) i.canonical_id) \
      FROM identity_merge.identities i WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.distinct_id OPERATOR(pg_catalog.=) ";
-const SQL_LOCK: &str =
-    "SELECT pg_catalog.pg_advisory_xact_lock($1), pg_catalog.pg_advisory_xact_lock($2)";
 // Writes one join decided by `rules::decide`, under both clusters' locks, in one statement (one
 // executor run instead of a PL/pgSQL function's four): re-points the absorbed cluster's ids
 // ($8: it exists) or adds the absorbed id, adds the kept id when new ($6: it exists), drops the
@@ -87,7 +89,6 @@ const SQL_REJECT: &str = "INSERT INTO identity_merge.rejections \
 struct Plans {
     project: OwnedPreparedStatement,
     sides: OwnedPreparedStatement,
-    lock: OwnedPreparedStatement,
     join: OwnedPreparedStatement,
     reject: OwnedPreparedStatement,
 }
@@ -117,7 +118,6 @@ fn plans() -> std::rc::Rc<Plans> {
                 &format!("{SQL_SIDE_COLUMNS} $2 UNION ALL {SQL_SIDE_COLUMNS} $3"),
                 &[oid(INT4OID), oid(TEXTOID), oid(TEXTOID)],
             ),
-            lock: prep(SQL_LOCK, &[oid(INT8OID), oid(INT8OID)]),
             join: prep(
                 SQL_JOIN,
                 &[
@@ -298,103 +298,6 @@ fn read_sides(p: &Plans, project_id: i32, a: &str, b: &str) -> (Side, Side) {
     })
 }
 
-/// What a step run in a subtransaction asks for.
-enum Step<T> {
-    /// Keep what it did.
-    Commit(T),
-    /// Undo it (releasing the locks taken inside) and try again.
-    Retry,
-    /// Undo it and stop with this result.
-    Fail(T),
-}
-
-/// Runs `f` in a subtransaction and commits or rolls it back as `f` asks. An ERROR inside
-/// that `f` does not catch aborts the whole transaction as usual.
-fn in_subtransaction<T>(f: impl FnOnce() -> Step<T>) -> Option<T> {
-    unsafe {
-        let old_cx = pg_sys::CurrentMemoryContext;
-        let old_owner = pg_sys::CurrentResourceOwner;
-        pg_sys::BeginInternalSubTransaction(std::ptr::null());
-        pg_sys::MemoryContextSwitchTo(old_cx);
-        let step = f();
-        let out = match step {
-            Step::Commit(v) => {
-                pg_sys::ReleaseCurrentSubTransaction();
-                Some(v)
-            }
-            Step::Retry => {
-                pg_sys::RollbackAndReleaseCurrentSubTransaction();
-                None
-            }
-            Step::Fail(v) => {
-                pg_sys::RollbackAndReleaseCurrentSubTransaction();
-                Some(v)
-            }
-        };
-        pg_sys::MemoryContextSwitchTo(old_cx);
-        pg_sys::CurrentResourceOwner = old_owner;
-        out
-    }
-}
-
-/// Takes the cluster locks in ascending key order. Within one operation this order makes a
-/// deadlock impossible; a transaction that already holds locks of earlier operations can still
-/// meet another such transaction in a cycle. PostgreSQL then picks a victim: we turn its
-/// deadlock error into a clear `Contention` refusal (40001, retry the transaction).
-fn lock_clusters(p: &Plans, keys: [i64; 2]) -> bool {
-    PgTryBuilder::new(|| {
-        Spi::connect(|c| {
-            c.select(&p.lock, None, &[keys[0].into(), keys[1].into()])
-                .expect("lock");
-        });
-        true
-    })
-    .catch_when(PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED, |_| false)
-    .execute()
-}
-
-/// The lock `pg_advisory_xact_lock(key)` takes (SET_LOCKTAG_ADVISORY with an int8 key).
-fn advisory_tag(key: i64) -> pg_sys::LOCKTAG {
-    pg_sys::LOCKTAG {
-        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
-        locktag_field2: ((key as u64) >> 32) as u32,
-        locktag_field3: key as u64 as u32,
-        locktag_field4: 1,
-        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
-        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
-    }
-}
-
-/// Takes both cluster locks if neither has to be waited for; else takes none.
-fn try_lock_clusters(keys: [i64; 2]) -> bool {
-    let mode = pg_sys::ExclusiveLock as pg_sys::LOCKMODE;
-    let first = advisory_tag(keys[0]);
-    unsafe {
-        if pg_sys::LockAcquire(&first, mode, false, true)
-            == pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
-        {
-            return false;
-        }
-        let second = advisory_tag(keys[1]);
-        if pg_sys::LockAcquire(&second, mode, false, true)
-            == pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
-        {
-            pg_sys::LockRelease(&first, mode, false);
-            return false;
-        }
-    }
-    true
-}
-
-/// Gives back one hold of each lock `try_lock_clusters` took (locks this transaction held
-/// before stay held).
-fn unlock_clusters(keys: [i64; 2]) {
-    let mode = pg_sys::ExclusiveLock as pg_sys::LOCKMODE;
-    for key in keys {
-        unsafe { pg_sys::LockRelease(&advisory_tag(key), mode, false) };
-    }
-}
-
 const MAX_ATTEMPTS: usize = 1000;
 
 /// Applies one identity operation (Original ID Merge's three, or Simplified's link) to a
@@ -441,8 +344,31 @@ fn join_clusters(project: &Project, op: Op, a: &str, b: &str) -> Result<Applied,
     };
     let p = plans();
     let (mut sa, mut sb) = read_sides(&p, project.id, a, b);
+    // Replays change nothing and need no lock.
+    if sa.canonical == sb.canonical {
+        return Ok(Applied {
+            canonical: sa.canonical,
+            absorbed: None,
+        });
+    }
+    let limit = crate::guc::cluster_locks_per_transaction();
+    match crate::locks::hold_project(project.id, limit) {
+        None => return Err(contention()),
+        Some(crate::locks::ProjectHold::Exclusive) => {
+            // No other writer of the project runs: read again (the first read may predate
+            // the lock) and write.
+            let (na, nb) = read_sides(&p, project.id, a, b);
+            if na.canonical == nb.canonical {
+                return Ok(Applied {
+                    canonical: na.canonical,
+                    absorbed: None,
+                });
+            }
+            return decide_and_write(&p, project, op, &na, &nb);
+        }
+        Some(crate::locks::ProjectHold::Shared) => {}
+    }
     for _ in 0..MAX_ATTEMPTS {
-        // Replays change nothing and need no lock.
         if sa.canonical == sb.canonical {
             return Ok(Applied {
                 canonical: sa.canonical,
@@ -454,42 +380,23 @@ fn join_clusters(project: &Project, op: Op, a: &str, b: &str) -> Result<Applied,
             rules::cluster_lock_key(project.id, &sb.canonical),
         ];
         keys.sort_unstable();
-        let (seen_a, seen_b) = (sa.canonical.clone(), sb.canonical.clone());
-        // Fast path: both locks free right now. No wait, so no deadlock can involve this
-        // transaction, and no subtransaction is needed to release them on a retry.
-        if try_lock_clusters(keys) {
-            let (na, nb) = read_sides(&p, project.id, a, b);
-            if na.canonical != seen_a || nb.canonical != seen_b {
-                unlock_clusters(keys);
-                sa = na;
-                sb = nb;
-                continue;
-            }
-            let result = decide_and_write(&p, project, op, &na, &nb);
-            if result.is_err() {
-                unlock_clusters(keys);
-            }
-            return result;
+        // Free locks are taken at once; otherwise wait (a deadlock's victim is refused).
+        if !crate::locks::try_clusters(keys) && !crate::locks::wait_clusters(keys) {
+            return Err(contention());
         }
-        let result = in_subtransaction(|| {
-            if !lock_clusters(&p, keys) {
-                return Step::Fail(Err(contention()));
-            }
-            let (na, nb) = read_sides(&p, project.id, a, b);
-            if na.canonical != seen_a || nb.canonical != seen_b {
-                // Someone joined one of the clusters before we got the lock: start over.
-                sa = na;
-                sb = nb;
-                return Step::Retry;
-            }
-            match decide_and_write(&p, project, op, &na, &nb) {
-                Ok(c) => Step::Commit(Ok(c)),
-                Err(e) => Step::Fail(Err(e)),
-            }
-        });
-        if let Some(r) = result {
-            return r;
+        let (na, nb) = read_sides(&p, project.id, a, b);
+        if na.canonical != sa.canonical || nb.canonical != sb.canonical {
+            // Someone joined one of the clusters before we got the locks: start over.
+            crate::locks::release_clusters(keys);
+            sa = na;
+            sb = nb;
+            continue;
         }
+        let result = decide_and_write(&p, project, op, &na, &nb);
+        if result.is_err() {
+            crate::locks::release_clusters(keys);
+        }
+        return result;
     }
     Err(contention())
 }

@@ -183,15 +183,16 @@ unsafe fn stamp<'a>(
             let mut hit = crate::cache::get(ctx.project.id, id, |c| {
                 out = Some(c.map_or(distinct_datum, |c| c.datum()));
             });
-            if !hit
-                && crate::cache::should_load(ctx.project.id, || {
-                    crate::probe::estimated_identities(statement)
-                })
-            {
-                // Many ids missed: reading the whole project costs less than probing on.
+            let budget = if hit {
+                None
+            } else {
+                crate::cache::load_budget(ctx.project.id)
+            };
+            if let Some(budget) = budget {
+                // Many ids missed: reading the whole project may cost less than probing on.
                 let project_id = ctx.project.id;
                 let renew = ctx.renew;
-                crate::cache::load(project_id, |put| {
+                crate::cache::load(project_id, budget, |put| {
                     let mut whole = true;
                     crate::probe::each_identity(statement, renew, project_id, |id, canonical| {
                         whole = put(text_bytes(id), text_bytes(canonical));

@@ -1,0 +1,215 @@
+//! The locks of the identity write protocol (store.rs), taken with PostgreSQL's lock manager
+//! directly (no SPI):
+//!
+//! - a lock per cluster, the one `pg_advisory_xact_lock(rules::cluster_lock_key(..))` takes,
+//!   held exclusively by whoever changes the cluster, until the transaction ends;
+//! - a lock per project, held shared by every writer of the project, and taken exclusively by a
+//!   transaction that has already taken `identity_merge.cluster_locks_per_transaction` cluster
+//!   locks: from then on it takes no more cluster locks. Every lock lives in PostgreSQL's shared
+//!   lock table until commit, so a bulk INSERT carrying thousands of identity events would
+//!   otherwise fill it ("out of shared memory"); the price is that the project's other writers
+//!   wait for that transaction to end.
+//!
+//! Locks are taken in one order (project, then clusters by ascending key) and a writer that
+//! would have to wait while holding locks waits in a subtransaction, so that the deadlock
+//! PostgreSQL may detect there (possible only between transactions that each ran several
+//! operations, or when one of them moves up to the exclusive project lock) becomes a clear
+//! `Contention` refusal (40001) instead of aborting the caller's transaction with 40P01.
+
+use std::cell::Cell;
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+/// How a writer holds its project.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ProjectHold {
+    /// Shared: it must lock the clusters it changes.
+    Shared,
+    /// Exclusive: no other writer of the project runs until this transaction ends.
+    Exclusive,
+}
+
+thread_local! {
+    /// (local transaction id, cluster locks taken in it).
+    static CLUSTER_LOCKS: Cell<(u32, usize)> = const { Cell::new((0, 0)) };
+}
+
+const EXCLUSIVE: pg_sys::LOCKMODE = pg_sys::ExclusiveLock as pg_sys::LOCKMODE;
+const SHARE: pg_sys::LOCKMODE = pg_sys::ShareLock as pg_sys::LOCKMODE;
+
+fn advisory(field2: u32, field3: u32, field4: u16) -> pg_sys::LOCKTAG {
+    pg_sys::LOCKTAG {
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: field2,
+        locktag_field3: field3,
+        locktag_field4: field4,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    }
+}
+
+/// The lock `pg_advisory_xact_lock(key)` takes (SET_LOCKTAG_ADVISORY with an int8 key).
+fn cluster_tag(key: i64) -> pg_sys::LOCKTAG {
+    advisory(((key as u64) >> 32) as u32, key as u64 as u32, 1)
+}
+
+/// A project's lock: an advisory tag no SQL advisory function produces (field 4 is 1 or 2
+/// for those), so no user lock can collide with it. Field 2 spells "IDMG".
+fn project_tag(project_id: i32) -> pg_sys::LOCKTAG {
+    advisory(0x4944_4d47, project_id as u32, 3)
+}
+
+fn cluster_locks_taken() -> usize {
+    let lxid = unsafe { crate::probe::local_xid() };
+    CLUSTER_LOCKS.with(|c| {
+        let (x, n) = c.get();
+        if x == lxid {
+            n
+        } else {
+            0
+        }
+    })
+}
+
+fn count_cluster_locks(n: usize) {
+    let lxid = unsafe { crate::probe::local_xid() };
+    let taken = cluster_locks_taken();
+    CLUSTER_LOCKS.with(|c| c.set((lxid, taken + n)));
+}
+
+/// Takes `tag` in `mode` without waiting; true when held (now or already).
+fn try_take(tag: &pg_sys::LOCKTAG, mode: pg_sys::LOCKMODE) -> bool {
+    unsafe {
+        pg_sys::LockAcquire(tag, mode, false, true)
+            != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+    }
+}
+
+/// Waits for the locks in a subtransaction; false when PostgreSQL picked this transaction as
+/// a deadlock's victim (nothing is held then from this call).
+fn wait_take(tags: &[pg_sys::LOCKTAG], mode: pg_sys::LOCKMODE) -> bool {
+    in_subtransaction(|| {
+        let taken = PgTryBuilder::new(|| {
+            for tag in tags {
+                unsafe { pg_sys::LockAcquire(tag, mode, false, false) };
+            }
+            true
+        })
+        .catch_when(PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED, |_| false)
+        .execute();
+        if taken {
+            Step::Commit(true)
+        } else {
+            Step::Fail(false)
+        }
+    })
+}
+
+fn held_by_me(tag: &pg_sys::LOCKTAG, mode: pg_sys::LOCKMODE) -> bool {
+    #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16"))]
+    unsafe {
+        pg_sys::LockHeldByMe(tag, mode)
+    }
+    #[cfg(any(feature = "pg17", feature = "pg18"))]
+    unsafe {
+        pg_sys::LockHeldByMe(tag, mode, false)
+    }
+}
+
+/// Holds the project for one operation: shared, or exclusive once this transaction took
+/// `limit` cluster locks. None: a deadlock victim (refuse with Contention).
+pub fn hold_project(project_id: i32, limit: usize) -> Option<ProjectHold> {
+    let tag = project_tag(project_id);
+    // Exclusive when this transaction already holds it (a repeat take is a local lookup), or
+    // when it has taken enough cluster locks to move up.
+    let held_exclusive = held_by_me(&tag, EXCLUSIVE);
+    if held_exclusive || cluster_locks_taken() >= limit {
+        if held_exclusive || try_take(&tag, EXCLUSIVE) || wait_take(&[tag], EXCLUSIVE) {
+            return Some(ProjectHold::Exclusive);
+        }
+        return None;
+    }
+    if try_take(&tag, SHARE) || wait_take(&[tag], SHARE) {
+        return Some(ProjectHold::Shared);
+    }
+    None
+}
+
+/// Takes both cluster locks (keys in ascending order) if neither has to be waited for; else
+/// takes none.
+pub fn try_clusters(keys: [i64; 2]) -> bool {
+    let (first, second) = (cluster_tag(keys[0]), cluster_tag(keys[1]));
+    if !try_take(&first, EXCLUSIVE) {
+        return false;
+    }
+    if !try_take(&second, EXCLUSIVE) {
+        unsafe { pg_sys::LockRelease(&first, EXCLUSIVE, false) };
+        return false;
+    }
+    count_cluster_locks(2);
+    true
+}
+
+/// Waits for both cluster locks (keys in ascending order); false for a deadlock's victim.
+pub fn wait_clusters(keys: [i64; 2]) -> bool {
+    let taken = wait_take(&[cluster_tag(keys[0]), cluster_tag(keys[1])], EXCLUSIVE);
+    if taken {
+        count_cluster_locks(2);
+    }
+    taken
+}
+
+/// Gives back one hold of each cluster lock (a lock this transaction held before stays held).
+pub fn release_clusters(keys: [i64; 2]) {
+    for key in keys {
+        unsafe { pg_sys::LockRelease(&cluster_tag(key), EXCLUSIVE, false) };
+    }
+}
+
+/// What a step run in a subtransaction asks for.
+enum Step<T> {
+    /// Keep what it did.
+    Commit(T),
+    /// Undo it and stop with this result.
+    Fail(T),
+}
+
+/// Runs `f` in a subtransaction and commits or rolls it back as `f` asks. An ERROR that `f`
+/// does not catch (a lock timeout, a cancel) rolls the subtransaction back before it goes on
+/// up: left open, it would leave even an autocommit session in an aborted transaction block.
+fn in_subtransaction<T>(f: impl FnOnce() -> Step<T>) -> T {
+    unsafe {
+        let old_cx = pg_sys::CurrentMemoryContext;
+        let old_owner = pg_sys::CurrentResourceOwner;
+        let restore = || {
+            pg_sys::MemoryContextSwitchTo(old_cx);
+            pg_sys::CurrentResourceOwner = old_owner;
+        };
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(old_cx);
+        let f = std::panic::AssertUnwindSafe(f);
+        let step = PgTryBuilder::new(move || {
+            let f = f;
+            (f.0)()
+        })
+        .catch_others(|e| {
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            restore();
+            e.rethrow()
+        })
+        .execute();
+        let out = match step {
+            Step::Commit(v) => {
+                pg_sys::ReleaseCurrentSubTransaction();
+                v
+            }
+            Step::Fail(v) => {
+                pg_sys::RollbackAndReleaseCurrentSubTransaction();
+                v
+            }
+        };
+        restore();
+        out
+    }
+}
