@@ -24,10 +24,65 @@ use std::collections::HashMap;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-/// A canonical id as PostgreSQL text. Short ids keep their varlena form (1-byte header), so a
-/// cache hit hands the trigger a datum without allocating; longer ids keep their bytes and are
-/// copied into a new text datum when used.
+/// An id as a hash key: ids up to 38 bytes (a UUID and its `$device:` prefix fit) are kept
+/// inside the hash table's slot, so a lookup touches one place in memory, not two; the cache
+/// is large and its lookups are random, so that second cache miss was a third of a hit's cost.
+#[derive(Clone)]
+enum IdKey {
+    Inline { len: u8, bytes: [u8; KEY_INLINE] },
+    Heap(Box<[u8]>),
+}
+
+const KEY_INLINE: usize = 38;
+
+impl IdKey {
+    fn new(id: &[u8]) -> IdKey {
+        if id.len() <= KEY_INLINE {
+            let mut bytes = [0u8; KEY_INLINE];
+            bytes[..id.len()].copy_from_slice(id);
+            IdKey::Inline {
+                len: id.len() as u8,
+                bytes,
+            }
+        } else {
+            IdKey::Heap(Box::from(id))
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            IdKey::Inline { len, bytes } => &bytes[..*len as usize],
+            IdKey::Heap(b) => b,
+        }
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for IdKey {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl std::hash::Hash for IdKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As the [u8] it borrows as, so lookups by &[u8] find it.
+        self.as_bytes().hash(state)
+    }
+}
+
+impl PartialEq for IdKey {
+    fn eq(&self, other: &IdKey) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for IdKey {}
+
+/// A canonical id as PostgreSQL text, kept in varlena form (1-byte header) so a cache hit hands
+/// the trigger a datum without allocating or copying: inside the slot up to 38 bytes, boxed up
+/// to 126; longer ids keep their bytes and are copied into a new text datum when used.
 pub enum Canonical {
+    Inline([u8; KEY_INLINE + 1]),
     Short(Box<[u8]>),
     Long(Box<[u8]>),
 }
@@ -35,17 +90,29 @@ pub enum Canonical {
 /// Ids up to this many bytes fit a 1-byte varlena header.
 const SHORT_MAX: usize = 126;
 
+/// The header SET_VARSIZE_1B writes for `len` bytes of data: total length, shifted and tagged
+/// by endianness.
+fn short_header(len: usize) -> u8 {
+    #[cfg(target_endian = "little")]
+    let h = (((len + 1) as u8) << 1) | 1;
+    #[cfg(target_endian = "big")]
+    let h = ((len + 1) as u8) | 0x80;
+    h
+}
+
 impl Canonical {
     pub fn new(id: &[u8]) -> Canonical {
+        if id.len() <= KEY_INLINE {
+            let mut v = [0u8; KEY_INLINE + 1];
+            v[0] = short_header(id.len());
+            v[1..=id.len()].copy_from_slice(id);
+            return Canonical::Inline(v);
+        }
         if id.len() > SHORT_MAX {
             return Canonical::Long(Box::from(id));
         }
         let mut v = Vec::with_capacity(id.len() + 1);
-        // The header SET_VARSIZE_1B writes: total length, shifted and tagged by endianness.
-        #[cfg(target_endian = "little")]
-        v.push((((id.len() + 1) as u8) << 1) | 1);
-        #[cfg(target_endian = "big")]
-        v.push(((id.len() + 1) as u8) | 0x80);
+        v.push(short_header(id.len()));
         v.extend_from_slice(id);
         Canonical::Short(v.into_boxed_slice())
     }
@@ -53,14 +120,23 @@ impl Canonical {
     /// The id's bytes.
     pub fn bytes(&self) -> &[u8] {
         match self {
+            Canonical::Inline(v) => {
+                #[cfg(target_endian = "little")]
+                let total = (v[0] >> 1) as usize;
+                #[cfg(target_endian = "big")]
+                let total = (v[0] & 0x7f) as usize;
+                &v[1..total]
+            }
             Canonical::Short(v) => &v[1..],
             Canonical::Long(v) => v,
         }
     }
 
-    /// A text datum of the id, valid while this value lives: no copy for short ids.
+    /// A text datum of the id, valid while this value stays where it is (read it from the
+    /// cache and use it before the cache changes): no copy unless the id is long.
     pub fn datum(&self) -> pg_sys::Datum {
         match self {
+            Canonical::Inline(v) => pg_sys::Datum::from(v.as_ptr()),
             Canonical::Short(v) => pg_sys::Datum::from(v.as_ptr()),
             Canonical::Long(v) => {
                 use pgrx::IntoDatum;
@@ -77,10 +153,10 @@ type Entry = Option<Canonical>;
 struct IdCache {
     generation: u64,
     project_id: i32,
-    entries: HashMap<Box<[u8]>, Entry>,
+    entries: HashMap<IdKey, Entry>,
     /// Canonical ids this backend's own joins absorbed, to the canonical that kept them:
     /// applied to every answer, so entries read before the join stay usable.
-    redirects: HashMap<Box<[u8]>, Canonical>,
+    redirects: HashMap<IdKey, Canonical>,
     /// Every identity of the project is in `entries` (see `should_load`): an id that is not
     /// is unknown, without a probe.
     complete: bool,
@@ -223,7 +299,7 @@ pub fn put(project_id: i32, id: &[u8], canonical: Option<&[u8]>) {
         cache.misses += 1;
         cache
             .entries
-            .insert(id.into(), canonical.map(Canonical::new));
+            .insert(IdKey::new(id), canonical.map(Canonical::new));
     })
 }
 
@@ -279,7 +355,7 @@ pub fn load(
             }
             cache
                 .entries
-                .insert(id.into(), Some(Canonical::new(canonical)));
+                .insert(IdKey::new(id), Some(Canonical::new(canonical)));
             true
         });
         cache.complete = whole;
@@ -332,9 +408,10 @@ pub fn own_change_end(before: OwnChange, joined: Option<(i32, &str, &str)>) {
         cache.generation = generation;
         if let Some((project_id, absorbed, kept)) = joined {
             if cache.project_id == project_id {
-                cache
-                    .redirects
-                    .insert(absorbed.as_bytes().into(), Canonical::new(kept.as_bytes()));
+                cache.redirects.insert(
+                    IdKey::new(absorbed.as_bytes()),
+                    Canonical::new(kept.as_bytes()),
+                );
             }
         }
     });
@@ -426,5 +503,62 @@ mod identity_merge {
             }
         }
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn canonical_keeps_every_length_and_a_valid_short_header() {
+        for len in [0usize, 1, 10, 37, 38, 39, 100, 126, 127, 255, 1000] {
+            let id: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let c = Canonical::new(&id);
+            assert_eq!(c.bytes(), &id[..], "length {len}");
+            let inline = matches!(c, Canonical::Inline(_));
+            assert_eq!(inline, len <= KEY_INLINE, "length {len}");
+            let header = match &c {
+                Canonical::Inline(v) => Some(v[0]),
+                Canonical::Short(v) => Some(v[0]),
+                Canonical::Long(_) => None,
+            };
+            if let Some(h) = header {
+                // VARSIZE_1B on little-endian machines: (header >> 1) & 0x7F, VARATT_IS_1B: odd.
+                #[cfg(target_endian = "little")]
+                {
+                    assert_eq!(h & 1, 1);
+                    assert_eq!(((h >> 1) & 0x7f) as usize, len + 1);
+                }
+                let _ = h;
+            } else {
+                assert!(len > SHORT_MAX);
+            }
+        }
+    }
+
+    #[test]
+    fn keys_find_by_bytes() {
+        let mut m: HashMap<IdKey, u32> = HashMap::new();
+        let long = "x".repeat(200);
+        for (i, id) in [
+            "",
+            "a",
+            "user-1",
+            "$device:3f1b2b8e-6f5c-4a7e-9d2b-1c2d3e4f5a6b",
+            &long,
+        ]
+        .iter()
+        .enumerate()
+        {
+            m.insert(IdKey::new(id.as_bytes()), i as u32);
+        }
+        assert_eq!(m.get(b"user-1".as_slice()), Some(&2));
+        assert_eq!(m.get(long.as_bytes()), Some(&4));
+        assert_eq!(
+            m.get("$device:3f1b2b8e-6f5c-4a7e-9d2b-1c2d3e4f5a6b".as_bytes()),
+            Some(&3)
+        );
+        assert_eq!(m.get(b"user-2".as_slice()), None);
     }
 }
