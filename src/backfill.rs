@@ -184,22 +184,40 @@ fn mp_backfill(
             })
         });
 
-        // Bulk writes.
-        let changed = graph.changed_ids();
-        for chunk in changed.chunks(CHUNK) {
+        // Bulk writes, in key order (btree inserts then touch pages one after another).
+        let (new_ids, moved_ids) = graph.new_and_moved_ids();
+        let ids_written = (new_ids.len() + moved_ids.len()) as i64;
+        let columns = |chunk: &[(String, String)]| -> Vec<Vec<Option<String>>> {
             let (ids, canon): (Vec<Option<String>>, Vec<Option<String>>) = chunk
                 .iter()
                 .map(|(i, c)| (Some(i.clone()), Some(c.clone())))
                 .unzip();
+            vec![ids, canon]
+        };
+        for chunk in new_ids.chunks(CHUNK) {
+            // New to the store (the table lock keeps it so): no conflict check needed.
             text_array(
                 c,
                 "INSERT INTO identity_merge.identities (project_id, distinct_id, canonical_id) \
-                 SELECT $1, u.d, u.c FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) u(d, c) \
-                 ON CONFLICT (project_id, distinct_id) DO UPDATE SET canonical_id = EXCLUDED.canonical_id",
-                vec![ids, canon],
+                 SELECT $1, u.d, u.c FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) u(d, c)",
+                columns(chunk),
                 pid,
             );
         }
+        drop(new_ids);
+        for chunk in moved_ids.chunks(CHUNK) {
+            text_array(
+                c,
+                // Stored ids: an upsert, so each row is found through the primary key whatever
+                // plan an UPDATE ... FROM would get.
+                "INSERT INTO identity_merge.identities (project_id, distinct_id, canonical_id) \
+                 SELECT $1, u.d, u.c FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) u(d, c) \
+                 ON CONFLICT (project_id, distinct_id) DO UPDATE SET canonical_id = EXCLUDED.canonical_id",
+                columns(chunk),
+                pid,
+            );
+        }
+        drop(moved_ids);
         let absorbed: Vec<Option<String>> =
             graph.absorbed_canonicals().into_iter().map(Some).collect();
         for chunk in absorbed.chunks(CHUNK) {
@@ -231,6 +249,7 @@ fn mp_backfill(
             let col = |f: &dyn Fn(&crate::graph::Join) -> String| {
                 chunk.iter().map(|j| Some(f(j))).collect::<Vec<_>>()
             };
+            let g = &graph;
             let moved: Vec<Option<i32>> = chunk.iter().map(|j| Some(j.moved as i32)).collect();
             c.update(
                 "INSERT INTO identity_merge.merge_log (project_id, operation, id_a, id_b, kept_canonical, absorbed_canonical, moved_ids) \
@@ -241,10 +260,10 @@ fn mp_backfill(
                 &[
                     pid.into(),
                     col(&|j| j.op.as_str().to_string()).into(),
-                    col(&|j| j.a.clone()).into(),
-                    col(&|j| j.b.clone()).into(),
-                    col(&|j| j.kept.clone()).into(),
-                    col(&|j| j.absorbed.clone()).into(),
+                    col(&|j| g.name(j.a).to_string()).into(),
+                    col(&|j| g.name(j.b).to_string()).into(),
+                    col(&|j| g.name(j.kept).to_string()).into(),
+                    col(&|j| g.name(j.absorbed).to_string()).into(),
                     moved.into(),
                 ],
             )
@@ -284,7 +303,7 @@ fn mp_backfill(
             events,
             graph.joins.len() as i64,
             refusals.len() as i64,
-            changed.len() as i64,
+            ids_written,
             clusters.len() as i64,
         ))
     })

@@ -3,25 +3,28 @@
 //! the online path, so both paths give the same clusters, canonicals and refusals. Plain Rust.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use crate::error::IdentityError;
 use crate::rules::{self, Op, Outcome, RuleSettings, Side};
 
-/// One join made by the batch, as the merge log records it.
+/// One join made by the batch, as the merge log records it; ids are nodes (`Graph::name`), so
+/// a history of millions of joins holds no copies of their ids.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Join {
     pub op: Op,
-    pub a: String,
-    pub b: String,
-    pub kept: String,
-    pub absorbed: String,
+    pub a: u32,
+    pub b: u32,
+    pub kept: u32,
+    pub absorbed: u32,
     pub moved: i64,
 }
 
 #[derive(Default)]
 pub struct Graph {
-    index: HashMap<String, u32>,
-    names: Vec<String>,
+    /// Ids interned once: the map and the node list share each id's one allocation.
+    index: HashMap<Rc<str>, u32>,
+    names: Vec<Rc<str>>,
     parent: Vec<u32>,
     /// Per root: the canonical id (a node), the size, whether identified.
     canonical: Vec<u32>,
@@ -45,13 +48,19 @@ impl Graph {
         self.names.is_empty()
     }
 
+    /// The id of a node.
+    pub fn name(&self, node: u32) -> &str {
+        &self.names[node as usize]
+    }
+
     fn intern(&mut self, id: &str) -> u32 {
         if let Some(&i) = self.index.get(id) {
             return i;
         }
         let i = self.names.len() as u32;
-        self.names.push(id.to_string());
-        self.index.insert(id.to_string(), i);
+        let name: Rc<str> = Rc::from(id);
+        self.names.push(name.clone());
+        self.index.insert(name, i);
         self.parent.push(i);
         self.canonical.push(i);
         self.size.push(1);
@@ -103,7 +112,7 @@ impl Graph {
                 }
                 Side {
                     id: id.to_string(),
-                    canonical: self.names[self.canonical[root as usize] as usize].clone(),
+                    canonical: self.names[self.canonical[root as usize] as usize].to_string(),
                     size: self.size[root as usize],
                     identified: self.identified[root as usize],
                     exists: true,
@@ -129,7 +138,8 @@ impl Graph {
             Outcome::Join(plan) => {
                 let (ia, ib) = (self.intern(a), self.intern(b));
                 let (ra, rb) = (self.find(ia), self.find(ib));
-                let kept_node = self.index[&plan.kept.canonical];
+                let kept_node = self.index[plan.kept.canonical.as_str()];
+                let absorbed_node = self.index[plan.absorbed.canonical.as_str()];
                 let (big, small) = if self.size[ra as usize] >= self.size[rb as usize] {
                     (ra, rb)
                 } else {
@@ -141,10 +151,10 @@ impl Graph {
                 self.identified[big as usize] = plan.identified;
                 self.joins.push(Join {
                     op,
-                    a: a.to_string(),
-                    b: b.to_string(),
-                    kept: plan.kept.canonical.clone(),
-                    absorbed: plan.absorbed.canonical.clone(),
+                    a: ia,
+                    b: ib,
+                    kept: kept_node,
+                    absorbed: absorbed_node,
                     moved: plan.absorbed.size,
                 });
                 Ok(plan.kept.canonical)
@@ -155,33 +165,49 @@ impl Graph {
     /// Every id whose canonical differs from what was loaded (or that is new), with its
     /// canonical now.
     pub fn changed_ids(&mut self) -> Vec<(String, String)> {
-        let mut out = Vec::new();
+        let (mut new, moved) = self.new_and_moved_ids();
+        new.extend(moved);
+        new
+    }
+
+    /// `changed_ids` in two lists, each sorted by id: ids new to the store, and stored ids
+    /// whose canonical changed. (Sorted, their index entries are written in key order, and
+    /// new ids need no conflict check.)
+    pub fn new_and_moved_ids(&mut self) -> (Vec<(String, String)>, Vec<(String, String)>) {
+        let (mut new, mut moved) = (Vec::new(), Vec::new());
         for i in 0..self.names.len() as u32 {
             let root = self.find(i);
             let c = self.canonical[root as usize];
-            let new_cluster = self.size[root as usize] > 1 || self.initial[i as usize].is_some();
-            if new_cluster && self.initial[i as usize] != Some(c) {
-                out.push((
-                    self.names[i as usize].clone(),
-                    self.names[c as usize].clone(),
-                ));
+            let initial = self.initial[i as usize];
+            let in_cluster = self.size[root as usize] > 1 || initial.is_some();
+            if in_cluster && initial != Some(c) {
+                let pair = (
+                    self.names[i as usize].to_string(),
+                    self.names[c as usize].to_string(),
+                );
+                if initial.is_none() {
+                    new.push(pair);
+                } else {
+                    moved.push(pair);
+                }
             }
         }
-        out
+        new.sort_unstable();
+        moved.sort_unstable();
+        (new, moved)
     }
 
     /// Final facts of every cluster the batch changed: (canonical, size, identified).
     pub fn changed_clusters(&mut self) -> Vec<(String, i64, bool)> {
         let mut seen = std::collections::HashSet::new();
-        let kept: Vec<String> = self.joins.iter().map(|j| j.kept.clone()).collect();
+        let kept: Vec<u32> = self.joins.iter().map(|j| j.kept).collect();
         let mut out = Vec::new();
-        for k in kept {
-            let i = self.index[&k];
+        for i in kept {
             let root = self.find(i);
             if seen.insert(root) {
                 let c = self.canonical[root as usize];
                 out.push((
-                    self.names[c as usize].clone(),
+                    self.names[c as usize].to_string(),
                     self.size[root as usize],
                     self.identified[root as usize],
                 ));
@@ -192,7 +218,10 @@ impl Graph {
 
     /// Canonicals that stopped being canonical in this batch (their cluster rows go).
     pub fn absorbed_canonicals(&self) -> Vec<String> {
-        self.joins.iter().map(|j| j.absorbed.clone()).collect()
+        self.joins
+            .iter()
+            .map(|j| self.names[j.absorbed as usize].to_string())
+            .collect()
     }
 
     /// The canonical of an id now (itself when unknown).
@@ -200,7 +229,7 @@ impl Graph {
         match self.index.get(id).copied() {
             Some(i) => {
                 let root = self.find(i);
-                self.names[self.canonical[root as usize] as usize].clone()
+                self.names[self.canonical[root as usize] as usize].to_string()
             }
             None => id.to_string(),
         }

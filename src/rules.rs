@@ -82,11 +82,13 @@ impl Default for RuleSettings {
 }
 
 impl RuleSettings {
+    /// Blocked ids match after trimming, case-insensitively (Unicode lowercase), compared
+    /// char by char without building lowercased copies (this runs for every id of a backfill).
     fn is_blocked(&self, id: &str) -> bool {
-        let folded = id.trim().to_lowercase();
+        let folded = || id.trim().chars().flat_map(char::to_lowercase);
         self.blocked_ids
             .iter()
-            .any(|b| b.trim().to_lowercase() == folded)
+            .any(|b| b.trim().chars().flat_map(char::to_lowercase).eq(folded()))
     }
 
     /// Checks one id: present, not blank, not too long, no NUL, not blocked.
