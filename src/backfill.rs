@@ -58,12 +58,31 @@ fn text_array(
     arrays: Vec<Vec<Option<String>>>,
     project_id: i32,
 ) {
-    let mut args: Vec<pgrx::datum::DatumWithOid> = vec![project_id.into()];
-    for a in arrays {
-        args.push(a.into());
+    write_chunk(c, sql, project_id, |args| {
+        for a in arrays {
+            args.push(a.into());
+        }
+    });
+}
+
+/// Runs one bulk write with the arguments `fill` adds after the project id. The argument
+/// arrays are built in a memory context of their own, freed after the write: built in SPI's
+/// context they would all stay until the end (gigabytes for a history of millions).
+fn write_chunk(
+    c: &mut pgrx::spi::SpiClient<'_>,
+    sql: &str,
+    project_id: i32,
+    fill: impl FnOnce(&mut Vec<pgrx::datum::DatumWithOid>),
+) {
+    let mut scratch = pgrx::PgMemoryContexts::new("identity_merge backfill chunk");
+    unsafe {
+        scratch.switch_to(|_| {
+            let mut args: Vec<pgrx::datum::DatumWithOid> = vec![project_id.into()];
+            fill(&mut args);
+            c.update(sql, None, &args)
+                .unwrap_or_else(|e| error!("identity_merge backfill write failed: {e}"));
+        })
     }
-    c.update(sql, None, &args)
-        .unwrap_or_else(|e| error!("identity_merge backfill write failed: {e}"));
 }
 
 #[pg_extern(volatile, parallel_unsafe)]
@@ -187,10 +206,11 @@ fn mp_backfill(
         // Bulk writes, in key order (btree inserts then touch pages one after another).
         let (new_ids, moved_ids) = graph.new_and_moved_ids();
         let ids_written = (new_ids.len() + moved_ids.len()) as i64;
-        let columns = |chunk: &[(String, String)]| -> Vec<Vec<Option<String>>> {
+        let g = &graph;
+        let columns = |chunk: &[(u32, u32)]| -> Vec<Vec<Option<String>>> {
             let (ids, canon): (Vec<Option<String>>, Vec<Option<String>>) = chunk
                 .iter()
-                .map(|(i, c)| (Some(i.clone()), Some(c.clone())))
+                .map(|&(i, c)| (Some(g.name(i).to_string()), Some(g.name(c).to_string())))
                 .unzip();
             vec![ids, canon]
         };
@@ -235,15 +255,15 @@ fn mp_backfill(
                 chunk.iter().map(|(c, _, _)| Some(c.clone())).collect();
             let sizes: Vec<Option<i32>> = chunk.iter().map(|(_, s, _)| Some(*s as i32)).collect();
             let ident: Vec<Option<bool>> = chunk.iter().map(|(_, _, i)| Some(*i)).collect();
-            c.update(
+            write_chunk(
+                c,
                 "INSERT INTO identity_merge.clusters (project_id, canonical_id, size, identified) \
                  SELECT $1, u.c, u.s, u.i FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::int4[]), pg_catalog.unnest($4::bool[])) u(c, s, i) \
                  ON CONFLICT (project_id, canonical_id) DO UPDATE \
                  SET size = EXCLUDED.size, identified = EXCLUDED.identified, updated_at = pg_catalog.now()",
-                None,
-                &[pid.into(), canon.into(), sizes.into(), ident.into()],
-            )
-            .unwrap_or_else(|e| error!("identity_merge backfill write failed: {e}"));
+                pid,
+                |args| args.extend([canon.into(), sizes.into(), ident.into()]),
+            );
         }
         for chunk in graph.joins.chunks(CHUNK) {
             let col = |f: &dyn Fn(&crate::graph::Join) -> String| {
@@ -251,23 +271,20 @@ fn mp_backfill(
             };
             let g = &graph;
             let moved: Vec<Option<i32>> = chunk.iter().map(|j| Some(j.moved as i32)).collect();
-            c.update(
+            write_chunk(
+                c,
                 "INSERT INTO identity_merge.merge_log (project_id, operation, id_a, id_b, kept_canonical, absorbed_canonical, moved_ids) \
                  SELECT $1, u.o, u.a, u.b, u.k, u.x, u.m \
                  FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::text[]), pg_catalog.unnest($7::int4[])) WITH ORDINALITY u(o, a, b, k, x, m, n) \
                  ORDER BY u.n",
-                None,
-                &[
-                    pid.into(),
-                    col(&|j| j.op.as_str().to_string()).into(),
+                pid,
+                |args| args.extend([col(&|j| j.op.as_str().to_string()).into(),
                     col(&|j| g.name(j.a).to_string()).into(),
                     col(&|j| g.name(j.b).to_string()).into(),
                     col(&|j| g.name(j.kept).to_string()).into(),
                     col(&|j| g.name(j.absorbed).to_string()).into(),
-                    moved.into(),
-                ],
-            )
-            .unwrap_or_else(|e| error!("identity_merge backfill write failed: {e}"));
+                    moved.into()]),
+            );
         }
         for chunk in refusals.chunks(CHUNK) {
             let reason: Vec<Option<String>> = chunk
@@ -290,14 +307,14 @@ fn mp_backfill(
             let a: Vec<Option<String>> = chunk.iter().map(|r| r.a.clone()).collect();
             let b: Vec<Option<String>> = chunk.iter().map(|r| r.b.clone()).collect();
             let ordinal: Vec<Option<i64>> = chunk.iter().map(|r| Some(r.ordinal)).collect();
-            c.update(
+            write_chunk(
+                c,
                 "INSERT INTO identity_merge.rejections (project_id, reason_code, message, operation, id_a, id_b, source_row) \
                  SELECT $1, u.r, u.m, u.o, u.a, u.b, pg_catalog.jsonb_build_object('backfill_ordinal', u.n) \
                  FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::text[]), pg_catalog.unnest($7::int8[])) u(r, m, o, a, b, n)",
-                None,
-                &[pid.into(), reason.into(), message.into(), op.into(), a.into(), b.into(), ordinal.into()],
-            )
-            .unwrap_or_else(|e| error!("identity_merge backfill write failed: {e}"));
+                pid,
+                |args| args.extend([reason.into(), message.into(), op.into(), a.into(), b.into(), ordinal.into()]),
+            );
         }
         TableIterator::once((
             events,

@@ -167,13 +167,15 @@ impl Graph {
     pub fn changed_ids(&mut self) -> Vec<(String, String)> {
         let (mut new, moved) = self.new_and_moved_ids();
         new.extend(moved);
-        new
+        new.into_iter()
+            .map(|(i, c)| (self.name(i).to_string(), self.name(c).to_string()))
+            .collect()
     }
 
-    /// `changed_ids` in two lists, each sorted by id: ids new to the store, and stored ids
-    /// whose canonical changed. (Sorted, their index entries are written in key order, and
-    /// new ids need no conflict check.)
-    pub fn new_and_moved_ids(&mut self) -> (Vec<(String, String)>, Vec<(String, String)>) {
+    /// `changed_ids` as (id, canonical) nodes in two lists, each sorted by id: ids new to the
+    /// store, and stored ids whose canonical changed. (Sorted, their index entries are written
+    /// in key order, and new ids need no conflict check.)
+    pub fn new_and_moved_ids(&mut self) -> (Vec<(u32, u32)>, Vec<(u32, u32)>) {
         let (mut new, mut moved) = (Vec::new(), Vec::new());
         for i in 0..self.names.len() as u32 {
             let root = self.find(i);
@@ -181,19 +183,22 @@ impl Graph {
             let initial = self.initial[i as usize];
             let in_cluster = self.size[root as usize] > 1 || initial.is_some();
             if in_cluster && initial != Some(c) {
-                let pair = (
-                    self.names[i as usize].to_string(),
-                    self.names[c as usize].to_string(),
-                );
                 if initial.is_none() {
-                    new.push(pair);
+                    new.push((i, c));
                 } else {
-                    moved.push(pair);
+                    moved.push((i, c));
                 }
             }
         }
-        new.sort_unstable();
-        moved.sort_unstable();
+        // Byte order, as the identities' "C" collation sorts.
+        let names = &self.names;
+        let by_id = |x: &(u32, u32), y: &(u32, u32)| {
+            names[x.0 as usize]
+                .as_bytes()
+                .cmp(names[y.0 as usize].as_bytes())
+        };
+        new.sort_unstable_by(by_id);
+        moved.sort_unstable_by(by_id);
         (new, moved)
     }
 
