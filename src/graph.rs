@@ -20,6 +20,9 @@ pub struct Join {
     pub moved: i64,
 }
 
+/// (id, canonical) as nodes (`Graph::name`).
+pub type IdNodes = (u32, u32);
+
 #[derive(Default)]
 pub struct Graph {
     /// Ids interned once: the map and the node list share each id's one allocation.
@@ -175,7 +178,7 @@ impl Graph {
     /// `changed_ids` as (id, canonical) nodes in two lists, each sorted by id: ids new to the
     /// store, and stored ids whose canonical changed. (Sorted, their index entries are written
     /// in key order, and new ids need no conflict check.)
-    pub fn new_and_moved_ids(&mut self) -> (Vec<(u32, u32)>, Vec<(u32, u32)>) {
+    pub fn new_and_moved_ids(&mut self) -> (Vec<IdNodes>, Vec<IdNodes>) {
         let (mut new, mut moved) = (Vec::new(), Vec::new());
         for i in 0..self.names.len() as u32 {
             let root = self.find(i);

@@ -78,12 +78,26 @@ fn count_cluster_locks(n: usize) {
     CLUSTER_LOCKS.with(|c| c.set((lxid, taken + n)));
 }
 
+/// Runs `f` with the current (sub)transaction's resource owner, which owns every lock taken
+/// here: a lock taken while waiting (in a subtransaction, see `wait_take`) passes to that owner
+/// when the subtransaction commits, and `LockRelease` only gives back a lock the current owner
+/// holds (under a statement's owner it would warn and keep the lock).
+fn as_transaction_owner<R>(f: impl FnOnce() -> R) -> R {
+    unsafe {
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::CurrentResourceOwner = pg_sys::CurTransactionResourceOwner;
+        let r = f();
+        pg_sys::CurrentResourceOwner = owner;
+        r
+    }
+}
+
 /// Takes `tag` in `mode` without waiting; true when held (now or already).
 fn try_take(tag: &pg_sys::LOCKTAG, mode: pg_sys::LOCKMODE) -> bool {
-    unsafe {
+    as_transaction_owner(|| unsafe {
         pg_sys::LockAcquire(tag, mode, false, true)
             != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
-    }
+    })
 }
 
 /// Waits for the locks in a subtransaction; false when PostgreSQL picked this transaction as
@@ -117,6 +131,11 @@ fn held_by_me(tag: &pg_sys::LOCKTAG, mode: pg_sys::LOCKMODE) -> bool {
     }
 }
 
+/// Whether this transaction holds the project's lock exclusively (then it needs no other).
+pub fn holds_project_exclusively(project_id: i32) -> bool {
+    held_by_me(&project_tag(project_id), EXCLUSIVE)
+}
+
 /// Holds the project for one operation: shared, or exclusive once this transaction took
 /// `limit` cluster locks. None: a deadlock victim (refuse with Contention).
 pub fn hold_project(project_id: i32, limit: usize) -> Option<ProjectHold> {
@@ -144,7 +163,7 @@ pub fn try_clusters(keys: [i64; 2]) -> bool {
         return false;
     }
     if !try_take(&second, EXCLUSIVE) {
-        unsafe { pg_sys::LockRelease(&first, EXCLUSIVE, false) };
+        as_transaction_owner(|| unsafe { pg_sys::LockRelease(&first, EXCLUSIVE, false) });
         return false;
     }
     count_cluster_locks(2);
@@ -162,9 +181,11 @@ pub fn wait_clusters(keys: [i64; 2]) -> bool {
 
 /// Gives back one hold of each cluster lock (a lock this transaction held before stays held).
 pub fn release_clusters(keys: [i64; 2]) {
-    for key in keys {
-        unsafe { pg_sys::LockRelease(&cluster_tag(key), EXCLUSIVE, false) };
-    }
+    as_transaction_owner(|| {
+        for key in keys {
+            unsafe { pg_sys::LockRelease(&cluster_tag(key), EXCLUSIVE, false) };
+        }
+    });
 }
 
 /// What a step run in a subtransaction asks for.

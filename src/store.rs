@@ -45,15 +45,16 @@ pub struct Project {
 // own schemas can never be picked up, whatever the caller's search_path.
 const SQL_PROJECT: &str = "SELECT project_id, mode, max_cluster_size, anon_id_format, blocked_ids \
      FROM identity_merge.projects WHERE token OPERATOR(pg_catalog.=) $1";
-// Two plain primary-key probes, with the cluster facts as scalar subqueries: this stays index
-// probes whatever plan the plan cache settles on (a generic plan of `= ANY(...)` or of a join can
-// turn into a scan of the whole project once it is large).
-const SQL_SIDE_COLUMNS: &str = "SELECT i.distinct_id, i.canonical_id, \
-       (SELECT c.size FROM identity_merge.clusters c WHERE c.project_id OPERATOR(pg_catalog.=) $1 \
-           AND c.canonical_id OPERATOR(pg_catalog.=) i.canonical_id), \
-       (SELECT c.identified FROM identity_merge.clusters c WHERE c.project_id OPERATOR(pg_catalog.=) $1 \
-           AND c.canonical_id OPERATOR(pg_catalog.=) i.canonical_id) \
-     FROM identity_merge.identities i WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.distinct_id OPERATOR(pg_catalog.=) ";
+// Two plain primary-key probes, each with its cluster's row through a LATERAL subquery that
+// OFFSET 0 keeps from being flattened into a join: this stays index probes whatever plan the plan
+// cache settles on (a generic plan of `= ANY(...)` or of a join can turn into a scan of the whole
+// project once it is large).
+const SQL_SIDE_COLUMNS: &str = "SELECT i.distinct_id, i.canonical_id, c.size, c.identified \
+     FROM identity_merge.identities i \
+     LEFT JOIN LATERAL (SELECT c.size, c.identified FROM identity_merge.clusters c \
+                         WHERE c.project_id OPERATOR(pg_catalog.=) $1 \
+                           AND c.canonical_id OPERATOR(pg_catalog.=) i.canonical_id OFFSET 0) c ON true \
+     WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.distinct_id OPERATOR(pg_catalog.=) ";
 // Writes one join decided by `rules::decide`, under both clusters' locks, in one statement (one
 // executor run instead of a PL/pgSQL function's four): re-points the absorbed cluster's ids
 // ($8: it exists) or adds the absorbed id, adds the kept id when new ($6: it exists), drops the
@@ -343,6 +344,18 @@ fn join_clusters(project: &Project, op: Op, a: &str, b: &str) -> Result<Applied,
         b: b.to_string(),
     };
     let p = plans();
+    if crate::locks::holds_project_exclusively(project.id) {
+        // A bulk transaction that already locked its project: nobody else writes it, so one
+        // read is enough.
+        let (sa, sb) = read_sides(&p, project.id, a, b);
+        if sa.canonical == sb.canonical {
+            return Ok(Applied {
+                canonical: sa.canonical,
+                absorbed: None,
+            });
+        }
+        return decide_and_write(&p, project, op, &sa, &sb);
+    }
     let (mut sa, mut sb) = read_sides(&p, project.id, a, b);
     // Replays change nothing and need no lock.
     if sa.canonical == sb.canonical {
