@@ -196,6 +196,8 @@ thread_local! {
     /// Projects by token, valid for one generation (projects changes fire the same signal).
     static PROJECTS: RefCell<(u64, HashMap<String, crate::store::Project>)> = RefCell::new((0, HashMap::new()));
     static GENERATION: Cell<u64> = const { Cell::new(0) };
+    /// Bumped by the relcache invalidation of any relation but the signal table.
+    static RELATIONS_EPOCH: Cell<u64> = const { Cell::new(0) };
     /// The oid of identity_merge.graph_changed, looked up at each statement start.
     static WATCHED: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
     static REGISTERED: Cell<bool> = const { Cell::new(false) };
@@ -211,6 +213,20 @@ unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid:
     if relid == pg_sys::InvalidOid || relid == WATCHED.with(|w| w.get()) {
         GENERATION.with(|g| g.set(g.get() + 1));
     }
+    if relid != WATCHED.with(|w| w.get()) {
+        // Any other relation (an event table altered, its trigger re-created...): what the
+        // trigger worked out about its table may be out of date.
+        RELATIONS_EPOCH.with(|g| g.set(g.get() + 1));
+    }
+}
+
+/// (graph generation, relations epoch): what the trigger's per-table facts were derived under;
+/// while both stay, they still hold.
+pub fn epochs() -> (u64, u64) {
+    (
+        GENERATION.with(|g| g.get()),
+        RELATIONS_EPOCH.with(|g| g.get()),
+    )
 }
 
 fn ensure_registered() {

@@ -4,9 +4,11 @@
 //! - `rules`: the identity rules (validation, refusals, canonical choice, size limit), pure Rust.
 //! - `error`: the one error enum and its mapping to SQLSTATEs.
 //! - `ingest`: reading identity events out of JSON payloads, pure Rust.
-//! - `store`: SPI access with kept plans, and the locking protocol of a join.
+//! - `store`: SPI access with kept plans, and the protocol of a join; `locks`: its locks.
+//! - `graph`: union-find for `backfill` (history in one pass); `check`: `mp_check`'s replay.
 //! - `api`: the Rust-backed SQL functions; `json_api`: the seed's HTTP API shapes;
 //!   `trigger`: the stamping trigger; `probe` and `cache`: its lookups; `guc`: settings.
+//!
 //! SQL objects live in `sql/schema.sql` (tables) and `sql/api.sql` (plain SQL functions).
 
 use pgrx::prelude::*;

@@ -2034,6 +2034,70 @@ mod sessions {
         assert_eq!(violations, 0);
     }
 
+    /// The trigger keeps what it worked out about a table from one statement to the next; a
+    /// change of the table, of the project or of the session setting must still be seen by the
+    /// very next statement.
+    #[test]
+    fn single_row_statements_see_table_project_and_setting_changes() {
+        let mut c = connect();
+        c.batch_execute(
+            "SELECT mp_create_project('reuse'); \
+             SELECT mp_merge('ru', 'rd', 'reuse'); \
+             CREATE TABLE reuse_ev (n int, distinct_id text, event text, properties jsonb, canonical_id text); \
+             SELECT mp_attach('reuse_ev', 'reuse', create_index => false); \
+             INSERT INTO reuse_ev (n, distinct_id) VALUES (1, 'rd'); \
+             INSERT INTO reuse_ev (n, distinct_id) VALUES (2, 'rd')",
+        )
+        .unwrap();
+        // The canonical column moves to another attribute number.
+        c.batch_execute(
+            "ALTER TABLE reuse_ev DROP COLUMN canonical_id; \
+             ALTER TABLE reuse_ev ADD COLUMN canonical_id text; \
+             INSERT INTO reuse_ev (n, distinct_id) VALUES (3, 'rd')",
+        )
+        .unwrap();
+        let stamp: Option<String> = c
+            .query_one("SELECT canonical_id FROM reuse_ev WHERE n = 3", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(stamp.as_deref(), Some("ru"), "stamped into the new column");
+        // The session setting: a non-UUID anon id is refused, then accepted.
+        let identify = |c: &mut postgres::Client, n: i32, anon: &str| {
+            c.execute(
+                "INSERT INTO reuse_ev (n, distinct_id, event, properties) \
+                 VALUES ($1, 'ru', '$identify', jsonb_build_object('$identified_id', 'ru', '$anon_id', $2::text))",
+                &[&n, &anon],
+            )
+            .unwrap();
+        };
+        identify(&mut c, 4, "not-a-uuid-1");
+        c.batch_execute("SET identity_merge.anon_id_format = 'any'")
+            .unwrap();
+        identify(&mut c, 5, "not-a-uuid-2");
+        let resolved: Vec<String> = c
+            .query(
+                "SELECT mp_resolve(a, 'reuse') FROM unnest(ARRAY['not-a-uuid-1', 'not-a-uuid-2']) a",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(resolved, vec!["not-a-uuid-1", "ru"]);
+        // A project setting changed by this session applies to the next statement.
+        c.batch_execute("SELECT mp_set_project_setting('reuse', 'max_cluster_size', '3')")
+            .unwrap();
+        identify(&mut c, 6, "not-a-uuid-3");
+        let refused: String = c
+            .query_one(
+                "SELECT reason_code FROM identity_merge.rejections WHERE id_b = 'not-a-uuid-3'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(refused, "errManyIDs", "the new limit (3) applies at once");
+    }
+
     #[test]
     fn a_merge_committed_elsewhere_reaches_the_next_statement_of_a_stamping_session() {
         let mut loader = connect();

@@ -216,8 +216,13 @@ fn anon_format(project_setting: &str) -> AnonIdFormat {
 impl Project {
     /// Re-derives the effective anon id format (the session setting may have changed).
     pub fn refreshed(mut self) -> Project {
-        self.settings.anon_id_format = anon_format(&self.anon_id_format);
+        self.refresh();
         self
+    }
+
+    /// `refreshed` in place.
+    pub fn refresh(&mut self) {
+        self.settings.anon_id_format = anon_format(&self.anon_id_format);
     }
 }
 

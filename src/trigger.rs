@@ -30,6 +30,9 @@ struct StatementContext {
     /// Set when this statement just applied an identity event: the next lookup must take a
     /// new snapshot to see it (the statement's own snapshot predates it).
     renew: bool,
+    /// `cache::epochs()` when the context was built: a later statement on the same table and
+    /// trigger reuses it while they are unchanged (single-row INSERTs pay no set-up).
+    epochs: (u64, u64),
 }
 
 thread_local! {
@@ -97,6 +100,7 @@ unsafe fn build_context(
         device_att: attnum(tupdesc, "$device_id"),
         user_att: attnum(tupdesc, "$user_id"),
         renew: false,
+        epochs: crate::cache::epochs(),
     }
 }
 
@@ -158,7 +162,18 @@ unsafe fn stamp<'a>(
         if slot.as_ref().map(|c| c.key) != Some(key) {
             // A new statement: see what other sessions changed before it started.
             crate::cache::accept_invalidations();
-            *slot = Some(build_context(td, key));
+            let reusable = slot.as_ref().is_some_and(|c| {
+                (c.key.0, c.key.1) == (key.0, key.1) && c.epochs == crate::cache::epochs()
+            });
+            if reusable {
+                let ctx = slot.as_mut().unwrap();
+                ctx.key = key;
+                ctx.renew = false;
+                // The session's anon_id_format may have changed since.
+                ctx.project.refresh();
+            } else {
+                *slot = Some(build_context(td, key));
+            }
         }
         let ctx = slot.as_mut().unwrap();
 
