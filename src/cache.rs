@@ -327,8 +327,10 @@ const LOAD_COST_IN_PROBES: f64 = 0.15;
 /// Whether to try loading the whole project, and how many identities the attempt may read:
 /// as many as cost what the probes made so far cost (the ski-rental rule). Tried when the
 /// misses reach 1,024, 2,048, 4,096...: an attempt that runs out of budget wastes at most what
-/// probing already cost, and the attempts together at most twice that.
-pub fn load_budget(project_id: i32) -> Option<usize> {
+/// probing already cost, and the attempts together at most twice that. `table_rows` estimates
+/// the identities of all projects (pg_class.reltuples; None when never counted): an attempt
+/// whose budget is below half of it is skipped, as it would most likely run out.
+pub fn load_budget(project_id: i32, table_rows: impl FnOnce() -> Option<f64>) -> Option<usize> {
     let generation = GENERATION.with(|g| g.get());
     let misses = CACHE.with(|c| match c.borrow().as_ref() {
         Some(cache)
@@ -343,7 +345,11 @@ pub fn load_budget(project_id: i32) -> Option<usize> {
     if misses < 1024 || !misses.is_power_of_two() {
         return None;
     }
-    Some(((misses as f64 / LOAD_COST_IN_PROBES) as usize).min(capacity()))
+    let budget = ((misses as f64 / LOAD_COST_IN_PROBES) as usize).min(capacity());
+    match table_rows() {
+        Some(rows) if (budget as f64) < rows / 2.0 => None,
+        _ => Some(budget),
+    }
 }
 
 /// Adds every identity of the project to the cache, as `fill` hands them over, and marks it
@@ -364,6 +370,10 @@ pub fn load(
             *c = Some(IdCache::new(generation, project_id));
         }
         let cache = c.as_mut().unwrap();
+        // Room for the whole budget at once, rather than growing (and rehashing) step by step.
+        cache
+            .entries
+            .reserve(budget.saturating_sub(cache.entries.len()));
         let mut read = 0usize;
         let whole = fill(&mut |id, canonical| {
             read += 1;

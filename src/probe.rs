@@ -346,6 +346,15 @@ pub unsafe fn each_identity(
     })
 }
 
+/// pg_class.reltuples of identity_merge.identities (all projects), or None when it was never
+/// counted (no VACUUM or ANALYZE yet).
+pub unsafe fn identities_estimate(statement: (u32, u32)) -> Option<f64> {
+    with_probe(Use::Stamp, statement, false, |probe| {
+        let rows = (*(*probe.heap).rd_rel).reltuples as f64;
+        (rows >= 0.0).then_some(rows)
+    })
+}
+
 /// Looks `id` up for the statement `statement` (command id, subtransaction; the local xid is
 /// implied) and hands the canonical datum, if any, to `f`. `renew` asks for a new snapshot that
 /// sees what this statement changed so far (after the trigger applied an identity event).

@@ -201,7 +201,9 @@ unsafe fn stamp<'a>(
             let budget = if hit {
                 None
             } else {
-                crate::cache::load_budget(ctx.project.id)
+                crate::cache::load_budget(ctx.project.id, || {
+                    crate::probe::identities_estimate(statement)
+                })
             };
             if let Some(budget) = budget {
                 // Many ids missed: reading the whole project may cost less than probing on.
