@@ -56,32 +56,61 @@ const SQL_SIDE_COLUMNS: &str = "SELECT i.distinct_id, i.canonical_id, c.size, c.
                            AND c.canonical_id OPERATOR(pg_catalog.=) i.canonical_id OFFSET 0) c ON true \
      WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.distinct_id OPERATOR(pg_catalog.=) ";
 // Writes one join decided by `rules::decide`, under both clusters' locks, in one statement (one
-// executor run instead of a PL/pgSQL function's four): re-points the absorbed cluster's ids
-// ($8: it exists) or adds the absorbed id, adds the kept id when new ($6: it exists), drops the
-// absorbed cluster, updates or adds the kept one, and logs the join with how many ids moved.
-// Parameters: project, operation, id_a, id_b, kept, kept exists, absorbed, absorbed exists,
-// new size, identified. (It replaces the SQL function identity_merge._join, kept for
-// compatibility.)
-const SQL_JOIN: &str = "WITH moved AS ( \
-         UPDATE identity_merge.identities SET canonical_id = $5 \
-          WHERE $8 AND project_id OPERATOR(pg_catalog.=) $1 AND canonical_id OPERATOR(pg_catalog.=) $7 \
-         RETURNING 1), \
-     added AS ( \
-         INSERT INTO identity_merge.identities (project_id, distinct_id, canonical_id) \
-         SELECT $1, v.id, $5 FROM (VALUES ($7, NOT $8), ($5, NOT $6)) v(id, is_new) WHERE v.is_new), \
-     dropped AS ( \
-         DELETE FROM identity_merge.clusters \
-          WHERE $8 AND project_id OPERATOR(pg_catalog.=) $1 AND canonical_id OPERATOR(pg_catalog.=) $7), \
-     kept_updated AS ( \
-         UPDATE identity_merge.clusters SET size = $9, identified = $10, updated_at = pg_catalog.now() \
-          WHERE $6 AND project_id OPERATOR(pg_catalog.=) $1 AND canonical_id OPERATOR(pg_catalog.=) $5), \
-     kept_added AS ( \
-         INSERT INTO identity_merge.clusters (project_id, canonical_id, size, identified) \
-         SELECT $1, $5, $9, $10 WHERE NOT $6) \
-     INSERT INTO identity_merge.merge_log \
+// executor run instead of a PL/pgSQL function's four), with only the parts its case needs (one
+// plan per case: whether the kept and the absorbed cluster exist yet): re-points the absorbed
+// cluster's ids and drops its row, or adds the absorbed id; adds the kept id when new; updates or
+// adds the kept cluster; logs the join with how many ids moved. Parameters, the same for every
+// case: project, operation, id_a, id_b, kept, kept exists, absorbed, absorbed exists, new size,
+// identified. (It replaces the SQL function identity_merge._join, kept for compatibility.)
+fn join_sql(kept_exists: bool, absorbed_exists: bool) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if absorbed_exists {
+        parts.push(
+            "moved AS (UPDATE identity_merge.identities SET canonical_id = $5 \
+              WHERE project_id OPERATOR(pg_catalog.=) $1 AND canonical_id OPERATOR(pg_catalog.=) $7 \
+              RETURNING 1)"
+                .into(),
+        );
+        parts.push(
+            "dropped AS (DELETE FROM identity_merge.clusters \
+              WHERE project_id OPERATOR(pg_catalog.=) $1 AND canonical_id OPERATOR(pg_catalog.=) $7)"
+                .into(),
+        );
+    }
+    let new_ids: Vec<&str> = [(!absorbed_exists, "($7)"), (!kept_exists, "($5)")]
+        .into_iter()
+        .filter_map(|(new, id)| new.then_some(id))
+        .collect();
+    if !new_ids.is_empty() {
+        parts.push(format!(
+            "added AS (INSERT INTO identity_merge.identities (project_id, distinct_id, canonical_id) \
+              SELECT $1, v.id, $5 FROM (VALUES {}) v(id))",
+            new_ids.join(", ")
+        ));
+    }
+    parts.push(if kept_exists {
+        "kept_cluster AS (UPDATE identity_merge.clusters \
+          SET size = $9, identified = $10, updated_at = pg_catalog.now() \
+          WHERE project_id OPERATOR(pg_catalog.=) $1 AND canonical_id OPERATOR(pg_catalog.=) $5)"
+            .into()
+    } else {
+        "kept_cluster AS (INSERT INTO identity_merge.clusters (project_id, canonical_id, size, identified) \
+          VALUES ($1, $5, $9, $10))"
+            .into()
+    });
+    let moved = if absorbed_exists {
+        "(SELECT pg_catalog.count(*) FROM moved)::integer"
+    } else {
+        "1"
+    };
+    format!(
+        "WITH {} INSERT INTO identity_merge.merge_log \
          (project_id, operation, id_a, id_b, kept_canonical, absorbed_canonical, moved_ids) \
-     SELECT $1, $2, $3, $4, $5, $7, \
-            CASE WHEN $8 THEN (SELECT pg_catalog.count(*) FROM moved)::integer ELSE 1 END";
+         VALUES ($1, $2, $3, $4, $5, $7, {moved})",
+        parts.join(", ")
+    )
+}
+
 const SQL_REJECT: &str = "INSERT INTO identity_merge.rejections \
      (project_id, reason_code, message, operation, id_a, id_b, source_table, source_row) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
@@ -90,7 +119,8 @@ const SQL_REJECT: &str = "INSERT INTO identity_merge.rejections \
 struct Plans {
     project: OwnedPreparedStatement,
     sides: OwnedPreparedStatement,
-    join: OwnedPreparedStatement,
+    /// By case: `[kept exists as usize * 2 + absorbed exists as usize]`.
+    join: [OwnedPreparedStatement; 4],
     reject: OwnedPreparedStatement,
 }
 
@@ -119,20 +149,24 @@ fn plans() -> std::rc::Rc<Plans> {
                 &format!("{SQL_SIDE_COLUMNS} $2 UNION ALL {SQL_SIDE_COLUMNS} $3"),
                 &[oid(INT4OID), oid(TEXTOID), oid(TEXTOID)],
             ),
-            join: prep(
-                SQL_JOIN,
-                &[
-                    oid(INT4OID),
-                    oid(TEXTOID),
-                    oid(TEXTOID),
-                    oid(TEXTOID),
-                    oid(TEXTOID),
-                    oid(BOOLOID),
-                    oid(TEXTOID),
-                    oid(BOOLOID),
-                    oid(INT4OID),
-                    oid(BOOLOID),
-                ],
+            join: [(false, false), (false, true), (true, false), (true, true)].map(
+                |(kept, absorbed)| {
+                    prep(
+                        &join_sql(kept, absorbed),
+                        &[
+                            oid(INT4OID),
+                            oid(TEXTOID),
+                            oid(TEXTOID),
+                            oid(TEXTOID),
+                            oid(TEXTOID),
+                            oid(BOOLOID),
+                            oid(TEXTOID),
+                            oid(BOOLOID),
+                            oid(INT4OID),
+                            oid(BOOLOID),
+                        ],
+                    )
+                },
             ),
             reject: prep(
                 SQL_REJECT,
@@ -433,8 +467,9 @@ fn decide_and_write(
         }),
         Outcome::Join(plan) => {
             Spi::connect_mut(|c| {
+                let case = plan.kept.exists as usize * 2 + plan.absorbed.exists as usize;
                 c.update(
-                    &p.join,
+                    &p.join[case],
                     None,
                     &[
                         project.id.into(),
