@@ -176,6 +176,27 @@ impl IdCache {
         }
     }
 
+    /// Whether the cache answers for `project_id` now (no change signal since it started).
+    fn is_current(&self, project_id: i32) -> bool {
+        self.generation == GENERATION.with(|g| g.get()) && self.project_id == project_id
+    }
+
+    /// The cache of `slot` for `project_id`, started anew when it is not current or when
+    /// `full` says it has no room left.
+    fn current_in(
+        slot: &mut Option<IdCache>,
+        project_id: i32,
+        full: impl FnOnce(&IdCache) -> bool,
+    ) -> &mut IdCache {
+        if !slot
+            .as_ref()
+            .is_some_and(|cache| cache.is_current(project_id) && !full(cache))
+        {
+            *slot = Some(IdCache::new(GENERATION.with(|g| g.get()), project_id));
+        }
+        slot.as_mut().unwrap()
+    }
+
     /// The canonical id `id` resolves to: its entry, then any redirects; None = itself.
     fn resolve<'a>(&'a self, id: &'a [u8], entry: &'a Entry) -> Option<&'a Canonical> {
         let mut current: Option<&Canonical> = entry.as_ref();
@@ -270,23 +291,20 @@ pub fn accept_invalidations() {
 /// Looks `id` up. When cached, hands `f` its canonical id (`None`: the id resolves to itself)
 /// and returns true.
 pub fn get(project_id: i32, id: &[u8], f: impl FnOnce(Option<&Canonical>)) -> bool {
-    let generation = GENERATION.with(|g| g.get());
     CACHE.with(|c| {
         let c = c.borrow();
         match c.as_ref() {
-            Some(cache) if cache.generation == generation && cache.project_id == project_id => {
-                match cache.entries.get(id) {
-                    Some(e) => {
-                        f(cache.resolve(id, e));
-                        true
-                    }
-                    None if cache.complete => {
-                        f(cache.resolve(id, &None));
-                        true
-                    }
-                    None => false,
+            Some(cache) if cache.is_current(project_id) => match cache.entries.get(id) {
+                Some(e) => {
+                    f(cache.resolve(id, e));
+                    true
                 }
-            }
+                None if cache.complete => {
+                    f(cache.resolve(id, &None));
+                    true
+                }
+                None => false,
+            },
             _ => false,
         }
     })
@@ -298,21 +316,11 @@ pub fn put(project_id: i32, id: &[u8], canonical: Option<&[u8]>) {
     if cap == 0 {
         return;
     }
-    let generation = GENERATION.with(|g| g.get());
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
-        let stale = match c.as_ref() {
-            Some(cache) => {
-                cache.generation != generation
-                    || cache.project_id != project_id
-                    || cache.entries.len() + cache.redirects.len() >= cap
-            }
-            None => true,
-        };
-        if stale {
-            *c = Some(IdCache::new(generation, project_id));
-        }
-        let cache = c.as_mut().unwrap();
+        let cache = IdCache::current_in(&mut c, project_id, |cache| {
+            cache.entries.len() + cache.redirects.len() >= cap
+        });
         cache.misses += 1;
         cache
             .entries
@@ -331,15 +339,8 @@ const LOAD_COST_IN_PROBES: f64 = 0.15;
 /// the identities of all projects (pg_class.reltuples; None when never counted): an attempt
 /// whose budget is below half of it is skipped, as it would most likely run out.
 pub fn load_budget(project_id: i32, table_rows: impl FnOnce() -> Option<f64>) -> Option<usize> {
-    let generation = GENERATION.with(|g| g.get());
     let misses = CACHE.with(|c| match c.borrow().as_ref() {
-        Some(cache)
-            if cache.generation == generation
-                && cache.project_id == project_id
-                && !cache.complete =>
-        {
-            cache.misses
-        }
+        Some(cache) if cache.is_current(project_id) && !cache.complete => cache.misses,
         _ => 0,
     });
     if misses < 1024 || !misses.is_power_of_two() {
@@ -360,16 +361,9 @@ pub fn load(
     budget: usize,
     fill: impl FnOnce(&mut dyn FnMut(&[u8], &[u8]) -> bool) -> bool,
 ) {
-    let generation = GENERATION.with(|g| g.get());
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
-        if !c
-            .as_ref()
-            .is_some_and(|cache| cache.generation == generation && cache.project_id == project_id)
-        {
-            *c = Some(IdCache::new(generation, project_id));
-        }
-        let cache = c.as_mut().unwrap();
+        let cache = IdCache::current_in(&mut c, project_id, |_| false);
         // Room for the whole budget at once, rather than growing (and rehashing) step by step.
         cache
             .entries

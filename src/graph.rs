@@ -166,7 +166,8 @@ impl Graph {
     }
 
     /// Every id whose canonical differs from what was loaded (or that is new), with its
-    /// canonical now.
+    /// canonical now (the tests' readable form of `new_and_moved_ids`).
+    #[cfg(test)]
     pub fn changed_ids(&mut self) -> Vec<(String, String)> {
         let (mut new, moved) = self.new_and_moved_ids();
         new.extend(moved);

@@ -299,7 +299,7 @@ mod tests {
     #[pg_test]
     fn trigger_copy_stamps_rows() {
         make_events();
-        run(&format!("SELECT mp_identify('U1', '$device:D1')"));
+        run("SELECT mp_identify('U1', '$device:D1')");
         run("COPY (SELECT n, '$device:D' || (n % 2 + 1), 'Page View', '{}'::jsonb, NULL::text FROM generate_series(1, 10) n) \
              TO '/tmp/identity_merge_copy_test.csv' CSV");
         run("COPY ev FROM '/tmp/identity_merge_copy_test.csv' CSV");
@@ -1662,6 +1662,11 @@ mod sessions {
         pgrx_tests::client().unwrap().0
     }
 
+    /// The first column of the one row `sql` returns.
+    fn scalar<T: for<'a> postgres::types::FromSql<'a>>(c: &mut postgres::Client, sql: &str) -> T {
+        c.query_one(sql, &[]).unwrap().get(0)
+    }
+
     fn find(parent: &mut HashMap<String, String>, x: &str) -> String {
         let p = parent.get(x).cloned().unwrap_or_else(|| x.to_string());
         if p == x {
@@ -1919,13 +1924,7 @@ mod sessions {
             got, expected,
             "row by row, as mp_resolve answered at each turn"
         );
-        let refused: i64 = c
-            .query_one(
-                "SELECT count(*) FROM identity_merge.rejections r JOIN identity_merge.projects p USING (project_id) WHERE p.token = 'own'",
-                &[],
-            )
-            .unwrap()
-            .get(0);
+        let refused: i64 = scalar(&mut c, "SELECT count(*) FROM identity_merge.rejections r JOIN identity_merge.projects p USING (project_id) WHERE p.token = 'own'");
         assert_eq!(refused, 0);
         // Both projects ended with the same clusters.
         let clusters = |c: &mut postgres::Client, p: &str| -> Vec<(String, String)> {
@@ -2019,18 +2018,12 @@ mod sessions {
         a.batch_execute("COMMIT").unwrap();
         b.batch_execute("SELECT mp_identify('someone', 'anon-x', 'many')")
             .unwrap();
-        let joined: i64 = b
-            .query_one(
-                "SELECT count(*) FROM many_ev WHERE mp_resolve('anon' || n, 'many') = 'user' || n",
-                &[],
-            )
-            .unwrap()
-            .get(0);
+        let joined: i64 = scalar(
+            &mut b,
+            "SELECT count(*) FROM many_ev WHERE mp_resolve('anon' || n, 'many') = 'user' || n",
+        );
         assert_eq!(joined, 200, "every operation of the transaction applied");
-        let violations: i64 = b
-            .query_one("SELECT count(*) FROM mp_check('many')", &[])
-            .unwrap()
-            .get(0);
+        let violations: i64 = scalar(&mut b, "SELECT count(*) FROM mp_check('many')");
         assert_eq!(violations, 0);
     }
 
@@ -2056,10 +2049,7 @@ mod sessions {
              INSERT INTO reuse_ev (n, distinct_id) VALUES (3, 'rd')",
         )
         .unwrap();
-        let stamp: Option<String> = c
-            .query_one("SELECT canonical_id FROM reuse_ev WHERE n = 3", &[])
-            .unwrap()
-            .get(0);
+        let stamp: Option<String> = scalar(&mut c, "SELECT canonical_id FROM reuse_ev WHERE n = 3");
         assert_eq!(stamp.as_deref(), Some("ru"), "stamped into the new column");
         // The session setting: a non-UUID anon id is refused, then accepted.
         let identify = |c: &mut postgres::Client, n: i32, anon: &str| {
@@ -2088,13 +2078,10 @@ mod sessions {
         c.batch_execute("SELECT mp_set_project_setting('reuse', 'max_cluster_size', '3')")
             .unwrap();
         identify(&mut c, 6, "not-a-uuid-3");
-        let refused: String = c
-            .query_one(
-                "SELECT reason_code FROM identity_merge.rejections WHERE id_b = 'not-a-uuid-3'",
-                &[],
-            )
-            .unwrap()
-            .get(0);
+        let refused: String = scalar(
+            &mut c,
+            "SELECT reason_code FROM identity_merge.rejections WHERE id_b = 'not-a-uuid-3'",
+        );
         assert_eq!(refused, "errManyIDs", "the new limit (3) applies at once");
     }
 
@@ -2117,36 +2104,21 @@ mod sessions {
         loader
             .batch_execute("INSERT INTO stale_ev VALUES (3, 'x', NULL)")
             .unwrap();
-        let stamp: String = loader
-            .query_one("SELECT canonical_id FROM stale_ev WHERE n = 3", &[])
-            .unwrap()
-            .get(0);
+        let stamp: String = scalar(&mut loader, "SELECT canonical_id FROM stale_ev WHERE n = 3");
         assert_eq!(stamp, "y", "the next statement sees the committed merge");
         // a merge in an open transaction of the loader itself, then its rollback
         loader.batch_execute("BEGIN; SELECT mp_merge('z', 'x', 'stale'); INSERT INTO stale_ev VALUES (4, 'x', NULL)").unwrap();
-        let stamp: String = loader
-            .query_one("SELECT canonical_id FROM stale_ev WHERE n = 4", &[])
-            .unwrap()
-            .get(0);
+        let stamp: String = scalar(&mut loader, "SELECT canonical_id FROM stale_ev WHERE n = 4");
         assert_eq!(stamp, "z", "own uncommitted merge is seen");
         loader
             .batch_execute("ROLLBACK; INSERT INTO stale_ev VALUES (5, 'x', NULL)")
             .unwrap();
-        let stamp: String = loader
-            .query_one("SELECT canonical_id FROM stale_ev WHERE n = 5", &[])
-            .unwrap()
-            .get(0);
+        let stamp: String = scalar(&mut loader, "SELECT canonical_id FROM stale_ev WHERE n = 5");
         assert_eq!(stamp, "y", "a rolled-back merge leaves the cache");
         // earlier rows were stamped before the merge: mp_restamp fixes exactly those
-        let changed: i64 = loader
-            .query_one("SELECT mp_restamp('stale_ev')", &[])
-            .unwrap()
-            .get(0);
+        let changed: i64 = scalar(&mut loader, "SELECT mp_restamp('stale_ev')");
         assert_eq!(changed, 1, "row 1 (x) was stamped before the merge");
-        let wrong: i64 = loader
-            .query_one("SELECT count(*) FROM stale_ev WHERE canonical_id IS DISTINCT FROM mp_resolve(distinct_id, 'stale')", &[])
-            .unwrap()
-            .get(0);
+        let wrong: i64 = scalar(&mut loader, "SELECT count(*) FROM stale_ev WHERE canonical_id IS DISTINCT FROM mp_resolve(distinct_id, 'stale')");
         assert_eq!(wrong, 0);
     }
 
@@ -2178,10 +2150,7 @@ mod sessions {
         );
         // a project created, and a setting changed, by another session are seen at once
         b.batch_execute("SELECT mp_create_project('late')").unwrap();
-        let r: String = a
-            .query_one("SELECT mp_resolve('x', 'late')", &[])
-            .unwrap()
-            .get(0);
+        let r: String = scalar(&mut a, "SELECT mp_resolve('x', 'late')");
         assert_eq!(r, "x");
         a.batch_execute("SELECT mp_merge('p', 'q', 'late')")
             .unwrap();
@@ -2294,18 +2263,12 @@ mod sessions {
             .collect();
         joins.extend(applied);
         check_partition(&mut setup, "stress", &joins);
-        let violations: i64 = setup
-            .query_one("SELECT count(*) FROM mp_check('stress')", &[])
-            .unwrap()
-            .get(0);
+        let violations: i64 = scalar(&mut setup, "SELECT count(*) FROM mp_check('stress')");
         assert_eq!(violations, 0);
         setup
             .batch_execute("SELECT mp_restamp('stress_ev')")
             .unwrap();
-        let stale: i64 = setup
-            .query_one("SELECT count(*) FROM stress_ev WHERE canonical_id IS DISTINCT FROM mp_resolve(distinct_id, 'stress')", &[])
-            .unwrap()
-            .get(0);
+        let stale: i64 = scalar(&mut setup, "SELECT count(*) FROM stress_ev WHERE canonical_id IS DISTINCT FROM mp_resolve(distinct_id, 'stress')");
         assert_eq!(stale, 0);
         let summary =
             format!("stress: 8 sessions, {seconds}s: {ops} operations ({refused} refused), {rows} event rows, {violations} violations");
@@ -2336,13 +2299,10 @@ mod sessions {
             plan.iter().any(|l| l.contains("Gather")),
             "a parallel plan: {plan:?}"
         );
-        let n: i64 = c
-            .query_one(
-                "SELECT count(*) FROM par_ev WHERE mp_resolve(distinct_id, 'par') LIKE 'pu%'",
-                &[],
-            )
-            .unwrap()
-            .get(0);
+        let n: i64 = scalar(
+            &mut c,
+            "SELECT count(*) FROM par_ev WHERE mp_resolve(distinct_id, 'par') LIKE 'pu%'",
+        );
         assert_eq!(n, 200000);
     }
 }

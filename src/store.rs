@@ -376,6 +376,16 @@ struct Applied {
     absorbed: Option<String>,
 }
 
+impl Applied {
+    /// Nothing joined: the ids were in one cluster already, or end in one without a write.
+    fn unchanged(canonical: String) -> Applied {
+        Applied {
+            canonical,
+            absorbed: None,
+        }
+    }
+}
+
 fn join_clusters(project: &Project, op: Op, a: &str, b: &str) -> Result<Applied, IdentityError> {
     let contention = || IdentityError::Contention {
         op,
@@ -383,49 +393,33 @@ fn join_clusters(project: &Project, op: Op, a: &str, b: &str) -> Result<Applied,
         b: b.to_string(),
     };
     let p = plans();
-    if crate::locks::holds_project_exclusively(project.id) {
-        // A bulk transaction that already locked its project: nobody else writes it, so one
-        // read is enough.
+    // With the project held exclusively no other writer runs: one read, then the write.
+    let write_alone = || {
         let (sa, sb) = read_sides(&p, project.id, a, b);
         if sa.canonical == sb.canonical {
-            return Ok(Applied {
-                canonical: sa.canonical,
-                absorbed: None,
-            });
+            return Ok(Applied::unchanged(sa.canonical));
         }
-        return decide_and_write(&p, project, op, &sa, &sb);
+        decide_and_write(&p, project, op, &sa, &sb)
+    };
+    if crate::locks::holds_project_exclusively(project.id) {
+        // A bulk transaction that already locked its project (skips the read below).
+        return write_alone();
     }
     let (mut sa, mut sb) = read_sides(&p, project.id, a, b);
     // Replays change nothing and need no lock.
     if sa.canonical == sb.canonical {
-        return Ok(Applied {
-            canonical: sa.canonical,
-            absorbed: None,
-        });
+        return Ok(Applied::unchanged(sa.canonical));
     }
     let limit = crate::guc::cluster_locks_per_transaction();
     match crate::locks::hold_project(project.id, limit) {
         None => return Err(contention()),
-        Some(crate::locks::ProjectHold::Exclusive) => {
-            // No other writer of the project runs: read again (the first read may predate
-            // the lock) and write.
-            let (na, nb) = read_sides(&p, project.id, a, b);
-            if na.canonical == nb.canonical {
-                return Ok(Applied {
-                    canonical: na.canonical,
-                    absorbed: None,
-                });
-            }
-            return decide_and_write(&p, project, op, &na, &nb);
-        }
+        // Read again: the first read may predate the lock.
+        Some(crate::locks::ProjectHold::Exclusive) => return write_alone(),
         Some(crate::locks::ProjectHold::Shared) => {}
     }
     for _ in 0..MAX_ATTEMPTS {
         if sa.canonical == sb.canonical {
-            return Ok(Applied {
-                canonical: sa.canonical,
-                absorbed: None,
-            });
+            return Ok(Applied::unchanged(sa.canonical));
         }
         let mut keys = [
             rules::cluster_lock_key(project.id, &sa.canonical),
@@ -461,10 +455,7 @@ fn decide_and_write(
     b: &Side,
 ) -> Result<Applied, IdentityError> {
     match rules::decide(op, &project.settings, a, b)? {
-        Outcome::Together(c) => Ok(Applied {
-            canonical: c,
-            absorbed: None,
-        }),
+        Outcome::Together(c) => Ok(Applied::unchanged(c)),
         Outcome::Join(plan) => {
             Spi::connect_mut(|c| {
                 let case = plan.kept.exists as usize * 2 + plan.absorbed.exists as usize;

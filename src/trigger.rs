@@ -192,22 +192,26 @@ unsafe fn stamp<'a>(
         let canonical: Option<pg_sys::Datum> = if is_null {
             None
         } else {
-            let text = pg_sys::pg_detoast_datum_packed(distinct_datum.cast_mut_ptr());
-            let id = pgrx::varlena::varlena_to_byte_slice(text);
-            let mut out = None;
-            let mut hit = crate::cache::get(ctx.project.id, id, |c| {
-                out = Some(c.map_or(distinct_datum, |c| c.datum()));
-            });
-            let budget = if hit {
-                None
-            } else {
-                crate::cache::load_budget(ctx.project.id, || {
+            let id = text_bytes(distinct_datum);
+            let project_id = ctx.project.id;
+            // A cache hit as a datum (pointing into the cache, which stays as it is until the
+            // tuple is formed below).
+            let cached = || {
+                let mut out = None;
+                crate::cache::get(project_id, id, |c| {
+                    out = Some(c.map_or(distinct_datum, |c| c.datum()));
+                });
+                out
+            };
+            let mut out = cached();
+            let budget = match out {
+                Some(_) => None,
+                None => crate::cache::load_budget(project_id, || {
                     crate::probe::identities_estimate(statement)
-                })
+                }),
             };
             if let Some(budget) = budget {
                 // Many ids missed: reading the whole project may cost less than probing on.
-                let project_id = ctx.project.id;
                 let renew = ctx.renew;
                 crate::cache::load(project_id, budget, |put| {
                     let mut whole = true;
@@ -218,27 +222,22 @@ unsafe fn stamp<'a>(
                     whole
                 });
                 ctx.renew = false;
-                hit = crate::cache::get(ctx.project.id, id, |c| {
-                    out = Some(c.map_or(distinct_datum, |c| c.datum()));
-                });
+                out = cached();
             }
-            if !hit {
+            if out.is_none() {
                 let mut found: Option<crate::cache::Canonical> = None;
                 crate::probe::canonical(
                     crate::probe::Use::Stamp,
                     statement,
                     ctx.renew,
-                    ctx.project.id,
+                    project_id,
                     distinct_datum,
                     |d| {
-                        found = d.map(|d| {
-                            let t = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
-                            crate::cache::Canonical::new(pgrx::varlena::varlena_to_byte_slice(t))
-                        });
+                        found = d.map(|d| crate::cache::Canonical::new(text_bytes(d)));
                     },
                 );
                 ctx.renew = false;
-                crate::cache::put(ctx.project.id, id, found.as_ref().map(|c| c.bytes()));
+                crate::cache::put(project_id, id, found.as_ref().map(|c| c.bytes()));
                 out = Some(match &found {
                     // The datum must outlive `found`: a copy.
                     Some(c) => c.bytes().into_datum().unwrap(),
@@ -347,12 +346,9 @@ unsafe fn is_identity_event(
 ) -> bool {
     let mut is_null = false;
     let datum = pg_sys::heap_getattr(tuple, att, tupdesc, &mut is_null);
-    if is_null {
-        return false;
-    }
-    let text = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
-    let bytes = pgrx::varlena::varlena_to_byte_slice(text);
-    std::str::from_utf8(bytes).is_ok_and(|e| crate::ingest::identity_op(e).is_some())
+    !is_null
+        && std::str::from_utf8(text_bytes(datum))
+            .is_ok_and(|e| crate::ingest::identity_op(e).is_some())
 }
 
 #[allow(clippy::too_many_arguments)]
