@@ -48,9 +48,11 @@ if [ -n "$older" ]; then
   want=$(cluster_psql -d fresh -Atc "$catalog")
   for v in $older; do
     $SUDO cp "sql/released/identity_merge--$v.sql" "$extdir/identity_merge--$v.sql"
-    [ -e "$extdir/identity_merge--$v--$version.sql" ] || { bad "no upgrade script identity_merge--$v--$version.sql"; continue; }
     db="up_$(echo "$v" | tr . _)"
     cluster_psql -c "CREATE DATABASE $db" >/dev/null
+    # PostgreSQL chains upgrade scripts (0.1.0 -> 0.1.1 -> 0.1.2): a path must exist.
+    path=$(cluster_psql -d "$db" -Atc "SELECT path FROM pg_extension_update_paths('identity_merge') WHERE source = '$v' AND target = '$version'")
+    [ -n "$path" ] || { bad "no upgrade path from $v to $version (add sql/identity_merge--$v--$version.sql or a chain to it)"; continue; }
     cluster_psql -d "$db" >/dev/null <<SQL
 CREATE EXTENSION identity_merge VERSION '$v';
 SET identity_merge.anon_id_format = 'any';
