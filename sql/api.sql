@@ -103,20 +103,61 @@ END $$;
 
 -- The attachments registry is written with the extension owner's rights, and only to record a
 -- fact the caller proved by creating (or dropping) the trigger on the table, which takes owning it.
+-- Implemented in Rust (src/attach.rs): it checks, as the caller, that the caller owns the table
+-- and that the table's identity_merge_stamp trigger says exactly this project and these columns.
 CREATE FUNCTION identity_merge._register_attachment(p_events regclass, p_project integer,
                                                     p_distinct name, p_canonical name) RETURNS void
-LANGUAGE plpgsql VOLATILE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE AS 'MODULE_PATHNAME', '_register_attachment_wrapper';
+
+-- What keeps the stamping trigger from working on a table, one row per problem (none when it
+-- can work): the columns it reads and writes must exist with types it handles. Ids (the
+-- distinct_id and canonical columns, "event", "$device_id", "$user_id") are text or varchar, the
+-- canonical column holds 255 characters and is not generated, "properties" is jsonb, json or
+-- text; a table with INHERITS children is refused (their rows would not be stamped). mp_attach
+-- raises the first problem, mp_restamp refuses a table whose columns no longer fit, mp_check
+-- reports them all. Reads only catalogs, so it is executable by every role (granted below).
+CREATE FUNCTION identity_merge._column_problems(p_events regclass, p_distinct name, p_canonical name)
+RETURNS TABLE (code text, problem text, hint text)
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c record;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = p_events AND t.tgname = 'identity_merge_stamp'
-                     AND t.tgfoid = 'identity_merge.stamp_event()'::regprocedure) THEN
-        RAISE EXCEPTION 'table % has no identity_merge_stamp trigger', p_events USING ERRCODE = '55000',
-            HINT = 'Use mp_attach.';
+    FOR c IN SELECT n.col, n.kind, n.required, a.atttypid, a.atttypmod, a.attgenerated, a.attnum IS NOT NULL AS present
+               FROM (VALUES (1, p_distinct, 'id', true), (2, p_canonical, 'stamp', true),
+                            (3, 'event'::name, 'id', false), (4, 'properties'::name, 'json', false),
+                            (5, '$device_id'::name, 'id', false), (6, '$user_id'::name, 'id', false)) n(ord, col, kind, required)
+               LEFT JOIN pg_attribute a ON a.attrelid = p_events AND a.attname = n.col AND a.attnum > 0 AND NOT a.attisdropped
+              ORDER BY NOT n.required OR a.attnum IS NOT NULL, n.ord
+    LOOP
+        IF NOT c.present THEN
+            IF c.required THEN
+                RETURN QUERY SELECT '42703'::text, format('column %s does not exist', quote_ident(c.col)),
+                    'Name the distinct_id and canonical columns: mp_attach(table, project, distinct_id_column, canonical_column).'::text;
+            END IF;
+            CONTINUE;
+        END IF;
+        IF c.kind = 'json' THEN
+            IF c.atttypid NOT IN ('jsonb'::regtype, 'json'::regtype, 'text'::regtype, 'character varying'::regtype) THEN
+                RETURN QUERY SELECT '42804'::text, format('column properties is of type %s, not jsonb, json or text', format_type(c.atttypid, c.atttypmod)),
+                    'The trigger reads identity events from properties: make it jsonb (or json, text), or rename it.'::text;
+            END IF;
+        ELSIF c.atttypid NOT IN ('text'::regtype, 'character varying'::regtype) THEN
+            RETURN QUERY SELECT '42804'::text, format('column %s is of type %s, not text', quote_ident(c.col), format_type(c.atttypid, c.atttypmod)),
+                'Ids are text; use a text or varchar column (or rename a column that does not hold ids).'::text;
+        ELSIF c.kind = 'stamp' AND c.atttypmod >= 0 AND c.atttypmod - 4 < 255 THEN
+            RETURN QUERY SELECT '42804'::text, format('column %s is %s, shorter than the 255 characters a canonical id may have', quote_ident(c.col), format_type(c.atttypid, c.atttypmod)),
+                'Use text or varchar(255) or longer for the canonical column.'::text;
+        END IF;
+        IF c.required AND c.attgenerated <> '' THEN
+            RETURN QUERY SELECT '0A000'::text, format('column %s is a generated column', quote_ident(c.col)),
+                'The trigger writes the canonical column and reads the distinct_id before generated columns are computed: use plain columns.'::text;
+        END IF;
+    END LOOP;
+    IF EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class k ON k.oid = i.inhrelid
+                WHERE i.inhparent = p_events AND NOT k.relispartition) THEN
+        RETURN QUERY SELECT '0A000'::text, 'it has INHERITS children, whose rows the trigger would not stamp'::text,
+            'Attach each child table with mp_attach (partitioned tables are supported: their partitions get the trigger).'::text;
     END IF;
-    INSERT INTO identity_merge.attachments (events, project_id, distinct_id_column, canonical_column)
-    VALUES (p_events, p_project, p_distinct, p_canonical)
-    ON CONFLICT ON CONSTRAINT attachments_pkey DO UPDATE
-       SET project_id = EXCLUDED.project_id, distinct_id_column = EXCLUDED.distinct_id_column,
-           canonical_column = EXCLUDED.canonical_column, attached_at = now();
 END $$;
 
 CREATE FUNCTION identity_merge._unregister_attachment(p_events regclass) RETURNS void
@@ -139,32 +180,25 @@ CREATE FUNCTION mp_attach(events regclass, project text DEFAULT 'default',
 LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     p identity_merge.projects;
-    col name;
-    typ regtype;
+    bad record;
 BEGIN
     p := identity_merge._project(project);
-    FOREACH col IN ARRAY ARRAY[distinct_id_column, canonical_column] LOOP
-        SELECT a.atttypid::regtype INTO typ FROM pg_attribute a
-         WHERE a.attrelid = events AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'column % of % does not exist', quote_ident(col), events USING ERRCODE = '42703',
-                HINT = 'Name the distinct_id and canonical columns: mp_attach(table, project, distinct_id_column, canonical_column).';
-        END IF;
-        IF typ NOT IN ('text'::regtype, 'character varying'::regtype) THEN
-            RAISE EXCEPTION 'column % of % is of type %, not text', quote_ident(col), events, typ
-                USING ERRCODE = '42804', HINT = 'Ids are text; use a text or varchar column.';
-        END IF;
-    END LOOP;
     IF distinct_id_column = canonical_column THEN
-        RAISE EXCEPTION 'the canonical column must differ from the distinct_id column (%)', quote_ident(col)
+        RAISE EXCEPTION 'the canonical column must differ from the distinct_id column (%)', quote_ident(distinct_id_column)
             USING ERRCODE = '22023', HINT = 'The trigger keeps the distinct_id as sent and writes the canonical id beside it.';
+    END IF;
+    SELECT * INTO bad FROM identity_merge._column_problems(events, distinct_id_column, canonical_column) LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'cannot attach %: %', events, bad.problem USING ERRCODE = bad.code, HINT = bad.hint;
     END IF;
     IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = events AND t.tgname = 'identity_merge_stamp') THEN
         EXECUTE format('DROP TRIGGER identity_merge_stamp ON %s', events);
     END IF;
-    EXECUTE format('CREATE TRIGGER identity_merge_stamp BEFORE INSERT ON %s FOR EACH ROW '
+    -- UPDATE OF the distinct_id too (also INSERT ... ON CONFLICT DO UPDATE): a changed
+    -- distinct_id gets its stamp, so no row keeps a stamp mp_restamp could not fix.
+    EXECUTE format('CREATE TRIGGER identity_merge_stamp BEFORE INSERT OR UPDATE OF %I ON %s FOR EACH ROW '
                    'EXECUTE FUNCTION identity_merge.stamp_event(%L, %L, %L)',
-                   events, p.token, distinct_id_column, canonical_column);
+                   distinct_id_column, events, p.token, distinct_id_column, canonical_column);
     IF create_index AND NOT EXISTS (SELECT 1 FROM pg_index x JOIN pg_attribute a
                      ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0]
                     WHERE x.indrelid = events AND a.attname = canonical_column) THEN
@@ -192,13 +226,21 @@ DECLARE
     a identity_merge.attachments;
     n bigint;
     coll text;
+    bad record;
 BEGIN
     SELECT * INTO a FROM identity_merge.attachments x WHERE x.events = mp_restamp.events;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'table % is not attached to identity_merge', events USING ERRCODE = '55000',
             HINT = 'Attach it with mp_attach first.';
     END IF;
-    -- Compare in the canonical column's own collation so its index serves the lookups.
+    SELECT * INTO bad FROM identity_merge._column_problems(events, a.distinct_id_column, a.canonical_column) x
+     WHERE x.code IN ('42703', '42804') LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'cannot restamp %: %', events, bad.problem USING ERRCODE = '55000',
+            HINT = 'Re-attach the table with mp_attach naming its current columns, or mp_detach it.';
+    END IF;
+    -- Compare in the canonical column's own collation so its index serves the lookups, and
+    -- again bytewise ("C"): under a nondeterministic collation 'keep' would match 'KEEP'.
     SELECT format('%I.%I', cn.nspname, c.collname) INTO coll
       FROM pg_attribute t JOIN pg_collation c ON c.oid = t.attcollation
       JOIN pg_namespace cn ON cn.oid = c.collnamespace
@@ -213,7 +255,8 @@ BEGIN
         '        FROM (SELECT DISTINCT l.absorbed_canonical AS stale FROM identity_merge.merge_log l '
         '               WHERE l.project_id OPERATOR(pg_catalog.=) $1) d) m '
         'WHERE e.%2$I OPERATOR(pg_catalog.=) (m.stale COLLATE %3$s) '
-        '  AND e.%2$I OPERATOR(pg_catalog.<>) (m.now_canonical COLLATE %3$s)',
+        '  AND (e.%2$I)::text COLLATE "C" OPERATOR(pg_catalog.=) m.stale '
+        '  AND (e.%2$I)::text COLLATE "C" OPERATOR(pg_catalog.<>) m.now_canonical',
         events, a.canonical_column, coll) USING a.project_id;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
@@ -250,7 +293,8 @@ LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_te
 DECLARE
     pid integer := (identity_merge._project(project)).project_id;
     a identity_merge.attachments;
-    coll text;
+    bad record;
+    broken boolean;
 BEGIN
     RETURN QUERY
     SELECT 'id_without_cluster', format('id %s points at canonical %s, which has no cluster', i.distinct_id, i.canonical_id)
@@ -273,7 +317,32 @@ BEGIN
      WHERE c.project_id = pid AND c.size <> m.n;
     RETURN QUERY SELECT l.check_name, l.detail FROM identity_merge._check_log(pid) l;
     -- Stamped rows: stale ones are fine (mp_restamp fixes them); one mp_restamp would not fix is not.
+    -- A table whose columns no longer fit is reported, as is one the caller may not read.
     FOR a IN SELECT * FROM identity_merge.attachments x WHERE x.project_id = pid LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = a.events) THEN
+            check_name := 'attachment_broken';
+            detail := format('table %s: no longer exists; mp_detach it', a.events::oid);
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        broken := false;
+        FOR bad IN SELECT * FROM identity_merge._column_problems(a.events, a.distinct_id_column, a.canonical_column) LOOP
+            check_name := 'attachment_broken';
+            detail := format('table %s: %s', a.events, bad.problem);
+            broken := true;
+            RETURN NEXT;
+        END LOOP;
+        IF broken THEN
+            CONTINUE;
+        END IF;
+        IF NOT (has_column_privilege(a.events, a.distinct_id_column, 'SELECT')
+                AND has_column_privilege(a.events, a.canonical_column, 'SELECT')) THEN
+            check_name := 'stamps_not_checked';
+            detail := format('table %s: its stamps were not checked, role %s may not read columns %I and %I',
+                             a.events, current_user, a.distinct_id_column, a.canonical_column);
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
         RETURN QUERY EXECUTE format(
             'SELECT ''unfixable_stamp''::text, format(''%%s row distinct_id %%s stamped %%s, resolves to %%s'', %1$L, e.%2$I, e.%3$I, r.c) '
             'FROM %1$s e CROSS JOIN LATERAL (SELECT coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
@@ -318,6 +387,25 @@ BEGIN
                    'identity_merge._unregister_attachment(regclass) TO %2$s', s, role);
 END $$;
 
+-- A dropped table leaves no registration behind (its oid could later name another table).
+-- Runs for every role's DROP with the owner's rights, and only deletes rows of dropped tables.
+CREATE FUNCTION identity_merge._forget_dropped_tables() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM identity_merge.attachments a
+     USING pg_catalog.pg_event_trigger_dropped_objects() d
+     WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0
+       AND a.events::pg_catalog.oid = d.objid;
+END $$;
+CREATE EVENT TRIGGER identity_merge_forget_dropped_tables ON sql_drop
+    EXECUTE FUNCTION identity_merge._forget_dropped_tables();
+
+-- Refused rows carry the event row's properties: a role sees those of tables it may read (and
+-- the ones without a table, from the functions), not every table's.
+ALTER TABLE identity_merge.rejections ENABLE ROW LEVEL SECURITY;
+CREATE POLICY rows_of_readable_tables ON identity_merge.rejections FOR SELECT
+    USING (source_table IS NULL OR coalesce(pg_catalog.has_table_privilege(source_table::pg_catalog.oid, 'SELECT'), false));
+
 -- Descriptions shown by \df+ (since 0.1.1).
 COMMENT ON FUNCTION mp_identify(text, text, text) IS 'The $identify event: joins anon_id''s cluster to identified_id''s; returns the canonical distinct_id';
 COMMENT ON FUNCTION mp_alias(text, text, text) IS 'The $create_alias event: alias joins distinct_id''s cluster; returns the canonical distinct_id';
@@ -346,4 +434,5 @@ BEGIN
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
     END LOOP;
 END $$;
-
+-- Catalog reads only (see its definition): every role may run it.
+GRANT EXECUTE ON FUNCTION identity_merge._column_problems(regclass, name, name) TO PUBLIC;

@@ -89,7 +89,6 @@ fn mp_resolve(distinct_id: &str, project: default!(&str, "'default'")) -> String
         crate::probe::canonical(
             crate::probe::Use::Resolve,
             statement,
-            false,
             project_id,
             datum,
             |d| {

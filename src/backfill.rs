@@ -175,10 +175,18 @@ fn mp_backfill(
                     })
                 }
                 (Some(Op::Link), Mode::Simplified) => {
-                    let device = b
-                        .as_deref()
-                        .map(|d| format!("{}{d}", crate::rules::DEVICE_PREFIX));
-                    graph.apply(&settings, Op::Link, a.as_deref(), device.as_deref())
+                    // The raw device id is validated as the online path does (ingest), then
+                    // prefixed; a link needs both a valid user and a valid device.
+                    let plan = crate::ingest::simplified_event(&settings, b.clone(), a.clone());
+                    match (plan.refusals.into_iter().next(), plan.link) {
+                        (Some(err), _) => Err(err),
+                        (None, Some((user, device))) => {
+                            graph.apply(&settings, Op::Link, Some(&user), Some(&device))
+                        }
+                        (None, None) => Err(IdentityError::NullId {
+                            field: if a.is_none() { "$user_id" } else { "$device_id" },
+                        }),
+                    }
                 }
                 (Some(op), Mode::Original) => {
                     graph.apply(&settings, op, a.as_deref(), b.as_deref())
@@ -316,6 +324,16 @@ fn mp_backfill(
                 |args| args.extend([reason.into(), message.into(), op.into(), a.into(), b.into(), ordinal.into()]),
             );
         }
+        // Fresh statistics for what was just written: planners of mp_check, mp_restamp and the
+        // online functions would otherwise plan a table of millions of rows as an empty one.
+        store::as_owner(|| {
+            c.update(
+                "ANALYZE identity_merge.identities, identity_merge.clusters, identity_merge.merge_log",
+                None,
+                &[],
+            )
+            .unwrap()
+        });
         TableIterator::once((
             events,
             graph.joins.len() as i64,

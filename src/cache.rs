@@ -224,6 +224,7 @@ thread_local! {
     static REGISTERED: Cell<bool> = const { Cell::new(false) };
     static CACHE: RefCell<Option<IdCache>> = const { RefCell::new(None) };
     static LOADS: Cell<u64> = const { Cell::new(0) };
+    static OWN_WRITES: Cell<u64> = const { Cell::new(0) };
 }
 
 /// Invalidation callback: must not error or allocate through PostgreSQL, and may run while the
@@ -310,10 +311,25 @@ pub fn get(project_id: i32, id: &[u8], f: impl FnOnce(Option<&Canonical>)) -> bo
     })
 }
 
-/// Remembers what a probe found for `id` (read after every redirect's join, so it is current).
-pub fn put(project_id: i32, id: &[u8], canonical: Option<&[u8]>) {
+/// The current graph generation: bumped by every change signal this backend processed.
+pub fn generation() -> u64 {
+    GENERATION.with(|g| g.get())
+}
+
+/// How many identity writes this backend made (its own joins): a probe snapshot taken before
+/// the latest one does not see it.
+pub fn own_writes() -> u64 {
+    OWN_WRITES.with(|w| w.get())
+}
+
+/// Remembers what a probe found for `id`. `as_of` is the generation the probe's snapshot was
+/// taken in (after the invalidations of that generation were accepted): an answer read in an
+/// older generation is not kept, since a change it does not see may be the one that bumped the
+/// generation (invalidations can be accepted in the middle of a statement: the first lock on a
+/// partition, a TOAST fetch).
+pub fn put(project_id: i32, id: &[u8], canonical: Option<&[u8]>, as_of: u64) {
     let cap = capacity();
-    if cap == 0 {
+    if cap == 0 || as_of != generation() {
         return;
     }
     CACHE.with(|c| {
@@ -412,6 +428,7 @@ pub fn own_change_begin() -> OwnChange {
 /// other backend's message arrived meanwhile, the only invalidations processed were this
 /// write's own, so the caches stay, with the join as a redirect; otherwise they are dropped.
 pub fn own_change_end(before: OwnChange, joined: Option<(i32, &str, &str)>) {
+    OWN_WRITES.with(|w| w.set(w.get() + 1));
     let quiet = unsafe { pg_sys::SharedInvalidMessageCounter } == before.remote_messages;
     if !quiet {
         if joined.is_some() {
@@ -459,7 +476,7 @@ pub fn project(
     if let Some(project) = hit {
         return Ok(project);
     }
-    let project = load(token)?;
+    let project = load_fresh(|| load(token))?;
     PROJECTS.with(|p| {
         let mut p = p.borrow_mut();
         if p.0 != generation {
@@ -468,6 +485,25 @@ pub fn project(
         p.1.insert(token.to_string(), project.clone());
     });
     Ok(project)
+}
+
+/// Runs a project load under a snapshot taken now, after the invalidations just accepted: the
+/// statement's own snapshot may predate a committed change whose signal was accepted in the
+/// middle of the statement, and the answer is remembered for the generation that includes it.
+/// A parallel worker may not take a snapshot; it reads with the leader's (its cache dies with it).
+fn load_fresh<R>(load: impl FnOnce() -> R) -> R {
+    // SAFETY: plain calls into PostgreSQL's snapshot manager on this backend's thread; the
+    // pushed snapshot is popped before returning, or by the transaction abort on an ERROR.
+    unsafe {
+        if pg_sys::IsInParallelMode() {
+            return load();
+        }
+        pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot());
+    }
+    let r = load();
+    // SAFETY: pops the snapshot pushed above.
+    unsafe { pg_sys::PopActiveSnapshot() };
+    r
 }
 
 /// Only the id of a project (no clone of its settings): the `mp_resolve` path.

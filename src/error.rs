@@ -119,6 +119,45 @@ pub enum IdentityError {
         a: String,
         b: String,
     },
+    /// A REPEATABLE READ / SERIALIZABLE transaction's snapshot predates a join it collides
+    /// with; safe to retry the transaction.
+    SerializationFailure {
+        op: Op,
+        a: String,
+        b: String,
+    },
+    /// `identity_merge.stamp_event` used other than as `mp_attach` puts it on a table.
+    TriggerMisuse {
+        problem: String,
+    },
+    /// A column of an event table the trigger reads or writes has a type it cannot handle.
+    WrongColumnType {
+        table: String,
+        column: String,
+        found: String,
+        expected: &'static str,
+    },
+    /// A column named by an attachment is gone (dropped or renamed).
+    MissingColumn {
+        table: String,
+        column: String,
+    },
+    /// A stamp or filled-in distinct_id longer than the column's varchar(n).
+    ValueTooLong {
+        table: String,
+        column: String,
+        value: String,
+        limit: i32,
+    },
+    /// The caller does not own the event table (nor is a member of its owner role).
+    NotOwner {
+        table: String,
+    },
+    /// A registration that does not match the table's stamping trigger.
+    AttachmentMismatch {
+        table: String,
+        problem: String,
+    },
 }
 
 /// Shortens a value for a message: ids may be 255 characters, junk may be longer.
@@ -165,7 +204,13 @@ impl IdentityError {
             IdentityError::UnknownProject { .. } => "42704",
             IdentityError::ProjectExists { .. } => "42710",
             IdentityError::WrongMode { .. } | IdentityError::Ignored { .. } => "0A000",
-            IdentityError::Contention { .. } => "40001",
+            IdentityError::Contention { .. } | IdentityError::SerializationFailure { .. } => "40001",
+            IdentityError::TriggerMisuse { .. } => "39P01",
+            IdentityError::WrongColumnType { .. } => "42804",
+            IdentityError::MissingColumn { .. } => "42703",
+            IdentityError::ValueTooLong { .. } => "22001",
+            IdentityError::NotOwner { .. } => "42501",
+            IdentityError::AttachmentMismatch { .. } => "55000",
         }
     }
 
@@ -217,6 +262,27 @@ impl IdentityError {
             IdentityError::Contention { op, a, b } => {
                 format!("{} of {} and {} kept conflicting with concurrent merges", op.as_str(), show(a), show(b))
             }
+            IdentityError::SerializationFailure { op, a, b } => format!(
+                "could not serialize access: {} of {} and {} collides with a join committed after this transaction's snapshot",
+                op.as_str(),
+                show(a),
+                show(b)
+            ),
+            IdentityError::TriggerMisuse { problem } => format!("identity_merge.stamp_event {problem}"),
+            IdentityError::WrongColumnType { table, column, found, expected } => format!(
+                "column {} of {table} is of type {found}; identity_merge needs {expected}",
+                show(column)
+            ),
+            IdentityError::MissingColumn { table, column } => {
+                format!("column {} of {table} does not exist", show(column))
+            }
+            IdentityError::ValueTooLong { table, column, value, limit } => format!(
+                "value {} too long for column {} of {table} (character varying({limit}))",
+                show(value),
+                show(column)
+            ),
+            IdentityError::NotOwner { table } => format!("must be owner of table {table}"),
+            IdentityError::AttachmentMismatch { table, problem } => format!("table {table}: {problem}"),
         }
     }
 
@@ -255,7 +321,27 @@ impl IdentityError {
             IdentityError::MalformedEvent { .. } => {
                 "Identity events carry their ids as strings (numbers are accepted) in the fields the Mixpanel API names.".into()
             }
-            IdentityError::Contention { .. } => "Retry the transaction.".into(),
+            IdentityError::Contention { .. } | IdentityError::SerializationFailure { .. } => {
+                "Retry the transaction.".into()
+            }
+            IdentityError::TriggerMisuse { .. } => {
+                "Put the trigger on a table with mp_attach(table, project, distinct_id_column, canonical_column).".into()
+            }
+            IdentityError::WrongColumnType { .. } => {
+                "Ids are text or varchar columns, properties jsonb, json or text; change the column's type back or mp_detach the table (see docs/functions.md, mp_attach).".into()
+            }
+            IdentityError::MissingColumn { .. } => {
+                "Re-attach the table with mp_attach, naming its current columns, or mp_detach it.".into()
+            }
+            IdentityError::ValueTooLong { .. } => {
+                "Ids may be 255 characters: use text or varchar(255) or longer.".into()
+            }
+            IdentityError::NotOwner { .. } => {
+                "Only the table's owner (or a member of the owning role) may attach or register it.".into()
+            }
+            IdentityError::AttachmentMismatch { .. } => {
+                "Attach tables with mp_attach; it registers exactly what its trigger says.".into()
+            }
         }
     }
 }
@@ -280,6 +366,11 @@ pub fn raise(err: IdentityError) -> ! {
         "42710" => C::ERRCODE_DUPLICATE_OBJECT,
         "0A000" => C::ERRCODE_FEATURE_NOT_SUPPORTED,
         "40001" => C::ERRCODE_T_R_SERIALIZATION_FAILURE,
+        "39P01" => C::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+        "42804" => C::ERRCODE_DATATYPE_MISMATCH,
+        "42703" => C::ERRCODE_UNDEFINED_COLUMN,
+        "22001" => C::ERRCODE_STRING_DATA_RIGHT_TRUNCATION,
+        "42501" => C::ERRCODE_INSUFFICIENT_PRIVILEGE,
         _ => C::ERRCODE_INTERNAL_ERROR,
     };
     pgrx::pg_sys::panic::ErrorReport::new(code, err.message(), "identity_merge")

@@ -6,6 +6,7 @@
 //! - `ingest`: reading identity events out of JSON payloads, pure Rust.
 //! - `store`: SPI access with kept plans, and the protocol of a join; `locks`: its locks.
 //! - `graph`: union-find for `backfill` (history in one pass); `check`: `mp_check`'s replay.
+//! - `attach`: the registry of attached tables (ownership and trigger checks);
 //! - `api`: the Rust-backed SQL functions; `json_api`: the seed's HTTP API shapes;
 //!   `trigger`: the stamping trigger; `probe` and `cache`: its lookups; `guc`: settings.
 //!
@@ -19,6 +20,7 @@ pub mod ingest;
 pub mod rules;
 
 mod api;
+mod attach;
 mod backfill;
 mod cache;
 mod check;

@@ -22,7 +22,15 @@ pub struct Probe {
     vmbuffer: pg_sys::Buffer,
     lxid: u32,
     statement: (u32, u32),
+    /// (cache generation, own writes) when the snapshot was taken: the stamping probe takes a
+    /// new one when either moved, so that an answer is never older than the invalidations
+    /// this backend accepted nor than its own joins (cache::put keeps only such answers).
+    seen: (u64, u64),
     busy: bool,
+}
+
+fn now_seen() -> (u64, u64) {
+    (crate::cache::generation(), crate::cache::own_writes())
 }
 
 /// Who is asking: the stamping trigger (snapshot as fresh as the caches, see cache.rs) or
@@ -138,6 +146,7 @@ impl Probe {
                 vmbuffer: pg_sys::InvalidBuffer as pg_sys::Buffer,
                 lxid: local_xid(),
                 statement,
+                seen: now_seen(),
                 busy: false,
             }
         })
@@ -279,12 +288,11 @@ impl Probe {
     }
 }
 
-/// Opens (or reuses) the probe of `user` for `statement`, renewing its snapshot as asked, and
-/// runs `f` with it.
+/// Opens (or reuses) the probe of `user` for `statement`, with a snapshot that is current as
+/// `Probe::seen` says, and runs `f` with it.
 unsafe fn with_probe<R>(
     user: Use,
     statement: (u32, u32),
-    renew: bool,
     f: impl FnOnce(&mut Probe) -> R,
 ) -> R {
     let slot = match user {
@@ -312,12 +320,18 @@ unsafe fn with_probe<R>(
             );
         }
         let probe = slot.as_mut().unwrap();
-        if probe.statement != statement {
+        if user == Use::Stamp {
+            let now = now_seen();
+            if probe.statement != statement || probe.seen != now {
+                // After this backend's own join the new snapshot must see it (a command
+                // counter increment); after invalidations, what they announced.
+                probe.renew_snapshot(user, probe.seen.1 != now.1);
+                probe.statement = statement;
+                probe.seen = now_seen();
+            }
+        } else if probe.statement != statement {
             probe.renew_snapshot(user, false);
             probe.statement = statement;
-        }
-        if renew {
-            probe.renew_snapshot(user, true);
         }
         probe.busy = true;
         if user == Use::Resolve {
@@ -337,11 +351,10 @@ unsafe fn with_probe<R>(
 /// false. How many it visited.
 pub unsafe fn each_identity(
     statement: (u32, u32),
-    renew: bool,
     project_id: i32,
     f: impl FnMut(pg_sys::Datum, pg_sys::Datum) -> bool,
 ) -> usize {
-    with_probe(Use::Stamp, statement, renew, |probe| {
+    with_probe(Use::Stamp, statement, |probe| {
         probe.scan_project(project_id, None, f)
     })
 }
@@ -349,25 +362,25 @@ pub unsafe fn each_identity(
 /// pg_class.reltuples of identity_merge.identities (all projects), or None when it was never
 /// counted (no VACUUM or ANALYZE yet).
 pub unsafe fn identities_estimate(statement: (u32, u32)) -> Option<f64> {
-    with_probe(Use::Stamp, statement, false, |probe| {
+    with_probe(Use::Stamp, statement, |probe| {
         let rows = (*(*probe.heap).rd_rel).reltuples as f64;
         (rows >= 0.0).then_some(rows)
     })
 }
 
 /// Looks `id` up for the statement `statement` (command id, subtransaction; the local xid is
-/// implied) and hands the canonical datum, if any, to `f`. `renew` asks for a new snapshot that
-/// sees what this statement changed so far (after the trigger applied an identity event).
+/// implied) and hands the canonical datum, if any, to `f`. Returns the cache generation the
+/// answer is valid for (`cache::put`'s `as_of`).
 pub unsafe fn canonical(
     user: Use,
     statement: (u32, u32),
-    renew: bool,
     project_id: i32,
     id: pg_sys::Datum,
     f: impl FnOnce(Option<pg_sys::Datum>),
-) {
-    with_probe(user, statement, renew, |probe| {
-        probe.lookup(project_id, id, f)
+) -> u64 {
+    with_probe(user, statement, |probe| {
+        probe.lookup(project_id, id, f);
+        probe.seen.0
     })
 }
 

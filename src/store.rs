@@ -457,7 +457,8 @@ fn decide_and_write(
     match rules::decide(op, &project.settings, a, b)? {
         Outcome::Together(c) => Ok(Applied::unchanged(c)),
         Outcome::Join(plan) => {
-            Spi::connect_mut(|c| {
+            let write = || {
+                Spi::connect_mut(|c| {
                 let case = plan.kept.exists as usize * 2 + plan.absorbed.exists as usize;
                 c.update(
                     &p.join[case],
@@ -476,7 +477,28 @@ fn decide_and_write(
                     ],
                 )
                 .expect("join");
-            });
+            })
+            };
+            // SAFETY: reads the transaction's isolation level.
+            let xact_snapshot =
+                unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 };
+            if xact_snapshot {
+                // The transaction's snapshot cannot see a join committed after it began: an id
+                // it takes for new may exist by now. That is a serialization failure (retry),
+                // as PostgreSQL reports for a row updated concurrently, not a key violation.
+                let conflict = IdentityError::SerializationFailure {
+                    op,
+                    a: a.id.clone(),
+                    b: b.id.clone(),
+                };
+                PgTryBuilder::new(std::panic::AssertUnwindSafe(write))
+                    .catch_when(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, move |_| {
+                        crate::error::raise(conflict.clone())
+                    })
+                    .execute();
+            } else {
+                write();
+            }
             Ok(Applied {
                 canonical: plan.kept.canonical,
                 absorbed: Some(plan.absorbed.canonical),

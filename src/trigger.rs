@@ -1,11 +1,18 @@
-//! The stamping trigger (`identity_merge.stamp_event`, BEFORE INSERT FOR EACH ROW, put on a
-//! table by `mp_attach`). Per row it applies an identity event the row carries (original
-//! projects), then writes the canonical distinct_id into the canonical column, leaving the
-//! sent distinct_id as it is. Refused identity events are recorded, never raised.
+//! The stamping trigger (`identity_merge.stamp_event`, BEFORE INSERT OR UPDATE OF the
+//! distinct_id column FOR EACH ROW, put on a table by `mp_attach`). Per inserted row it applies
+//! an identity event the row carries, then writes the canonical distinct_id into the canonical
+//! column, leaving the sent distinct_id as it is; an UPDATE of the distinct_id (also through
+//! `INSERT ... ON CONFLICT DO UPDATE`) stamps the new value and applies nothing. Refused
+//! identity events are recorded, never raised.
 //!
-//! Hot path: everything that does not change per row (trigger arguments, column numbers, the
-//! project) is worked out once per statement; ids are answered from the backend's cache
-//! (cache.rs) or, on a miss, by a direct index probe (probe.rs): no SPI, no planning per row.
+//! Hot path: everything that does not change per row (trigger arguments, column numbers and
+//! types, the project) is worked out once per statement; ids are answered from the backend's
+//! cache (cache.rs) or, on a miss, by a direct index probe (probe.rs): no SPI, no planning per row.
+//!
+//! Every column is read only after its type was checked when the per-table set-up was built
+//! (and that set-up is rebuilt after any relcache invalidation, so an `ALTER TABLE ... TYPE` is
+//! seen): ids are text or varchar, `properties` jsonb, json or text. A column of another type
+//! is refused with 42804 (mp_attach refuses it up front), never read as something it is not.
 
 use std::cell::RefCell;
 use std::ffi::CStr;
@@ -16,20 +23,35 @@ use pgrx::{FromDatum, IntoDatum, PgTupleDesc};
 use crate::error::IdentityError;
 use crate::store::{self, Mode, Project, Rejection};
 
+/// How the `properties` column holds its JSON.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PropertiesKind {
+    Jsonb,
+    /// json, text or varchar: JSON text, parsed here.
+    Text,
+}
+
+/// A text or varchar column the trigger reads or writes: its number and, for varchar(n), n.
+#[derive(Clone, Copy)]
+struct TextColumn {
+    att: i32,
+    max_chars: Option<i32>,
+}
+
 /// What one statement's rows share.
 struct StatementContext {
     key: (pg_sys::Oid, pg_sys::Oid, u32, (u32, u32)),
     project: Project,
-    distinct_att: i32,
-    canonical_att: i32,
+    table: String,
+    distinct: TextColumn,
+    canonical: TextColumn,
+    distinct_name: String,
+    canonical_name: String,
     event_att: Option<i32>,
-    properties_att: Option<i32>,
+    properties: Option<(i32, PropertiesKind)>,
     /// Simplified projects: columns named `$device_id` and `$user_id`, when the table has them.
     device_att: Option<i32>,
     user_att: Option<i32>,
-    /// Set when this statement just applied an identity event: the next lookup must take a
-    /// new snapshot to see it (the statement's own snapshot predates it).
-    renew: bool,
     /// `cache::epochs()` when the context was built: a later statement on the same table and
     /// trigger reuses it while they are unchanged (single-row INSERTs pay no set-up).
     epochs: (u64, u64),
@@ -39,123 +61,213 @@ thread_local! {
     static CONTEXT: RefCell<Option<StatementContext>> = const { RefCell::new(None) };
 }
 
-#[derive(Debug)]
-pub struct StampError(String);
-impl std::fmt::Display for StampError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+/// A live column: its 1-based number and its catalog row.
+fn column<'a>(desc: &'a PgTupleDesc<'_>, name: &str) -> Option<(i32, &'a pg_sys::FormData_pg_attribute)> {
+    desc.iter()
+        .enumerate()
+        .find(|(_, att)| !att.is_dropped() && att.name() == name)
+        .map(|(i, att)| (i as i32 + 1, att))
+}
+
+fn type_name(typid: pg_sys::Oid) -> String {
+    // SAFETY: format_type_be returns a palloc'd C string for any oid (unknown ones as "???").
+    unsafe {
+        CStr::from_ptr(pg_sys::format_type_be(typid))
+            .to_string_lossy()
+            .into_owned()
     }
 }
 
-/// 1-based attribute number of a live column, or None.
-unsafe fn attnum(tupdesc: pg_sys::TupleDesc, name: &str) -> Option<i32> {
-    let desc = PgTupleDesc::from_pg_unchecked(tupdesc);
-    for (i, att) in desc.iter().enumerate() {
-        if !att.is_dropped() && att.name() == name {
-            return Some(i as i32 + 1);
+/// A column that must hold ids: text or varchar (not a domain: the trigger writes stamps
+/// without running a domain's checks).
+fn text_column(
+    table: &str,
+    name: &str,
+    found: Option<(i32, &pg_sys::FormData_pg_attribute)>,
+) -> Result<Option<TextColumn>, IdentityError> {
+    let Some((att, form)) = found else {
+        return Ok(None);
+    };
+    if form.atttypid != pg_sys::TEXTOID && form.atttypid != pg_sys::VARCHAROID {
+        return Err(IdentityError::WrongColumnType {
+            table: table.to_string(),
+            column: name.to_string(),
+            found: type_name(form.atttypid),
+            expected: "text or varchar",
+        });
+    }
+    let max_chars = (form.atttypid == pg_sys::VARCHAROID && form.atttypmod >= 0)
+        .then(|| form.atttypmod - pg_sys::VARHDRSZ as i32);
+    Ok(Some(TextColumn { att, max_chars }))
+}
+
+/// Works out the per-table facts, checking every column the trigger will touch.
+fn build_context(
+    trigger: &pgrx::PgTrigger<'_>,
+    key: (pg_sys::Oid, pg_sys::Oid, u32, (u32, u32)),
+) -> Result<StatementContext, IdentityError> {
+    let args = trigger
+        .extra_args()
+        .map_err(|e| IdentityError::TriggerMisuse {
+            problem: format!("has unreadable arguments ({e})"),
+        })?;
+    if args.len() != 3 {
+        return Err(IdentityError::TriggerMisuse {
+            problem: format!(
+                "expects 3 arguments (project, distinct_id column, canonical column), got {}",
+                args.len()
+            ),
+        });
+    }
+    let project = store::project(Some(&args[0]))?;
+    let table = trigger
+        .table_name()
+        .unwrap_or_else(|_| format!("{:?}", key.0));
+    let desc = trigger.relation().map_err(|e| IdentityError::TriggerMisuse {
+        problem: format!("cannot read its table ({e})"),
+    })?;
+    let desc = desc.tuple_desc();
+    let required = |name: &str| -> Result<TextColumn, IdentityError> {
+        text_column(&table, name, column(&desc, name))?.ok_or_else(|| IdentityError::MissingColumn {
+            table: table.clone(),
+            column: name.to_string(),
+        })
+    };
+    let distinct = required(&args[1])?;
+    let canonical = required(&args[2])?;
+    if let Some((_, form)) = column(&desc, &args[2]) {
+        if form.attgenerated != 0 {
+            return Err(IdentityError::TriggerMisuse {
+                problem: format!("cannot write the generated column {:?} of {table}", args[2]),
+            });
         }
     }
-    None
-}
-
-unsafe fn build_context(
-    td: &pg_sys::TriggerData,
-    key: (pg_sys::Oid, pg_sys::Oid, u32, (u32, u32)),
-) -> StatementContext {
-    let trigger = &*td.tg_trigger;
-    let nargs = trigger.tgnargs as usize;
-    let args: Vec<String> = (0..nargs)
-        .map(|i| {
-            CStr::from_ptr(*trigger.tgargs.add(i))
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
-    if args.len() != 3 {
-        error!("identity_merge.stamp_event expects 3 trigger arguments (project, distinct_id column, canonical column); attach tables with mp_attach");
-    }
-    let project = store::project(Some(&args[0])).unwrap_or_else(|e| crate::error::raise(e));
-    let tupdesc = (*td.tg_relation).rd_att;
-    let distinct_att = attnum(tupdesc, &args[1]).unwrap_or_else(|| {
-        error!(
-            "identity_merge: column {:?} not found; re-attach the table with mp_attach",
-            args[1]
-        )
-    });
-    let canonical_att = attnum(tupdesc, &args[2]).unwrap_or_else(|| {
-        error!(
-            "identity_merge: column {:?} not found; re-attach the table with mp_attach",
-            args[2]
-        )
-    });
-    let event_att = attnum(tupdesc, "event");
-    let properties_att = attnum(tupdesc, "properties");
-    StatementContext {
+    let optional = |name: &str| text_column(&table, name, column(&desc, name)).map(|c| c.map(|c| c.att));
+    let properties = match column(&desc, "properties") {
+        None => None,
+        Some((att, form)) => Some((
+            att,
+            match form.atttypid {
+                pg_sys::JSONBOID => PropertiesKind::Jsonb,
+                pg_sys::JSONOID | pg_sys::TEXTOID | pg_sys::VARCHAROID => PropertiesKind::Text,
+                other => {
+                    return Err(IdentityError::WrongColumnType {
+                        table: table.clone(),
+                        column: "properties".into(),
+                        found: type_name(other),
+                        expected: "jsonb, json or text",
+                    })
+                }
+            },
+        )),
+    };
+    Ok(StatementContext {
         key,
-        project,
-        distinct_att,
-        canonical_att,
-        event_att,
-        properties_att,
-        device_att: attnum(tupdesc, "$device_id"),
-        user_att: attnum(tupdesc, "$user_id"),
-        renew: false,
+        distinct,
+        canonical,
+        distinct_name: args[1].clone(),
+        canonical_name: args[2].clone(),
+        event_att: optional("event")?,
+        properties,
+        device_att: optional("$device_id")?,
+        user_att: optional("$user_id")?,
         epochs: crate::cache::epochs(),
+        project,
+        table,
+    })
+}
+
+/// A text column's value as a String (the column's type was checked to be text or varchar).
+///
+/// # Safety
+/// `att` must be a text or varchar column of `tupdesc`, and `tuple` a tuple of it.
+unsafe fn get_text(tuple: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc, att: i32) -> Option<String> {
+    let mut is_null = false;
+    // SAFETY: the caller guarantees the tuple matches the descriptor and the column is text.
+    unsafe {
+        let datum = pg_sys::heap_getattr(tuple, att, tupdesc, &mut is_null);
+        String::from_datum(datum, is_null)
     }
 }
 
-unsafe fn get_attr<T: FromDatum>(
+/// The row's properties as JSON (Null when NULL or absent; JSON text that does not parse is
+/// reported as a string, so the refusal it leads to names the problem).
+///
+/// # Safety
+/// `properties` must come from this table's checked context.
+unsafe fn get_properties(
     tuple: pg_sys::HeapTuple,
     tupdesc: pg_sys::TupleDesc,
-    att: i32,
-) -> Option<T> {
+    properties: Option<(i32, PropertiesKind)>,
+) -> serde_json::Value {
+    let Some((att, kind)) = properties else {
+        return serde_json::Value::Null;
+    };
     let mut is_null = false;
-    let datum = pg_sys::heap_getattr(tuple, att, tupdesc, &mut is_null);
-    T::from_datum(datum, is_null)
+    // SAFETY: the column's type was checked to be jsonb (kind Jsonb) or a text type (Text).
+    unsafe {
+        let datum = pg_sys::heap_getattr(tuple, att, tupdesc, &mut is_null);
+        if is_null {
+            return serde_json::Value::Null;
+        }
+        match kind {
+            PropertiesKind::Jsonb => pgrx::JsonB::from_datum(datum, false)
+                .map(|j| j.0)
+                .unwrap_or(serde_json::Value::Null),
+            PropertiesKind::Text => {
+                let bytes = text_bytes(datum);
+                serde_json::from_slice(bytes).unwrap_or_else(|_| {
+                    serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned())
+                })
+            }
+        }
+    }
 }
 
 #[pg_schema]
 mod identity_merge {
     use super::*;
 
-    /// BEFORE INSERT row trigger; arguments: project token, distinct_id column, canonical column.
+    /// BEFORE INSERT OR UPDATE row trigger; arguments: project token, distinct_id column,
+    /// canonical column. Errors are raised with their SQLSTATE (error.rs), never as a panic.
     #[pg_trigger]
     fn stamp_event<'a>(
         trigger: &'a pgrx::PgTrigger<'a>,
-    ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, StampError> {
-        unsafe { stamp(trigger) }
+    ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
+        Ok(stamp(trigger).unwrap_or_else(|e| crate::error::raise(e)))
     }
 }
 
-unsafe fn stamp<'a>(
+fn stamp<'a>(
     trigger: &'a pgrx::PgTrigger<'a>,
-) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, StampError> {
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, IdentityError> {
     let td = trigger.trigger_data();
     let event = td.tg_event;
     let is_row = event & pg_sys::TRIGGER_EVENT_ROW != 0;
     let is_before = event & pg_sys::TRIGGER_EVENT_TIMINGMASK == pg_sys::TRIGGER_EVENT_BEFORE;
-    let is_insert = event & pg_sys::TRIGGER_EVENT_OPMASK == pg_sys::TRIGGER_EVENT_INSERT;
-    if !(is_row && is_before && is_insert) {
-        return Err(StampError(
-            "identity_merge.stamp_event must be a BEFORE INSERT FOR EACH ROW trigger".into(),
-        ));
+    let op = event & pg_sys::TRIGGER_EVENT_OPMASK;
+    let is_insert = op == pg_sys::TRIGGER_EVENT_INSERT;
+    let is_update = op == pg_sys::TRIGGER_EVENT_UPDATE;
+    if !(is_row && is_before && (is_insert || is_update)) {
+        return Err(IdentityError::TriggerMisuse {
+            problem: "must be a BEFORE INSERT OR UPDATE FOR EACH ROW trigger".into(),
+        });
     }
-    let relid = (*td.tg_relation).rd_id;
-    let snapshot = pg_sys::GetActiveSnapshot();
-    let curcid = if snapshot.is_null() {
-        0
-    } else {
-        (*snapshot).curcid
+    // SAFETY: the trigger manager hands a valid relation, trigger and the row being written
+    // (the new row for an UPDATE); the active snapshot, when set, is valid for the statement.
+    let (relid, tgoid, tupdesc, tuple, statement) = unsafe {
+        let snapshot = pg_sys::GetActiveSnapshot();
+        let curcid = if snapshot.is_null() { 0 } else { (*snapshot).curcid };
+        (
+            (*td.tg_relation).rd_id,
+            (*td.tg_trigger).tgoid,
+            (*td.tg_relation).rd_att,
+            if is_update { td.tg_newtuple } else { td.tg_trigtuple },
+            (curcid, pg_sys::GetCurrentSubTransactionId()),
+        )
     };
-    let statement = (curcid, pg_sys::GetCurrentSubTransactionId());
-    let key = (
-        relid,
-        (*td.tg_trigger).tgoid,
-        crate::probe::local_xid(),
-        statement,
-    );
-    let tupdesc = (*td.tg_relation).rd_att;
-    let tuple = td.tg_trigtuple;
+    // SAFETY: reads MyProc of this backend.
+    let key = (relid, tgoid, unsafe { crate::probe::local_xid() }, statement);
 
     CONTEXT.with(|slot| {
         let mut slot = slot.borrow_mut();
@@ -168,22 +280,32 @@ unsafe fn stamp<'a>(
             if reusable {
                 let ctx = slot.as_mut().unwrap();
                 ctx.key = key;
-                ctx.renew = false;
                 // The session's anon_id_format may have changed since.
                 ctx.project.refresh();
             } else {
-                *slot = Some(build_context(td, key));
+                // Dropped first: a failed set-up must not leave the previous table's in place.
+                *slot = None;
+                *slot = Some(build_context(trigger, key)?);
             }
         }
         let ctx = slot.as_mut().unwrap();
 
         // Simplified projects may fill a NULL distinct_id from $user_id / $device_id.
-        let filled_distinct: Option<pg_sys::Datum> =
-            apply_row_event(ctx, tuple, tupdesc, relid).and_then(|d| d.as_str().into_datum());
+        let filled = if is_insert {
+            // SAFETY: the tuple is this table's, the context's columns checked against it.
+            unsafe { apply_row_event(ctx, tuple, tupdesc, relid)? }
+        } else {
+            None
+        };
+        if let (Some(id), Some(max)) = (&filled, ctx.distinct.max_chars) {
+            check_length(ctx, &ctx.distinct_name, id.as_bytes(), max)?;
+        }
+        let filled_distinct: Option<pg_sys::Datum> = filled.as_deref().and_then(|d| d.into_datum());
 
         let mut is_null = false;
+        // SAFETY: the distinct_id column was checked to be text or varchar.
         let mut distinct_datum =
-            pg_sys::heap_getattr(tuple, ctx.distinct_att, tupdesc, &mut is_null);
+            unsafe { pg_sys::heap_getattr(tuple, ctx.distinct.att, tupdesc, &mut is_null) };
         if let Some(d) = filled_distinct {
             distinct_datum = d;
             is_null = false;
@@ -192,115 +314,152 @@ unsafe fn stamp<'a>(
         let canonical: Option<pg_sys::Datum> = if is_null {
             None
         } else {
-            let id = text_bytes(distinct_datum);
-            let project_id = ctx.project.id;
-            // A cache hit as a datum (pointing into the cache, which stays as it is until the
-            // tuple is formed below).
-            let cached = || {
-                let mut out = None;
-                crate::cache::get(project_id, id, |c| {
-                    out = Some(c.map_or(distinct_datum, |c| c.datum()));
-                });
-                out
-            };
-            let mut out = cached();
-            let budget = match out {
-                Some(_) => None,
-                None => crate::cache::load_budget(project_id, || {
-                    crate::probe::identities_estimate(statement)
-                }),
-            };
-            if let Some(budget) = budget {
-                // Many ids missed: reading the whole project may cost less than probing on.
-                let renew = ctx.renew;
-                crate::cache::load(project_id, budget, |put| {
-                    let mut whole = true;
-                    crate::probe::each_identity(statement, renew, project_id, |id, canonical| {
-                        whole = put(text_bytes(id), text_bytes(canonical));
-                        whole
-                    });
-                    whole
-                });
-                ctx.renew = false;
-                out = cached();
-            }
-            if out.is_none() {
-                let mut found: Option<crate::cache::Canonical> = None;
-                crate::probe::canonical(
-                    crate::probe::Use::Stamp,
-                    statement,
-                    ctx.renew,
-                    project_id,
-                    distinct_datum,
-                    |d| {
-                        found = d.map(|d| crate::cache::Canonical::new(text_bytes(d)));
-                    },
-                );
-                ctx.renew = false;
-                crate::cache::put(project_id, id, found.as_ref().map(|c| c.bytes()));
-                out = Some(match &found {
-                    // The datum must outlive `found`: a copy.
-                    Some(c) => c.bytes().into_datum().unwrap(),
-                    None => distinct_datum,
-                });
-            }
-            out
+            // SAFETY: a text datum of this row (or the filled-in one), alive until the new
+            // tuple is formed below.
+            Some(unsafe { lookup(ctx, statement, distinct_datum) })
         };
+        if let (Some(c), Some(max)) = (canonical, ctx.canonical.max_chars) {
+            // SAFETY: `c` is a text datum (see lookup).
+            let bytes = unsafe { text_bytes(c) };
+            check_length(ctx, &ctx.canonical_name, bytes, max)?;
+        }
 
         let mut values = [canonical.unwrap_or(pg_sys::Datum::from(0)), distinct_datum];
         let mut nulls = [canonical.is_none(), false];
-        let mut cols = [ctx.canonical_att, ctx.distinct_att];
+        let mut cols = [ctx.canonical.att, ctx.distinct.att];
         let ncols = if filled_distinct.is_some() { 2 } else { 1 };
-        let new_tuple = pg_sys::heap_modify_tuple_by_cols(
-            tuple,
-            tupdesc,
-            ncols,
-            cols.as_mut_ptr(),
-            values.as_mut_ptr(),
-            nulls.as_mut_ptr(),
-        );
-        Ok(Some(PgHeapTuple::from_heap_tuple(
-            PgTupleDesc::from_pg_unchecked(tupdesc),
-            new_tuple,
-        )))
+        // SAFETY: both columns are text or varchar of this descriptor and the datums are text
+        // values that live until heap_modify_tuple_by_cols has copied them into the new tuple.
+        let new_tuple = unsafe {
+            pg_sys::heap_modify_tuple_by_cols(
+                tuple,
+                tupdesc,
+                ncols,
+                cols.as_mut_ptr(),
+                values.as_mut_ptr(),
+                nulls.as_mut_ptr(),
+            )
+        };
+        // SAFETY: the new tuple was formed with this relation's descriptor.
+        Ok(Some(unsafe {
+            PgHeapTuple::from_heap_tuple(PgTupleDesc::from_pg_unchecked(tupdesc), new_tuple)
+        }))
     })
 }
 
-/// Applies `$identify` / `$create_alias` / `$merge` rows; records what it refuses.
+/// varchar(n) holds at most n characters: a longer stamp is an error (22001), as PostgreSQL
+/// raises for a too-long value, never a silently over-long row.
+fn check_length(ctx: &StatementContext, column: &str, bytes: &[u8], max: i32) -> Result<(), IdentityError> {
+    if bytes.len() <= max as usize {
+        return Ok(());
+    }
+    // SAFETY: counts the characters of a byte slice in the database encoding.
+    let chars = unsafe { pg_sys::pg_mbstrlen_with_len(bytes.as_ptr() as *const _, bytes.len() as i32) };
+    if chars <= max {
+        return Ok(());
+    }
+    Err(IdentityError::ValueTooLong {
+        table: ctx.table.clone(),
+        column: column.to_string(),
+        value: String::from_utf8_lossy(bytes).into_owned(),
+        limit: max,
+    })
+}
+
+/// The canonical id of the text datum `distinct`, as a text datum: from the cache, else by a
+/// whole-project load or a probe; the id's own datum when the id is unknown.
+///
+/// # Safety
+/// `distinct` must be a valid text datum; the datum returned points into the cache, a
+/// palloc'd copy or `distinct` itself, valid until the cache next changes (after the tuple
+/// is formed).
+unsafe fn lookup(ctx: &StatementContext, statement: (u32, u32), distinct: pg_sys::Datum) -> pg_sys::Datum {
+    // SAFETY: the caller guarantees a valid text datum.
+    let id = unsafe { text_bytes(distinct) };
+    let project_id = ctx.project.id;
+    let cached = || {
+        let mut out = None;
+        crate::cache::get(project_id, id, |c| {
+            out = Some(c.map_or(distinct, |c| c.datum()));
+        });
+        out
+    };
+    if let Some(d) = cached() {
+        return d;
+    }
+    let budget = crate::cache::load_budget(project_id, || {
+        // SAFETY: the probe is opened and used on this backend within the transaction.
+        unsafe { crate::probe::identities_estimate(statement) }
+    });
+    if let Some(budget) = budget {
+        // Many ids missed: reading the whole project may cost less than probing on.
+        crate::cache::load(project_id, budget, |put| {
+            let mut whole = true;
+            // SAFETY: the scan hands over text datums valid during each call.
+            unsafe {
+                crate::probe::each_identity(statement, project_id, |id, canonical| {
+                    whole = put(text_bytes(id), text_bytes(canonical));
+                    whole
+                })
+            };
+            whole
+        });
+        if let Some(d) = cached() {
+            return d;
+        }
+    }
+    let mut found: Option<crate::cache::Canonical> = None;
+    // SAFETY: `distinct` is a valid text datum; the probe's datum is copied inside the closure.
+    let as_of = unsafe {
+        crate::probe::canonical(crate::probe::Use::Stamp, statement, project_id, distinct, |d| {
+            found = d.map(|d| crate::cache::Canonical::new(text_bytes(d)));
+        })
+    };
+    crate::cache::put(project_id, id, found.as_ref().map(|c| c.bytes()), as_of);
+    match &found {
+        // The datum must outlive `found`: a palloc'd copy.
+        Some(c) => c.bytes().into_datum().unwrap(),
+        None => distinct,
+    }
+}
+
 /// Applies the row's identity meaning (`store::apply_event`): identity events in Original
 /// projects when the table has `event` and `properties` columns, device/user links in Simplified
 /// ones. Records refusals with the row; returns the distinct_id to fill in when the row's is NULL.
+///
+/// # Safety
+/// `tuple` must be a row of the table `ctx` was built for (its columns' types were checked).
 unsafe fn apply_row_event(
     ctx: &mut StatementContext,
     tuple: pg_sys::HeapTuple,
     tupdesc: pg_sys::TupleDesc,
     relid: pg_sys::Oid,
-) -> Option<String> {
+) -> Result<Option<String>, IdentityError> {
+    // SAFETY (every read below): the columns were checked to be text/varchar (event, ids) or
+    // one of the properties kinds when the context was built for this descriptor.
     let (device_col, user_col) = match ctx.project.mode {
-        Mode::Original if ctx.event_att.is_none() || ctx.properties_att.is_none() => return None,
+        Mode::Original if ctx.event_att.is_none() || ctx.properties.is_none() => return Ok(None),
         // Most rows are ordinary events: tell them by the event name's bytes, without copying.
-        Mode::Original if !is_identity_event(tuple, tupdesc, ctx.event_att.unwrap()) => {
-            return None
+        Mode::Original if !unsafe { is_identity_event(tuple, tupdesc, ctx.event_att.unwrap()) } => {
+            return Ok(None)
         }
         Mode::Original => (None, None),
-        Mode::Simplified => (
-            ctx.device_att
-                .and_then(|a| get_attr::<String>(tuple, tupdesc, a)),
-            ctx.user_att
-                .and_then(|a| get_attr::<String>(tuple, tupdesc, a)),
-        ),
+        Mode::Simplified => unsafe {
+            (
+                ctx.device_att.and_then(|a| get_text(tuple, tupdesc, a)),
+                ctx.user_att.and_then(|a| get_text(tuple, tupdesc, a)),
+            )
+        },
     };
-    let event: Option<String> = ctx.event_att.and_then(|a| get_attr(tuple, tupdesc, a));
-    let properties_att = ctx.properties_att;
-    let properties = || -> serde_json::Value {
-        properties_att
-            .and_then(|a| get_attr::<pgrx::JsonB>(tuple, tupdesc, a))
-            .map(|j| j.0)
-            .unwrap_or(serde_json::Value::Null)
-    };
+    let event: Option<String> = ctx.event_att.and_then(|a| unsafe { get_text(tuple, tupdesc, a) });
+    let properties_col = ctx.properties;
+    let properties = || -> serde_json::Value { unsafe { get_properties(tuple, tupdesc, properties_col) } };
     // Read only when a refusal is recorded or a Simplified row may need its distinct_id filled.
-    let distinct = || -> Option<String> { get_attr(tuple, tupdesc, ctx.distinct_att) };
+    let distinct_att = ctx.distinct.att;
+    let distinct = || -> Option<String> { unsafe { get_text(tuple, tupdesc, distinct_att) } };
     let project = &ctx.project;
+    // A lock cycle with another transaction is transient: the caller raises it (40001) so the
+    // loader retries the INSERT, rather than recording the event as refused.
     let outcome = store::apply_event(
         project,
         event.as_deref(),
@@ -309,46 +468,41 @@ unsafe fn apply_row_event(
         user_col,
         |err, op, a, b| {
             let event = event.as_deref().unwrap_or_default();
-            reject(
-                project,
-                err,
-                op,
-                a,
-                b,
-                relid,
-                distinct(),
-                event,
-                properties(),
-            )
+            reject(project, err, op, a, b, relid, distinct(), event, properties())
         },
-    )
-    // A lock cycle with another transaction is transient: abort this INSERT with 40001 so the
-    // loader retries it, rather than recording the event as refused.
-    .unwrap_or_else(|err| crate::error::raise(err));
-    if outcome.changed {
-        // The cache already knows (store::apply redirects it); the probe's snapshot does not.
-        ctx.renew = true;
-    }
-    outcome.distinct_id.filter(|_| distinct().is_none())
+    )?;
+    Ok(outcome.distinct_id.filter(|_| distinct().is_none()))
 }
 
 /// The bytes of a text datum (valid as long as the datum is).
+///
+/// # Safety
+/// `datum` must be a non-NULL text (or varchar, json) datum.
 unsafe fn text_bytes<'a>(datum: pg_sys::Datum) -> &'a [u8] {
-    let text = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
-    pgrx::varlena::varlena_to_byte_slice(text)
+    // SAFETY: the caller guarantees a varlena; detoasting returns one in memory.
+    unsafe {
+        let text = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
+        pgrx::varlena::varlena_to_byte_slice(text)
+    }
 }
 
 /// Whether the row's event names an identity operation (`ingest::identity_op`).
+///
+/// # Safety
+/// `att` must be a text or varchar column of `tupdesc`, `tuple` a row of it.
 unsafe fn is_identity_event(
     tuple: pg_sys::HeapTuple,
     tupdesc: pg_sys::TupleDesc,
     att: i32,
 ) -> bool {
     let mut is_null = false;
-    let datum = pg_sys::heap_getattr(tuple, att, tupdesc, &mut is_null);
-    !is_null
-        && std::str::from_utf8(text_bytes(datum))
-            .is_ok_and(|e| crate::ingest::identity_op(e).is_some())
+    // SAFETY: the caller guarantees a text column of this descriptor.
+    unsafe {
+        let datum = pg_sys::heap_getattr(tuple, att, tupdesc, &mut is_null);
+        !is_null
+            && std::str::from_utf8(text_bytes(datum))
+                .is_ok_and(|e| crate::ingest::identity_op(e).is_some())
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -1,0 +1,241 @@
+-- identity_merge 0.1.2 -> 0.1.3: reliability (see CHANGELOG.md). The library checks the types of
+-- every column it reads, stamps UPDATEs of the distinct_id, keeps its caches in step with
+-- invalidations accepted mid-statement, keeps big JSON numbers' text, and reports 40001 for joins
+-- racing a commit under REPEATABLE READ. In SQL: registration checks ownership and the trigger
+-- (now in Rust), mp_attach refuses columns the trigger cannot handle, mp_restamp compares ids
+-- bytewise and refuses tables whose columns changed, mp_check reports broken and unreadable
+-- attachments, dropped tables are unregistered, readers see refusals of tables they may read.
+-- Released upgrade scripts are never edited afterwards.
+
+-- Registrations of tables dropped before this version.
+DELETE FROM identity_merge.attachments a
+ WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = a.events::pg_catalog.oid);
+
+CREATE OR REPLACE FUNCTION identity_merge._register_attachment(p_events regclass, p_project integer,
+                                                    p_distinct name, p_canonical name) RETURNS void
+LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE AS 'MODULE_PATHNAME', '_register_attachment_wrapper';
+
+CREATE FUNCTION identity_merge._column_problems(p_events regclass, p_distinct name, p_canonical name)
+RETURNS TABLE (code text, problem text, hint text)
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c record;
+BEGIN
+    FOR c IN SELECT n.col, n.kind, n.required, a.atttypid, a.atttypmod, a.attgenerated, a.attnum IS NOT NULL AS present
+               FROM (VALUES (1, p_distinct, 'id', true), (2, p_canonical, 'stamp', true),
+                            (3, 'event'::name, 'id', false), (4, 'properties'::name, 'json', false),
+                            (5, '$device_id'::name, 'id', false), (6, '$user_id'::name, 'id', false)) n(ord, col, kind, required)
+               LEFT JOIN pg_attribute a ON a.attrelid = p_events AND a.attname = n.col AND a.attnum > 0 AND NOT a.attisdropped
+              ORDER BY NOT n.required OR a.attnum IS NOT NULL, n.ord
+    LOOP
+        IF NOT c.present THEN
+            IF c.required THEN
+                RETURN QUERY SELECT '42703'::text, format('column %s does not exist', quote_ident(c.col)),
+                    'Name the distinct_id and canonical columns: mp_attach(table, project, distinct_id_column, canonical_column).'::text;
+            END IF;
+            CONTINUE;
+        END IF;
+        IF c.kind = 'json' THEN
+            IF c.atttypid NOT IN ('jsonb'::regtype, 'json'::regtype, 'text'::regtype, 'character varying'::regtype) THEN
+                RETURN QUERY SELECT '42804'::text, format('column properties is of type %s, not jsonb, json or text', format_type(c.atttypid, c.atttypmod)),
+                    'The trigger reads identity events from properties: make it jsonb (or json, text), or rename it.'::text;
+            END IF;
+        ELSIF c.atttypid NOT IN ('text'::regtype, 'character varying'::regtype) THEN
+            RETURN QUERY SELECT '42804'::text, format('column %s is of type %s, not text', quote_ident(c.col), format_type(c.atttypid, c.atttypmod)),
+                'Ids are text; use a text or varchar column (or rename a column that does not hold ids).'::text;
+        ELSIF c.kind = 'stamp' AND c.atttypmod >= 0 AND c.atttypmod - 4 < 255 THEN
+            RETURN QUERY SELECT '42804'::text, format('column %s is %s, shorter than the 255 characters a canonical id may have', quote_ident(c.col), format_type(c.atttypid, c.atttypmod)),
+                'Use text or varchar(255) or longer for the canonical column.'::text;
+        END IF;
+        IF c.required AND c.attgenerated <> '' THEN
+            RETURN QUERY SELECT '0A000'::text, format('column %s is a generated column', quote_ident(c.col)),
+                'The trigger writes the canonical column and reads the distinct_id before generated columns are computed: use plain columns.'::text;
+        END IF;
+    END LOOP;
+    IF EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class k ON k.oid = i.inhrelid
+                WHERE i.inhparent = p_events AND NOT k.relispartition) THEN
+        RETURN QUERY SELECT '0A000'::text, 'it has INHERITS children, whose rows the trigger would not stamp'::text,
+            'Attach each child table with mp_attach (partitioned tables are supported: their partitions get the trigger).'::text;
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION mp_attach(events regclass, project text DEFAULT 'default',
+                          distinct_id_column name DEFAULT 'distinct_id',
+                          canonical_column name DEFAULT 'canonical_id',
+                          create_index boolean DEFAULT true) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p identity_merge.projects;
+    bad record;
+BEGIN
+    p := identity_merge._project(project);
+    IF distinct_id_column = canonical_column THEN
+        RAISE EXCEPTION 'the canonical column must differ from the distinct_id column (%)', quote_ident(distinct_id_column)
+            USING ERRCODE = '22023', HINT = 'The trigger keeps the distinct_id as sent and writes the canonical id beside it.';
+    END IF;
+    SELECT * INTO bad FROM identity_merge._column_problems(events, distinct_id_column, canonical_column) LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'cannot attach %: %', events, bad.problem USING ERRCODE = bad.code, HINT = bad.hint;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = events AND t.tgname = 'identity_merge_stamp') THEN
+        EXECUTE format('DROP TRIGGER identity_merge_stamp ON %s', events);
+    END IF;
+    -- UPDATE OF the distinct_id too (also INSERT ... ON CONFLICT DO UPDATE): a changed
+    -- distinct_id gets its stamp, so no row keeps a stamp mp_restamp could not fix.
+    EXECUTE format('CREATE TRIGGER identity_merge_stamp BEFORE INSERT OR UPDATE OF %I ON %s FOR EACH ROW '
+                   'EXECUTE FUNCTION identity_merge.stamp_event(%L, %L, %L)',
+                   distinct_id_column, events, p.token, distinct_id_column, canonical_column);
+    IF create_index AND NOT EXISTS (SELECT 1 FROM pg_index x JOIN pg_attribute a
+                     ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0]
+                    WHERE x.indrelid = events AND a.attname = canonical_column) THEN
+        EXECUTE format('CREATE INDEX ON %s (%I)', events, canonical_column);
+    END IF;
+    PERFORM identity_merge._register_attachment(events, p.project_id, distinct_id_column, canonical_column);
+END $$;
+
+CREATE OR REPLACE FUNCTION mp_restamp(events regclass) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a identity_merge.attachments;
+    n bigint;
+    coll text;
+    bad record;
+BEGIN
+    SELECT * INTO a FROM identity_merge.attachments x WHERE x.events = mp_restamp.events;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table % is not attached to identity_merge', events USING ERRCODE = '55000',
+            HINT = 'Attach it with mp_attach first.';
+    END IF;
+    SELECT * INTO bad FROM identity_merge._column_problems(events, a.distinct_id_column, a.canonical_column) x
+     WHERE x.code IN ('42703', '42804') LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'cannot restamp %: %', events, bad.problem USING ERRCODE = '55000',
+            HINT = 'Re-attach the table with mp_attach naming its current columns, or mp_detach it.';
+    END IF;
+    -- Compare in the canonical column's own collation so its index serves the lookups, and
+    -- again bytewise ("C"): under a nondeterministic collation 'keep' would match 'KEEP'.
+    SELECT format('%I.%I', cn.nspname, c.collname) INTO coll
+      FROM pg_attribute t JOIN pg_collation c ON c.oid = t.attcollation
+      JOIN pg_namespace cn ON cn.oid = c.collnamespace
+     WHERE t.attrelid = events AND t.attname = a.canonical_column;
+    -- Each stale value's current canonical is a scalar subquery (one index probe) so that no
+    -- plan, whatever the statistics of a freshly loaded merge log say, scans identities per value.
+    EXECUTE format(
+        'UPDATE %1$s e SET %2$I = m.now_canonical '
+        'FROM (SELECT d.stale, (SELECT i.canonical_id FROM identity_merge.identities i '
+        '                        WHERE i.project_id OPERATOR(pg_catalog.=) $1 '
+        '                          AND i.distinct_id OPERATOR(pg_catalog.=) d.stale) AS now_canonical '
+        '        FROM (SELECT DISTINCT l.absorbed_canonical AS stale FROM identity_merge.merge_log l '
+        '               WHERE l.project_id OPERATOR(pg_catalog.=) $1) d) m '
+        'WHERE e.%2$I OPERATOR(pg_catalog.=) (m.stale COLLATE %3$s) '
+        '  AND (e.%2$I)::text COLLATE "C" OPERATOR(pg_catalog.=) m.stale '
+        '  AND (e.%2$I)::text COLLATE "C" OPERATOR(pg_catalog.<>) m.now_canonical',
+        events, a.canonical_column, coll) USING a.project_id;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+
+CREATE OR REPLACE FUNCTION mp_check(project text DEFAULT 'default') RETURNS TABLE (check_name text, detail text)
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer := (identity_merge._project(project)).project_id;
+    a identity_merge.attachments;
+    bad record;
+    broken boolean;
+BEGIN
+    RETURN QUERY
+    SELECT 'id_without_cluster', format('id %s points at canonical %s, which has no cluster', i.distinct_id, i.canonical_id)
+      FROM identity_merge.identities i
+     WHERE i.project_id = pid AND NOT EXISTS (SELECT 1 FROM identity_merge.clusters c
+                                               WHERE c.project_id = pid AND c.canonical_id = i.canonical_id);
+    RETURN QUERY
+    SELECT CASE WHEN i.distinct_id IS NULL THEN 'canonical_not_member' ELSE 'id_in_two_clusters' END,
+           format('cluster %s: its canonical id %s', c.canonical_id,
+                  CASE WHEN i.distinct_id IS NULL THEN 'is not one of its ids'
+                       ELSE 'belongs to the cluster of ' || i.canonical_id END)
+      FROM identity_merge.clusters c
+      LEFT JOIN identity_merge.identities i ON i.project_id = pid AND i.distinct_id = c.canonical_id
+     WHERE c.project_id = pid AND (i.distinct_id IS NULL OR i.canonical_id <> c.canonical_id);
+    RETURN QUERY
+    SELECT 'size_mismatch', format('cluster %s says size %s, has %s ids', c.canonical_id, c.size, m.n)
+      FROM identity_merge.clusters c
+      JOIN (SELECT canonical_id, count(*) AS n FROM identity_merge.identities WHERE project_id = pid GROUP BY 1) m
+        ON m.canonical_id = c.canonical_id
+     WHERE c.project_id = pid AND c.size <> m.n;
+    RETURN QUERY SELECT l.check_name, l.detail FROM identity_merge._check_log(pid) l;
+    -- Stamped rows: stale ones are fine (mp_restamp fixes them); one mp_restamp would not fix is not.
+    -- A table whose columns no longer fit is reported, as is one the caller may not read.
+    FOR a IN SELECT * FROM identity_merge.attachments x WHERE x.project_id = pid LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = a.events) THEN
+            check_name := 'attachment_broken';
+            detail := format('table %s: no longer exists; mp_detach it', a.events::oid);
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        broken := false;
+        FOR bad IN SELECT * FROM identity_merge._column_problems(a.events, a.distinct_id_column, a.canonical_column) LOOP
+            check_name := 'attachment_broken';
+            detail := format('table %s: %s', a.events, bad.problem);
+            broken := true;
+            RETURN NEXT;
+        END LOOP;
+        IF broken THEN
+            CONTINUE;
+        END IF;
+        IF NOT (has_column_privilege(a.events, a.distinct_id_column, 'SELECT')
+                AND has_column_privilege(a.events, a.canonical_column, 'SELECT')) THEN
+            check_name := 'stamps_not_checked';
+            detail := format('table %s: its stamps were not checked, role %s may not read columns %I and %I',
+                             a.events, current_user, a.distinct_id_column, a.canonical_column);
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        RETURN QUERY EXECUTE format(
+            'SELECT ''unfixable_stamp''::text, format(''%%s row distinct_id %%s stamped %%s, resolves to %%s'', %1$L, e.%2$I, e.%3$I, r.c) '
+            'FROM %1$s e CROSS JOIN LATERAL (SELECT coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
+            '  WHERE i.project_id = $1 AND i.distinct_id = e.%2$I::text COLLATE "C"), e.%2$I::text) AS c) r '
+            'WHERE e.%3$I IS NOT NULL AND e.%3$I::text COLLATE "C" <> r.c '
+            '  AND NOT (EXISTS (SELECT 1 FROM identity_merge.merge_log l WHERE l.project_id = $1 '
+            '                   AND l.absorbed_canonical = e.%3$I::text COLLATE "C") '
+            '       AND coalesce((SELECT i.canonical_id FROM identity_merge.identities i WHERE i.project_id = $1 '
+            '                     AND i.distinct_id = e.%3$I::text COLLATE "C"), e.%3$I::text) = r.c)',
+            a.events, a.distinct_id_column, a.canonical_column) USING pid;
+    END LOOP;
+END $$;
+
+CREATE FUNCTION identity_merge._forget_dropped_tables() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM identity_merge.attachments a
+     USING pg_catalog.pg_event_trigger_dropped_objects() d
+     WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0
+       AND a.events::pg_catalog.oid = d.objid;
+END $$;
+CREATE EVENT TRIGGER identity_merge_forget_dropped_tables ON sql_drop
+    EXECUTE FUNCTION identity_merge._forget_dropped_tables();
+
+-- Refused rows carry the event row's properties: a role sees those of tables it may read (and
+-- the ones without a table, from the functions), not every table's.
+ALTER TABLE identity_merge.rejections ENABLE ROW LEVEL SECURITY;
+CREATE POLICY rows_of_readable_tables ON identity_merge.rejections FOR SELECT
+    USING (source_table IS NULL OR coalesce(pg_catalog.has_table_privilege(source_table::pg_catalog.oid, 'SELECT'), false));
+
+REVOKE ALL ON FUNCTION identity_merge._forget_dropped_tables() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION identity_merge._column_problems(regclass, name, name) TO PUBLIC;
+
+-- Attached tables get the 0.1.3 trigger: BEFORE INSERT OR UPDATE OF the distinct_id column.
+DO $$
+DECLARE
+    a record;
+BEGIN
+    FOR a IN SELECT x.events, t.tgname, x.distinct_id_column, p.token, x.canonical_column
+               FROM identity_merge.attachments x
+               JOIN identity_merge.projects p ON p.project_id = x.project_id
+               JOIN pg_catalog.pg_trigger t ON t.tgrelid = x.events AND t.tgname = 'identity_merge_stamp'
+    LOOP
+        EXECUTE pg_catalog.format('DROP TRIGGER identity_merge_stamp ON %s', a.events);
+        EXECUTE pg_catalog.format('CREATE TRIGGER identity_merge_stamp BEFORE INSERT OR UPDATE OF %I ON %s FOR EACH ROW '
+                                  'EXECUTE FUNCTION identity_merge.stamp_event(%L, %L, %L)',
+                                  a.distinct_id_column, a.events, a.token, a.distinct_id_column, a.canonical_column);
+    END LOOP;
+END $$;

@@ -1,0 +1,125 @@
+//! The registry of attached event tables (`identity_merge.attachments`), which `mp_restamp` and
+//! `mp_check` trust to say which column of a table holds stamps. Writers call the registration
+//! (through `mp_attach`), and it writes with the extension owner's rights, so it checks, as the
+//! caller, what it is about to record: the caller owns the table (or is a member of its owning
+//! role), and the table's `identity_merge_stamp` trigger says exactly this project and these
+//! columns. A writer can therefore never point an administrator's restamp at another column.
+
+use std::ffi::CStr;
+
+use pgrx::prelude::*;
+
+use crate::error::{IdentityError, OrRaise};
+use crate::store;
+
+/// Whether the current user owns the relation (directly or through role membership).
+fn caller_owns(relid: pg_sys::Oid) -> bool {
+    // SAFETY: plain catalog checks on this backend; the relation's existence is checked by
+    // the caller (an unknown oid raises 42P01 inside, never reads freed memory).
+    unsafe {
+        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+        {
+            pg_sys::pg_class_ownercheck(relid, pg_sys::GetUserId())
+        }
+        #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+        {
+            pg_sys::object_ownercheck(pg_sys::RelationRelationId, relid, pg_sys::GetUserId())
+        }
+    }
+}
+
+/// The arguments of the table's stamping trigger, when it has one calling stamp_event.
+fn trigger_args(relid: pg_sys::Oid) -> Option<Vec<String>> {
+    Spi::connect(|c| {
+        let rows = c
+            .select(
+                "SELECT t.tgargs FROM pg_catalog.pg_trigger t \
+                 WHERE t.tgrelid OPERATOR(pg_catalog.=) $1 AND t.tgname OPERATOR(pg_catalog.=) 'identity_merge_stamp' \
+                   AND t.tgfoid OPERATOR(pg_catalog.=) 'identity_merge.stamp_event()'::pg_catalog.regprocedure",
+                Some(1),
+                &[relid.into()],
+            )
+            .ok()?;
+        if rows.is_empty() {
+            return None;
+        }
+        let bytes: Vec<u8> = rows.first().get(1).ok()??;
+        // tgargs: each argument followed by a NUL byte.
+        let mut args: Vec<String> = bytes
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if bytes.last() == Some(&0) {
+            args.pop();
+        }
+        Some(args)
+    })
+}
+
+fn project_token(project_id: i32) -> Option<String> {
+    store::as_owner(|| {
+        Spi::get_one_with_args::<String>(
+            "SELECT token FROM identity_merge.projects WHERE project_id OPERATOR(pg_catalog.=) $1",
+            &[project_id.into()],
+        )
+        .ok()
+        .flatten()
+    })
+}
+
+fn table_name(relid: pg_sys::Oid) -> String {
+    Spi::get_one_with_args::<String>("SELECT $1::pg_catalog.regclass::text", &[relid.into()])
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| format!("{relid:?}"))
+}
+
+fn register(
+    relid: pg_sys::Oid,
+    project_id: i32,
+    distinct: &str,
+    canonical: &str,
+) -> Result<(), IdentityError> {
+    let table = table_name(relid);
+    if !caller_owns(relid) {
+        return Err(IdentityError::NotOwner { table });
+    }
+    let mismatch = |problem: String| IdentityError::AttachmentMismatch {
+        table: table.clone(),
+        problem,
+    };
+    let args = trigger_args(relid)
+        .ok_or_else(|| mismatch("has no identity_merge_stamp trigger".into()))?;
+    let token = project_token(project_id)
+        .ok_or_else(|| mismatch(format!("project {project_id} does not exist")))?;
+    let wanted = [token, distinct.to_string(), canonical.to_string()];
+    if args != wanted {
+        return Err(mismatch(format!(
+            "its identity_merge_stamp trigger says {args:?}, not {wanted:?}"
+        )));
+    }
+    store::as_owner(|| {
+        Spi::run_with_args(
+            "INSERT INTO identity_merge.attachments (events, project_id, distinct_id_column, canonical_column) \
+             VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2, $3, $4) \
+             ON CONFLICT ON CONSTRAINT attachments_pkey DO UPDATE \
+                SET project_id = EXCLUDED.project_id, distinct_id_column = EXCLUDED.distinct_id_column, \
+                    canonical_column = EXCLUDED.canonical_column, attached_at = pg_catalog.now()",
+            &[relid.into(), project_id.into(), distinct.into(), canonical.into()],
+        )
+    })
+    .map_err(|e| mismatch(format!("could not be registered ({e})")))
+}
+
+/// `identity_merge._register_attachment(regclass, integer, name, name)`, declared in
+/// sql/api.sql (its arguments are a regclass and two names, which pgrx does not declare).
+#[pg_extern(sql = false)]
+fn _register_attachment(events: pg_sys::Oid, project_id: i32, distinct: &CStr, canonical: &CStr) {
+    register(
+        events,
+        project_id,
+        &distinct.to_string_lossy(),
+        &canonical.to_string_lossy(),
+    )
+    .or_raise()
+}
