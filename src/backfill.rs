@@ -155,9 +155,18 @@ fn mp_backfill(
                 });
             }
             events += 1;
-            let name: Option<String> = r.get(1).unwrap_or(None);
-            let a: Option<String> = r.get(2).unwrap_or(None);
-            let b: Option<String> = r.get(3).unwrap_or(None);
+            // Each column is read as text only when it is text (pgrx checks the type): another
+            // type is the caller's mistake, named, not a value read as something it is not.
+            let text = |n: usize| -> Option<String> {
+                r.get::<String>(n).unwrap_or_else(|e| {
+                    crate::error::raise(IdentityError::InvalidArgument {
+                        what: "backfill source query",
+                        value: format!("{source} (column {n}: {e})"),
+                        hint: "Its three columns (operation, id_a, id_b) must be text: cast them with ::text.",
+                    })
+                })
+            };
+            let (name, a, b) = (text(1), text(2), text(3));
             let op = name.as_deref().and_then(op_of);
             let result = match (op, project.mode) {
                 (None, _) => Err(IdentityError::MalformedEvent {

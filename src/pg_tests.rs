@@ -1097,7 +1097,8 @@ mod tests {
             as_role_stmt("im_writer", "PERFORM mp_attach('public.not_theirs')")
                 .starts_with("42501")
         );
-        assert!(as_role("im_writer", "SELECT identity_merge._register_attachment('public.not_theirs', 1, 'distinct_id', 'canonical_id')").starts_with("55000"));
+        // nor register it (the registration checks ownership before the trigger: 42501)
+        assert!(as_role("im_writer", "SELECT identity_merge._register_attachment('public.not_theirs', 1, 'distinct_id', 'canonical_id')").starts_with("42501"));
     }
 
     #[pg_test]

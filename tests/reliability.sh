@@ -138,6 +138,8 @@ expect "backfill refuses blank and placeholder devices" postgres "SELECT refused
 SELECT count(*) FROM identity_merge.identities i JOIN identity_merge.projects p USING (project_id) WHERE p.token = 'bf';" "4
 2"
 
+expect_err "backfill source columns that are not text" postgres "SELECT * FROM mp_backfill('SELECT 1, 2, 3', 'bf')" 22023
+
 # 6. Numbers beyond 64 bits keep their own decimal text (no float rounding).
 expect "mp_track with big numeric ids" w "SELECT mp_track('{\"event\": \"\$identify\", \"properties\": {\"token\": \"default\", \"\$identified_id\": \"big1\", \"\$anon_id\": 123456789012345678901234567890}}') IS NOT NULL;
 SELECT mp_track('{\"event\": \"\$identify\", \"properties\": {\"token\": \"default\", \"\$identified_id\": \"big2\", \"\$anon_id\": 123456789012345678901234567891}}') IS NOT NULL;
