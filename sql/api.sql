@@ -418,9 +418,6 @@ COMMENT ON FUNCTION mp_restamp(regclass) IS 'Brings stamped rows up to date afte
 COMMENT ON FUNCTION mp_backfill(text, text) IS 'Applies a history of identity events in one pass (administrators)';
 COMMENT ON FUNCTION mp_check(text) IS 'Every violation of the identity invariants (no rows when all hold)';
 COMMENT ON FUNCTION mp_track(jsonb) IS 'Mixpanel /track and /import payloads: applies identity events, answers IdentityResponse';
--- Since 0.1.2 the library writes joins itself; the function stays for compatibility.
-COMMENT ON FUNCTION identity_merge._join(integer, text, text, text, text, boolean, text, boolean, integer, boolean)
-    IS 'Unused since 0.1.2 (joins are written by the library); kept for compatibility';
 
 -- Least privilege (docs/security.md). Nothing is executable by PUBLIC: an administrator grants
 -- one of two roles' worth of rights. The state tables are only ever changed by the functions,

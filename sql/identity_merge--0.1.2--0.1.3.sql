@@ -5,7 +5,11 @@
 -- (now in Rust), mp_attach refuses columns the trigger cannot handle, mp_restamp compares ids
 -- bytewise and refuses tables whose columns changed, mp_check reports broken and unreadable
 -- attachments, dropped tables are unregistered, readers see refusals of tables they may read.
+-- The unused PL/pgSQL identity_merge._join is dropped.
 -- Released upgrade scripts are never edited afterwards.
+
+-- Unused since 0.1.2 (joins are written by the library, src/store.rs).
+DROP FUNCTION identity_merge._join(integer, text, text, text, text, boolean, text, boolean, integer, boolean);
 
 -- Registrations of tables dropped before this version.
 DELETE FROM identity_merge.attachments a

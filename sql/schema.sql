@@ -129,43 +129,6 @@ SELECT pg_catalog.pg_extension_config_dump('identity_merge.rejections', '');
 SELECT pg_catalog.pg_extension_config_dump('identity_merge.rejections_rejection_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('identity_merge.attachments', '');
 
--- Writes one join decided by the Rust rules (rules::decide): the caller holds the advisory locks
--- of both clusters. Re-points the absorbed cluster's ids, adds new ids, updates the kept cluster,
--- drops the absorbed one and logs the join. Returns how many ids changed canonical.
-CREATE FUNCTION identity_merge._join(
-    p_project integer, p_op text, p_id_a text, p_id_b text,
-    p_kept text, p_kept_exists boolean, p_absorbed text, p_absorbed_exists boolean,
-    p_size integer, p_identified boolean) RETURNS integer
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    moved integer := 0;
-BEGIN
-    IF p_absorbed_exists THEN
-        UPDATE identity_merge.identities SET canonical_id = p_kept
-         WHERE project_id = p_project AND canonical_id = p_absorbed;
-        GET DIAGNOSTICS moved = ROW_COUNT;
-        DELETE FROM identity_merge.clusters WHERE project_id = p_project AND canonical_id = p_absorbed;
-    ELSE
-        INSERT INTO identity_merge.identities (project_id, distinct_id, canonical_id)
-        VALUES (p_project, p_absorbed, p_kept);
-        moved := 1;
-    END IF;
-    IF p_kept_exists THEN
-        UPDATE identity_merge.clusters SET size = p_size, identified = p_identified, updated_at = now()
-         WHERE project_id = p_project AND canonical_id = p_kept;
-    ELSE
-        INSERT INTO identity_merge.identities (project_id, distinct_id, canonical_id)
-        VALUES (p_project, p_kept, p_kept);
-        INSERT INTO identity_merge.clusters (project_id, canonical_id, size, identified)
-        VALUES (p_project, p_kept, p_size, p_identified);
-    END IF;
-    INSERT INTO identity_merge.merge_log
-        (project_id, operation, id_a, id_b, kept_canonical, absorbed_canonical, moved_ids)
-    VALUES (p_project, p_op, p_id_a, p_id_b, p_kept, p_absorbed, moved);
-    RETURN moved;
-END $$;
-REVOKE ALL ON FUNCTION identity_merge._join(integer, text, text, text, text, boolean, text, boolean, integer, boolean) FROM PUBLIC;
-
 -- The project row for a token, or 42704.
 CREATE FUNCTION identity_merge._project(p_token text) RETURNS identity_merge.projects
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$

@@ -1,24 +1,20 @@
-//! The SQL functions of CONTRACT.md that need the Rust rules: `mp_identify`, `mp_alias`,
+//! The contract's SQL functions that need the Rust rules: `mp_identify`, `mp_alias`,
 //! `mp_merge` (both forms) and `mp_resolve`. Thin: look up the project, refuse the wrong
 //! mode, hand over to `store::apply`, raise errors through `error::raise`. The functions that
 //! are plain SQL (projects, mp_cluster, mp_attach, mp_restamp...) are in sql/api.sql.
 
 use pgrx::prelude::*;
 
-use crate::error::{IdentityError, OrRaise};
-use crate::rules::Op;
-use crate::store::{self, Mode};
+use crate::core::error::IdentityError;
+use crate::core::Op;
+use crate::pg::{raise, OrRaise};
+use crate::store;
 
 fn run(op: Op, a: Option<&str>, b: Option<&str>, project: Option<&str>) -> String {
     let project = store::project(project).or_raise();
-    if project.mode == Mode::Simplified {
-        let name = match op {
-            Op::Identify => "mp_identify",
-            Op::Alias => "mp_alias",
-            Op::Merge | Op::Link => "mp_merge",
-        };
-        crate::error::raise(IdentityError::WrongMode {
-            op: name,
+    if !project.mode.allows(op) {
+        raise(IdentityError::WrongMode {
+            op: op.function_name(),
             token: project.token,
         });
     }
@@ -67,7 +63,7 @@ fn mp_merge_array(
         })
         .or_raise();
     if ids.len() != 2 {
-        crate::error::raise(IdentityError::InvalidArgument {
+        raise(IdentityError::InvalidArgument {
             what: "distinct_ids (it must hold exactly 2 ids; its length is shown)",
             value: ids.len().to_string(),
             hint: "Pass ARRAY[id_a, id_b], as $distinct_ids of the $merge event.",
@@ -84,8 +80,10 @@ fn mp_resolve(distinct_id: &str, project: default!(&str, "'default'")) -> String
     let project_id = store::project_id(project).or_raise();
     let mut found: Option<String> = None;
     let datum = distinct_id.into_datum().unwrap();
+    // SAFETY: asks for this backend's current subtransaction id.
+    let statement = (0, unsafe { pg_sys::GetCurrentSubTransactionId() });
+    // SAFETY: `datum` is the text datum of `distinct_id`, alive for the call.
     unsafe {
-        let statement = (0, pg_sys::GetCurrentSubTransactionId());
         crate::probe::canonical(
             crate::probe::Use::Resolve,
             statement,
@@ -94,7 +92,8 @@ fn mp_resolve(distinct_id: &str, project: default!(&str, "'default'")) -> String
             |d| {
                 found = d.and_then(|d| <String as pgrx::FromDatum>::from_datum(d, false));
             },
-        );
+        )
     }
+    .or_raise();
     found.unwrap_or_else(|| distinct_id.to_string())
 }

@@ -9,8 +9,8 @@ use std::ffi::CStr;
 
 use pgrx::prelude::*;
 
-use crate::error::{IdentityError, OrRaise};
-use crate::store;
+use crate::core::error::IdentityError;
+use crate::pg::{as_owner, OrRaise};
 
 /// Whether the current user owns the relation (directly or through role membership).
 fn caller_owns(relid: pg_sys::Oid) -> bool {
@@ -57,7 +57,7 @@ fn trigger_args(relid: pg_sys::Oid) -> Option<Vec<String>> {
 }
 
 fn project_token(project_id: i32) -> Option<String> {
-    store::as_owner(|| {
+    as_owner(|| {
         Spi::get_one_with_args::<String>(
             "SELECT token FROM identity_merge.projects WHERE project_id OPERATOR(pg_catalog.=) $1",
             &[project_id.into()],
@@ -98,7 +98,7 @@ fn register(
             "its identity_merge_stamp trigger says {args:?}, not {wanted:?}"
         )));
     }
-    store::as_owner(|| {
+    as_owner(|| {
         Spi::run_with_args(
             "INSERT INTO identity_merge.attachments (events, project_id, distinct_id_column, canonical_column) \
              VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2, $3, $4) \

@@ -5,23 +5,14 @@
 
 use pgrx::prelude::*;
 
-use crate::error::{IdentityError, OrRaise, Reason};
-use crate::graph::Graph;
-use crate::rules::Op;
-use crate::store::{self, Mode};
+use crate::core::error::{IdentityError, Reason};
+use crate::core::graph::Graph;
+use crate::core::Op;
+use crate::pg::{raise, OrBug, OrRaise};
+use crate::store;
 
 const FETCH: std::ffi::c_long = 10_000;
 const CHUNK: usize = 50_000;
-
-fn op_of(name: &str) -> Option<Op> {
-    match name {
-        "identify" | "$identify" => Some(Op::Identify),
-        "alias" | "create_alias" | "$create_alias" => Some(Op::Alias),
-        "merge" | "$merge" => Some(Op::Merge),
-        "link" => Some(Op::Link),
-        _ => None,
-    }
-}
 
 struct Refusal {
     ordinal: i64,
@@ -48,6 +39,7 @@ fn for_each_row(
         for r in rows {
             f(r);
         }
+        // SAFETY: frees the batch just fetched, whose rows `f` has finished with.
         unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) };
     }
 }
@@ -75,12 +67,14 @@ fn write_chunk(
     fill: impl FnOnce(&mut Vec<pgrx::datum::DatumWithOid>),
 ) {
     let mut scratch = pgrx::PgMemoryContexts::new("identity_merge backfill chunk");
+    // SAFETY: the arguments are built and used inside the scratch context and dropped before
+    // it is freed (when `scratch` goes out of scope); nothing allocated there escapes.
     unsafe {
         scratch.switch_to(|_| {
             let mut args: Vec<pgrx::datum::DatumWithOid> = vec![project_id.into()];
             fill(&mut args);
             c.update(sql, None, &args)
-                .unwrap_or_else(|e| error!("identity_merge backfill write failed: {e}"));
+                .or_bug("writing a backfill chunk");
         })
     }
 }
@@ -108,7 +102,7 @@ fn mp_backfill(
 
     Spi::connect_mut(|c| {
         c.update("LOCK TABLE identity_merge.identities, identity_merge.clusters IN SHARE ROW EXCLUSIVE MODE", None, &[])
-            .unwrap();
+            .or_bug("reading the project state");
         // The project's current state: clusters, then ids (two plain scans, joined here; a
         // cursor's fast-start plan of the SQL join can degrade to a rescan per row).
         let mut clusters: std::collections::HashMap<String, (i64, bool)> =
@@ -119,36 +113,49 @@ fn mp_backfill(
              WHERE project_id OPERATOR(pg_catalog.=) $1",
             &[pid.into()],
             |r| {
-                let canonical: String = r.get(1).unwrap().unwrap();
+                let canonical: String = r
+                    .get(1)
+                    .or_bug("reading the project state")
+                    .or_bug("reading the project state");
                 clusters.insert(
                     canonical,
                     (
-                        r.get::<i32>(2).unwrap().unwrap() as i64,
-                        r.get(3).unwrap().unwrap(),
+                        r.get::<i32>(2)
+                            .or_bug("reading the project state")
+                            .or_bug("reading the project state") as i64,
+                        r.get(3)
+                            .or_bug("reading the project state")
+                            .or_bug("reading the project state"),
                     ),
                 );
             },
         )
-        .unwrap();
+        .or_bug("reading the project state");
         for_each_row(
             c,
             "SELECT distinct_id::text, canonical_id::text FROM identity_merge.identities \
              WHERE project_id OPERATOR(pg_catalog.=) $1",
             &[pid.into()],
             |r| {
-                let id: String = r.get(1).unwrap().unwrap();
-                let canonical: String = r.get(2).unwrap().unwrap();
+                let id: String = r
+                    .get(1)
+                    .or_bug("reading the project state")
+                    .or_bug("reading the project state");
+                let canonical: String = r
+                    .get(2)
+                    .or_bug("reading the project state")
+                    .or_bug("reading the project state");
                 let (size, identified) = clusters.get(&canonical).copied().unwrap_or((1, false));
                 graph.load(&id, &canonical, size, identified);
             },
         )
-        .unwrap();
+        .or_bug("reading the project state");
         drop(clusters);
 
         // The history, in the order the query gives.
         for_each_row(c, source, &[], |r| {
             if r.columns() < 3 {
-                crate::error::raise(IdentityError::InvalidArgument {
+                raise(IdentityError::InvalidArgument {
                     what: "backfill source query",
                     value: source.to_string(),
                     hint: "It must return three columns: operation, id_a, id_b.",
@@ -159,7 +166,7 @@ fn mp_backfill(
             // type is the caller's mistake, named, not a value read as something it is not.
             let text = |n: usize| -> Option<String> {
                 r.get::<String>(n).unwrap_or_else(|e| {
-                    crate::error::raise(IdentityError::InvalidArgument {
+                    raise(IdentityError::InvalidArgument {
                         what: "backfill source query",
                         value: format!("{source} (column {n}: {e})"),
                         hint: "Its three columns (operation, id_a, id_b) must be text: cast them with ::text.",
@@ -167,7 +174,7 @@ fn mp_backfill(
                 })
             };
             let (name, a, b) = (text(1), text(2), text(3));
-            let op = name.as_deref().and_then(op_of);
+            let op = name.as_deref().and_then(Op::from_history_name);
             let result = match (op, project.mode) {
                 (None, _) => Err(IdentityError::MalformedEvent {
                     field: "operation".into(),
@@ -176,17 +183,14 @@ fn mp_backfill(
                         name.as_deref().unwrap_or("NULL")
                     ),
                 }),
-                (Some(Op::Link), Mode::Original)
-                | (Some(Op::Identify | Op::Alias | Op::Merge), Mode::Simplified) => {
-                    Err(IdentityError::WrongMode {
-                        op: "this operation",
-                        token: project.token.clone(),
-                    })
-                }
-                (Some(Op::Link), Mode::Simplified) => {
+                (Some(op), mode) if !mode.allows(op) => Err(IdentityError::WrongMode {
+                    op: "this operation",
+                    token: project.token.clone(),
+                }),
+                (Some(Op::Link), _) => {
                     // The raw device id is validated as the online path does (ingest), then
                     // prefixed; a link needs both a valid user and a valid device.
-                    let plan = crate::ingest::simplified_event(&settings, b.clone(), a.clone());
+                    let plan = crate::core::ingest::simplified_event(&settings, b.clone(), a.clone());
                     match (plan.refusals.into_iter().next(), plan.link) {
                         (Some(err), _) => Err(err),
                         (None, Some((user, device))) => {
@@ -197,9 +201,7 @@ fn mp_backfill(
                         }),
                     }
                 }
-                (Some(op), Mode::Original) => {
-                    graph.apply(&settings, op, a.as_deref(), b.as_deref())
-                }
+                (Some(op), _) => graph.apply(&settings, op, a.as_deref(), b.as_deref()),
             };
             if let Err(err) = result {
                 refusals.push(Refusal {
@@ -212,7 +214,7 @@ fn mp_backfill(
             }
         })
         .unwrap_or_else(|e| {
-            crate::error::raise(IdentityError::InvalidArgument {
+            raise(IdentityError::InvalidArgument {
                 what: "backfill source query",
                 value: format!("{source} ({e})"),
                 hint:
@@ -283,7 +285,7 @@ fn mp_backfill(
             );
         }
         for chunk in graph.joins.chunks(CHUNK) {
-            let col = |f: &dyn Fn(&crate::graph::Join) -> String| {
+            let col = |f: &dyn Fn(&crate::core::graph::Join) -> String| {
                 chunk.iter().map(|j| Some(f(j))).collect::<Vec<_>>()
             };
             let g = &graph;
@@ -318,7 +320,7 @@ fn mp_backfill(
                 .collect();
             let message: Vec<Option<String>> = chunk
                 .iter()
-                .map(|r| Some(crate::ingest::scrub_nul_str(&r.err.message())))
+                .map(|r| Some(crate::core::ingest::scrub_nul_str(&r.err.message())))
                 .collect();
             let op: Vec<Option<String>> = chunk.iter().map(|r| r.op.clone()).collect();
             let a: Vec<Option<String>> = chunk.iter().map(|r| r.a.clone()).collect();
@@ -335,13 +337,13 @@ fn mp_backfill(
         }
         // Fresh statistics for what was just written: planners of mp_check, mp_restamp and the
         // online functions would otherwise plan a table of millions of rows as an empty one.
-        store::as_owner(|| {
+        crate::pg::as_owner(|| {
             c.update(
                 "ANALYZE identity_merge.identities, identity_merge.clusters, identity_merge.merge_log",
                 None,
                 &[],
             )
-            .unwrap()
+            .or_bug("reading the project state")
         });
         TableIterator::once((
             events,

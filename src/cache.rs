@@ -214,8 +214,6 @@ impl IdCache {
 }
 
 thread_local! {
-    /// Projects by token, valid for one generation (projects changes fire the same signal).
-    static PROJECTS: RefCell<(u64, HashMap<String, crate::store::Project>)> = RefCell::new((0, HashMap::new()));
     static GENERATION: Cell<u64> = const { Cell::new(0) };
     /// Bumped by the relcache invalidation of any relation but the signal table.
     static RELATIONS_EPOCH: Cell<u64> = const { Cell::new(0) };
@@ -254,6 +252,8 @@ pub fn epochs() -> (u64, u64) {
 fn ensure_registered() {
     REGISTERED.with(|r| {
         if !r.get() {
+            // SAFETY: registers a callback that lives as long as the library (it is never
+            // unloaded) and only bumps thread-local counters.
             unsafe {
                 pg_sys::CacheRegisterRelcacheCallback(
                     Some(on_relcache_invalidation),
@@ -273,19 +273,13 @@ fn capacity() -> usize {
 /// Processes pending invalidations (call at the start of each statement).
 pub fn accept_invalidations() {
     ensure_registered();
-    unsafe {
-        pg_sys::AcceptInvalidationMessages();
-        let nsp = pg_sys::get_namespace_oid(c"identity_merge".as_ptr(), true);
-        let oid = if nsp == pg_sys::InvalidOid {
-            pg_sys::InvalidOid
-        } else {
-            pg_sys::get_relname_relid(c"graph_changed".as_ptr(), nsp)
-        };
-        if oid != WATCHED.with(|w| w.get()) {
-            // The table was recreated (or first use): nothing cached can be trusted.
-            WATCHED.with(|w| w.set(oid));
-            GENERATION.with(|g| g.set(g.get() + 1));
-        }
+    // SAFETY: processes this backend's pending invalidation messages (callbacks only bump counters).
+    unsafe { pg_sys::AcceptInvalidationMessages() };
+    let oid = crate::pg::relation_oid(c"graph_changed").unwrap_or(pg_sys::InvalidOid);
+    if oid != WATCHED.with(|w| w.get()) {
+        // The table was recreated (or first use): nothing cached can be trusted.
+        WATCHED.with(|w| w.set(oid));
+        GENERATION.with(|g| g.set(g.get() + 1));
     }
 }
 
@@ -406,40 +400,39 @@ pub fn load(
 pub struct OwnChange {
     remote_messages: u64,
     cache_current: bool,
-    projects_current: bool,
 }
 
 /// Notes what is current before this backend's own identity write.
 pub fn own_change_begin() -> OwnChange {
-    let generation = GENERATION.with(|g| g.get());
+    let generation = generation();
     OwnChange {
+        // SAFETY: reads a counter of this backend.
         remote_messages: unsafe { pg_sys::SharedInvalidMessageCounter },
         cache_current: CACHE.with(|c| {
             c.borrow()
                 .as_ref()
                 .is_some_and(|cache| cache.generation == generation)
         }),
-        projects_current: PROJECTS.with(|p| p.borrow().0 == generation),
     }
 }
 
 /// After this backend's own write: `joined` is `(project, absorbed canonical, kept canonical)`
 /// when two clusters became one (an id new to the graph counts as its own cluster). When no
 /// other backend's message arrived meanwhile, the only invalidations processed were this
-/// write's own, so the caches stay, with the join as a redirect; otherwise they are dropped.
-pub fn own_change_end(before: OwnChange, joined: Option<(i32, &str, &str)>) {
+/// write's own, so the cache stays, with the join as a redirect; otherwise it is dropped.
+/// Returns whether it was quiet (what was current before still is: the project cache, in
+/// store.rs, follows the same rule).
+pub fn own_change_end(before: OwnChange, joined: Option<(i32, &str, &str)>) -> bool {
     OWN_WRITES.with(|w| w.set(w.get() + 1));
+    // SAFETY: reads a counter of this backend.
     let quiet = unsafe { pg_sys::SharedInvalidMessageCounter } == before.remote_messages;
     if !quiet {
         if joined.is_some() {
             clear();
         }
-        return;
+        return false;
     }
-    let generation = GENERATION.with(|g| g.get());
-    if before.projects_current {
-        PROJECTS.with(|p| p.borrow_mut().0 = generation);
-    }
+    let generation = generation();
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
         if !before.cache_current {
@@ -456,73 +449,7 @@ pub fn own_change_end(before: OwnChange, joined: Option<(i32, &str, &str)>) {
             }
         }
     });
-}
-
-/// A project from the cache, or loaded by `load` and remembered until the next change signal.
-/// Invalidations are accepted first, so a project created or changed by a committed transaction
-/// is seen.
-pub fn project(
-    token: &str,
-    load: impl FnOnce(&str) -> Result<crate::store::Project, crate::error::IdentityError>,
-) -> Result<crate::store::Project, crate::error::IdentityError> {
-    accept_invalidations();
-    let generation = GENERATION.with(|g| g.get());
-    let hit = PROJECTS.with(|p| {
-        let p = p.borrow();
-        (p.0 == generation)
-            .then(|| p.1.get(token).cloned())
-            .flatten()
-    });
-    if let Some(project) = hit {
-        return Ok(project);
-    }
-    let project = load_fresh(|| load(token))?;
-    PROJECTS.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.0 != generation {
-            *p = (generation, HashMap::new());
-        }
-        p.1.insert(token.to_string(), project.clone());
-    });
-    Ok(project)
-}
-
-/// Runs a project load under a snapshot taken now, after the invalidations just accepted: the
-/// statement's own snapshot may predate a committed change whose signal was accepted in the
-/// middle of the statement, and the answer is remembered for the generation that includes it.
-/// A parallel worker may not take a snapshot; it reads with the leader's (its cache dies with it).
-fn load_fresh<R>(load: impl FnOnce() -> R) -> R {
-    // SAFETY: plain calls into PostgreSQL's snapshot manager on this backend's thread; the
-    // pushed snapshot is popped before returning, or by the transaction abort on an ERROR.
-    unsafe {
-        if pg_sys::IsInParallelMode() {
-            return load();
-        }
-        pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot());
-    }
-    let r = load();
-    // SAFETY: pops the snapshot pushed above.
-    unsafe { pg_sys::PopActiveSnapshot() };
-    r
-}
-
-/// Only the id of a project (no clone of its settings): the `mp_resolve` path.
-pub fn project_id(
-    token: &str,
-    load: impl FnOnce(&str) -> Result<crate::store::Project, crate::error::IdentityError>,
-) -> Result<i32, crate::error::IdentityError> {
-    accept_invalidations();
-    let generation = GENERATION.with(|g| g.get());
-    let hit = PROJECTS.with(|p| {
-        let p = p.borrow();
-        (p.0 == generation)
-            .then(|| p.1.get(token).map(|project| project.id))
-            .flatten()
-    });
-    match hit {
-        Some(id) => Ok(id),
-        None => project(token, load).map(|p| p.id),
-    }
+    true
 }
 
 /// How many whole-project loads this backend completed (for tests: a cache can be emptied by
@@ -550,13 +477,9 @@ mod identity_merge {
     fn notify_caches<'a>(
         _trigger: &'a pgrx::PgTrigger<'a>,
     ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
-        unsafe {
-            use pgrx::pg_sys;
-            let nsp = pg_sys::get_namespace_oid(c"identity_merge".as_ptr(), false);
-            let signal = pg_sys::get_relname_relid(c"graph_changed".as_ptr(), nsp);
-            if signal != pg_sys::InvalidOid {
-                pg_sys::CacheInvalidateRelcacheByRelid(signal);
-            }
+        if let Some(signal) = crate::pg::relation_oid(c"graph_changed") {
+            // SAFETY: registers a relcache invalidation of an existing relation, sent at commit.
+            unsafe { pgrx::pg_sys::CacheInvalidateRelcacheByRelid(signal) };
         }
         Ok(None)
     }

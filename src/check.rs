@@ -7,6 +7,8 @@ use std::collections::HashMap;
 
 use pgrx::prelude::*;
 
+use crate::pg::OrBug;
+
 /// Replays joins (a, b, kept) and returns id -> canonical.
 pub fn replay(
     joins: impl IntoIterator<Item = (String, String, String)>,
@@ -55,6 +57,13 @@ pub fn replay(
 mod identity_merge {
     use super::*;
 
+    /// A NOT NULL text column of the state tables.
+    fn text(row: &pgrx::spi::SpiHeapTupleData<'_>, n: usize) -> String {
+        row.get(n)
+            .or_bug("reading the identity state")
+            .or_bug("reading the identity state")
+    }
+
     /// Ids whose stored canonical disagrees with a replay of the merge log.
     #[pg_extern(stable, parallel_safe)]
     fn _check_log(
@@ -68,8 +77,8 @@ mod identity_merge {
                     None,
                     &[project_id.into()],
                 )
-                .unwrap()
-                .map(|r| (r.get(1).unwrap().unwrap(), r.get(2).unwrap().unwrap(), r.get(3).unwrap().unwrap()))
+                .or_bug("reading the merge log")
+                .map(|r| (text(&r, 1), text(&r, 2), text(&r, 3)))
                 .collect();
             let stored: Vec<(String, String)> = c
                 .select(
@@ -78,8 +87,8 @@ mod identity_merge {
                     None,
                     &[project_id.into()],
                 )
-                .unwrap()
-                .map(|r| (r.get(1).unwrap().unwrap(), r.get(2).unwrap().unwrap()))
+                .or_bug("reading the identities")
+                .map(|r| (text(&r, 1), text(&r, 2)))
                 .collect();
             (joins, stored)
         });

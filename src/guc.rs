@@ -3,7 +3,11 @@
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::PostgresGucEnum;
 
-/// `identity_merge.anon_id_format`: how `$identify` checks `$anon_id`.
+use crate::core::AnonIdFormat;
+
+/// `identity_merge.anon_id_format`: how `$identify` checks `$anon_id`. The setting's face of
+/// `core::AnonIdFormat` (its values are the variants' names in lower case, the same words as
+/// `AnonIdFormat::as_str`; `anon_id_format` maps them and a test checks the names).
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
 pub enum AnonIdFormatGuc {
     /// UUID v4, optionally prefixed `$device:` (Mixpanel's rule).
@@ -27,6 +31,21 @@ pub fn cluster_locks_per_transaction() -> usize {
 }
 
 pub fn init() {
+    define();
+    // No other identity_merge.* name can be set (a typo is an error, not a silent placeholder).
+    // SAFETY: called once, at library load, with a static C string.
+    #[cfg(any(feature = "pg13", feature = "pg14"))]
+    unsafe {
+        pgrx::pg_sys::EmitWarningsOnPlaceholders(c"identity_merge".as_ptr())
+    };
+    // SAFETY: as above.
+    #[cfg(not(any(feature = "pg13", feature = "pg14")))]
+    unsafe {
+        pgrx::pg_sys::MarkGUCPrefixReserved(c"identity_merge".as_ptr())
+    };
+}
+
+fn define() {
     GucRegistry::define_int_guc(
         c"identity_merge.cluster_locks_per_transaction",
         c"Cluster locks a transaction takes before it locks its whole project for writing instead.",
@@ -60,6 +79,15 @@ a project can also lift it for itself with mp_set_project_setting(token, 'anon_i
     );
 }
 
+/// The session's anon id format.
+pub fn anon_id_format() -> AnonIdFormat {
+    match ANON_ID_FORMAT.get() {
+        AnonIdFormatGuc::Uuid => AnonIdFormat::UuidV4,
+        AnonIdFormatGuc::Any => AnonIdFormat::Any,
+    }
+}
+
+/// Whether the session lifts Mixpanel's UUID rule for anon ids.
 pub fn anon_id_format_any() -> bool {
-    ANON_ID_FORMAT.get() == AnonIdFormatGuc::Any
+    anon_id_format() == AnonIdFormat::Any
 }

@@ -8,10 +8,11 @@
 use pgrx::prelude::*;
 use serde_json::{json, Value};
 
-use crate::error::IdentityError;
-use crate::ingest;
-use crate::rules::Op;
-use crate::store::{self, Mode, Rejection};
+use crate::core::error::IdentityError;
+use crate::core::ingest;
+use crate::core::Op;
+use crate::pg::raise;
+use crate::store::{self, Rejection};
 
 /// Most events one `mp_track` call takes (Mixpanel's /import batch limit).
 pub const MAX_BATCH: usize = 2000;
@@ -39,7 +40,7 @@ fn parse(body: Option<&str>, what: &str) -> Result<Value, IdentityError> {
 fn respond(result: Result<(), IdentityError>) -> pgrx::JsonB {
     match result {
         Ok(()) => pgrx::JsonB(ok()),
-        Err(err @ IdentityError::Contention { .. }) => crate::error::raise(err),
+        Err(err) if err.is_retryable() => raise(err),
         Err(err) => pgrx::JsonB(failed(&err)),
     }
 }
@@ -49,7 +50,7 @@ fn identity_call(op: Op, endpoint: &'static str, body: Option<&str>) -> pgrx::Js
         let v = parse(body, "body")?;
         let (token, a, b) = ingest::identity_request(op, &v)?;
         let project = store::project(Some(&token))?;
-        if project.mode == Mode::Simplified {
+        if !project.mode.allows(op) {
             return Err(IdentityError::WrongMode {
                 op: endpoint,
                 token,
@@ -69,7 +70,9 @@ fn record(
 ) {
     store::record_rejection(Rejection {
         project_id,
-        reason: err.reason().unwrap_or(crate::error::Reason::MalformedEvent),
+        reason: err
+            .reason()
+            .unwrap_or(crate::core::error::Reason::MalformedEvent),
         message: err.message(),
         operation: op,
         id_a: a,
@@ -86,7 +89,7 @@ fn track_one(event: &Value) -> Result<(), IdentityError> {
                 op: Option<&str>,
                 a: Option<&str>,
                 b: Option<&str>| {
-        if !matches!(err, IdentityError::Contention { .. }) {
+        if !err.is_retryable() {
             record(project_id, &err, op, a, b, event);
         }
         Err(err)
@@ -99,15 +102,16 @@ fn track_one(event: &Value) -> Result<(), IdentityError> {
         Ok(p) => p,
         Err(err) => return fail(None, err, None, None, None),
     };
-    let outcome = store::apply_event(
+    let plan = ingest::plan_event(
         &project,
         Some(&ev.name),
         &|| ev.properties.clone(),
         None,
         None,
-        |err, op, a, b| record(Some(project.id), err, Some(op), a, b, event),
-    )?;
-    outcome.refused.map_or(Ok(()), Err)
+    );
+    let done = store::execute(&project, plan)?;
+    store::record_refusals(Some(project.id), &done.refusals, None, event);
+    done.failed.map_or(Ok(()), Err)
 }
 
 #[pg_schema]
@@ -151,7 +155,7 @@ mod identity_merge {
                     .iter()
                     .map(|e| match track_one(e) {
                         Ok(()) => ok(),
-                        Err(err @ IdentityError::Contention { .. }) => crate::error::raise(err),
+                        Err(err) if err.is_retryable() => raise(err),
                         Err(err) => {
                             all_ok = false;
                             failed(&err)

@@ -1,23 +1,30 @@
 //! identity_merge: Mixpanel's ID Merge inside PostgreSQL.
 //!
-//! Modules, one concern each:
-//! - `rules`: the identity rules (validation, refusals, canonical choice, size limit), pure Rust.
-//! - `error`: the one error enum and its mapping to SQLSTATEs.
-//! - `ingest`: reading identity events out of JSON payloads, pure Rust.
-//! - `store`: SPI access with kept plans, and the protocol of a join; `locks`: its locks.
-//! - `graph`: union-find for `backfill` (history in one pass); `check`: `mp_check`'s replay.
-//! - `attach`: the registry of attached tables (ownership and trigger checks);
-//! - `api`: the Rust-backed SQL functions; `json_api`: the seed's HTTP API shapes;
-//!   `trigger`: the stamping trigger; `probe` and `cache`: its lookups; `guc`: settings.
+//! Two rooms:
+//! - `core/`: what identity means, plain Rust with no PostgreSQL types (model, error, rules,
+//!   ingest, graph); see core/mod.rs. Unit-tested with plain `cargo test`.
+//! - the glue, one module per concern, each thin around the core:
+//!   - `trigger`: the stamping trigger; `probe` and `cache`: its lookups (direct index probes,
+//!     a per-backend cache kept correct by invalidations);
+//!   - `store`: SPI with kept plans, the project cache, the locking protocol of a join, and
+//!     executing an event's plan; `locks`: its locks;
+//!   - `api`: the Rust-backed SQL functions; `json_api`: the seed's HTTP API shapes;
+//!     `backfill`: history in one pass; `check`: `mp_check`'s replay; `attach`: the registry
+//!     of attached tables; `guc`: settings;
+//!   - `pg`: PostgreSQL plumbing shared by all of them (raising errors, running as the
+//!     extension owner or under another resource owner, the local xid, the schema's oids).
+//!
+//! An identity event runs one way: trigger / `mp_track` → `core::ingest::plan_event` →
+//! `store::execute` → `core::rules` and `locks` → refusals back as data → `store::record_refusals`.
 //!
 //! SQL objects live in `sql/schema.sql` (tables) and `sql/api.sql` (plain SQL functions).
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 use pgrx::prelude::*;
 
-pub mod error;
-pub mod graph;
-pub mod ingest;
-pub mod rules;
+pub mod core;
 
 mod api;
 mod attach;
@@ -27,6 +34,7 @@ mod check;
 mod guc;
 mod json_api;
 mod locks;
+mod pg;
 mod probe;
 mod store;
 mod trigger;

@@ -40,6 +40,7 @@ const SHARE: pg_sys::LOCKMODE = pg_sys::ShareLock as pg_sys::LOCKMODE;
 
 fn advisory(field2: u32, field3: u32, field4: u16) -> pg_sys::LOCKTAG {
     pg_sys::LOCKTAG {
+        // SAFETY: MyDatabaseId is set once at connection start and only read here.
         locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
         locktag_field2: field2,
         locktag_field3: field3,
@@ -61,7 +62,7 @@ fn project_tag(project_id: i32) -> pg_sys::LOCKTAG {
 }
 
 fn cluster_locks_taken() -> usize {
-    let lxid = unsafe { crate::probe::local_xid() };
+    let lxid = crate::pg::local_xid();
     CLUSTER_LOCKS.with(|c| {
         let (x, n) = c.get();
         if x == lxid {
@@ -73,7 +74,7 @@ fn cluster_locks_taken() -> usize {
 }
 
 fn count_cluster_locks(n: usize) {
-    let lxid = unsafe { crate::probe::local_xid() };
+    let lxid = crate::pg::local_xid();
     let taken = cluster_locks_taken();
     CLUSTER_LOCKS.with(|c| c.set((lxid, taken + n)));
 }
@@ -83,17 +84,12 @@ fn count_cluster_locks(n: usize) {
 /// when the subtransaction commits, and `LockRelease` only gives back a lock the current owner
 /// holds (under a statement's owner it would warn and keep the lock).
 fn as_transaction_owner<R>(f: impl FnOnce() -> R) -> R {
-    unsafe {
-        let owner = pg_sys::CurrentResourceOwner;
-        pg_sys::CurrentResourceOwner = pg_sys::CurTransactionResourceOwner;
-        let r = f();
-        pg_sys::CurrentResourceOwner = owner;
-        r
-    }
+    crate::pg::with_resource_owner(crate::pg::Owner::CurrentTransaction, f)
 }
 
 /// Takes `tag` in `mode` without waiting; true when held (now or already).
 fn try_take(tag: &pg_sys::LOCKTAG, mode: pg_sys::LOCKMODE) -> bool {
+    // SAFETY: a conditional acquire (dontWait) of a valid tag; never blocks or errors.
     as_transaction_owner(|| unsafe {
         pg_sys::LockAcquire(tag, mode, false, true)
             != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
@@ -106,6 +102,8 @@ fn wait_take(tags: &[pg_sys::LOCKTAG], mode: pg_sys::LOCKMODE) -> bool {
     in_subtransaction(|| {
         let taken = PgTryBuilder::new(|| {
             for tag in tags {
+                // SAFETY: a waiting acquire of a valid tag inside the subtransaction; its
+                // ERRORs (deadlock, timeout, cancel) are caught here or by in_subtransaction.
                 unsafe { pg_sys::LockAcquire(tag, mode, false, false) };
             }
             true
@@ -121,10 +119,12 @@ fn wait_take(tags: &[pg_sys::LOCKTAG], mode: pg_sys::LOCKMODE) -> bool {
 }
 
 fn held_by_me(tag: &pg_sys::LOCKTAG, mode: pg_sys::LOCKMODE) -> bool {
+    // SAFETY: looks the tag up in this backend's local lock table.
     #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16"))]
     unsafe {
         pg_sys::LockHeldByMe(tag, mode)
     }
+    // SAFETY: as above.
     #[cfg(any(feature = "pg17", feature = "pg18"))]
     unsafe {
         pg_sys::LockHeldByMe(tag, mode, false)
@@ -163,6 +163,7 @@ pub fn try_clusters(keys: [i64; 2]) -> bool {
         return false;
     }
     if !try_take(&second, EXCLUSIVE) {
+        // SAFETY: gives back the hold just taken, under the owner that took it.
         as_transaction_owner(|| unsafe { pg_sys::LockRelease(&first, EXCLUSIVE, false) });
         return false;
     }
@@ -183,6 +184,7 @@ pub fn wait_clusters(keys: [i64; 2]) -> bool {
 pub fn release_clusters(keys: [i64; 2]) {
     as_transaction_owner(|| {
         for key in keys {
+            // SAFETY: gives back one hold this transaction took, under its owner.
             unsafe { pg_sys::LockRelease(&cluster_tag(key), EXCLUSIVE, false) };
         }
     });
@@ -200,6 +202,9 @@ enum Step<T> {
 /// does not catch (a lock timeout, a cancel) rolls the subtransaction back before it goes on
 /// up: left open, it would leave even an autocommit session in an aborted transaction block.
 fn in_subtransaction<T>(f: impl FnOnce() -> Step<T>) -> T {
+    // SAFETY: the subtransaction begun here is committed or rolled back on every path (the
+    // ERROR path rolls it back before re-raising), and the memory context and resource owner
+    // it switches are put back.
     unsafe {
         let old_cx = pg_sys::CurrentMemoryContext;
         let old_owner = pg_sys::CurrentResourceOwner;

@@ -21,25 +21,12 @@ use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::PgOid;
 
-use crate::error::{IdentityError, Reason};
-use crate::rules::{self, AnonIdFormat, Op, Outcome, RuleSettings, Side};
+use std::collections::HashMap;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    Original,
-    Simplified,
-}
-
-/// A project and the settings its rules use.
-#[derive(Clone, Debug)]
-pub struct Project {
-    pub id: i32,
-    pub token: String,
-    pub mode: Mode,
-    /// The project's own anon_id_format ('uuid' | 'any'); `settings` also folds in the GUC.
-    pub anon_id_format: String,
-    pub settings: RuleSettings,
-}
+use crate::core::error::{IdentityError, Reason};
+use crate::core::ingest::{EventPlan, Refusal};
+use crate::core::rules::{self, AnonIdFormat, Mode, Op, Outcome, Project, RuleSettings, Side};
+use crate::pg::{as_owner, OrBug};
 
 // Every statement qualifies its tables and operators so that objects a user creates in their
 // own schemas can never be picked up, whatever the caller's search_path.
@@ -61,7 +48,7 @@ const SQL_SIDE_COLUMNS: &str = "SELECT i.distinct_id, i.canonical_id, c.size, c.
 // cluster's ids and drops its row, or adds the absorbed id; adds the kept id when new; updates or
 // adds the kept cluster; logs the join with how many ids moved. Parameters, the same for every
 // case: project, operation, id_a, id_b, kept, kept exists, absorbed, absorbed exists, new size,
-// identified. (It replaces the SQL function identity_merge._join, kept for compatibility.)
+// identified. (It replaced the PL/pgSQL identity_merge._join, dropped in 0.1.3.)
 fn join_sql(kept_exists: bool, absorbed_exists: bool) -> String {
     let mut parts: Vec<String> = Vec::new();
     if absorbed_exists {
@@ -138,12 +125,16 @@ fn plans() -> std::rc::Rc<Plans> {
     }
     use pg_sys::BuiltinOid::*;
     let p = Spi::connect(|c| {
-        let prep = |sql: &str, args: &[PgOid]| c.prepare_mut(sql, args).expect("prepare").keep();
+        let prep = |sql: &str, args: &[PgOid]| {
+            c.prepare_mut(sql, args)
+                .or_bug("preparing a statement")
+                .keep()
+        };
         Plans {
             // Read-only: mp_resolve (parallel safe) looks projects up in parallel workers too.
             project: c
                 .prepare(SQL_PROJECT, &[oid(TEXTOID)])
-                .expect("prepare")
+                .or_bug("preparing a statement")
                 .keep(),
             sides: prep(
                 &format!("{SQL_SIDE_COLUMNS} $2 UNION ALL {SQL_SIDE_COLUMNS} $3"),
@@ -189,86 +180,77 @@ fn plans() -> std::rc::Rc<Plans> {
 }
 
 thread_local! {
-    /// (oid of schema identity_merge, its owner): who the extension's own writes run as.
-    static OWNER: std::cell::Cell<(pg_sys::Oid, pg_sys::Oid)> =
-        const { std::cell::Cell::new((pg_sys::InvalidOid, pg_sys::InvalidOid)) };
+    /// Projects by token, valid for one cache generation (a change to projects fires the same
+    /// signal as a change to identities: cache.rs).
+    static PROJECTS: RefCell<(u64, HashMap<String, Project>)> = RefCell::new((0, HashMap::new()));
 }
 
-fn owner_oid() -> pg_sys::Oid {
-    let schema = unsafe { pg_sys::get_namespace_oid(c"identity_merge".as_ptr(), false) };
-    let (cached_schema, owner) = OWNER.with(|o| o.get());
-    if cached_schema == schema {
-        return owner;
-    }
-    // A read-only select: Spi::get_one_with_args would mark the transaction as writing, which a
-    // parallel worker (mp_resolve is parallel safe) may not do.
-    let owner = Spi::connect(|c| {
-        c.select(
-            "SELECT nspowner FROM pg_catalog.pg_namespace WHERE oid OPERATOR(pg_catalog.=) $1",
-            Some(1),
-            &[schema.into()],
-        )
-        .unwrap()
-        .first()
-        .get::<pg_sys::Oid>(1)
-        .unwrap()
-        .unwrap()
-    });
-    OWNER.with(|o| o.set((schema, owner)));
-    owner
-}
-
-/// Runs `f` as the owner of the extension's schema, the way PostgreSQL's foreign-key triggers
-/// switch to the table owner: callers need EXECUTE on the mp_* functions (see docs/security.md),
-/// never privileges on the state tables, which only the functions change. An ERROR inside is
-/// cleaned up by the (sub)transaction abort, which restores the user id.
-pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
-    let owner = owner_oid();
-    unsafe {
-        let (mut user, mut context) = (pg_sys::InvalidOid, 0);
-        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
-        pg_sys::SetUserIdAndSecContext(
-            owner,
-            context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
-        );
-        let r = f();
-        pg_sys::SetUserIdAndSecContext(user, context);
-        r
-    }
-}
-
-/// The effective anon id format: 'any' when either the project or the session says so.
-fn anon_format(project_setting: &str) -> AnonIdFormat {
-    let guc = crate::guc::anon_id_format_any();
-    if guc || AnonIdFormat::parse(project_setting) == Some(AnonIdFormat::Any) {
-        AnonIdFormat::Any
-    } else {
-        AnonIdFormat::UuidV4
-    }
-}
-
-impl Project {
-    /// Re-derives the effective anon id format (the session setting may have changed).
-    pub fn refreshed(mut self) -> Project {
-        self.refresh();
-        self
-    }
-
-    /// `refreshed` in place.
-    pub fn refresh(&mut self) {
-        self.settings.anon_id_format = anon_format(&self.anon_id_format);
-    }
+/// Whether the session lifts the anon id format (`identity_merge.anon_id_format = 'any'`).
+fn session_any() -> bool {
+    crate::guc::anon_id_format_any()
 }
 
 /// A project by token (from the backend's cache when it is current), or `UnknownProject`.
+/// Invalidations are accepted first, so a project created or changed by a committed
+/// transaction is seen.
 pub fn project(token: Option<&str>) -> Result<Project, IdentityError> {
     let token = token.ok_or(IdentityError::NullId { field: "project" })?;
-    crate::cache::project(token, |t| as_owner(|| load_project(t))).map(Project::refreshed)
+    crate::cache::accept_invalidations();
+    let generation = crate::cache::generation();
+    let hit = PROJECTS.with(|p| {
+        let p = p.borrow();
+        (p.0 == generation)
+            .then(|| p.1.get(token).cloned())
+            .flatten()
+    });
+    let project = match hit {
+        Some(project) => project,
+        None => {
+            let project = load_fresh(|| as_owner(|| load_project(token)))?;
+            PROJECTS.with(|p| {
+                let mut p = p.borrow_mut();
+                if p.0 != generation {
+                    *p = (generation, HashMap::new());
+                }
+                p.1.insert(token.to_string(), project.clone());
+            });
+            project
+        }
+    };
+    Ok(project.with_session_format(session_any()))
 }
 
-/// Only the id of a project by token (the `mp_resolve` path: no settings cloned).
+/// Only the id of a project by token (the `mp_resolve` path: no settings cloned on a hit).
 pub fn project_id(token: &str) -> Result<i32, IdentityError> {
-    crate::cache::project_id(token, |t| as_owner(|| load_project(t)))
+    crate::cache::accept_invalidations();
+    let generation = crate::cache::generation();
+    let hit = PROJECTS.with(|p| {
+        let p = p.borrow();
+        (p.0 == generation)
+            .then(|| p.1.get(token).map(|project| project.id))
+            .flatten()
+    });
+    match hit {
+        Some(id) => Ok(id),
+        None => project(Some(token)).map(|p| p.id),
+    }
+}
+
+/// Runs a project load under a snapshot taken now, after the invalidations just accepted: the
+/// statement's own snapshot may predate a committed change whose signal was accepted in the
+/// middle of the statement, and the answer is remembered for the generation that includes it.
+/// A parallel worker may not take a snapshot; it reads with the leader's (its cache dies with it).
+fn load_fresh<R>(load: impl FnOnce() -> R) -> R {
+    // SAFETY: asks whether this backend is in parallel mode.
+    if unsafe { pg_sys::IsInParallelMode() } {
+        return load();
+    }
+    // SAFETY: pushes a snapshot taken now; it is popped below, or by the abort of an ERROR.
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot()) };
+    let r = load();
+    // SAFETY: pops the snapshot pushed above.
+    unsafe { pg_sys::PopActiveSnapshot() };
+    r
 }
 
 /// Loads a project by token from the projects table.
@@ -277,30 +259,29 @@ fn load_project(token: &str) -> Result<Project, IdentityError> {
     Spi::connect(|c| {
         let rows = c
             .select(&p.project, Some(1), &[token.into()])
-            .expect("project lookup");
+            .or_bug("reading a project");
         if rows.is_empty() {
             return Err(IdentityError::UnknownProject {
                 token: token.to_string(),
             });
         }
         let row = rows.first();
-        let id: i32 = row.get(1).unwrap().unwrap();
-        let mode: String = row.get(2).unwrap().unwrap();
-        let max: i32 = row.get(3).unwrap().unwrap();
-        let format: String = row.get(4).unwrap().unwrap();
-        let blocked: Vec<Option<String>> = row.get(5).unwrap().unwrap_or_default();
+        let id: i32 = row.get(1).or_bug("reading a row").or_bug("reading a row");
+        let mode: String = row.get(2).or_bug("reading a row").or_bug("reading a row");
+        let max: i32 = row.get(3).or_bug("reading a row").or_bug("reading a row");
+        let format: String = row.get(4).or_bug("reading a row").or_bug("reading a row");
+        let blocked: Vec<Option<String>> = row.get(5).or_bug("reading a row").unwrap_or_default();
+        let anon_id_format = AnonIdFormat::parse(&format).unwrap_or(AnonIdFormat::UuidV4);
         Ok(Project {
             id,
             token: token.to_string(),
-            mode: if mode == "simplified" {
-                Mode::Simplified
-            } else {
-                Mode::Original
-            },
-            anon_id_format: format.clone(),
+            mode: Mode::parse(&mode).ok_or_else(|| IdentityError::Internal {
+                what: format!("project {token:?} has the unknown mode {mode:?}"),
+            })?,
+            anon_id_format,
             settings: RuleSettings {
                 max_cluster_size: max as i64,
-                anon_id_format: anon_format(&format),
+                anon_id_format,
                 blocked_ids: blocked
                     .into_iter()
                     .flatten()
@@ -316,15 +297,18 @@ fn read_sides(p: &Plans, project_id: i32, a: &str, b: &str) -> (Side, Side) {
     Spi::connect(|c| {
         let rows = c
             .select(&p.sides, None, &[project_id.into(), a.into(), b.into()])
-            .expect("sides");
+            .or_bug("reading two clusters");
         let (mut sa, mut sb) = (Side::new_id(a), Side::new_id(b));
         for row in rows {
-            let id: String = row.get(1).unwrap().unwrap();
+            let id: String = row.get(1).or_bug("reading a row").or_bug("reading a row");
             let side = Side {
                 id: id.clone(),
-                canonical: row.get(2).unwrap().unwrap(),
-                size: row.get::<i32>(3).unwrap().unwrap() as i64,
-                identified: row.get(4).unwrap().unwrap(),
+                canonical: row.get(2).or_bug("reading a row").or_bug("reading a row"),
+                size: row
+                    .get::<i32>(3)
+                    .or_bug("reading a row")
+                    .or_bug("reading a row") as i64,
+                identified: row.get(4).or_bug("reading a row").or_bug("reading a row"),
                 exists: true,
             };
             if id == a {
@@ -355,7 +339,9 @@ pub fn apply(
 }
 
 fn apply_checked(project: &Project, op: Op, a: &str, b: &str) -> Result<String, IdentityError> {
-    // The stamp caches learn of this backend's own joins from here (cache::own_change_end).
+    // The stamp caches learn of this backend's own joins from here (cache::own_change_end);
+    // the project cache stays current through them by the same rule.
+    let projects_current = PROJECTS.with(|p| p.borrow().0 == crate::cache::generation());
     let before = crate::cache::own_change_begin();
     let result = join_clusters(project, op, a, b);
     let joined = match &result {
@@ -365,7 +351,9 @@ fn apply_checked(project: &Project, op: Op, a: &str, b: &str) -> Result<String, 
         }) => Some((project.id, absorbed.as_str(), canonical.as_str())),
         _ => None,
     };
-    crate::cache::own_change_end(before, joined);
+    if crate::cache::own_change_end(before, joined) && projects_current {
+        PROJECTS.with(|p| p.borrow_mut().0 = crate::cache::generation());
+    }
     result.map(|applied| applied.canonical)
 }
 
@@ -459,25 +447,25 @@ fn decide_and_write(
         Outcome::Join(plan) => {
             let write = || {
                 Spi::connect_mut(|c| {
-                let case = plan.kept.exists as usize * 2 + plan.absorbed.exists as usize;
-                c.update(
-                    &p.join[case],
-                    None,
-                    &[
-                        project.id.into(),
-                        op.as_str().into(),
-                        a.id.as_str().into(),
-                        b.id.as_str().into(),
-                        plan.kept.canonical.as_str().into(),
-                        plan.kept.exists.into(),
-                        plan.absorbed.canonical.as_str().into(),
-                        plan.absorbed.exists.into(),
-                        (plan.size as i32).into(),
-                        plan.identified.into(),
-                    ],
-                )
-                .expect("join");
-            })
+                    let case = plan.kept.exists as usize * 2 + plan.absorbed.exists as usize;
+                    c.update(
+                        &p.join[case],
+                        None,
+                        &[
+                            project.id.into(),
+                            op.as_str().into(),
+                            a.id.as_str().into(),
+                            b.id.as_str().into(),
+                            plan.kept.canonical.as_str().into(),
+                            plan.kept.exists.into(),
+                            plan.absorbed.canonical.as_str().into(),
+                            plan.absorbed.exists.into(),
+                            (plan.size as i32).into(),
+                            plan.identified.into(),
+                        ],
+                    )
+                    .or_bug("writing a join");
+                })
             };
             // SAFETY: reads the transaction's isolation level.
             let xact_snapshot =
@@ -493,7 +481,7 @@ fn decide_and_write(
                 };
                 PgTryBuilder::new(std::panic::AssertUnwindSafe(write))
                     .catch_when(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, move |_| {
-                        crate::error::raise(conflict.clone())
+                        crate::pg::raise(conflict.clone())
                     })
                     .execute();
             } else {
@@ -507,89 +495,72 @@ fn decide_and_write(
     }
 }
 
-/// What one ingested event did to the identity graph (see `apply_event`).
+/// What executing an event's plan did.
 #[derive(Default)]
-pub struct EventOutcome {
-    /// A join was made: lookups in this statement must look again.
+pub struct Executed {
+    /// A join was made.
     pub changed: bool,
-    /// Simplified projects: the distinct_id the event implies (`$user_id`, else the device).
-    pub distinct_id: Option<String>,
-    /// The first refusal, when there was one (every refusal went to `record`).
-    pub refused: Option<IdentityError>,
+    /// Every refusal to record, in order: the plan's (its ignored note first), then those of
+    /// the operations the rules refused here.
+    pub refusals: Vec<Refusal>,
+    /// The first refusal that makes the event a failure (the ignored note does not).
+    pub failed: Option<IdentityError>,
 }
 
-/// The identity meaning of one ingested event, shared by the stamping trigger and `mp_track`.
-/// Original projects apply `$identify` / `$create_alias` / `$merge`; Simplified projects record
-/// those as ignored (the event stays an ordinary event) and link `$device_id` to `$user_id`,
-/// taken from `device_column` / `user_column` when given, else from the properties. `properties`
-/// is called only when needed (a row's jsonb costs a parse). Every refusal is handed to
-/// `record(error, operation, id_a, id_b)`; only `Contention` is returned as an error, for the
-/// caller to raise (retry the transaction).
-pub fn apply_event(
-    project: &Project,
-    event: Option<&str>,
-    properties: &dyn Fn() -> serde_json::Value,
-    device_column: Option<String>,
-    user_column: Option<String>,
-    mut record: impl FnMut(&IdentityError, &str, Option<&str>, Option<&str>),
-) -> Result<EventOutcome, IdentityError> {
-    use crate::ingest;
-    let mut out = EventOutcome::default();
-    let identity_op = event.and_then(ingest::identity_op);
-    if project.mode == Mode::Simplified && identity_op.is_some() {
-        // Ignored, as Mixpanel does, and recorded so nothing vanishes silently; not a refusal
-        // of the event, which still links its device and user below.
-        let ignored = IdentityError::Ignored {
-            event: event.unwrap_or_default().to_string(),
-            token: project.token.clone(),
-        };
-        record(&ignored, "ignore", None, None);
+/// Executes what an event means (`ingest::plan_event`): applies its operations in order and
+/// returns every refusal as data, for the caller to record with its source (`record_refusals`).
+/// Only a retryable error (`IdentityError::is_retryable`) is returned as an error: the caller
+/// raises it, so that the transaction is retried rather than the event recorded as refused.
+pub fn execute(project: &Project, plan: EventPlan) -> Result<Executed, IdentityError> {
+    let mut out = Executed::default();
+    out.refusals.extend(plan.ignored);
+    for refusal in plan.refusals {
+        out.failed.get_or_insert_with(|| refusal.error.clone());
+        out.refusals.push(refusal);
     }
-    let mut refuse =
-        |out: &mut EventOutcome, err: IdentityError, op: &str, a: Option<&str>, b: Option<&str>| {
-            record(&err, op, a, b);
-            out.refused.get_or_insert(err);
-        };
-    match project.mode {
-        Mode::Original => {
-            let Some(op) = identity_op else {
-                return Ok(out);
-            };
-            let (a, b) = match ingest::event_ids(op, &properties()) {
-                Ok(ids) => ids,
-                Err(err) => {
-                    refuse(&mut out, err, op.as_str(), None, None);
-                    return Ok(out);
-                }
-            };
-            match apply(project, op, a.as_deref(), b.as_deref()) {
-                Ok(_) => out.changed = true,
-                Err(err @ IdentityError::Contention { .. }) => return Err(err),
-                Err(err) => refuse(&mut out, err, op.as_str(), a.as_deref(), b.as_deref()),
+    for planned in plan.ops {
+        match apply(
+            project,
+            planned.op,
+            planned.a.as_deref(),
+            planned.b.as_deref(),
+        ) {
+            Ok(_) => out.changed = true,
+            Err(err) if err.is_retryable() => return Err(err),
+            Err(err) => {
+                out.failed.get_or_insert_with(|| err.clone());
+                out.refusals.push(Refusal {
+                    error: err,
+                    operation: planned.op.as_str(),
+                    a: planned.a,
+                    b: planned.b,
+                });
             }
-        }
-        Mode::Simplified => {
-            let props = if device_column.is_none() || user_column.is_none() {
-                properties()
-            } else {
-                serde_json::Value::Null
-            };
-            let (device, user, errors) = ingest::simplified_ids(&props, device_column, user_column);
-            let plan = ingest::simplified_event(&project.settings, device, user);
-            for err in errors.into_iter().chain(plan.refusals) {
-                refuse(&mut out, err, "link", None, None);
-            }
-            if let Some((user, device)) = &plan.link {
-                match apply(project, Op::Link, Some(user), Some(device)) {
-                    Ok(_) => out.changed = true,
-                    Err(err @ IdentityError::Contention { .. }) => return Err(err),
-                    Err(err) => refuse(&mut out, err, "link", Some(user), Some(device)),
-                }
-            }
-            out.distinct_id = plan.distinct_id;
         }
     }
     Ok(out)
+}
+
+/// Records refusals of one event, each with the event as its source: `source_table` and the
+/// row (trigger) or the payload (`mp_track`).
+pub fn record_refusals(
+    project_id: Option<i32>,
+    refusals: &[Refusal],
+    source_table: Option<pg_sys::Oid>,
+    source_row: &serde_json::Value,
+) {
+    for r in refusals {
+        record_rejection(Rejection {
+            project_id,
+            reason: r.error.reason().unwrap_or(Reason::MalformedEvent),
+            message: r.error.message(),
+            operation: Some(r.operation),
+            id_a: r.a.as_deref(),
+            id_b: r.b.as_deref(),
+            source_table,
+            source_row: Some(pgrx::JsonB(source_row.clone())),
+        });
+    }
 }
 
 /// What the ingest path records about a refused identity event.
@@ -605,7 +576,7 @@ pub struct Rejection<'a> {
 }
 
 pub fn record_rejection(r: Rejection<'_>) {
-    use crate::ingest::{scrub_nul, scrub_nul_str};
+    use crate::core::ingest::{scrub_nul, scrub_nul_str};
     let p = plans();
     let (id_a, id_b) = (r.id_a.map(scrub_nul_str), r.id_b.map(scrub_nul_str));
     let message = scrub_nul_str(&r.message);
@@ -626,7 +597,7 @@ pub fn record_rejection(r: Rejection<'_>) {
                     row.into(),
                 ],
             )
-            .expect("record rejection");
+            .or_bug("recording a refusal");
         })
     });
 }

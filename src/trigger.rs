@@ -20,8 +20,11 @@ use std::ffi::CStr;
 use pgrx::prelude::*;
 use pgrx::{FromDatum, IntoDatum, PgTupleDesc};
 
-use crate::error::IdentityError;
-use crate::store::{self, Mode, Project, Rejection};
+use crate::core::error::IdentityError;
+use crate::core::ingest;
+use crate::core::rules::Project;
+use crate::core::Mode;
+use crate::store;
 
 /// How the `properties` column holds its JSON.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -62,7 +65,10 @@ thread_local! {
 }
 
 /// A live column: its 1-based number and its catalog row.
-fn column<'a>(desc: &'a PgTupleDesc<'_>, name: &str) -> Option<(i32, &'a pg_sys::FormData_pg_attribute)> {
+fn column<'a>(
+    desc: &'a PgTupleDesc<'_>,
+    name: &str,
+) -> Option<(i32, &'a pg_sys::FormData_pg_attribute)> {
     desc.iter()
         .enumerate()
         .find(|(_, att)| !att.is_dropped() && att.name() == name)
@@ -123,14 +129,18 @@ fn build_context(
     let table = trigger
         .table_name()
         .unwrap_or_else(|_| format!("{:?}", key.0));
-    let desc = trigger.relation().map_err(|e| IdentityError::TriggerMisuse {
-        problem: format!("cannot read its table ({e})"),
-    })?;
+    let desc = trigger
+        .relation()
+        .map_err(|e| IdentityError::TriggerMisuse {
+            problem: format!("cannot read its table ({e})"),
+        })?;
     let desc = desc.tuple_desc();
     let required = |name: &str| -> Result<TextColumn, IdentityError> {
-        text_column(&table, name, column(&desc, name))?.ok_or_else(|| IdentityError::MissingColumn {
-            table: table.clone(),
-            column: name.to_string(),
+        text_column(&table, name, column(&desc, name))?.ok_or_else(|| {
+            IdentityError::MissingColumn {
+                table: table.clone(),
+                column: name.to_string(),
+            }
         })
     };
     let distinct = required(&args[1])?;
@@ -142,7 +152,8 @@ fn build_context(
             });
         }
     }
-    let optional = |name: &str| text_column(&table, name, column(&desc, name)).map(|c| c.map(|c| c.att));
+    let optional =
+        |name: &str| text_column(&table, name, column(&desc, name)).map(|c| c.map(|c| c.att));
     let properties = match column(&desc, "properties") {
         None => None,
         Some((att, form)) => Some((
@@ -181,7 +192,11 @@ fn build_context(
 ///
 /// # Safety
 /// `att` must be a text or varchar column of `tupdesc`, and `tuple` a tuple of it.
-unsafe fn get_text(tuple: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc, att: i32) -> Option<String> {
+unsafe fn get_text(
+    tuple: pg_sys::HeapTuple,
+    tupdesc: pg_sys::TupleDesc,
+    att: i32,
+) -> Option<String> {
     let mut is_null = false;
     // SAFETY: the caller guarantees the tuple matches the descriptor and the column is text.
     unsafe {
@@ -234,7 +249,7 @@ mod identity_merge {
     fn stamp_event<'a>(
         trigger: &'a pgrx::PgTrigger<'a>,
     ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
-        Ok(stamp(trigger).unwrap_or_else(|e| crate::error::raise(e)))
+        Ok(stamp(trigger).unwrap_or_else(|e| crate::pg::raise(e)))
     }
 }
 
@@ -257,17 +272,25 @@ fn stamp<'a>(
     // (the new row for an UPDATE); the active snapshot, when set, is valid for the statement.
     let (relid, tgoid, tupdesc, tuple, statement) = unsafe {
         let snapshot = pg_sys::GetActiveSnapshot();
-        let curcid = if snapshot.is_null() { 0 } else { (*snapshot).curcid };
+        let curcid = if snapshot.is_null() {
+            0
+        } else {
+            (*snapshot).curcid
+        };
         (
             (*td.tg_relation).rd_id,
             (*td.tg_trigger).tgoid,
             (*td.tg_relation).rd_att,
-            if is_update { td.tg_newtuple } else { td.tg_trigtuple },
+            if is_update {
+                td.tg_newtuple
+            } else {
+                td.tg_trigtuple
+            },
             (curcid, pg_sys::GetCurrentSubTransactionId()),
         )
     };
     // SAFETY: reads MyProc of this backend.
-    let key = (relid, tgoid, unsafe { crate::probe::local_xid() }, statement);
+    let key = (relid, tgoid, crate::pg::local_xid(), statement);
 
     CONTEXT.with(|slot| {
         let mut slot = slot.borrow_mut();
@@ -281,7 +304,7 @@ fn stamp<'a>(
                 let ctx = slot.as_mut().unwrap();
                 ctx.key = key;
                 // The session's anon_id_format may have changed since.
-                ctx.project.refresh();
+                ctx.project.refresh(crate::guc::anon_id_format_any());
             } else {
                 // Dropped first: a failed set-up must not leave the previous table's in place.
                 *slot = None;
@@ -316,7 +339,7 @@ fn stamp<'a>(
         } else {
             // SAFETY: a text datum of this row (or the filled-in one), alive until the new
             // tuple is formed below.
-            Some(unsafe { lookup(ctx, statement, distinct_datum) })
+            Some(unsafe { lookup(ctx, statement, distinct_datum) }?)
         };
         if let (Some(c), Some(max)) = (canonical, ctx.canonical.max_chars) {
             // SAFETY: `c` is a text datum (see lookup).
@@ -349,12 +372,18 @@ fn stamp<'a>(
 
 /// varchar(n) holds at most n characters: a longer stamp is an error (22001), as PostgreSQL
 /// raises for a too-long value, never a silently over-long row.
-fn check_length(ctx: &StatementContext, column: &str, bytes: &[u8], max: i32) -> Result<(), IdentityError> {
+fn check_length(
+    ctx: &StatementContext,
+    column: &str,
+    bytes: &[u8],
+    max: i32,
+) -> Result<(), IdentityError> {
     if bytes.len() <= max as usize {
         return Ok(());
     }
     // SAFETY: counts the characters of a byte slice in the database encoding.
-    let chars = unsafe { pg_sys::pg_mbstrlen_with_len(bytes.as_ptr() as *const _, bytes.len() as i32) };
+    let chars =
+        unsafe { pg_sys::pg_mbstrlen_with_len(bytes.as_ptr() as *const _, bytes.len() as i32) };
     if chars <= max {
         return Ok(());
     }
@@ -373,7 +402,11 @@ fn check_length(ctx: &StatementContext, column: &str, bytes: &[u8], max: i32) ->
 /// `distinct` must be a valid text datum; the datum returned points into the cache, a
 /// palloc'd copy or `distinct` itself, valid until the cache next changes (after the tuple
 /// is formed).
-unsafe fn lookup(ctx: &StatementContext, statement: (u32, u32), distinct: pg_sys::Datum) -> pg_sys::Datum {
+unsafe fn lookup(
+    ctx: &StatementContext,
+    statement: (u32, u32),
+    distinct: pg_sys::Datum,
+) -> Result<pg_sys::Datum, IdentityError> {
     // SAFETY: the caller guarantees a valid text datum.
     let id = unsafe { text_bytes(distinct) };
     let project_id = ctx.project.id;
@@ -385,42 +418,51 @@ unsafe fn lookup(ctx: &StatementContext, statement: (u32, u32), distinct: pg_sys
         out
     };
     if let Some(d) = cached() {
-        return d;
+        return Ok(d);
     }
+    let mut estimate = Ok(None);
     let budget = crate::cache::load_budget(project_id, || {
-        // SAFETY: the probe is opened and used on this backend within the transaction.
-        unsafe { crate::probe::identities_estimate(statement) }
+        estimate = crate::probe::identities_estimate(statement);
+        estimate.clone().ok().flatten()
     });
+    estimate?;
     if let Some(budget) = budget {
         // Many ids missed: reading the whole project may cost less than probing on.
+        let mut scanned = Ok(0);
         crate::cache::load(project_id, budget, |put| {
             let mut whole = true;
-            // SAFETY: the scan hands over text datums valid during each call.
-            unsafe {
-                crate::probe::each_identity(statement, project_id, |id, canonical| {
-                    whole = put(text_bytes(id), text_bytes(canonical));
-                    whole
-                })
-            };
-            whole
+            scanned = crate::probe::each_identity(statement, project_id, |id, canonical| {
+                // SAFETY: the scan hands over text datums valid during each call.
+                whole = put(unsafe { text_bytes(id) }, unsafe { text_bytes(canonical) });
+                whole
+            });
+            whole && scanned.is_ok()
         });
+        scanned?;
         if let Some(d) = cached() {
-            return d;
+            return Ok(d);
         }
     }
     let mut found: Option<crate::cache::Canonical> = None;
-    // SAFETY: `distinct` is a valid text datum; the probe's datum is copied inside the closure.
+    // SAFETY: `distinct` is a valid text datum; the probe hands a text datum of the index or
+    // heap tuple, valid during the closure, whose bytes are copied there.
     let as_of = unsafe {
-        crate::probe::canonical(crate::probe::Use::Stamp, statement, project_id, distinct, |d| {
-            found = d.map(|d| crate::cache::Canonical::new(text_bytes(d)));
-        })
-    };
+        crate::probe::canonical(
+            crate::probe::Use::Stamp,
+            statement,
+            project_id,
+            distinct,
+            |d| {
+                found = d.map(|d| crate::cache::Canonical::new(text_bytes(d)));
+            },
+        )
+    }?;
     crate::cache::put(project_id, id, found.as_ref().map(|c| c.bytes()), as_of);
-    match &found {
+    Ok(match &found {
         // The datum must outlive `found`: a palloc'd copy.
-        Some(c) => c.bytes().into_datum().unwrap(),
+        Some(c) => c.bytes().into_datum().unwrap_or(distinct),
         None => distinct,
-    }
+    })
 }
 
 /// Applies the row's identity meaning (`store::apply_event`): identity events in Original
@@ -435,43 +477,50 @@ unsafe fn apply_row_event(
     tupdesc: pg_sys::TupleDesc,
     relid: pg_sys::Oid,
 ) -> Result<Option<String>, IdentityError> {
-    // SAFETY (every read below): the columns were checked to be text/varchar (event, ids) or
-    // one of the properties kinds when the context was built for this descriptor.
-    let (device_col, user_col) = match ctx.project.mode {
-        Mode::Original if ctx.event_att.is_none() || ctx.properties.is_none() => return Ok(None),
-        // Most rows are ordinary events: tell them by the event name's bytes, without copying.
-        Mode::Original if !unsafe { is_identity_event(tuple, tupdesc, ctx.event_att.unwrap()) } => {
-            return Ok(None)
-        }
-        Mode::Original => (None, None),
-        Mode::Simplified => unsafe {
-            (
-                ctx.device_att.and_then(|a| get_text(tuple, tupdesc, a)),
-                ctx.user_att.and_then(|a| get_text(tuple, tupdesc, a)),
-            )
-        },
+    // Every read below is of a column whose type was checked (text/varchar for event and ids,
+    // one of the properties kinds) when the context was built for this descriptor, in a row of
+    // this table (the caller's contract).
+    let text = |att: i32| -> Option<String> {
+        // SAFETY: a checked text column of this row (see above).
+        unsafe { get_text(tuple, tupdesc, att) }
     };
-    let event: Option<String> = ctx.event_att.and_then(|a| unsafe { get_text(tuple, tupdesc, a) });
+    let (device_col, user_col) = match ctx.project.mode {
+        Mode::Original => match (ctx.event_att, ctx.properties) {
+            // Most rows are ordinary events: tell them by the event name's bytes, without copying.
+            // SAFETY: a checked text column of this row (see above).
+            (Some(event_att), Some(_))
+                if unsafe { is_identity_event(tuple, tupdesc, event_att) } =>
+            {
+                (None, None)
+            }
+            _ => return Ok(None),
+        },
+        Mode::Simplified => (ctx.device_att.and_then(text), ctx.user_att.and_then(text)),
+    };
+    let event: Option<String> = ctx.event_att.and_then(text);
     let properties_col = ctx.properties;
-    let properties = || -> serde_json::Value { unsafe { get_properties(tuple, tupdesc, properties_col) } };
+    let properties = || -> serde_json::Value {
+        // SAFETY: the checked properties column of this row (see above).
+        unsafe { get_properties(tuple, tupdesc, properties_col) }
+    };
     // Read only when a refusal is recorded or a Simplified row may need its distinct_id filled.
     let distinct_att = ctx.distinct.att;
-    let distinct = || -> Option<String> { unsafe { get_text(tuple, tupdesc, distinct_att) } };
+    let distinct = || -> Option<String> { text(distinct_att) };
     let project = &ctx.project;
-    // A lock cycle with another transaction is transient: the caller raises it (40001) so the
-    // loader retries the INSERT, rather than recording the event as refused.
-    let outcome = store::apply_event(
-        project,
-        event.as_deref(),
-        &properties,
-        device_col,
-        user_col,
-        |err, op, a, b| {
-            let event = event.as_deref().unwrap_or_default();
-            reject(project, err, op, a, b, relid, distinct(), event, properties())
-        },
-    )?;
-    Ok(outcome.distinct_id.filter(|_| distinct().is_none()))
+    let plan = ingest::plan_event(project, event.as_deref(), &properties, device_col, user_col);
+    let fill = plan.distinct_id.clone();
+    // A retryable conflict (a lock cycle with another transaction) is returned for the caller
+    // to raise (40001), so the loader retries the INSERT rather than the event being refused.
+    let done = store::execute(project, plan)?;
+    if !done.refusals.is_empty() {
+        let row = serde_json::json!({
+            "distinct_id": distinct(),
+            "event": event.as_deref().unwrap_or_default(),
+            "properties": properties(),
+        });
+        store::record_refusals(Some(project.id), &done.refusals, Some(relid), &row);
+    }
+    Ok(fill.filter(|_| distinct().is_none()))
 }
 
 /// The bytes of a text datum (valid as long as the datum is).
@@ -501,31 +550,6 @@ unsafe fn is_identity_event(
         let datum = pg_sys::heap_getattr(tuple, att, tupdesc, &mut is_null);
         !is_null
             && std::str::from_utf8(text_bytes(datum))
-                .is_ok_and(|e| crate::ingest::identity_op(e).is_some())
+                .is_ok_and(|e| ingest::identity_op(e).is_some())
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn reject(
-    project: &Project,
-    err: &IdentityError,
-    op: &str,
-    a: Option<&str>,
-    b: Option<&str>,
-    relid: pg_sys::Oid,
-    distinct: Option<String>,
-    event: &str,
-    props: serde_json::Value,
-) {
-    let row = serde_json::json!({ "distinct_id": distinct, "event": event, "properties": props });
-    store::record_rejection(Rejection {
-        project_id: Some(project.id),
-        reason: err.reason().unwrap_or(crate::error::Reason::MalformedEvent),
-        message: err.message(),
-        operation: Some(op),
-        id_a: a,
-        id_b: b,
-        source_table: Some(relid),
-        source_row: Some(pgrx::JsonB(row)),
-    });
 }

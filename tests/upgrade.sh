@@ -15,6 +15,11 @@ pass=0; fail=0
 ok() { pass=$((pass+1)); }
 bad() { echo "FAIL: $*"; fail=$((fail+1)); }
 
+# 0. Released scripts (install and upgrade) are never edited: their checksums are recorded at
+#    release (tools/release.sh) in sql/released/SHA256SUMS.
+if sha256sum --quiet -c sql/released/SHA256SUMS; then ok
+else bad "a released script was edited (sql/released/SHA256SUMS): add a new version and its upgrade script instead"; fi
+
 frozen=sql/released/identity_merge--$version.sql
 if [ -e "$frozen" ]; then
   now="$(mktemp -d)/now.sql"

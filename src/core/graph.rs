@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::error::IdentityError;
-use crate::rules::{self, Op, Outcome, RuleSettings, Side};
+use crate::core::error::IdentityError;
+use crate::core::rules::{self, Op, Outcome, RuleSettings, Side};
 
 /// One join made by the batch, as the merge log records it; ids are nodes (`Graph::name`), so
 /// a history of millions of joins holds no copies of their ids.
@@ -248,7 +248,7 @@ impl Graph {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::AnonIdFormat;
+    use crate::core::rules::AnonIdFormat;
 
     fn any() -> RuleSettings {
         RuleSettings {

@@ -4,17 +4,114 @@
 
 use serde_json::Value;
 
-use crate::error::{IdentityError, Reason};
-use crate::rules::{Op, RuleSettings, DEVICE_PREFIX};
+use crate::core::error::IdentityError;
+use crate::core::model::{Mode, Op};
+use crate::core::rules::{self, Project, RuleSettings, DEVICE_PREFIX};
 
 /// The identity operation an event name stands for, if any.
 pub fn identity_op(event: &str) -> Option<Op> {
-    match event {
-        "$identify" => Some(Op::Identify),
-        "$create_alias" => Some(Op::Alias),
-        "$merge" => Some(Op::Merge),
-        _ => None,
+    Op::from_event_name(event)
+}
+
+/// A refusal to record: the error, the operation it refused (`identify`, `link`, `ignore`...)
+/// and the ids involved when known.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Refusal {
+    pub error: IdentityError,
+    pub operation: &'static str,
+    pub a: Option<String>,
+    pub b: Option<String>,
+}
+
+impl Refusal {
+    pub fn new(error: IdentityError, operation: &'static str) -> Refusal {
+        Refusal {
+            error,
+            operation,
+            a: None,
+            b: None,
+        }
     }
+}
+
+/// An operation an event asks for, with its ids in call order (validated when applied).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedOp {
+    pub op: Op,
+    pub a: Option<String>,
+    pub b: Option<String>,
+}
+
+/// What one ingested event means for identity, decided before anything is read from or
+/// written to the store: the operations to apply in order, the refusals already known (a
+/// malformed field, an invalid id), a note that the event was ignored, and (Simplified) the
+/// distinct_id the event implies. The glue executes the operations (`store::execute`) and
+/// records every refusal the same way, whoever called.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EventPlan {
+    /// Recorded first, but not a failure of the event: a `$identify`, `$create_alias` or
+    /// `$merge` in a Simplified project, ignored as Mixpanel ignores it.
+    pub ignored: Option<Refusal>,
+    pub refusals: Vec<Refusal>,
+    pub ops: Vec<PlannedOp>,
+    pub distinct_id: Option<String>,
+}
+
+/// Plans one event: its name, its properties (read only when needed: a row's jsonb costs a
+/// parse) and, for Simplified projects, `$device_id` / `$user_id` from the row's columns
+/// when it has them (else from the properties).
+pub fn plan_event(
+    project: &Project,
+    event: Option<&str>,
+    properties: &dyn Fn() -> Value,
+    device_column: Option<String>,
+    user_column: Option<String>,
+) -> EventPlan {
+    let mut plan = EventPlan::default();
+    let named = event.and_then(identity_op);
+    if let Some(op) = named {
+        if !project.mode.allows(op) {
+            plan.ignored = Some(Refusal::new(
+                IdentityError::Ignored {
+                    event: event.unwrap_or_default().to_string(),
+                    token: project.token.clone(),
+                },
+                "ignore",
+            ));
+        }
+    }
+    match project.mode {
+        Mode::Original => {
+            let Some(op) = named else {
+                return plan;
+            };
+            match event_ids(op, &properties()) {
+                Ok((a, b)) => plan.ops.push(PlannedOp { op, a, b }),
+                Err(err) => plan.refusals.push(Refusal::new(err, op.as_str())),
+            }
+        }
+        Mode::Simplified => {
+            let props = if device_column.is_none() || user_column.is_none() {
+                properties()
+            } else {
+                Value::Null
+            };
+            let (device, user, errors) = simplified_ids(&props, device_column, user_column);
+            let linked = simplified_event(&project.settings, device, user);
+            for err in errors.into_iter().chain(linked.refusals) {
+                plan.refusals.push(Refusal::new(err, "link"));
+            }
+            if let Some((user, device)) = linked.link {
+                plan.ops.push(PlannedOp {
+                    op: Op::Link,
+                    a: Some(user),
+                    b: Some(device),
+                });
+            }
+            plan.distinct_id = linked.distinct_id;
+        }
+    }
+    plan
 }
 
 /// An id field as Mixpanel reads it: strings as they are, numbers as their decimal text.
@@ -132,13 +229,8 @@ pub fn simplified_event(
             out.refusals.push(e);
             return false;
         }
-        if u.starts_with(DEVICE_PREFIX) {
-            out.refusals.push(IdentityError::refused(
-                Reason::UserIdIsDevice,
-                Op::Link,
-                u,
-                device_id.as_deref().unwrap_or(""),
-            ));
+        if let Err(e) = rules::check_user_id(u, device_id.as_deref().unwrap_or("")) {
+            out.refusals.push(e);
             return false;
         }
         true
@@ -288,7 +380,89 @@ pub fn scrub_nul(v: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::AnonIdFormat;
     use serde_json::json;
+
+    fn project(mode: Mode) -> Project {
+        Project {
+            id: 1,
+            token: "t".into(),
+            mode,
+            anon_id_format: AnonIdFormat::Any,
+            settings: RuleSettings::default(),
+        }
+    }
+
+    #[test]
+    fn plans_say_what_an_event_means() {
+        let original = project(Mode::Original);
+        let props = json!({"$identified_id": "U1", "$anon_id": "A1"});
+        let plan = plan_event(&original, Some("$identify"), &|| props.clone(), None, None);
+        assert_eq!(
+            plan.ops,
+            vec![PlannedOp {
+                op: Op::Identify,
+                a: Some("U1".into()),
+                b: Some("A1".into())
+            }]
+        );
+        assert!(plan.refusals.is_empty() && plan.ignored.is_none());
+        // Ordinary events mean nothing for identity, and their properties are never read.
+        let plan = plan_event(&original, Some("Page View"), &|| panic!("read"), None, None);
+        assert_eq!(plan, EventPlan::default());
+        // A malformed identity event is a refusal to record, not an operation.
+        let plan = plan_event(
+            &original,
+            Some("$merge"),
+            &|| json!({"$distinct_ids": true}),
+            None,
+            None,
+        );
+        assert!(plan.ops.is_empty());
+        assert_eq!(plan.refusals[0].operation, "merge");
+        // Simplified: $identify is ignored (noted, not a failure); the columns link.
+        let simplified = project(Mode::Simplified);
+        let plan = plan_event(
+            &simplified,
+            Some("$identify"),
+            &|| json!({}),
+            Some("d1".into()),
+            Some("u1".into()),
+        );
+        assert_eq!(
+            plan.ignored
+                .as_ref()
+                .unwrap()
+                .error
+                .reason()
+                .unwrap()
+                .code(),
+            "errIgnoredInSimplified"
+        );
+        assert_eq!(
+            plan.ops,
+            vec![PlannedOp {
+                op: Op::Link,
+                a: Some("u1".into()),
+                b: Some("$device:d1".into())
+            }]
+        );
+        assert_eq!(plan.distinct_id.as_deref(), Some("u1"));
+        // A $user_id that is a device id: refused, and the distinct_id is the device.
+        let plan = plan_event(
+            &simplified,
+            Some("x"),
+            &|| json!({}),
+            Some("d2".into()),
+            Some("$device:x".into()),
+        );
+        assert!(plan.ops.is_empty());
+        assert_eq!(
+            plan.refusals[0].error.reason().unwrap().code(),
+            "errUserIdIsDevice"
+        );
+        assert_eq!(plan.distinct_id.as_deref(), Some("$device:d2"));
+    }
 
     #[test]
     fn identify_fields() {

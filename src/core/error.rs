@@ -1,9 +1,68 @@
-//! The one error type of the extension and its mapping to PostgreSQL errors. The enum and its
-//! texts are plain Rust (unit-tested); `raise` is the single place that turns one into an
-//! `ereport` with its SQLSTATE, message and hint. The ingest path records the same
-//! `reason code` and message in `identity_merge.rejections` instead of raising.
+//! The one error type of the extension: every refusal and failure, with its Mixpanel reason
+//! code (where there is one), its SQLSTATE (a typed `SqlState`, chosen here only), a message
+//! naming the values and a hint. Plain Rust, unit-tested; `crate::pg::raise` is the one place
+//! that turns an error into a PostgreSQL ERROR. The ingest path records the same reason code
+//! and message in `identity_merge.rejections` instead of raising.
 
-use crate::rules::Op;
+use crate::core::model::Op;
+
+/// The SQLSTATEs the extension raises (docs/errors.md lists each with its causes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SqlState {
+    /// 22004
+    NullValueNotAllowed,
+    /// 22023
+    InvalidParameterValue,
+    /// 22001
+    StringDataRightTruncation,
+    /// 55000
+    ObjectNotInPrerequisiteState,
+    /// 54000
+    ProgramLimitExceeded,
+    /// 42704
+    UndefinedObject,
+    /// 42710
+    DuplicateObject,
+    /// 42P01
+    UndefinedTable,
+    /// 42703
+    UndefinedColumn,
+    /// 42804
+    DatatypeMismatch,
+    /// 42501
+    InsufficientPrivilege,
+    /// 0A000
+    FeatureNotSupported,
+    /// 40001
+    SerializationFailure,
+    /// 39P01
+    TriggerProtocolViolated,
+    /// XX000: only for a bug (a statement of the extension's own that PostgreSQL refused).
+    InternalError,
+}
+
+impl SqlState {
+    /// The five characters.
+    pub fn code(self) -> &'static str {
+        match self {
+            SqlState::NullValueNotAllowed => "22004",
+            SqlState::InvalidParameterValue => "22023",
+            SqlState::StringDataRightTruncation => "22001",
+            SqlState::ObjectNotInPrerequisiteState => "55000",
+            SqlState::ProgramLimitExceeded => "54000",
+            SqlState::UndefinedObject => "42704",
+            SqlState::DuplicateObject => "42710",
+            SqlState::UndefinedTable => "42P01",
+            SqlState::UndefinedColumn => "42703",
+            SqlState::DatatypeMismatch => "42804",
+            SqlState::InsufficientPrivilege => "42501",
+            SqlState::FeatureNotSupported => "0A000",
+            SqlState::SerializationFailure => "40001",
+            SqlState::TriggerProtocolViolated => "39P01",
+            SqlState::InternalError => "XX000",
+        }
+    }
+}
 
 /// Mixpanel's refusal reason codes, plus the codes this extension adds for bad input and
 /// Simplified ID Merge (documented in docs/errors.md).
@@ -158,6 +217,15 @@ pub enum IdentityError {
         table: String,
         problem: String,
     },
+    /// One of the extension's own tables or indexes is missing (dropped by hand).
+    MissingObject {
+        what: String,
+    },
+    /// A statement of the extension's own failed where PostgreSQL raised no error of its own
+    /// (a bug: no input reaches it).
+    Internal {
+        what: String,
+    },
 }
 
 /// Shortens a value for a message: ids may be 255 characters, junk may be longer.
@@ -192,26 +260,40 @@ impl IdentityError {
         }
     }
 
-    /// The five-character SQLSTATE.
-    pub fn sqlstate(&self) -> &'static str {
+    /// The SQLSTATE it is raised with.
+    pub fn sqlstate(&self) -> SqlState {
+        use SqlState as S;
         match self {
-            IdentityError::NullId { .. } => "22004",
+            IdentityError::NullId { .. } => S::NullValueNotAllowed,
             IdentityError::InvalidId { .. }
             | IdentityError::InvalidArgument { .. }
-            | IdentityError::MalformedEvent { .. } => "22023",
-            IdentityError::Refused { .. } | IdentityError::ProjectHasData { .. } => "55000",
-            IdentityError::ManyIds { .. } => "54000",
-            IdentityError::UnknownProject { .. } => "42704",
-            IdentityError::ProjectExists { .. } => "42710",
-            IdentityError::WrongMode { .. } | IdentityError::Ignored { .. } => "0A000",
-            IdentityError::Contention { .. } | IdentityError::SerializationFailure { .. } => "40001",
-            IdentityError::TriggerMisuse { .. } => "39P01",
-            IdentityError::WrongColumnType { .. } => "42804",
-            IdentityError::MissingColumn { .. } => "42703",
-            IdentityError::ValueTooLong { .. } => "22001",
-            IdentityError::NotOwner { .. } => "42501",
-            IdentityError::AttachmentMismatch { .. } => "55000",
+            | IdentityError::MalformedEvent { .. } => S::InvalidParameterValue,
+            IdentityError::Refused { .. }
+            | IdentityError::ProjectHasData { .. }
+            | IdentityError::AttachmentMismatch { .. } => S::ObjectNotInPrerequisiteState,
+            IdentityError::ManyIds { .. } => S::ProgramLimitExceeded,
+            IdentityError::UnknownProject { .. } => S::UndefinedObject,
+            IdentityError::ProjectExists { .. } => S::DuplicateObject,
+            IdentityError::WrongMode { .. } | IdentityError::Ignored { .. } => {
+                S::FeatureNotSupported
+            }
+            IdentityError::Contention { .. } | IdentityError::SerializationFailure { .. } => {
+                S::SerializationFailure
+            }
+            IdentityError::TriggerMisuse { .. } => S::TriggerProtocolViolated,
+            IdentityError::WrongColumnType { .. } => S::DatatypeMismatch,
+            IdentityError::MissingColumn { .. } => S::UndefinedColumn,
+            IdentityError::ValueTooLong { .. } => S::StringDataRightTruncation,
+            IdentityError::NotOwner { .. } => S::InsufficientPrivilege,
+            IdentityError::MissingObject { .. } => S::UndefinedTable,
+            IdentityError::Internal { .. } => S::InternalError,
         }
+    }
+
+    /// Transient: the transaction may simply be retried (raised even on the ingest path,
+    /// which records every other refusal instead).
+    pub fn is_retryable(&self) -> bool {
+        self.sqlstate() == SqlState::SerializationFailure
     }
 
     pub fn message(&self) -> String {
@@ -283,6 +365,8 @@ impl IdentityError {
             ),
             IdentityError::NotOwner { table } => format!("must be owner of table {table}"),
             IdentityError::AttachmentMismatch { table, problem } => format!("table {table}: {problem}"),
+            IdentityError::MissingObject { what } => format!("{what} is missing"),
+            IdentityError::Internal { what } => format!("identity_merge internal error: {what}"),
         }
     }
 
@@ -342,6 +426,10 @@ impl IdentityError {
             IdentityError::AttachmentMismatch { .. } => {
                 "Attach tables with mp_attach; it registers exactly what its trigger says.".into()
             }
+            IdentityError::MissingObject { .. } => {
+                "An object of the extension was dropped: reinstall it (DROP EXTENSION identity_merge; CREATE EXTENSION identity_merge) or restore it from a dump.".into()
+            }
+            IdentityError::Internal { .. } => "Please report this as a bug of identity_merge.".into(),
         }
     }
 }
@@ -354,45 +442,6 @@ impl std::fmt::Display for IdentityError {
 
 impl std::error::Error for IdentityError {}
 
-/// Raises the error as a PostgreSQL ERROR. The one place SQLSTATEs are chosen.
-pub fn raise(err: IdentityError) -> ! {
-    use pgrx::PgSqlErrorCode as C;
-    let code = match err.sqlstate() {
-        "22004" => C::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-        "22023" => C::ERRCODE_INVALID_PARAMETER_VALUE,
-        "55000" => C::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-        "54000" => C::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-        "42704" => C::ERRCODE_UNDEFINED_OBJECT,
-        "42710" => C::ERRCODE_DUPLICATE_OBJECT,
-        "0A000" => C::ERRCODE_FEATURE_NOT_SUPPORTED,
-        "40001" => C::ERRCODE_T_R_SERIALIZATION_FAILURE,
-        "39P01" => C::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
-        "42804" => C::ERRCODE_DATATYPE_MISMATCH,
-        "42703" => C::ERRCODE_UNDEFINED_COLUMN,
-        "22001" => C::ERRCODE_STRING_DATA_RIGHT_TRUNCATION,
-        "42501" => C::ERRCODE_INSUFFICIENT_PRIVILEGE,
-        _ => C::ERRCODE_INTERNAL_ERROR,
-    };
-    pgrx::pg_sys::panic::ErrorReport::new(code, err.message(), "identity_merge")
-        .set_hint(err.hint())
-        .report(pgrx::PgLogLevel::ERROR);
-    unreachable!()
-}
-
-/// Unwraps or raises.
-pub trait OrRaise<T> {
-    fn or_raise(self) -> T;
-}
-
-impl<T> OrRaise<T> for Result<T, IdentityError> {
-    fn or_raise(self) -> T {
-        match self {
-            Ok(v) => v,
-            Err(e) => raise(e),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,13 +451,13 @@ mod tests {
         let e = IdentityError::refused(Reason::AnonAssigned, Op::Identify, "U2", "abc");
         assert!(e.message().starts_with("errAnonDistinctIdAssignedAlready:"));
         assert!(e.message().contains("\"U2\"") && e.message().contains("\"abc\""));
-        assert_eq!(e.sqlstate(), "55000");
+        assert_eq!(e.sqlstate().code(), "55000");
         let e = IdentityError::InvalidId {
             field: "alias",
             value: "null".into(),
             kind: BadIdKind::Blocked,
         };
-        assert_eq!(e.sqlstate(), "22023");
+        assert_eq!(e.sqlstate().code(), "22023");
         assert!(e.message().contains("\"null\"") && e.message().contains("blocked"));
         assert!(!e.hint().is_empty());
     }

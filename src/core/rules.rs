@@ -3,7 +3,8 @@
 //! and the size limit. Every path (SQL functions, the stamping trigger, the JSON API) asks
 //! these functions, so each rule lives here once and is unit-tested with plain `cargo test`.
 
-use crate::error::{BadIdKind, IdentityError, Reason};
+use crate::core::error::{BadIdKind, IdentityError, Reason};
+pub use crate::core::model::{AnonIdFormat, Mode, Op};
 
 /// Longest id accepted, in characters (Mixpanel's limit for distinct_id).
 pub const MAX_ID_CHARS: usize = 255;
@@ -42,25 +43,6 @@ pub const DEFAULT_BLOCKED_IDS: &[&str] = &[
 
 /// Prefix Mixpanel SDKs put on device ids used as distinct_ids.
 pub const DEVICE_PREFIX: &str = "$device:";
-
-/// How `$identify` checks its anon id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AnonIdFormat {
-    /// A UUID v4, optionally prefixed `$device:` (Mixpanel's rule).
-    UuidV4,
-    /// Any valid id.
-    Any,
-}
-
-impl AnonIdFormat {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "uuid" | "uuid_v4" | "uuidv4" => Some(AnonIdFormat::UuidV4),
-            "any" => Some(AnonIdFormat::Any),
-            _ => None,
-        }
-    }
-}
 
 /// The per-project settings the rules need.
 #[derive(Clone, Debug)]
@@ -139,33 +121,45 @@ pub fn is_uuid_v4_anon(anon: &str) -> bool {
     }
 }
 
-/// The three Original ID Merge operations, and Simplified ID Merge's link of a device to a user.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Op {
-    Identify,
-    Alias,
-    Merge,
-    /// Simplified: `$user_id` (a) and `'$device:' || $device_id` (b) on one event.
-    Link,
+/// Simplified ID Merge: a `$user_id` may not be a device id (`$device:` prefix). `device` is
+/// the device it would link to, for the message.
+pub fn check_user_id(user: &str, device: &str) -> Result<(), IdentityError> {
+    if user.starts_with(DEVICE_PREFIX) {
+        return Err(IdentityError::refused(
+            Reason::UserIdIsDevice,
+            Op::Link,
+            user,
+            device,
+        ));
+    }
+    Ok(())
 }
 
-impl Op {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Op::Identify => "identify",
-            Op::Alias => "alias",
-            Op::Merge => "merge",
-            Op::Link => "link",
-        }
+/// A project and the settings its rules use.
+#[derive(Clone, Debug)]
+pub struct Project {
+    pub id: i32,
+    pub token: String,
+    pub mode: Mode,
+    /// The project's own anon_id_format; `settings.anon_id_format` also folds in the session's.
+    pub anon_id_format: AnonIdFormat,
+    pub settings: RuleSettings,
+}
+
+impl Project {
+    /// The effective anon id format: `Any` when either the project or the session says so.
+    pub fn with_session_format(mut self, session_any: bool) -> Project {
+        self.refresh(session_any);
+        self
     }
-    /// Names of the two arguments, in call order, for error messages.
-    pub fn fields(self) -> (&'static str, &'static str) {
-        match self {
-            Op::Identify => ("identified_id", "anon_id"),
-            Op::Alias => ("alias", "distinct_id"),
-            Op::Merge => ("distinct_id_a", "distinct_id_b"),
-            Op::Link => ("$user_id", "$device_id"),
-        }
+
+    /// `with_session_format` in place.
+    pub fn refresh(&mut self, session_any: bool) {
+        self.settings.anon_id_format = if session_any || self.anon_id_format == AnonIdFormat::Any {
+            AnonIdFormat::Any
+        } else {
+            AnonIdFormat::UuidV4
+        };
     }
 }
 
@@ -242,8 +236,8 @@ pub fn precheck(
     if op == Op::Identify && !settings.check_anon_form(b) {
         return Err(IdentityError::refused(Reason::AnonNonGuid, op, a, b));
     }
-    if op == Op::Link && a.starts_with(DEVICE_PREFIX) {
-        return Err(IdentityError::refused(Reason::UserIdIsDevice, op, a, b));
+    if op == Op::Link {
+        check_user_id(a, b)?;
     }
     Ok(())
 }
@@ -499,7 +493,7 @@ mod tests {
             }
         ));
         assert_eq!(err.reason().unwrap().code(), "errManyIDs");
-        assert_eq!(err.sqlstate(), "54000");
+        assert_eq!(err.sqlstate().code(), "54000");
     }
 
     #[test]

@@ -1,0 +1,18 @@
+//! Tests against a real PostgreSQL started by pgrx-tests, one file per subject. The
+//! `#[pg_test]`s run inside the test server (each in a transaction rolled back at the end, all
+//! in the SQL schema `tests` the runner calls); `sessions` drives several client connections
+//! at once (concurrency, stress, cache invalidation across sessions), each test on a project
+//! of its own since its data is committed. User-visible flows are also golden SQL files in
+//! tests/pg_regress; hostile roles and tables are tests/reliability.sh.
+
+pub mod support;
+
+mod contract;
+mod flows;
+mod json;
+mod model;
+mod roles;
+mod trigger;
+
+#[cfg(test)]
+mod sessions;

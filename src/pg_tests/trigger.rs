@@ -1,0 +1,208 @@
+//! The stamping trigger: VALUES, INSERT ... SELECT and COPY, identity rows in row order, refusals
+//! recorded with the row, the whole-project cache load, mp_attach's checks and mp_restamp.
+
+#[pgrx::pg_schema]
+mod tests {
+    #[allow(unused_imports)]
+    use crate::pg_tests::support::*;
+    use pgrx::prelude::*;
+
+    /// Many misses make the trigger load the whole project into its cache; from then on an id
+    /// missing from the cache is unknown without a probe. Stamps stay what mp_resolve says,
+    /// also after the statement's own joins and for ids added by them.
+    #[pg_test]
+    fn a_loaded_project_stamps_like_resolve() {
+        run("SELECT mp_create_project('bulk'); \
+             SELECT mp_set_project_setting('bulk', 'anon_id_format', 'any'); \
+             SELECT mp_merge('u' || g, 'd' || g, 'bulk') FROM generate_series(1, 3000) g; \
+             CREATE TABLE bulk_ev (n int, distinct_id text, event text, properties jsonb, canonical_id text); \
+             SELECT mp_attach('bulk_ev', 'bulk')");
+        let loads = crate::cache::loads_completed();
+        run("INSERT INTO bulk_ev (n, distinct_id, event) \
+             SELECT g, CASE g % 4 WHEN 0 THEN 'd' || (g % 3000 + 1) WHEN 1 THEN 'u' || (g % 3000 + 1) \
+                               ELSE 'new' || g END, 'Page' \
+               FROM generate_series(1, 40000) g");
+        assert!(
+            crate::cache::loads_completed() > loads,
+            "40,000 rows with 23,000 distinct ids loaded the project"
+        );
+        let wrong = one(
+            "SELECT count(*)::text FROM bulk_ev WHERE canonical_id IS DISTINCT FROM mp_resolve(distinct_id, 'bulk')",
+        );
+        assert_eq!(wrong.as_deref(), Some("0"));
+        // Joins inside the statement, then rows that need them: d1 and d2's clusters merge;
+        // new-a (never seen) is identified as u3; new-b stays unknown.
+        run(
+            r#"INSERT INTO bulk_ev (n, distinct_id, event, properties) VALUES
+             (100001, 'd1', 'Page', NULL), (100002, 'd2', 'Page', NULL), (100003, 'new-a', 'Page', NULL),
+             (100004, 'u1', '$merge', '{"$distinct_ids": ["d1", "d2"]}'),
+             (100005, 'u3', '$identify', '{"$identified_id": "u3", "$anon_id": "new-a"}'),
+             (100006, 'd1', 'Page', NULL), (100007, 'd2', 'Page', NULL), (100008, 'u2', 'Page', NULL),
+             (100009, 'new-a', 'Page', NULL), (100010, 'new-b', 'Page', NULL)"#,
+        );
+        let before = one(
+            "SELECT string_agg(canonical_id, ',' ORDER BY n) FROM bulk_ev WHERE n BETWEEN 100001 AND 100003",
+        );
+        assert_eq!(
+            before.as_deref(),
+            Some("u1,u2,new-a"),
+            "rows before the joins"
+        );
+        let after =
+            one("SELECT string_agg(canonical_id, ',' ORDER BY n) FROM bulk_ev WHERE n > 100005");
+        let merged = resolve_in("d2", "bulk");
+        assert_eq!(merged, resolve_in("d1", "bulk"));
+        assert_eq!(
+            after,
+            Some(format!("{merged},{merged},{merged},u3,new-b")),
+            "rows after the joins"
+        );
+    }
+
+    #[pg_test]
+    fn smoke() {
+        assert_eq!(
+            one("SELECT mp_resolve('never-seen')").as_deref(),
+            Some("never-seen")
+        );
+    }
+
+    #[pg_test]
+    fn trigger_applies_identity_rows_in_row_order_in_one_statement() {
+        make_events();
+        // one INSERT ... SELECT: page views, the identify, then more page views of the device
+        run("INSERT INTO ev SELECT * FROM (VALUES \
+             (1, '$device:D1', 'Page View', '{}'::jsonb), \
+             (2, 'U1', '$identify', '{\"$identified_id\": \"U1\", \"$anon_id\": \"$device:D1\"}'), \
+             (3, '$device:D1', 'Page View', '{}'), \
+             (4, 'X', '$create_alias', '{\"alias\": \"X\", \"distinct_id\": \"U1\"}'), \
+             (5, 'X', 'Page View', '{}'), \
+             (6, 'M', '$merge', '{\"$distinct_ids\": [\"M\", \"U1\"]}'), \
+             (7, 'U1', 'Page View', '{}')) v ORDER BY 1");
+        assert_eq!(stamps(), ["$device:D1", "U1", "U1", "U1", "U1", "M", "M"]);
+        run("SELECT mp_restamp('ev')");
+        assert_eq!(stamps(), ["M"; 7]);
+    }
+
+    #[pg_test]
+    fn trigger_copy_stamps_rows() {
+        make_events();
+        run("SELECT mp_identify('U1', '$device:D1')");
+        run("COPY (SELECT n, '$device:D' || (n % 2 + 1), 'Page View', '{}'::jsonb, NULL::text FROM generate_series(1, 10) n) \
+             TO '/tmp/identity_merge_copy_test.csv' CSV");
+        run("COPY ev FROM '/tmp/identity_merge_copy_test.csv' CSV");
+        assert_eq!(
+            one("SELECT string_agg(canonical_id, ',' ORDER BY n) FROM ev WHERE n <= 4").as_deref(),
+            Some("$device:D2,U1,$device:D2,U1")
+        );
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM ev").unwrap(),
+            Some(10)
+        );
+    }
+
+    #[pg_test]
+    fn trigger_records_refusals_and_keeps_the_row() {
+        run("CREATE TABLE ev (n int, distinct_id text, event text, properties jsonb, canonical_id text)");
+        run("SELECT mp_attach('ev')");
+        // anon id not a UUID (default format), equal ids, missing field, wrong type, blocked id
+        run("INSERT INTO ev VALUES \
+             (1, 'U1', '$identify', '{\"$identified_id\": \"U1\", \"$anon_id\": \"D1\"}'), \
+             (2, 'U1', '$identify', '{\"$identified_id\": \"U1\", \"$anon_id\": \"U1\"}'), \
+             (3, 'U1', '$identify', '{\"$identified_id\": \"U1\"}'), \
+             (4, 'U1', '$merge', '{\"$distinct_ids\": [\"U1\", true]}'), \
+             (5, 'U1', '$create_alias', '{\"alias\": \"undefined\", \"distinct_id\": \"U1\"}'), \
+             (6, 'U1', '$merge', '{\"$distinct_ids\": [\"U1\"]}')");
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM ev").unwrap(),
+            Some(6),
+            "no row lost"
+        );
+        assert_eq!(
+            one("SELECT string_agg(reason_code, ',' ORDER BY rejection_id) FROM identity_merge.rejections WHERE project_id = 1").as_deref(),
+            Some("errAnonDistinctIdNonGUIDForm,errSameIDs,errMalformedEvent,errMalformedEvent,errInvalidID,errMalformedEvent")
+        );
+        assert_eq!(
+            one("SELECT format('%s|%s|%s|%s', source_table, id_a, id_b, source_row->>'distinct_id') FROM identity_merge.rejections WHERE project_id = 1 ORDER BY rejection_id LIMIT 1").as_deref(),
+            Some("ev|U1|D1|U1")
+        );
+        assert_eq!(
+            Spi::get_one::<i64>(
+                "SELECT count(*) FROM identity_merge.identities WHERE project_id = 1"
+            )
+            .unwrap(),
+            Some(0)
+        );
+        assert_eq!(
+            one("SELECT string_agg(DISTINCT canonical_id, ',') FROM ev").as_deref(),
+            Some("U1")
+        );
+    }
+
+    #[pg_test]
+    fn trigger_without_event_columns_only_stamps() {
+        run("CREATE TABLE plain_ev (user_key text, person text, payload int)");
+        run("SELECT mp_attach('plain_ev', 'default', 'user_key', 'person')");
+        run(&format!("SELECT mp_identify('U9', '{A1}')"));
+        run(&format!(
+            "INSERT INTO plain_ev VALUES ('{A1}', NULL, 1), (NULL, 'junk', 2), ('other', NULL, 3)"
+        ));
+        assert_eq!(
+            one(
+                "SELECT string_agg(coalesce(person, '<null>'), ',' ORDER BY payload) FROM plain_ev"
+            )
+            .as_deref(),
+            Some("U9,<null>,other")
+        );
+        run("SELECT mp_detach('plain_ev')");
+        run("INSERT INTO plain_ev VALUES ('x', NULL, 4)");
+        assert_eq!(
+            one("SELECT coalesce(person, '<null>') FROM plain_ev WHERE payload = 4").as_deref(),
+            Some("<null>")
+        );
+        assert_eq!(
+            Spi::get_one::<i64>(
+                "SELECT count(*) FROM identity_merge.attachments WHERE project_id = 1"
+            )
+            .unwrap(),
+            Some(0)
+        );
+    }
+
+    #[pg_test]
+    fn attach_checks_its_arguments() {
+        run("CREATE TABLE t1 (distinct_id text, canonical_id int)");
+        assert!(
+            err("SELECT mp_attach('t1')").starts_with("42804"),
+            "canonical column must be text"
+        );
+        assert!(err("SELECT mp_attach('t1', 'default', 'nope')").starts_with("42703"));
+        assert!(err("SELECT mp_attach('t1', 'no-such-project')").starts_with("42704"));
+        assert!(err("SELECT mp_restamp('t1')").starts_with("55000"));
+    }
+
+    #[pg_test]
+    fn restamp_changes_only_stale_rows() {
+        make_events();
+        run("INSERT INTO ev SELECT n, 'd' || (n % 50), 'Page View', '{}' FROM generate_series(1, 1000) n");
+        run("SELECT mp_merge('d1', 'd2'), mp_merge('d1', 'd3'), mp_alias('d4', 'd1')");
+        // 20 rows each of d2, d3, d4 are stale; d1's 20 rows already say d1
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT mp_restamp('ev')").unwrap(),
+            Some(60)
+        );
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM ev WHERE canonical_id IS DISTINCT FROM mp_resolve(distinct_id)").unwrap(), Some(0));
+        // a chain: the d1 cluster is absorbed later
+        run("SELECT mp_merge('d5', 'd1')");
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT mp_restamp('ev')").unwrap(),
+            Some(80)
+        );
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM ev WHERE canonical_id IS DISTINCT FROM mp_resolve(distinct_id)").unwrap(), Some(0));
+        assert!(
+            one("SELECT indexdef FROM pg_indexes WHERE tablename = 'ev'")
+                .unwrap()
+                .contains("canonical_id")
+        );
+    }
+}
