@@ -333,35 +333,38 @@ fn stamp<'a>(
             distinct_datum = d;
             is_null = false;
         }
-        // The canonical id as a datum: the distinct_id's own datum when the id is unknown.
-        let canonical: Option<pg_sys::Datum> = if is_null {
-            None
-        } else {
-            // SAFETY: a text datum of this row (or the filled-in one), alive until the new
-            // tuple is formed below.
-            Some(unsafe { lookup(ctx, statement, distinct_datum) }?)
+        let ctx = &*ctx;
+        // Forms the new row from the canonical id's datum (None: a NULL stamp). It runs while
+        // the datum is lent (it may point into the cache, see `with_canonical`).
+        let form = |canonical: Option<pg_sys::Datum>| -> Result<pg_sys::HeapTuple, IdentityError> {
+            if let (Some(c), Some(max)) = (canonical, ctx.canonical.max_chars) {
+                // SAFETY: `c` is a text datum (see with_canonical).
+                let bytes = unsafe { text_bytes(c) };
+                check_length(ctx, &ctx.canonical_name, bytes, max)?;
+            }
+            let mut values = [canonical.unwrap_or(pg_sys::Datum::from(0)), distinct_datum];
+            let mut nulls = [canonical.is_none(), false];
+            let mut cols = [ctx.canonical.att, ctx.distinct.att];
+            let ncols = if filled_distinct.is_some() { 2 } else { 1 };
+            // SAFETY: both columns are text or varchar of this descriptor and the datums are
+            // text values alive during this call, which copies them into the new tuple.
+            Ok(unsafe {
+                pg_sys::heap_modify_tuple_by_cols(
+                    tuple,
+                    tupdesc,
+                    ncols,
+                    cols.as_mut_ptr(),
+                    values.as_mut_ptr(),
+                    nulls.as_mut_ptr(),
+                )
+            })
         };
-        if let (Some(c), Some(max)) = (canonical, ctx.canonical.max_chars) {
-            // SAFETY: `c` is a text datum (see lookup).
-            let bytes = unsafe { text_bytes(c) };
-            check_length(ctx, &ctx.canonical_name, bytes, max)?;
-        }
-
-        let mut values = [canonical.unwrap_or(pg_sys::Datum::from(0)), distinct_datum];
-        let mut nulls = [canonical.is_none(), false];
-        let mut cols = [ctx.canonical.att, ctx.distinct.att];
-        let ncols = if filled_distinct.is_some() { 2 } else { 1 };
-        // SAFETY: both columns are text or varchar of this descriptor and the datums are text
-        // values that live until heap_modify_tuple_by_cols has copied them into the new tuple.
-        let new_tuple = unsafe {
-            pg_sys::heap_modify_tuple_by_cols(
-                tuple,
-                tupdesc,
-                ncols,
-                cols.as_mut_ptr(),
-                values.as_mut_ptr(),
-                nulls.as_mut_ptr(),
-            )
+        let new_tuple = if is_null {
+            form(None)?
+        } else {
+            // SAFETY: a text datum of this row (or the filled-in one), alive until the trigger
+            // returns.
+            unsafe { with_canonical(ctx, statement, distinct_datum, |c| form(Some(c))) }??
         };
         // SAFETY: the new tuple was formed with this relation's descriptor.
         Ok(Some(unsafe {
@@ -395,30 +398,33 @@ fn check_length(
     })
 }
 
-/// The canonical id of the text datum `distinct`, as a text datum: from the cache, else by a
-/// whole-project load or a probe; the id's own datum when the id is unknown.
+/// Hands `use_it` the canonical id of the text datum `distinct`, as a text datum, and returns
+/// what it returns: from the cache, else by a whole-project load or a probe; the id's own datum
+/// when the id is unknown. A datum from the cache points into it and is valid only during the
+/// call (the cache may change afterwards), which is why it is lent, not returned.
 ///
 /// # Safety
-/// `distinct` must be a valid text datum; the datum returned points into the cache, a
-/// palloc'd copy or `distinct` itself, valid until the cache next changes (after the tuple
-/// is formed).
-unsafe fn lookup(
+/// `distinct` must be a valid text datum, alive during the call.
+unsafe fn with_canonical<R>(
     ctx: &StatementContext,
     statement: (u32, u32),
     distinct: pg_sys::Datum,
-) -> Result<pg_sys::Datum, IdentityError> {
+    use_it: impl FnOnce(pg_sys::Datum) -> R,
+) -> Result<R, IdentityError> {
     // SAFETY: the caller guarantees a valid text datum.
     let id = unsafe { text_bytes(distinct) };
     let project_id = ctx.project.id;
-    let cached = || {
-        let mut out = None;
+    let mut use_it = Some(use_it);
+    let mut out: Option<R> = None;
+    let mut cached = || {
         crate::cache::get(project_id, id, |c| {
-            out = Some(c.map_or(distinct, |c| c.datum()));
-        });
-        out
+            if let Some(f) = use_it.take() {
+                out = Some(f(c.map_or(distinct, |c| c.datum())));
+            }
+        })
     };
-    if let Some(d) = cached() {
-        return Ok(d);
+    if cached() {
+        return Ok(out.take().expect("a cache hit lends the datum once"));
     }
     let mut estimate = Ok(None);
     let budget = crate::cache::load_budget(project_id, || {
@@ -439,8 +445,8 @@ unsafe fn lookup(
             whole && scanned.is_ok()
         });
         scanned?;
-        if let Some(d) = cached() {
-            return Ok(d);
+        if cached() {
+            return Ok(out.take().expect("a cache hit lends the datum once"));
         }
     }
     let mut found: Option<crate::cache::Canonical> = None;
@@ -458,10 +464,11 @@ unsafe fn lookup(
         )
     }?;
     crate::cache::put(project_id, id, found.as_ref().map(|c| c.bytes()), as_of);
+    let use_it = use_it.take().expect("not lent yet");
     Ok(match &found {
-        // The datum must outlive `found`: a palloc'd copy.
-        Some(c) => c.bytes().into_datum().unwrap_or(distinct),
-        None => distinct,
+        // `found` owns its bytes (a copy), alive during the call.
+        Some(c) => use_it(c.datum()),
+        None => use_it(distinct),
     })
 }
 
