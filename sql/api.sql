@@ -5,9 +5,9 @@
 CREATE FUNCTION mp_create_project(token text, mode text DEFAULT 'original') RETURNS void
 LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF mode NOT IN ('original', 'simplified') THEN
+    IF mode NOT IN ('original', 'simplified', 'legacy') THEN
         RAISE EXCEPTION 'invalid mode: %', quote_literal(mode) USING ERRCODE = '22023',
-            HINT = 'mode is ''original'' or ''simplified''.';
+            HINT = 'mode is ''original'', ''simplified'' or ''legacy''.';
     END IF;
     IF btrim(token) = '' OR length(token) > 255 THEN
         RAISE EXCEPTION 'invalid project token: %', quote_literal(token) USING ERRCODE = '22023',
@@ -25,9 +25,9 @@ LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, p
 DECLARE
     p identity_merge.projects;
 BEGIN
-    IF mode NOT IN ('original', 'simplified') THEN
+    IF mode NOT IN ('original', 'simplified', 'legacy') THEN
         RAISE EXCEPTION 'invalid mode: %', quote_literal(mode) USING ERRCODE = '22023',
-            HINT = 'mode is ''original'' or ''simplified''.';
+            HINT = 'mode is ''original'', ''simplified'' or ''legacy''.';
     END IF;
     p := identity_merge._project(token);
     -- Lock the project row so no identity can be written between the check and the switch.
@@ -233,6 +233,11 @@ BEGIN
         RAISE EXCEPTION 'table % is not attached to identity_merge', events USING ERRCODE = '55000',
             HINT = 'Attach it with mp_attach first.';
     END IF;
+    -- Legacy aliases are not retroactive (Mixpanel's pre-ID-Merge rule): a stamp is final.
+    IF (SELECT p.mode FROM identity_merge.projects p WHERE p.project_id = a.project_id) = 'legacy' THEN
+        RAISE NOTICE 'table % belongs to a legacy project: its stamps are final (aliases are not retroactive); nothing to restamp', events;
+        RETURN 0;
+    END IF;
     SELECT * INTO bad FROM identity_merge._column_problems(events, a.distinct_id_column, a.canonical_column) x
      WHERE x.code IN ('42703', '42804') LIMIT 1;
     IF FOUND THEN
@@ -292,6 +297,7 @@ CREATE FUNCTION mp_check(project text DEFAULT 'default') RETURNS TABLE (check_na
 LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     pid integer := (identity_merge._project(project)).project_id;
+    legacy boolean := (identity_merge._project(project)).mode = 'legacy';
     a identity_merge.attachments;
     bad record;
     broken boolean;
@@ -341,6 +347,17 @@ BEGIN
             detail := format('table %s: its stamps were not checked, role %s may not read columns %I and %I',
                              a.events, current_user, a.distinct_id_column, a.canonical_column);
             RETURN NEXT;
+            CONTINUE;
+        END IF;
+        IF legacy THEN
+            -- Legacy stamps are final: right when the row's own id (stored before its alias) or
+            -- the person it maps to (an original never stops being canonical).
+            RETURN QUERY EXECUTE format(
+                'SELECT ''unfixable_stamp''::text, format(''%%s row distinct_id %%s stamped %%s, which is neither itself nor %%s'', %1$L, e.%2$I, e.%3$I, r.c) '
+                'FROM %1$s e CROSS JOIN LATERAL (SELECT coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
+                '  WHERE i.project_id = $1 AND i.distinct_id = e.%2$I::text COLLATE "C"), e.%2$I::text) AS c) r '
+                'WHERE e.%3$I IS NOT NULL AND e.%3$I::text COLLATE "C" <> r.c AND e.%3$I::text COLLATE "C" <> e.%2$I::text',
+                a.events, a.distinct_id_column, a.canonical_column) USING pid;
             CONTINUE;
         END IF;
         RETURN QUERY EXECUTE format(

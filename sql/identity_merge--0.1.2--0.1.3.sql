@@ -1,11 +1,13 @@
--- identity_merge 0.1.2 -> 0.1.3: reliability (see CHANGELOG.md). The library checks the types of
--- every column it reads, stamps UPDATEs of the distinct_id, keeps its caches in step with
--- invalidations accepted mid-statement, keeps big JSON numbers' text, and reports 40001 for joins
--- racing a commit under REPEATABLE READ. In SQL: registration checks ownership and the trigger
--- (now in Rust), mp_attach refuses columns the trigger cannot handle, mp_restamp compares ids
--- bytewise and refuses tables whose columns changed, mp_check reports broken and unreadable
--- attachments, dropped tables are unregistered, readers see refusals of tables they may read.
--- The unused PL/pgSQL identity_merge._join is dropped.
+-- identity_merge 0.1.2 -> 0.1.3 (see CHANGELOG.md).
+-- Reliability: the library checks the types of every column it reads, stamps UPDATEs of the
+-- distinct_id, keeps its caches in step with invalidations accepted mid-statement, keeps big
+-- JSON numbers' text, and reports 40001 for joins racing a commit under REPEATABLE READ. In SQL:
+-- registration checks ownership and the trigger (now in Rust), mp_attach refuses columns the
+-- trigger cannot handle, mp_restamp compares ids bytewise and refuses tables whose columns
+-- changed, mp_check reports broken and unreadable attachments, dropped tables are unregistered,
+-- readers see refusals of tables they may read.
+-- Structure: the unused PL/pgSQL identity_merge._join is dropped.
+-- Legacy projects: a third mode, 'legacy' (Mixpanel's pre-ID-Merge aliases).
 -- Released upgrade scripts are never edited afterwards.
 
 -- Unused since 0.1.2 (joins are written by the library, src/store.rs).
@@ -14,6 +16,11 @@ DROP FUNCTION identity_merge._join(integer, text, text, text, text, boolean, tex
 -- Registrations of tables dropped before this version.
 DELETE FROM identity_merge.attachments a
  WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = a.events::pg_catalog.oid);
+
+-- The third mode.
+ALTER TABLE identity_merge.projects DROP CONSTRAINT projects_mode_check;
+ALTER TABLE identity_merge.projects ADD CONSTRAINT projects_mode_check
+    CHECK (mode IN ('original', 'simplified', 'legacy'));
 
 CREATE OR REPLACE FUNCTION identity_merge._register_attachment(p_events regclass, p_project integer,
                                                     p_distinct name, p_canonical name) RETURNS void
@@ -63,6 +70,43 @@ BEGIN
     END IF;
 END $$;
 
+CREATE OR REPLACE FUNCTION mp_create_project(token text, mode text DEFAULT 'original') RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF mode NOT IN ('original', 'simplified', 'legacy') THEN
+        RAISE EXCEPTION 'invalid mode: %', quote_literal(mode) USING ERRCODE = '22023',
+            HINT = 'mode is ''original'', ''simplified'' or ''legacy''.';
+    END IF;
+    IF btrim(token) = '' OR length(token) > 255 THEN
+        RAISE EXCEPTION 'invalid project token: %', quote_literal(token) USING ERRCODE = '22023',
+            HINT = 'A token is 1 to 255 characters, not blank.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM identity_merge.projects p WHERE p.token = mp_create_project.token) THEN
+        RAISE EXCEPTION 'project % already exists', quote_literal(token) USING ERRCODE = '42710',
+            HINT = 'Pick another token or use the existing project.';
+    END IF;
+    INSERT INTO identity_merge.projects (token, mode) VALUES (token, mode);
+END $$;
+
+CREATE OR REPLACE FUNCTION mp_set_project_mode(token text, mode text) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p identity_merge.projects;
+BEGIN
+    IF mode NOT IN ('original', 'simplified', 'legacy') THEN
+        RAISE EXCEPTION 'invalid mode: %', quote_literal(mode) USING ERRCODE = '22023',
+            HINT = 'mode is ''original'', ''simplified'' or ''legacy''.';
+    END IF;
+    p := identity_merge._project(token);
+    -- Lock the project row so no identity can be written between the check and the switch.
+    PERFORM 1 FROM identity_merge.projects WHERE project_id = p.project_id FOR UPDATE;
+    IF EXISTS (SELECT 1 FROM identity_merge.identities i WHERE i.project_id = p.project_id) THEN
+        RAISE EXCEPTION 'project % already holds identities; its mode can no longer change', quote_literal(token)
+            USING ERRCODE = '55000', HINT = 'Create a new project for the other mode.';
+    END IF;
+    UPDATE identity_merge.projects SET mode = mp_set_project_mode.mode WHERE project_id = p.project_id;
+END $$;
+
 CREATE OR REPLACE FUNCTION mp_attach(events regclass, project text DEFAULT 'default',
                           distinct_id_column name DEFAULT 'distinct_id',
                           canonical_column name DEFAULT 'canonical_id',
@@ -110,6 +154,11 @@ BEGIN
         RAISE EXCEPTION 'table % is not attached to identity_merge', events USING ERRCODE = '55000',
             HINT = 'Attach it with mp_attach first.';
     END IF;
+    -- Legacy aliases are not retroactive (Mixpanel's pre-ID-Merge rule): a stamp is final.
+    IF (SELECT p.mode FROM identity_merge.projects p WHERE p.project_id = a.project_id) = 'legacy' THEN
+        RAISE NOTICE 'table % belongs to a legacy project: its stamps are final (aliases are not retroactive); nothing to restamp', events;
+        RETURN 0;
+    END IF;
     SELECT * INTO bad FROM identity_merge._column_problems(events, a.distinct_id_column, a.canonical_column) x
      WHERE x.code IN ('42703', '42804') LIMIT 1;
     IF FOUND THEN
@@ -143,6 +192,7 @@ CREATE OR REPLACE FUNCTION mp_check(project text DEFAULT 'default') RETURNS TABL
 LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     pid integer := (identity_merge._project(project)).project_id;
+    legacy boolean := (identity_merge._project(project)).mode = 'legacy';
     a identity_merge.attachments;
     bad record;
     broken boolean;
@@ -194,6 +244,17 @@ BEGIN
             RETURN NEXT;
             CONTINUE;
         END IF;
+        IF legacy THEN
+            -- Legacy stamps are final: right when the row's own id (stored before its alias) or
+            -- the person it maps to (an original never stops being canonical).
+            RETURN QUERY EXECUTE format(
+                'SELECT ''unfixable_stamp''::text, format(''%%s row distinct_id %%s stamped %%s, which is neither itself nor %%s'', %1$L, e.%2$I, e.%3$I, r.c) '
+                'FROM %1$s e CROSS JOIN LATERAL (SELECT coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
+                '  WHERE i.project_id = $1 AND i.distinct_id = e.%2$I::text COLLATE "C"), e.%2$I::text) AS c) r '
+                'WHERE e.%3$I IS NOT NULL AND e.%3$I::text COLLATE "C" <> r.c AND e.%3$I::text COLLATE "C" <> e.%2$I::text',
+                a.events, a.distinct_id_column, a.canonical_column) USING pid;
+            CONTINUE;
+        END IF;
         RETURN QUERY EXECUTE format(
             'SELECT ''unfixable_stamp''::text, format(''%%s row distinct_id %%s stamped %%s, resolves to %%s'', %1$L, e.%2$I, e.%3$I, r.c) '
             'FROM %1$s e CROSS JOIN LATERAL (SELECT coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
@@ -207,6 +268,8 @@ BEGIN
     END LOOP;
 END $$;
 
+-- A dropped table leaves no registration behind (its oid could later name another table).
+-- Runs for every role's DROP with the owner's rights, and only deletes rows of dropped tables.
 CREATE FUNCTION identity_merge._forget_dropped_tables() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -232,7 +295,7 @@ DO $$
 DECLARE
     a record;
 BEGIN
-    FOR a IN SELECT x.events, t.tgname, x.distinct_id_column, p.token, x.canonical_column
+    FOR a IN SELECT x.events, x.distinct_id_column, p.token, x.canonical_column
                FROM identity_merge.attachments x
                JOIN identity_merge.projects p ON p.project_id = x.project_id
                JOIN pg_catalog.pg_trigger t ON t.tgrelid = x.events AND t.tgname = 'identity_merge_stamp'

@@ -12,7 +12,7 @@ CREATE TABLE identity_merge.projects (
     token            text NOT NULL UNIQUE
                      CHECK (token <> '' AND length(token) <= 255),
     mode             text NOT NULL DEFAULT 'original'
-                     CHECK (mode IN ('original', 'simplified')),
+                     CHECK (mode IN ('original', 'simplified', 'legacy')),
     max_cluster_size integer NOT NULL DEFAULT 500 CHECK (max_cluster_size >= 2),
     anon_id_format   text NOT NULL DEFAULT 'uuid' CHECK (anon_id_format IN ('uuid', 'any')),
     blocked_ids      text[] NOT NULL DEFAULT ARRAY[

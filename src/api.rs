@@ -16,6 +16,7 @@ fn run(op: Op, a: Option<&str>, b: Option<&str>, project: Option<&str>) -> Strin
         raise(IdentityError::WrongMode {
             op: op.function_name(),
             token: project.token,
+            mode: project.mode,
         });
     }
     store::apply(&project, op, a, b).or_raise()

@@ -186,6 +186,7 @@ fn mp_backfill(
                 (Some(op), mode) if !mode.allows(op) => Err(IdentityError::WrongMode {
                     op: "this operation",
                     token: project.token.clone(),
+                    mode,
                 }),
                 (Some(Op::Link), _) => {
                     // The raw device id is validated as the online path does (ingest), then

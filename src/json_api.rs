@@ -54,6 +54,7 @@ fn identity_call(op: Op, endpoint: &'static str, body: Option<&str>) -> pgrx::Js
             return Err(IdentityError::WrongMode {
                 op: endpoint,
                 token,
+                mode: project.mode,
             });
         }
         store::apply(&project, op, a.as_deref(), b.as_deref()).map(|_| ())

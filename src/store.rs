@@ -272,14 +272,16 @@ fn load_project(token: &str) -> Result<Project, IdentityError> {
         let format: String = row.get(4).or_bug("reading a row").or_bug("reading a row");
         let blocked: Vec<Option<String>> = row.get(5).or_bug("reading a row").unwrap_or_default();
         let anon_id_format = AnonIdFormat::parse(&format).unwrap_or(AnonIdFormat::UuidV4);
+        let mode = Mode::parse(&mode).ok_or_else(|| IdentityError::Internal {
+            what: format!("project {token:?} has the unknown mode {mode:?}"),
+        })?;
         Ok(Project {
             id,
             token: token.to_string(),
-            mode: Mode::parse(&mode).ok_or_else(|| IdentityError::Internal {
-                what: format!("project {token:?} has the unknown mode {mode:?}"),
-            })?,
+            mode,
             anon_id_format,
             settings: RuleSettings {
+                mode,
                 max_cluster_size: max as i64,
                 anon_id_format,
                 blocked_ids: blocked

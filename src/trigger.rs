@@ -492,7 +492,7 @@ unsafe fn apply_row_event(
         unsafe { get_text(tuple, tupdesc, att) }
     };
     let (device_col, user_col) = match ctx.project.mode {
-        Mode::Original => match (ctx.event_att, ctx.properties) {
+        Mode::Original | Mode::Legacy => match (ctx.event_att, ctx.properties) {
             // Most rows are ordinary events: tell them by the event name's bytes, without copying.
             // SAFETY: a checked text column of this row (see above).
             (Some(event_att), Some(_))

@@ -78,6 +78,9 @@ pub enum Reason {
     DeviceLinked,
     UserIdIsDevice,
     IgnoredInSimplified,
+    IgnoredInLegacy,
+    LegacyAliasAssigned,
+    LegacyAliasIsTarget,
     MalformedEvent,
 }
 
@@ -94,6 +97,9 @@ impl Reason {
             Reason::DeviceLinked => "errDeviceLinkedToOtherUser",
             Reason::UserIdIsDevice => "errUserIdIsDevice",
             Reason::IgnoredInSimplified => "errIgnoredInSimplified",
+            Reason::IgnoredInLegacy => "errIgnoredInLegacy",
+            Reason::LegacyAliasAssigned => "errLegacyAliasAssigned",
+            Reason::LegacyAliasIsTarget => "errLegacyAliasIsTarget",
             Reason::MalformedEvent => "errMalformedEvent",
         }
     }
@@ -156,6 +162,7 @@ pub enum IdentityError {
     WrongMode {
         op: &'static str,
         token: String,
+        mode: crate::core::model::Mode,
     },
     InvalidArgument {
         what: &'static str,
@@ -171,6 +178,7 @@ pub enum IdentityError {
     Ignored {
         event: String,
         token: String,
+        mode: crate::core::model::Mode,
     },
     /// Concurrent writers kept moving the clusters under us; safe to retry the transaction.
     Contention {
@@ -255,6 +263,10 @@ impl IdentityError {
             IdentityError::Refused { reason, .. } => Some(*reason),
             IdentityError::ManyIds { .. } => Some(Reason::ManyIds),
             IdentityError::MalformedEvent { .. } => Some(Reason::MalformedEvent),
+            IdentityError::Ignored {
+                mode: crate::core::model::Mode::Legacy,
+                ..
+            } => Some(Reason::IgnoredInLegacy),
             IdentityError::Ignored { .. } => Some(Reason::IgnoredInSimplified),
             _ => None,
         }
@@ -311,6 +323,12 @@ impl IdentityError {
                         "refused: anon_id is already merged into a cluster with another identified id"
                     }
                     Reason::AliasExists => "refused: alias already belongs to a different cluster",
+                    Reason::LegacyAliasAssigned => {
+                        "refused: alias already points to a distinct_id (a legacy alias maps to one id, once)"
+                    }
+                    Reason::LegacyAliasIsTarget => {
+                        "refused: alias is an original distinct_id that other aliases point to"
+                    }
                     Reason::DeviceLinked => "refused: the device is already linked to another user",
                     Reason::UserIdIsDevice => "refused: a $user_id may not start with \"$device:\"",
                     _ => "refused",
@@ -331,14 +349,16 @@ impl IdentityError {
             IdentityError::ProjectHasData { token } => {
                 format!("project {} already holds identities; its mode can no longer change", show(token))
             }
-            IdentityError::WrongMode { op, token } => {
-                format!("{op} is not available in project {}, which uses Simplified ID Merge", show(token))
+            IdentityError::WrongMode { op, token, mode } => {
+                format!("{op} is not available in project {}, which uses {}", show(token), mode.system_name())
             }
             IdentityError::InvalidArgument { what, value, .. } => format!("invalid {what}: {}", show(value)),
             IdentityError::MalformedEvent { field, problem } => format!("errMalformedEvent: {field} {problem}"),
-            IdentityError::Ignored { event, token } => format!(
-                "errIgnoredInSimplified: event {} has no identity meaning in Simplified ID Merge project {}; ignored",
+            IdentityError::Ignored { event, token, mode } => format!(
+                "{}: event {} has no identity meaning in {} project {}; ignored",
+                self.reason().unwrap_or(Reason::IgnoredInSimplified).code(),
                 show(event),
+                mode.system_name(),
                 show(token)
             ),
             IdentityError::Contention { op, a, b } => {
@@ -390,6 +410,9 @@ impl IdentityError {
             IdentityError::Refused { reason: Reason::DeviceLinked, .. } => {
                 "In Simplified ID Merge a device links to its first user only.".into()
             }
+            IdentityError::Refused { reason: Reason::LegacyAliasAssigned | Reason::LegacyAliasIsTarget, .. } => {
+                "Legacy aliases are final: events of this id keep the person it already maps to (or is).".into()
+            }
             IdentityError::Refused { .. } => "See docs/errors.md for this reason code.".into(),
             IdentityError::ManyIds { .. } => {
                 "A cluster holds at most max_cluster_size ids (see mp_project_settings); this join was not made.".into()
@@ -397,10 +420,16 @@ impl IdentityError {
             IdentityError::UnknownProject { .. } => "Create it with mp_create_project(token, mode).".into(),
             IdentityError::ProjectExists { .. } => "Pick another token or use the existing project.".into(),
             IdentityError::ProjectHasData { .. } => "Create a new project for the other mode.".into(),
+            IdentityError::WrongMode { mode: crate::core::model::Mode::Legacy, .. } => {
+                "Legacy projects only alias: mp_alias(new_id, original_id), or $create_alias events.".into()
+            }
             IdentityError::WrongMode { .. } => {
                 "Simplified projects link ids through $device_id and $user_id on events.".into()
             }
             IdentityError::InvalidArgument { hint, .. } => (*hint).into(),
+            IdentityError::Ignored { mode: crate::core::model::Mode::Legacy, .. } => {
+                "In a legacy project only $create_alias joins ids.".into()
+            }
             IdentityError::Ignored { .. } => "Send $device_id and $user_id on events instead.".into(),
             IdentityError::MalformedEvent { .. } => {
                 "Identity events carry their ids as strings (numbers are accepted) in the fields the Mixpanel API names.".into()

@@ -75,14 +75,15 @@ pub fn plan_event(
                 IdentityError::Ignored {
                     event: event.unwrap_or_default().to_string(),
                     token: project.token.clone(),
+                    mode: project.mode,
                 },
                 "ignore",
             ));
         }
     }
     match project.mode {
-        Mode::Original => {
-            let Some(op) = named else {
+        Mode::Original | Mode::Legacy => {
+            let Some(op) = named.filter(|op| project.mode.allows(*op)) else {
                 return plan;
             };
             match event_ids(op, &properties()) {
@@ -448,6 +449,29 @@ mod tests {
             }]
         );
         assert_eq!(plan.distinct_id.as_deref(), Some("u1"));
+        // Legacy: $create_alias is planned, $identify ignored (noted), nothing else read.
+        let legacy = project(Mode::Legacy);
+        let plan = plan_event(
+            &legacy,
+            Some("$create_alias"),
+            &|| json!({"alias": "U", "distinct_id": "A"}),
+            None,
+            None,
+        );
+        assert_eq!(
+            plan.ops,
+            vec![PlannedOp {
+                op: Op::Alias,
+                a: Some("U".into()),
+                b: Some("A".into())
+            }]
+        );
+        let plan = plan_event(&legacy, Some("$identify"), &|| panic!("read"), None, None);
+        assert!(plan.ops.is_empty());
+        assert_eq!(
+            plan.ignored.unwrap().error.reason().unwrap().code(),
+            "errIgnoredInLegacy"
+        );
         // A $user_id that is a device id: refused, and the distinct_id is the device.
         let plan = plan_event(
             &simplified,

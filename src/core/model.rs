@@ -78,17 +78,36 @@ pub enum Mode {
     Original,
     /// Simplified ID Merge: `$device_id` / `$user_id` on events.
     Simplified,
+    /// Mixpanel's pre-ID-Merge ("Legacy ID Management") aliases: `$create_alias` maps a new id
+    /// to an original distinct_id, once, not retroactively; nothing else joins ids.
+    Legacy,
 }
 
 impl Mode {
     /// Every mode, as `identity_merge.projects.mode` spells it (the SQL CHECK is tested equal).
-    pub const ALL: [Mode; 2] = [Mode::Original, Mode::Simplified];
+    pub const ALL: [Mode; 3] = [Mode::Original, Mode::Simplified, Mode::Legacy];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Original => "original",
             Mode::Simplified => "simplified",
+            Mode::Legacy => "legacy",
         }
+    }
+
+    /// The name Mixpanel's docs give the system (for messages).
+    pub fn system_name(self) -> &'static str {
+        match self {
+            Mode::Original => "(Original) ID Merge",
+            Mode::Simplified => "Simplified ID Merge",
+            Mode::Legacy => "Legacy ID Management (pre-ID-Merge aliases)",
+        }
+    }
+
+    /// Whether stamps follow later joins (`mp_restamp` rewrites stale ones). Legacy aliases
+    /// are not retroactive: a stamp is final when written.
+    pub fn retroactive(self) -> bool {
+        self != Mode::Legacy
     }
 
     pub fn parse(s: &str) -> Option<Mode> {
@@ -96,11 +115,12 @@ impl Mode {
     }
 
     /// Whether the mode has the operation: Original the three identity events, Simplified
-    /// only links (its `$identify` & co. are ignored, as Mixpanel ignores them).
+    /// only links, Legacy only aliases (the others are ignored, as Mixpanel ignores them).
     pub fn allows(self, op: Op) -> bool {
         match self {
             Mode::Original => op != Op::Link,
             Mode::Simplified => op == Op::Link,
+            Mode::Legacy => op == Op::Alias,
         }
     }
 }
@@ -148,6 +168,8 @@ mod tests {
         assert_eq!(Op::from_event_name("link"), None);
         assert!(Mode::Original.allows(Op::Merge) && !Mode::Original.allows(Op::Link));
         assert!(Mode::Simplified.allows(Op::Link) && !Mode::Simplified.allows(Op::Identify));
+        assert!(Mode::Legacy.allows(Op::Alias) && !Mode::Legacy.allows(Op::Merge));
+        assert!(!Mode::Legacy.retroactive() && Mode::Original.retroactive());
         for m in Mode::ALL {
             assert_eq!(Mode::parse(m.as_str()), Some(m));
         }

@@ -47,6 +47,8 @@ pub const DEVICE_PREFIX: &str = "$device:";
 /// The per-project settings the rules need.
 #[derive(Clone, Debug)]
 pub struct RuleSettings {
+    /// The project's ID Merge system (legacy aliases follow their own rules).
+    pub mode: Mode,
     pub max_cluster_size: i64,
     pub anon_id_format: AnonIdFormat,
     /// Lower-cased, trimmed blocked ids.
@@ -56,6 +58,7 @@ pub struct RuleSettings {
 impl Default for RuleSettings {
     fn default() -> Self {
         RuleSettings {
+            mode: Mode::Original,
             max_cluster_size: DEFAULT_MAX_CLUSTER_SIZE,
             anon_id_format: AnonIdFormat::UuidV4,
             blocked_ids: DEFAULT_BLOCKED_IDS.iter().map(|s| s.to_string()).collect(),
@@ -268,6 +271,19 @@ pub fn decide(
             }
             (a, b)
         }
+        Op::Alias if settings.mode == Mode::Legacy => {
+            // Legacy: the alias maps to the original's person once; the original (its
+            // cluster's canonical, the first id) stays canonical for good.
+            if a.exists {
+                let reason = if a.canonical == a.id {
+                    Reason::LegacyAliasIsTarget
+                } else {
+                    Reason::LegacyAliasAssigned
+                };
+                return Err(IdentityError::refused(reason, op, &a.id, &b.id));
+            }
+            (b, a)
+        }
         Op::Alias => {
             // The alias must be new: an alias already in a different cluster is refused.
             if a.exists {
@@ -295,8 +311,8 @@ pub fn decide(
         }
     };
     let size = kept.size + absorbed.size;
-    // Simplified ID Merge has no size limit.
-    if op != Op::Link && size > settings.max_cluster_size {
+    // Simplified ID Merge and legacy aliases have no size limit.
+    if op != Op::Link && settings.mode != Mode::Legacy && size > settings.max_cluster_size {
         return Err(IdentityError::ManyIds {
             op,
             a: a.id.clone(),
@@ -494,6 +510,29 @@ mod tests {
         ));
         assert_eq!(err.reason().unwrap().code(), "errManyIDs");
         assert_eq!(err.sqlstate().code(), "54000");
+    }
+
+    #[test]
+    fn legacy_alias_maps_once_to_the_original() {
+        let s = RuleSettings {
+            mode: Mode::Legacy,
+            max_cluster_size: 2,
+            ..RuleSettings::default()
+        };
+        // alias(U, A1): A1 (the original) stays canonical.
+        let out = decide(Op::Alias, &s, &Side::new_id("U"), &Side::new_id("A1")).unwrap();
+        assert_eq!(out.canonical(), "A1");
+        // alias(U, A2) later: U already points to A1; refused, A2 stays apart.
+        let u = side("U", "A1", 2, false);
+        let err = decide(Op::Alias, &s, &u, &Side::new_id("A2")).unwrap_err();
+        assert_eq!(err.reason().unwrap().code(), "errLegacyAliasAssigned");
+        // An original that aliases point to cannot itself become an alias.
+        let a1 = side("A1", "A1", 2, false);
+        let err = decide(Op::Alias, &s, &a1, &Side::new_id("B")).unwrap_err();
+        assert_eq!(err.reason().unwrap().code(), "errLegacyAliasIsTarget");
+        // Aliases of an alias map to the original; no size limit.
+        let out = decide(Op::Alias, &s, &Side::new_id("V"), &u).unwrap();
+        assert_eq!(out.canonical(), "A1");
     }
 
     #[test]
