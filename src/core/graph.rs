@@ -245,9 +245,58 @@ impl Graph {
     }
 }
 
+/// The chain of joins that connects `from` to `to`: the logged joins of a cluster form a tree
+/// (each join connected two clusters that were apart, and refused operations are not joins), so
+/// the chain is unique, and a breadth-first search finds it. `edges` are the joins' two ids;
+/// the answer is the indexes of the joins on the chain, in order from `from`; `Some(vec![])`
+/// when `from == to`; None when no chain connects them (two clusters).
+pub fn join_path(edges: &[(&str, &str)], from: &str, to: &str) -> Option<Vec<usize>> {
+    if from == to {
+        return Some(Vec::new());
+    }
+    let mut adjacent: HashMap<&str, Vec<(usize, &str)>> = HashMap::new();
+    for (i, (a, b)) in edges.iter().enumerate() {
+        adjacent.entry(a).or_default().push((i, b));
+        adjacent.entry(b).or_default().push((i, a));
+    }
+    // For each id reached: the join it was reached through and the id before it.
+    let mut reached: HashMap<&str, Option<(usize, &str)>> = HashMap::new();
+    reached.insert(from, None);
+    let mut queue = std::collections::VecDeque::from([from]);
+    while let Some(id) = queue.pop_front() {
+        if id == to {
+            let mut path = Vec::new();
+            let mut at = to;
+            while let Some(Some((edge, before))) = reached.get(at) {
+                path.push(*edge);
+                at = before;
+            }
+            path.reverse();
+            return Some(path);
+        }
+        for &(edge, next) in adjacent.get(id).map(Vec::as_slice).unwrap_or(&[]) {
+            if !reached.contains_key(next) {
+                reached.insert(next, Some((edge, id)));
+                queue.push_back(next);
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn join_paths_follow_the_tree() {
+        // U-D1 (identify), U-A (alias), M-U (merge), D2-M (identify)
+        let edges = [("U", "D1"), ("A", "U"), ("M", "U"), ("D2", "M")];
+        assert_eq!(join_path(&edges, "D1", "M"), Some(vec![0, 2]));
+        assert_eq!(join_path(&edges, "D2", "A"), Some(vec![3, 2, 1]));
+        assert_eq!(join_path(&edges, "U", "U"), Some(vec![]));
+        assert_eq!(join_path(&edges, "D1", "elsewhere"), None);
+    }
     use crate::core::rules::AnonIdFormat;
 
     fn any() -> RuleSettings {

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# A/B of the stamping trigger between two builds of the library, side by side in one cluster:
+# bash bench/ab.sh OLD.so NEW.so [ROUNDS]. The installed extension (SQL) stays the current one;
+# each round swaps the library file, opens a new session (which loads it) and times, after one
+# warming statement, a warm INSERT ... SELECT and a warm COPY of bench/setup.sql's 300k rows
+# (median of 3 each). Used to check that a refactoring leaves the hot path as fast as it was.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+old=$1; new=$2; rounds=${3:-4}
+source tools/pg_cluster.sh
+libdir=$("$PG_BIN/pg_config" --pkglibdir)
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+keep=$(mktemp -d); cp "$libdir/identity_merge.so" "$keep/installed.so"
+dir=$(mktemp -d /tmp/identity_merge-ab.XXXXXX)
+trap 'cluster_stop; $SUDO cp "$keep/installed.so" "$libdir/.identity_merge.so.ab" && $SUDO mv -f "$libdir/.identity_merge.so.ab" "$libdir/identity_merge.so"' EXIT
+cluster_start "$dir" "$(free_port)" shared_buffers=1GB max_wal_size=4GB
+cluster_psql -f bench/setup.sql >/dev/null
+run() {
+  cluster_psql -At <<'SQL'
+SET client_min_messages = warning;
+INSERT INTO ev_ours SELECT n, distinct_id, event, properties FROM src;  -- warms this session's cache
+SELECT bench_ms('INSERT INTO ev_ours SELECT n, distinct_id, event, properties FROM src', 'TRUNCATE ev_ours')
+    || ' ' || bench_ms('COPY ev_ours (n, distinct_id, event, properties) FROM ''/tmp/identity_merge_bench_src.csv'' (FORMAT csv)', 'TRUNCATE ev_ours')
+    || ' ' || bench_ms('INSERT INTO ev_plain SELECT n, distinct_id, event, properties FROM src', 'TRUNCATE ev_plain');
+SQL
+}
+printf '%-6s %-5s %14s %10s %12s\n' round build "INSERT..SELECT" COPY "plain INSERT"
+for r in $(seq 1 "$rounds"); do
+  for b in old new; do
+    so=$old; [ "$b" = new ] && so=$new
+    # A new file, not an overwrite: a process still mapping the old one must not see it change.
+    $SUDO cp "$so" "$libdir/.identity_merge.so.ab" && $SUDO mv -f "$libdir/.identity_merge.so.ab" "$libdir/identity_merge.so"
+    read -r ins copy plain < <(run)
+    printf '%-6s %-5s %14s %10s %12s\n' "$r" "$b" "$ins" "$copy" "$plain"
+  done
+done
