@@ -383,7 +383,7 @@ BEGIN
     EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA identity_merge TO %s', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION %1$I.mp_resolve(text, text), %1$I.mp_cluster(text, text), '
                    '%1$I.mp_project_settings(text), %1$I.mp_check(text), identity_merge._check_log(integer), '
-                   'identity_merge._project(text) TO %2$s', s, role);
+                   'identity_merge._project(text), %1$I.mp_explain(text, text), %1$I.mp_explain(text, text, text) TO %2$s', s, role);
 END $$;
 
 -- Rights to change identities through the functions (never the tables directly), to feed the
@@ -434,6 +434,8 @@ COMMENT ON FUNCTION mp_attach(regclass, text, name, name, boolean) IS 'Puts the 
 COMMENT ON FUNCTION mp_restamp(regclass) IS 'Brings stamped rows up to date after later merges; returns rows changed';
 COMMENT ON FUNCTION mp_backfill(text, text) IS 'Applies a history of identity events in one pass (administrators)';
 COMMENT ON FUNCTION mp_check(text) IS 'Every violation of the identity invariants (no rows when all hold)';
+COMMENT ON FUNCTION mp_explain(text, text) IS 'Why an id is in its cluster: the chain of logged joins to its canonical id, with their provenance';
+COMMENT ON FUNCTION mp_explain(text, text, text) IS 'Why two ids are one person: the chain of logged joins between them (project required)';
 COMMENT ON FUNCTION mp_track(jsonb) IS 'Mixpanel /track and /import payloads: applies identity events, answers IdentityResponse';
 
 -- Least privilege (docs/security.md). Nothing is executable by PUBLIC: an administrator grants

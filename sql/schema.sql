@@ -67,9 +67,19 @@ CREATE TABLE identity_merge.merge_log (
     kept_canonical     text COLLATE "C" NOT NULL,
     absorbed_canonical text COLLATE "C" NOT NULL,
     moved_ids          integer NOT NULL,
-    merged_at          timestamptz NOT NULL DEFAULT now()
+    merged_at          timestamptz NOT NULL DEFAULT now(),
+    -- Provenance (since 0.1.4; NULL on older rows: unknown): where the join came from
+    -- ('function', 'trigger', 'track', 'identity_api', 'backfill') with what identifies it there
+    -- (the function, the table and the row's ids, the backfill ordinal...), the role that
+    -- made it and its transaction.
+    source             text,
+    source_detail      jsonb,
+    role_name          name,
+    transaction_id     xid8
 );
 CREATE INDEX merge_log_absorbed_idx ON identity_merge.merge_log (project_id, absorbed_canonical);
+-- A cluster's joins, found through its ids (mp_explain): every join's ids are in one cluster.
+CREATE INDEX merge_log_id_a_idx ON identity_merge.merge_log (project_id, id_a);
 COMMENT ON TABLE identity_merge.merge_log IS 'Every join of two clusters, replayable in seq order';
 
 -- Identity events the ingest path (trigger, JSON functions) refused or ignored.

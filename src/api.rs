@@ -19,7 +19,11 @@ fn run(op: Op, a: Option<&str>, b: Option<&str>, project: Option<&str>) -> Strin
             mode: project.mode,
         });
     }
-    store::apply(&project, op, a, b).or_raise()
+    let source = store::Source {
+        kind: "function",
+        detail: serde_json::json!({ "function": op.function_name() }),
+    };
+    store::with_source(source, || store::apply(&project, op, a, b)).or_raise()
 }
 
 /// `$identify`: joins anon_id's cluster to identified_id's; returns the canonical id.

@@ -98,6 +98,10 @@ fn mp_backfill(
     let pid = project.id;
     let mut graph = Graph::new();
     let mut refusals: Vec<Refusal> = Vec::new();
+    // The history ordinal of each join of `graph.joins`, and who loads the history.
+    let mut join_ordinals: Vec<i64> = Vec::new();
+    let role = crate::pg::current_role_name();
+    let provenance = store::merge_log_has_provenance();
     let mut events: i64 = 0;
 
     Spi::connect_mut(|c| {
@@ -204,6 +208,10 @@ fn mp_backfill(
                 }
                 (Some(op), _) => graph.apply(&settings, op, a.as_deref(), b.as_deref()),
             };
+            // The history entry each join came from (its provenance in the merge log).
+            if graph.joins.len() > join_ordinals.len() {
+                join_ordinals.push(events);
+            }
             if let Err(err) = result {
                 refusals.push(Refusal {
                     ordinal: events,
@@ -285,25 +293,40 @@ fn mp_backfill(
                 |args| args.extend([canon.into(), sizes.into(), ident.into()]),
             );
         }
-        for chunk in graph.joins.chunks(CHUNK) {
+        for (n, chunk) in graph.joins.chunks(CHUNK).enumerate() {
             let col = |f: &dyn Fn(&crate::core::graph::Join) -> String| {
                 chunk.iter().map(|j| Some(f(j))).collect::<Vec<_>>()
             };
             let g = &graph;
             let moved: Vec<Option<i32>> = chunk.iter().map(|j| Some(j.moved as i32)).collect();
+            let ordinals: Vec<Option<i64>> = join_ordinals[n * CHUNK..n * CHUNK + chunk.len()]
+                .iter()
+                .map(|o| Some(*o))
+                .collect();
+            // Provenance columns when the installed SQL has them (see store::join_sql).
+            let (columns, values) = if provenance {
+                (
+                    ", source, source_detail, role_name, transaction_id",
+                    ", 'backfill', pg_catalog.jsonb_build_object('backfill_ordinal', u.h), $9, pg_catalog.pg_current_xact_id()",
+                )
+            } else {
+                ("", "")
+            };
             write_chunk(
                 c,
-                "INSERT INTO identity_merge.merge_log (project_id, operation, id_a, id_b, kept_canonical, absorbed_canonical, moved_ids) \
-                 SELECT $1, u.o, u.a, u.b, u.k, u.x, u.m \
-                 FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::text[]), pg_catalog.unnest($7::int4[])) WITH ORDINALITY u(o, a, b, k, x, m, n) \
-                 ORDER BY u.n",
+                &format!("INSERT INTO identity_merge.merge_log (project_id, operation, id_a, id_b, kept_canonical, absorbed_canonical, moved_ids{columns}) \
+                 SELECT $1, u.o, u.a, u.b, u.k, u.x, u.m{values} \
+                 FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::text[]), pg_catalog.unnest($7::int4[]), pg_catalog.unnest($8::int8[])) WITH ORDINALITY u(o, a, b, k, x, m, h, n) \
+                 ORDER BY u.n"),
                 pid,
                 |args| args.extend([col(&|j| j.op.as_str().to_string()).into(),
                     col(&|j| g.name(j.a).to_string()).into(),
                     col(&|j| g.name(j.b).to_string()).into(),
                     col(&|j| g.name(j.kept).to_string()).into(),
                     col(&|j| g.name(j.absorbed).to_string()).into(),
-                    moved.into()]),
+                    moved.into(),
+                    ordinals.into(),
+                    role.as_str().into()]),
             );
         }
         for chunk in refusals.chunks(CHUNK) {

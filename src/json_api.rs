@@ -57,7 +57,14 @@ fn identity_call(op: Op, endpoint: &'static str, body: Option<&str>) -> pgrx::Js
                 mode: project.mode,
             });
         }
-        store::apply(&project, op, a.as_deref(), b.as_deref()).map(|_| ())
+        let source = store::Source {
+            kind: "identity_api",
+            detail: json!({ "endpoint": endpoint }),
+        };
+        store::with_source(source, || {
+            store::apply(&project, op, a.as_deref(), b.as_deref())
+        })
+        .map(|_| ())
     })())
 }
 
@@ -110,7 +117,11 @@ fn track_one(event: &Value) -> Result<(), IdentityError> {
         None,
         None,
     );
-    let done = store::execute(&project, plan)?;
+    let source = store::Source {
+        kind: "track",
+        detail: json!({ "event": ev.name, "distinct_id": ev.properties.get("distinct_id") }),
+    };
+    let done = store::with_source(source, || store::execute(&project, plan))?;
     store::record_refusals(Some(project.id), &done.refusals, None, event);
     done.failed.map_or(Ok(()), Err)
 }

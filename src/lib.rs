@@ -9,7 +9,8 @@
 //!   - `store`: SPI with kept plans, the project cache, the locking protocol of a join, and
 //!     executing an event's plan; `locks`: its locks;
 //!   - `api`: the Rust-backed SQL functions; `json_api`: the seed's HTTP API shapes;
-//!     `backfill`: history in one pass; `check`: `mp_check`'s replay; `attach`: the registry
+//!     `backfill`: history in one pass; `check`: `mp_check`'s replay; `explain`: why two ids
+//!     are one person (`mp_explain`); `attach`: the registry
 //!     of attached tables; `guc`: settings;
 //!   - `pg`: PostgreSQL plumbing shared by all of them (raising errors, running as the
 //!     extension owner or under another resource owner, the local xid, the schema's oids).
@@ -31,6 +32,7 @@ mod attach;
 mod backfill;
 mod cache;
 mod check;
+mod explain;
 mod guc;
 mod json_api;
 mod locks;

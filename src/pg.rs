@@ -209,3 +209,17 @@ impl<T> OrBug<T> for Option<T> {
         self.unwrap_or_else(|| raise(internal(what, "unexpected NULL")))
     }
 }
+
+/// The name of the current role (the caller: read it before `as_owner`).
+pub fn current_role_name() -> String {
+    // SAFETY: looks up this backend's current user id in the role cache; noerr = true gives NULL
+    // for a role dropped meanwhile, handled below.
+    let name = unsafe { pg_sys::GetUserNameFromId(pg_sys::GetUserId(), true) };
+    if name.is_null() {
+        return String::new();
+    }
+    // SAFETY: a palloc'd NUL-terminated string.
+    unsafe { CStr::from_ptr(name) }
+        .to_string_lossy()
+        .into_owned()
+}

@@ -49,7 +49,7 @@ const SQL_SIDE_COLUMNS: &str = "SELECT i.distinct_id, i.canonical_id, c.size, c.
 // adds the kept cluster; logs the join with how many ids moved. Parameters, the same for every
 // case: project, operation, id_a, id_b, kept, kept exists, absorbed, absorbed exists, new size,
 // identified. (It replaced the PL/pgSQL identity_merge._join, dropped in 0.1.3.)
-fn join_sql(kept_exists: bool, absorbed_exists: bool) -> String {
+fn join_sql(kept_exists: bool, absorbed_exists: bool, provenance: bool) -> String {
     let mut parts: Vec<String> = Vec::new();
     if absorbed_exists {
         parts.push(
@@ -90,10 +90,21 @@ fn join_sql(kept_exists: bool, absorbed_exists: bool) -> String {
     } else {
         "1"
     };
+    // $11-$13 (source, detail, role) go to the provenance columns when the installed SQL has
+    // them (0.1.4 on); a database still on older SQL (library updated, ALTER EXTENSION UPDATE
+    // not run yet) gets the joins without provenance.
+    let (columns, values) = if provenance {
+        (
+            ", source, source_detail, role_name, transaction_id",
+            ", $11, $12, $13, pg_catalog.pg_current_xact_id()",
+        )
+    } else {
+        ("", "")
+    };
     format!(
         "WITH {} INSERT INTO identity_merge.merge_log \
-         (project_id, operation, id_a, id_b, kept_canonical, absorbed_canonical, moved_ids) \
-         VALUES ($1, $2, $3, $4, $5, $7, {moved})",
+         (project_id, operation, id_a, id_b, kept_canonical, absorbed_canonical, moved_ids{columns}) \
+         VALUES ($1, $2, $3, $4, $5, $7, {moved}{values})",
         parts.join(", ")
     )
 }
@@ -115,6 +126,15 @@ thread_local! {
     static PLANS: RefCell<Option<std::rc::Rc<Plans>>> = const { RefCell::new(None) };
 }
 
+/// Whether the installed SQL has merge_log's provenance columns (0.1.4 on).
+pub fn merge_log_has_provenance() -> bool {
+    let Some(merge_log) = crate::pg::relation_oid(c"merge_log") else {
+        return false;
+    };
+    // SAFETY: a syscache lookup of a column by name in an existing relation.
+    unsafe { pg_sys::get_attnum(merge_log, c"transaction_id".as_ptr()) > 0 }
+}
+
 fn oid(o: pg_sys::BuiltinOid) -> PgOid {
     PgOid::BuiltIn(o)
 }
@@ -124,6 +144,7 @@ fn plans() -> std::rc::Rc<Plans> {
         return p;
     }
     use pg_sys::BuiltinOid::*;
+    let provenance = merge_log_has_provenance();
     let p = Spi::connect(|c| {
         let prep = |sql: &str, args: &[PgOid]| {
             c.prepare_mut(sql, args)
@@ -143,7 +164,7 @@ fn plans() -> std::rc::Rc<Plans> {
             join: [(false, false), (false, true), (true, false), (true, true)].map(
                 |(kept, absorbed)| {
                     prep(
-                        &join_sql(kept, absorbed),
+                        &join_sql(kept, absorbed, provenance),
                         &[
                             oid(INT4OID),
                             oid(TEXTOID),
@@ -155,6 +176,9 @@ fn plans() -> std::rc::Rc<Plans> {
                             oid(BOOLOID),
                             oid(INT4OID),
                             oid(BOOLOID),
+                            oid(TEXTOID),
+                            oid(JSONBOID),
+                            oid(TEXTOID),
                         ],
                     )
                 },
@@ -324,6 +348,56 @@ fn read_sides(p: &Plans, project_id: i32, a: &str, b: &str) -> (Side, Side) {
     })
 }
 
+/// Where an identity operation came from: recorded with every join it makes (merge_log's
+/// provenance columns, shown by mp_explain). `kind` is 'function', 'trigger', 'track',
+/// 'identity_api' or 'backfill'; `detail` identifies the call, row or history entry there.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub kind: &'static str,
+    pub detail: serde_json::Value,
+}
+
+thread_local! {
+    static SOURCE: RefCell<Option<Source>> = const { RefCell::new(None) };
+}
+
+/// Puts the previous source back when dropped (also when an ERROR unwinds through it).
+struct SourceGuard(Option<Source>);
+
+impl Drop for SourceGuard {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        SOURCE.with(|s| *s.borrow_mut() = previous);
+    }
+}
+
+/// Runs `f` with `source` as the provenance of the joins it makes.
+pub fn with_source<R>(source: Source, f: impl FnOnce() -> R) -> R {
+    let _guard = SourceGuard(SOURCE.with(|s| s.replace(Some(source))));
+    f()
+}
+
+/// A source and the role that made the operation.
+struct Provenance {
+    kind: &'static str,
+    detail: serde_json::Value,
+    role: String,
+}
+
+impl Provenance {
+    fn current() -> Provenance {
+        let source = SOURCE.with(|s| s.borrow().clone()).unwrap_or(Source {
+            kind: "function",
+            detail: serde_json::json!({}),
+        });
+        Provenance {
+            kind: source.kind,
+            detail: source.detail,
+            role: crate::pg::current_role_name(),
+        }
+    }
+}
+
 const MAX_ATTEMPTS: usize = 1000;
 
 /// Applies one identity operation (Original ID Merge's three, or Simplified's link) to a
@@ -337,15 +411,23 @@ pub fn apply(
     b: Option<&str>,
 ) -> Result<String, IdentityError> {
     rules::precheck(op, &project.settings, a, b)?;
-    as_owner(|| apply_checked(project, op, a.unwrap(), b.unwrap()))
+    // Who asks, read before the functions switch to the extension owner.
+    let provenance = Provenance::current();
+    as_owner(|| apply_checked(project, op, a.unwrap(), b.unwrap(), &provenance))
 }
 
-fn apply_checked(project: &Project, op: Op, a: &str, b: &str) -> Result<String, IdentityError> {
+fn apply_checked(
+    project: &Project,
+    op: Op,
+    a: &str,
+    b: &str,
+    provenance: &Provenance,
+) -> Result<String, IdentityError> {
     // The stamp caches learn of this backend's own joins from here (cache::own_change_end);
     // the project cache stays current through them by the same rule.
     let projects_current = PROJECTS.with(|p| p.borrow().0 == crate::cache::generation());
     let before = crate::cache::own_change_begin();
-    let result = join_clusters(project, op, a, b);
+    let result = join_clusters(project, op, a, b, provenance);
     let joined = match &result {
         Ok(Applied {
             canonical,
@@ -376,7 +458,13 @@ impl Applied {
     }
 }
 
-fn join_clusters(project: &Project, op: Op, a: &str, b: &str) -> Result<Applied, IdentityError> {
+fn join_clusters(
+    project: &Project,
+    op: Op,
+    a: &str,
+    b: &str,
+    provenance: &Provenance,
+) -> Result<Applied, IdentityError> {
     let contention = || IdentityError::Contention {
         op,
         a: a.to_string(),
@@ -389,7 +477,7 @@ fn join_clusters(project: &Project, op: Op, a: &str, b: &str) -> Result<Applied,
         if sa.canonical == sb.canonical {
             return Ok(Applied::unchanged(sa.canonical));
         }
-        decide_and_write(&p, project, op, &sa, &sb)
+        decide_and_write(&p, project, op, &sa, &sb, provenance)
     };
     if crate::locks::holds_project_exclusively(project.id) {
         // A bulk transaction that already locked its project (skips the read below).
@@ -428,7 +516,7 @@ fn join_clusters(project: &Project, op: Op, a: &str, b: &str) -> Result<Applied,
             sb = nb;
             continue;
         }
-        let result = decide_and_write(&p, project, op, &na, &nb);
+        let result = decide_and_write(&p, project, op, &na, &nb, provenance);
         if result.is_err() {
             crate::locks::release_clusters(keys);
         }
@@ -443,6 +531,7 @@ fn decide_and_write(
     op: Op,
     a: &Side,
     b: &Side,
+    provenance: &Provenance,
 ) -> Result<Applied, IdentityError> {
     match rules::decide(op, &project.settings, a, b)? {
         Outcome::Together(c) => Ok(Applied::unchanged(c)),
@@ -464,6 +553,9 @@ fn decide_and_write(
                             plan.absorbed.exists.into(),
                             (plan.size as i32).into(),
                             plan.identified.into(),
+                            provenance.kind.into(),
+                            pgrx::JsonB(provenance.detail.clone()).into(),
+                            provenance.role.as_str().into(),
                         ],
                     )
                     .or_bug("writing a join");

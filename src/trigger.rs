@@ -46,6 +46,8 @@ struct StatementContext {
     key: (pg_sys::Oid, pg_sys::Oid, u32, (u32, u32)),
     project: Project,
     table: String,
+    /// `schema.table`, for provenance.
+    qualified_table: String,
     distinct: TextColumn,
     canonical: TextColumn,
     distinct_name: String,
@@ -183,6 +185,7 @@ fn build_context(
         device_att: optional("$device_id")?,
         user_att: optional("$user_id")?,
         epochs: crate::cache::epochs(),
+        qualified_table: format!("{}.{}", trigger.table_schema().unwrap_or_default(), table),
         project,
         table,
     })
@@ -518,7 +521,17 @@ unsafe fn apply_row_event(
     let fill = plan.distinct_id.clone();
     // A retryable conflict (a lock cycle with another transaction) is returned for the caller
     // to raise (40001), so the loader retries the INSERT rather than the event being refused.
-    let done = store::execute(project, plan)?;
+    // The join's provenance: the table and enough of the row to find it (its ids and event; the
+    // properties stay in the table, where only its readers see them).
+    let source = store::Source {
+        kind: "trigger",
+        detail: serde_json::json!({
+            "table": ctx.qualified_table,
+            "distinct_id": distinct(),
+            "event": event.as_deref(),
+        }),
+    };
+    let done = store::with_source(source, || store::execute(project, plan))?;
     if !done.refusals.is_empty() {
         let row = serde_json::json!({
             "distinct_id": distinct(),

@@ -225,6 +225,11 @@ pub enum IdentityError {
         table: String,
         problem: String,
     },
+    /// An id the project never saw, where one is required (mp_explain).
+    UnknownId {
+        id: String,
+        token: String,
+    },
     /// One of the extension's own tables or indexes is missing (dropped by hand).
     MissingObject {
         what: String,
@@ -284,7 +289,9 @@ impl IdentityError {
             | IdentityError::ProjectHasData { .. }
             | IdentityError::AttachmentMismatch { .. } => S::ObjectNotInPrerequisiteState,
             IdentityError::ManyIds { .. } => S::ProgramLimitExceeded,
-            IdentityError::UnknownProject { .. } => S::UndefinedObject,
+            IdentityError::UnknownProject { .. } | IdentityError::UnknownId { .. } => {
+                S::UndefinedObject
+            }
             IdentityError::ProjectExists { .. } => S::DuplicateObject,
             IdentityError::WrongMode { .. } | IdentityError::Ignored { .. } => {
                 S::FeatureNotSupported
@@ -386,6 +393,9 @@ impl IdentityError {
             IdentityError::NotOwner { table } => format!("must be owner of table {table}"),
             IdentityError::AttachmentMismatch { table, problem } => format!("table {table}: {problem}"),
             IdentityError::MissingObject { what } => format!("{what} is missing"),
+            IdentityError::UnknownId { id, token } => {
+                format!("id {} was never seen in project {}", show(id), show(token))
+            }
             IdentityError::Internal { what } => format!("identity_merge internal error: {what}"),
         }
     }
@@ -459,6 +469,9 @@ impl IdentityError {
                 "An object of the extension was dropped: reinstall it (DROP EXTENSION identity_merge; CREATE EXTENSION identity_merge) or restore it from a dump.".into()
             }
             IdentityError::Internal { .. } => "Please report this as a bug of identity_merge.".into(),
+            IdentityError::UnknownId { .. } => {
+                "Only ids some identity operation joined are in the graph; an id never seen is alone (mp_resolve answers itself).".into()
+            }
         }
     }
 }
