@@ -216,10 +216,9 @@ BEGIN
     PERFORM identity_merge._unregister_attachment(events);
 END $$;
 
--- Brings stamped rows up to date after later merges. A stamp is stale exactly when it is a
--- canonical that a join absorbed (merge_log.absorbed_canonical): once absorbed, an id is never
--- canonical again. Each such stamp is replaced by what it resolves to now, through the index on
--- the canonical column, so the cost follows the stale rows and the merges, not the table size.
+-- Brings stamped rows up to date after later merges and splits: afterwards every stamp equals
+-- mp_resolve(distinct_id). The cost follows the stale rows, the merges and the splits, not the
+-- table size (see below).
 CREATE FUNCTION mp_restamp(events regclass) RETURNS bigint
 LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -250,19 +249,23 @@ BEGIN
       FROM pg_attribute t JOIN pg_collation c ON c.oid = t.attcollation
       JOIN pg_namespace cn ON cn.oid = c.collnamespace
      WHERE t.attrelid = events AND t.attname = a.canonical_column;
-    -- Each stale value's current canonical is a scalar subquery (one index probe) so that no
-    -- plan, whatever the statistics of a freshly loaded merge log say, scans identities per value.
+    -- A stale stamp is a canonical id that stopped being one: absorbed by a join
+    -- (merge_log.absorbed_canonical), or the canonical of a cluster that was split
+    -- (retractions.old_canonical), whose rows may now belong to other people. Each row stamped
+    -- with one is set to what its own distinct_id resolves to now (one primary-key probe per
+    -- row), found through the index on the canonical column: the cost follows the stale rows.
     EXECUTE format(
-        'UPDATE %1$s e SET %2$I = m.now_canonical '
-        'FROM (SELECT d.stale, (SELECT i.canonical_id FROM identity_merge.identities i '
-        '                        WHERE i.project_id OPERATOR(pg_catalog.=) $1 '
-        '                          AND i.distinct_id OPERATOR(pg_catalog.=) d.stale) AS now_canonical '
-        '        FROM (SELECT DISTINCT l.absorbed_canonical AS stale FROM identity_merge.merge_log l '
-        '               WHERE l.project_id OPERATOR(pg_catalog.=) $1) d) m '
-        'WHERE e.%2$I OPERATOR(pg_catalog.=) (m.stale COLLATE %3$s) '
-        '  AND (e.%2$I)::text COLLATE "C" OPERATOR(pg_catalog.=) m.stale '
-        '  AND (e.%2$I)::text COLLATE "C" OPERATOR(pg_catalog.<>) m.now_canonical',
-        events, a.canonical_column, coll) USING a.project_id;
+        'UPDATE %1$s e SET %2$I = coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
+        '    WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.distinct_id OPERATOR(pg_catalog.=) (e.%4$I::text COLLATE "C")), e.%4$I::text) '
+        'FROM (SELECT DISTINCT x.stale FROM ('
+        '        SELECT l.absorbed_canonical AS stale FROM identity_merge.merge_log l WHERE l.project_id OPERATOR(pg_catalog.=) $1 '
+        '        UNION ALL '
+        '        SELECT r.old_canonical FROM identity_merge.retractions r WHERE r.project_id OPERATOR(pg_catalog.=) $1) x) d '
+        'WHERE e.%2$I OPERATOR(pg_catalog.=) (d.stale COLLATE %3$s) '
+        '  AND (e.%2$I)::text COLLATE "C" OPERATOR(pg_catalog.=) d.stale '
+        '  AND (e.%2$I)::text COLLATE "C" OPERATOR(pg_catalog.<>) coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
+        '    WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.distinct_id OPERATOR(pg_catalog.=) (e.%4$I::text COLLATE "C")), e.%4$I::text)',
+        events, a.canonical_column, coll, a.distinct_id_column) USING a.project_id;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END $$;
@@ -322,7 +325,8 @@ BEGIN
         ON m.canonical_id = c.canonical_id
      WHERE c.project_id = pid AND c.size <> m.n;
     RETURN QUERY SELECT l.check_name, l.detail FROM identity_merge._check_log(pid) l;
-    -- Stamped rows: stale ones are fine (mp_restamp fixes them); one mp_restamp would not fix is not.
+    -- Stamped rows: stale ones are fine (mp_restamp fixes them: a stamp that is an absorbed
+    -- canonical or a split cluster's old one); one mp_restamp would not fix is not.
     -- A table whose columns no longer fit is reported, as is one the caller may not read.
     FOR a IN SELECT * FROM identity_merge.attachments x WHERE x.project_id = pid LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = a.events) THEN
@@ -365,10 +369,10 @@ BEGIN
             'FROM %1$s e CROSS JOIN LATERAL (SELECT coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
             '  WHERE i.project_id = $1 AND i.distinct_id = e.%2$I::text COLLATE "C"), e.%2$I::text) AS c) r '
             'WHERE e.%3$I IS NOT NULL AND e.%3$I::text COLLATE "C" <> r.c '
-            '  AND NOT (EXISTS (SELECT 1 FROM identity_merge.merge_log l WHERE l.project_id = $1 '
-            '                   AND l.absorbed_canonical = e.%3$I::text COLLATE "C") '
-            '       AND coalesce((SELECT i.canonical_id FROM identity_merge.identities i WHERE i.project_id = $1 '
-            '                     AND i.distinct_id = e.%3$I::text COLLATE "C"), e.%3$I::text) = r.c)',
+            '  AND NOT EXISTS (SELECT 1 FROM identity_merge.merge_log l WHERE l.project_id = $1 '
+            '                  AND l.absorbed_canonical = e.%3$I::text COLLATE "C") '
+            '  AND NOT EXISTS (SELECT 1 FROM identity_merge.retractions x WHERE x.project_id = $1 '
+            '                  AND x.old_canonical = e.%3$I::text COLLATE "C")',
             a.events, a.distinct_id_column, a.canonical_column) USING pid;
     END LOOP;
 END $$;
@@ -400,6 +404,7 @@ BEGIN
                    '%1$I.mp_track(jsonb), identity_merge._identity_create(text), identity_merge._identity_create_alias(text), '
                    'identity_merge._identity_merge(text), identity_merge._track(text), '
                    '%1$I.mp_attach(regclass, text, name, name, boolean), %1$I.mp_detach(regclass), %1$I.mp_restamp(regclass), '
+                   '%1$I.mp_split(text, text), %1$I.mp_unjoin(bigint), '
                    'identity_merge.stamp_event(), identity_merge._register_attachment(regclass, integer, name, name), '
                    'identity_merge._unregister_attachment(regclass) TO %2$s', s, role);
 END $$;
@@ -436,6 +441,8 @@ COMMENT ON FUNCTION mp_backfill(text, text) IS 'Applies a history of identity ev
 COMMENT ON FUNCTION mp_check(text) IS 'Every violation of the identity invariants (no rows when all hold)';
 COMMENT ON FUNCTION mp_explain(text, text) IS 'Why an id is in its cluster: the chain of logged joins to its canonical id, with their provenance';
 COMMENT ON FUNCTION mp_explain(text, text, text) IS 'Why two ids are one person: the chain of logged joins between them (project required)';
+COMMENT ON FUNCTION mp_split(text, text) IS 'Retracts every join the id took part in: its cluster becomes the clusters of the joins that remain';
+COMMENT ON FUNCTION mp_unjoin(bigint) IS 'Retracts one logged join (merge_log.seq), as mp_split does';
 COMMENT ON FUNCTION mp_track(jsonb) IS 'Mixpanel /track and /import payloads: applies identity events, answers IdentityResponse';
 
 -- Least privilege (docs/security.md). Nothing is executable by PUBLIC: an administrator grants

@@ -75,11 +75,34 @@ CREATE TABLE identity_merge.merge_log (
     source             text,
     source_detail      jsonb,
     role_name          name,
-    transaction_id     xid8
+    transaction_id     xid8,
+    -- The retraction (mp_split, mp_unjoin) that took this join back; NULL while it holds.
+    retracted_by       bigint
 );
 CREATE INDEX merge_log_absorbed_idx ON identity_merge.merge_log (project_id, absorbed_canonical);
--- A cluster's joins, found through its ids (mp_explain): every join's ids are in one cluster.
+-- A cluster's joins, found through its ids (mp_explain, mp_split): every join's ids are in one
+-- cluster; id_b too, to tell an id whose joins were all retracted from one never seen.
 CREATE INDEX merge_log_id_a_idx ON identity_merge.merge_log (project_id, id_a);
+CREATE INDEX merge_log_id_b_idx ON identity_merge.merge_log (project_id, id_b);
+
+-- Joins taken back (since 0.1.4): mp_split retracts every join an id took part in, mp_unjoin one.
+-- old_canonical is the canonical id of the cluster that was split: rows stamped with it may
+-- belong to another person now, which mp_restamp looks up (like merge_log.absorbed_canonical).
+CREATE TABLE identity_merge.retractions (
+    retraction_id  bigserial PRIMARY KEY,
+    project_id     integer NOT NULL,
+    operation      text NOT NULL CHECK (operation IN ('split', 'unjoin')),
+    target         text NOT NULL,
+    old_canonical  text COLLATE "C" NOT NULL,
+    retracted      bigint[] NOT NULL,
+    source         text,
+    source_detail  jsonb,
+    role_name      name,
+    transaction_id xid8,
+    retracted_at   timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX retractions_canonical_idx ON identity_merge.retractions (project_id, old_canonical);
+COMMENT ON TABLE identity_merge.retractions IS 'Joins taken back by mp_split / mp_unjoin, with their provenance';
 COMMENT ON TABLE identity_merge.merge_log IS 'Every join of two clusters, replayable in seq order';
 
 -- Identity events the ingest path (trigger, JSON functions) refused or ignored.
@@ -138,6 +161,8 @@ SELECT pg_catalog.pg_extension_config_dump('identity_merge.merge_log_seq_seq', '
 SELECT pg_catalog.pg_extension_config_dump('identity_merge.rejections', '');
 SELECT pg_catalog.pg_extension_config_dump('identity_merge.rejections_rejection_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('identity_merge.attachments', '');
+SELECT pg_catalog.pg_extension_config_dump('identity_merge.retractions', '');
+SELECT pg_catalog.pg_extension_config_dump('identity_merge.retractions_retraction_id_seq', '');
 
 -- The project row for a token, or 42704.
 CREATE FUNCTION identity_merge._project(p_token text) RETURNS identity_merge.projects

@@ -1,5 +1,6 @@
 //! `mp_check`'s merge-log replay: rebuilds the clusters from `identity_merge.merge_log` alone
-//! (plain union-find, the kept canonical surviving each join) and reports every id whose stored
+//! (plain union-find, the kept canonical surviving each join; once the project holds
+//! retractions, the joins in force replayed with the rules) and reports every id whose stored
 //! canonical differs from the replay, or that the log does not explain. The structural checks
 //! are plain SQL in sql/api.sql.
 
@@ -53,6 +54,34 @@ pub fn replay(
         .collect()
 }
 
+/// Replays joins (a, b, kept) with their operations by the rules of `mode` (see
+/// `core::graph::replay`) and returns id -> canonical.
+fn replay_with_rules(
+    joins: &[(String, String, String)],
+    ops: &[String],
+    mode: &str,
+) -> HashMap<String, String> {
+    let mode = crate::core::Mode::parse(mode).unwrap_or(crate::core::Mode::Original);
+    let pairs: Vec<(crate::core::Op, &str, &str)> = joins
+        .iter()
+        .zip(ops)
+        .filter_map(|((a, b, _), op)| {
+            crate::core::Op::from_history_name(op).map(|op| (op, a.as_str(), b.as_str()))
+        })
+        .collect();
+    let (mut graph, _) =
+        crate::core::graph::replay(&crate::core::rules::RuleSettings::replaying(mode), &pairs);
+    let mut out = HashMap::new();
+    for (a, b, _) in joins {
+        for id in [a, b] {
+            if let Some((canonical, _, _)) = graph.cluster_of(id) {
+                out.insert(id.clone(), canonical);
+            }
+        }
+    }
+    out
+}
+
 #[pg_schema]
 mod identity_merge {
     use super::*;
@@ -69,17 +98,44 @@ mod identity_merge {
     fn _check_log(
         project_id: i32,
     ) -> TableIterator<'static, (name!(check_name, String), name!(detail, String))> {
-        let (joins, stored) = Spi::connect(|c| {
-            let joins: Vec<(String, String, String)> = c
-                .select(
-                    "SELECT id_a::text, id_b::text, kept_canonical::text FROM identity_merge.merge_log \
-                     WHERE project_id OPERATOR(pg_catalog.=) $1 ORDER BY seq",
-                    None,
+        // Joins still in force (the retracted ones left the graph), in log order, with their
+        // operation: once a project holds retractions, a join's recorded canonical can be stale
+        // (an earlier join it built on was taken back), so the log is replayed with the rules.
+        let retractions = crate::store::merge_log_has_retractions();
+        let (joins, ops, retracted, mode, stored) = Spi::connect(|c| {
+            let sql = format!(
+                "SELECT id_a::text, id_b::text, kept_canonical::text, operation::text FROM identity_merge.merge_log \
+                 WHERE project_id OPERATOR(pg_catalog.=) $1 {} ORDER BY seq",
+                if retractions { "AND retracted_by IS NULL" } else { "" }
+            );
+            let rows: Vec<(String, String, String, String)> = c
+                .select(&sql, None, &[project_id.into()])
+                .or_bug("reading the merge log")
+                .map(|r| (text(&r, 1), text(&r, 2), text(&r, 3), text(&r, 4)))
+                .collect();
+            let ops: Vec<String> = rows.iter().map(|r| r.3.clone()).collect();
+            let joins: Vec<(String, String, String)> =
+                rows.into_iter().map(|(a, b, k, _)| (a, b, k)).collect();
+            let retracted = retractions
+                && c.select(
+                    "SELECT 1 FROM identity_merge.retractions WHERE project_id OPERATOR(pg_catalog.=) $1 LIMIT 1",
+                    Some(1),
                     &[project_id.into()],
                 )
-                .or_bug("reading the merge log")
-                .map(|r| (text(&r, 1), text(&r, 2), text(&r, 3)))
-                .collect();
+                .or_bug("reading the retractions")
+                .len()
+                    > 0;
+            let mode: String = c
+                .select(
+                    "SELECT mode::text FROM identity_merge.projects WHERE project_id OPERATOR(pg_catalog.=) $1",
+                    Some(1),
+                    &[project_id.into()],
+                )
+                .or_bug("reading the project")
+                .first()
+                .get(1)
+                .or_bug("reading the project")
+                .unwrap_or_default();
             let stored: Vec<(String, String)> = c
                 .select(
                     "SELECT distinct_id::text, canonical_id::text FROM identity_merge.identities \
@@ -90,9 +146,13 @@ mod identity_merge {
                 .or_bug("reading the identities")
                 .map(|r| (text(&r, 1), text(&r, 2)))
                 .collect();
-            (joins, stored)
+            (joins, ops, retracted, mode, stored)
         });
-        let mut replayed = replay(joins);
+        let mut replayed = if retracted {
+            replay_with_rules(&joins, &ops, &mode)
+        } else {
+            replay(joins)
+        };
         let mut out = Vec::new();
         for (id, canonical) in stored {
             match replayed.remove(&id) {

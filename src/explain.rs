@@ -53,7 +53,7 @@ fn canonical_of(project_id: i32, id: &str) -> Option<String> {
     })
 }
 
-/// Every join of the cluster whose canonical id is `canonical`, in log order.
+/// Every join in force (not retracted) of the cluster whose canonical id is `canonical`, in log order.
 fn cluster_joins(project_id: i32, canonical: &str) -> Vec<Join> {
     as_owner(|| {
         Spi::connect(|c| {
@@ -65,6 +65,7 @@ fn cluster_joins(project_id: i32, canonical: &str) -> Vec<Join> {
                    JOIN identity_merge.merge_log l \
                      ON l.project_id OPERATOR(pg_catalog.=) $1 AND l.id_a OPERATOR(pg_catalog.=) i.distinct_id \
                   WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.canonical_id OPERATOR(pg_catalog.=) $2 \
+                    AND l.retracted_by IS NULL \
                   ORDER BY l.seq",
                 None,
                 &[project_id.into(), canonical.into()],

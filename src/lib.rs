@@ -10,7 +10,8 @@
 //!     executing an event's plan; `locks`: its locks;
 //!   - `api`: the Rust-backed SQL functions; `json_api`: the seed's HTTP API shapes;
 //!     `backfill`: history in one pass; `check`: `mp_check`'s replay; `explain`: why two ids
-//!     are one person (`mp_explain`); `attach`: the registry
+//!     are one person (`mp_explain`); `retract`: undoing joins (`mp_split`, `mp_unjoin`);
+//!     `attach`: the registry
 //!     of attached tables; `guc`: settings;
 //!   - `pg`: PostgreSQL plumbing shared by all of them (raising errors, running as the
 //!     extension owner or under another resource owner, the local xid, the schema's oids).
@@ -38,6 +39,7 @@ mod json_api;
 mod locks;
 mod pg;
 mod probe;
+mod retract;
 mod store;
 mod trigger;
 

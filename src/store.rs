@@ -135,6 +135,15 @@ pub fn merge_log_has_provenance() -> bool {
     unsafe { pg_sys::get_attnum(merge_log, c"transaction_id".as_ptr()) > 0 }
 }
 
+/// Whether the installed SQL has retractions (merge_log.retracted_by, 0.1.4 on).
+pub fn merge_log_has_retractions() -> bool {
+    let Some(merge_log) = crate::pg::relation_oid(c"merge_log") else {
+        return false;
+    };
+    // SAFETY: a syscache lookup of a column by name in an existing relation.
+    unsafe { pg_sys::get_attnum(merge_log, c"retracted_by".as_ptr()) > 0 }
+}
+
 fn oid(o: pg_sys::BuiltinOid) -> PgOid {
     PgOid::BuiltIn(o)
 }

@@ -230,6 +230,10 @@ pub enum IdentityError {
         id: String,
         token: String,
     },
+    /// A merge_log.seq that names no join.
+    UnknownJoin {
+        seq: i64,
+    },
     /// One of the extension's own tables or indexes is missing (dropped by hand).
     MissingObject {
         what: String,
@@ -289,9 +293,9 @@ impl IdentityError {
             | IdentityError::ProjectHasData { .. }
             | IdentityError::AttachmentMismatch { .. } => S::ObjectNotInPrerequisiteState,
             IdentityError::ManyIds { .. } => S::ProgramLimitExceeded,
-            IdentityError::UnknownProject { .. } | IdentityError::UnknownId { .. } => {
-                S::UndefinedObject
-            }
+            IdentityError::UnknownProject { .. }
+            | IdentityError::UnknownId { .. }
+            | IdentityError::UnknownJoin { .. } => S::UndefinedObject,
             IdentityError::ProjectExists { .. } => S::DuplicateObject,
             IdentityError::WrongMode { .. } | IdentityError::Ignored { .. } => {
                 S::FeatureNotSupported
@@ -393,6 +397,7 @@ impl IdentityError {
             IdentityError::NotOwner { table } => format!("must be owner of table {table}"),
             IdentityError::AttachmentMismatch { table, problem } => format!("table {table}: {problem}"),
             IdentityError::MissingObject { what } => format!("{what} is missing"),
+            IdentityError::UnknownJoin { seq } => format!("no logged join has seq {seq}"),
             IdentityError::UnknownId { id, token } => {
                 format!("id {} was never seen in project {}", show(id), show(token))
             }
@@ -469,6 +474,9 @@ impl IdentityError {
                 "An object of the extension was dropped: reinstall it (DROP EXTENSION identity_merge; CREATE EXTENSION identity_merge) or restore it from a dump.".into()
             }
             IdentityError::Internal { .. } => "Please report this as a bug of identity_merge.".into(),
+            IdentityError::UnknownJoin { .. } => {
+                "Joins are the rows of identity_merge.merge_log (mp_explain shows their seq).".into()
+            }
             IdentityError::UnknownId { .. } => {
                 "Only ids some identity operation joined are in the graph; an id never seen is alone (mp_resolve answers itself).".into()
             }

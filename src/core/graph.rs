@@ -165,6 +165,14 @@ impl Graph {
         }
     }
 
+    /// The cluster of a known id: (canonical id, size, identified); None for an id the graph
+    /// does not hold or that is alone.
+    pub fn cluster_of(&mut self, id: &str) -> Option<(String, i64, bool)> {
+        let side = self.side(id);
+        side.exists
+            .then_some((side.canonical, side.size, side.identified))
+    }
+
     /// Every id whose canonical differs from what was loaded (or that is new), with its
     /// canonical now (the tests' readable form of `new_and_moved_ids`).
     #[cfg(test)]
@@ -245,6 +253,22 @@ impl Graph {
     }
 }
 
+/// Replays logged joins in order, from nothing, with the rules: the clusters they make. How a
+/// retraction recomputes a cluster from the joins that remain, and how `mp_check` checks a
+/// project whose log holds retractions (a join's recorded canonical can be stale once an earlier
+/// join is retracted). Returns the graph and the indexes of the joins the rules refused in the
+/// replay (none for joins that were accepted in this order; a retraction retracts those too).
+pub fn replay(settings: &RuleSettings, joins: &[(Op, &str, &str)]) -> (Graph, Vec<usize>) {
+    let mut graph = Graph::new();
+    let mut refused = Vec::new();
+    for (i, (op, a, b)) in joins.iter().enumerate() {
+        if graph.apply(settings, *op, Some(a), Some(b)).is_err() {
+            refused.push(i);
+        }
+    }
+    (graph, refused)
+}
+
 /// The chain of joins that connects `from` to `to`: the logged joins of a cluster form a tree
 /// (each join connected two clusters that were apart, and refused operations are not joins), so
 /// the chain is unique, and a breadth-first search finds it. `edges` are the joins' two ids;
@@ -287,6 +311,26 @@ pub fn join_path(edges: &[(&str, &str)], from: &str, to: &str) -> Option<Vec<usi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replay_after_a_retraction_recomputes_the_cluster() {
+        // merge(X, Y) kept X; merge(Y, Z) kept X (Y's canonical then). Retract the first: the
+        // second alone makes {Y, Z} with Y canonical, X alone.
+        let s = RuleSettings::replaying(crate::core::Mode::Original);
+        let (mut g, refused) = replay(&s, &[(Op::Merge, "Y", "Z")]);
+        assert!(refused.is_empty());
+        assert_eq!(g.cluster_of("Z"), Some(("Y".to_string(), 2, false)));
+        assert_eq!(g.cluster_of("X"), None);
+        // identify marks the cluster identified; a device links once (Simplified)
+        let (mut g, _) = replay(&s, &[(Op::Identify, "U", "D"), (Op::Alias, "A", "U")]);
+        assert_eq!(g.cluster_of("A"), Some(("U".to_string(), 3, true)));
+        let simplified = RuleSettings::replaying(crate::core::Mode::Simplified);
+        let (_, refused) = replay(
+            &simplified,
+            &[(Op::Link, "U1", "$device:D"), (Op::Link, "U2", "$device:D")],
+        );
+        assert_eq!(refused, vec![1]);
+    }
 
     #[test]
     fn join_paths_follow_the_tree() {

@@ -67,6 +67,18 @@ impl Default for RuleSettings {
 }
 
 impl RuleSettings {
+    /// Settings for replaying joins that were accepted when made (a retraction recomputing a
+    /// cluster, `mp_check`): the structural rules of `mode` decide the canonical ids, while the
+    /// checks of ids and sizes, whose settings may have changed since, pass.
+    pub fn replaying(mode: Mode) -> RuleSettings {
+        RuleSettings {
+            mode,
+            max_cluster_size: i64::MAX,
+            anon_id_format: AnonIdFormat::Any,
+            blocked_ids: Vec::new(),
+        }
+    }
+
     /// Blocked ids match after trimming, case-insensitively (Unicode lowercase), compared
     /// char by char without building lowercased copies (this runs for every id of a backfill).
     fn is_blocked(&self, id: &str) -> bool {
