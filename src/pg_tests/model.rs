@@ -176,6 +176,10 @@ mod tests {
         clusters: Vec<(std::collections::BTreeSet<String>, String)>,
         identified: std::collections::HashSet<String>,
         limit: usize,
+        /// The joins made, in order: (operation, a, b). A split takes some back.
+        history: Vec<(String, String, String)>,
+        /// Every id a join ever named (an id never seen cannot be split).
+        seen: std::collections::HashSet<String>,
     }
 
     impl Model {
@@ -253,14 +257,53 @@ mod tests {
             if self.members(a).len() + self.members(b).len() > self.limit {
                 return Err("errManyIDs");
             }
-            Ok(match op {
+            self.history
+                .push((op.to_string(), a.to_string(), b.to_string()));
+            self.seen.insert(a.to_string());
+            self.seen.insert(b.to_string());
+            Ok(self.make(op, a, b))
+        }
+
+        fn make(&mut self, op: &str, a: &str, b: &str) -> String {
+            match op {
                 "identify" => {
                     self.identified.insert(a.to_string());
                     self.join(a, b)
                 }
                 "alias" => self.join(b, a),
                 _ => self.join(a, b),
-            })
+            }
+        }
+
+        /// mp_split: the clusters are rebuilt from the joins that remain, in order (as if the
+        /// retracted ones never happened). The ids whose canonical changed, sorted.
+        fn split(&mut self, id: &str) -> Result<Vec<String>, &'static str> {
+            if !self.seen.contains(id) {
+                return Err("never seen");
+            }
+            let before: Vec<(String, String)> = self
+                .members(id)
+                .into_iter()
+                .map(|m| (m.clone(), self.canonical(&m)))
+                .collect();
+            let history: Vec<_> = std::mem::take(&mut self.history)
+                .into_iter()
+                .filter(|(_, a, b)| a != id && b != id)
+                .collect();
+            self.cluster_of.clear();
+            self.clusters.clear();
+            self.identified.clear();
+            for (op, a, b) in &history {
+                self.make(op, a, b);
+            }
+            self.history = history;
+            let mut changed: Vec<String> = before
+                .into_iter()
+                .filter(|(m, c)| self.canonical(m) != *c)
+                .map(|(m, _)| m)
+                .collect();
+            changed.sort();
+            Ok(changed)
         }
     }
 
@@ -269,7 +312,9 @@ mod tests {
         run("SELECT mp_create_project('model'), mp_set_project_setting('model', 'max_cluster_size', '6')");
         run("CREATE FUNCTION pg_temp.op(o text, a text, b text) RETURNS text LANGUAGE plpgsql AS $$ \
              BEGIN RETURN 'ok:' || CASE o WHEN 'identify' THEN mp_identify(a, b, 'model') \
-                                        WHEN 'alias' THEN mp_alias(a, b, 'model') ELSE mp_merge(a, b, 'model') END; \
+                                        WHEN 'alias' THEN mp_alias(a, b, 'model') \
+                                        WHEN 'split' THEN (SELECT coalesce(string_agg(id, ',' ORDER BY id COLLATE \"C\"), '') FROM mp_split(a, 'model')) \
+                                        ELSE mp_merge(a, b, 'model') END; \
              EXCEPTION WHEN OTHERS THEN RETURN 'err:' || split_part(SQLERRM, ':', 1); END $$");
         let uuids: Vec<String> = (0..8)
             .map(|i| format!("{:08x}-6f5c-4a7e-9d2b-1c2d3e4f5a6b", i * 7919 + 1))
@@ -288,6 +333,8 @@ mod tests {
             clusters: vec![],
             identified: Default::default(),
             limit: 6,
+            history: vec![],
+            seen: Default::default(),
         };
         let mut x: u64 = 0x2545F4914F6CDD1D;
         let mut next = |m: usize| {
@@ -296,11 +343,53 @@ mod tests {
             x ^= x << 17;
             (x % m as u64) as usize
         };
-        let (mut oks, mut refusals) = (0, 0);
+        let (mut oks, mut refusals, mut splits) = (0, 0, 0);
         for step in 0..600 {
-            let op = ["identify", "alias", "merge"][next(3)];
+            let op = [
+                "identify", "alias", "merge", "identify", "alias", "merge", "split",
+            ][next(7)];
             let a = pool[next(pool.len())].clone();
             let b = pool[next(pool.len())].clone();
+            if op == "split" {
+                // Valid ids only (mp_split is STRICT; a blank id is simply never seen).
+                let Some(id) = a.clone().filter(|i| !i.trim().is_empty()) else {
+                    continue;
+                };
+                let got = Spi::get_one_with_args::<String>(
+                    "SELECT pg_temp.op('split', $1, NULL)",
+                    &[id.clone().into()],
+                )
+                .unwrap()
+                .unwrap();
+                match model.split(&id) {
+                    Ok(changed) => {
+                        splits += 1;
+                        assert_eq!(
+                            got,
+                            format!("ok:{}", changed.join(",")),
+                            "step {step}: split({id:?})"
+                        );
+                    }
+                    Err(_) => assert!(
+                        got.starts_with("err:id "),
+                        "step {step}: split({id:?}) of an id never seen: {got}"
+                    ),
+                }
+                for pid in pool.iter().flatten().filter(|i| !i.trim().is_empty()) {
+                    let r = Spi::get_one_with_args::<String>(
+                        "SELECT mp_resolve($1, 'model')",
+                        &[pid.as_str().into()],
+                    )
+                    .unwrap()
+                    .unwrap();
+                    assert_eq!(
+                        r,
+                        model.canonical(pid),
+                        "step {step}: after split({id}): resolve({pid})"
+                    );
+                }
+                continue;
+            }
             let want = match model.apply(op, a.as_deref(), b.as_deref()) {
                 Ok(c) => {
                     oks += 1;
@@ -330,8 +419,8 @@ mod tests {
             }
         }
         assert!(
-            oks > 50 && refusals > 100,
-            "the sequence exercises both ({oks} ok, {refusals} refused)"
+            oks > 50 && refusals > 100 && splits > 20,
+            "the sequence exercises all ({oks} ok, {refusals} refused, {splits} splits)"
         );
         assert_eq!(
             Spi::get_one::<i64>("SELECT count(*) FROM mp_check('model')").unwrap(),
