@@ -70,3 +70,10 @@ SELECT mp_resolve('$device:D1', 'web');                 -- U1
 SELECT mp_track('{"event": "Login", "properties": {"token": "web", "$device_id": "D2", "$user_id": "U1"}}');
 SELECT mp_identity_merge('{"$distinct_ids": ["a"], "$token": "default"}');
 -- {"error": "errMalformedEvent: $distinct_ids must hold exactly 2 ids, not 1", "status": 0}
+
+-- Why are two ids one person, and taking back a wrong merge (since 0.1.4).
+SELECT step, operation, id_a, id_b, source
+  FROM mp_explain('$device:3f1b2b8e-6f5c-4a7e-9d2b-1c2d3e4f5a6b', 'user-7', 'default');
+-- 1 | identify | user-42 | $device:3f1b... | function;  2 | merge | user-7 | user-42 | function
+SELECT * FROM mp_split('user-7');    -- user-42, its aliases and the device are apart from user-7 again
+SELECT mp_resolve('$device:3f1b2b8e-6f5c-4a7e-9d2b-1c2d3e4f5a6b');  -- 'user-42'
