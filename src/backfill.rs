@@ -79,6 +79,200 @@ fn write_chunk(
     }
 }
 
+/// The project's current state, loaded into a graph: clusters, then ids (two plain scans,
+/// joined here; a cursor's fast-start plan of the SQL join can degrade to a rescan per row).
+fn load_graph(c: &pgrx::spi::SpiClient<'_>, pid: i32) -> Graph {
+    let mut graph = Graph::new();
+    let mut clusters: std::collections::HashMap<String, (i64, bool)> =
+        std::collections::HashMap::new();
+    for_each_row(
+        c,
+        "SELECT canonical_id::text, size, identified FROM identity_merge.clusters \
+         WHERE project_id OPERATOR(pg_catalog.=) $1",
+        &[pid.into()],
+        |r| {
+            let canonical: String = r
+                .get(1)
+                .or_bug("reading the project state")
+                .or_bug("reading the project state");
+            clusters.insert(
+                canonical,
+                (
+                    r.get::<i32>(2)
+                        .or_bug("reading the project state")
+                        .or_bug("reading the project state") as i64,
+                    r.get(3)
+                        .or_bug("reading the project state")
+                        .or_bug("reading the project state"),
+                ),
+            );
+        },
+    )
+    .or_bug("reading the project state");
+    for_each_row(
+        c,
+        "SELECT distinct_id::text, canonical_id::text FROM identity_merge.identities \
+         WHERE project_id OPERATOR(pg_catalog.=) $1",
+        &[pid.into()],
+        |r| {
+            let id: String = r
+                .get(1)
+                .or_bug("reading the project state")
+                .or_bug("reading the project state");
+            let canonical: String = r
+                .get(2)
+                .or_bug("reading the project state")
+                .or_bug("reading the project state");
+            let (size, identified) = clusters.get(&canonical).copied().unwrap_or((1, false));
+            graph.load(&id, &canonical, size, identified);
+        },
+    )
+    .or_bug("reading the project state");
+    drop(clusters);
+    graph
+}
+
+/// Writes what a batch of history did, in bulk: new and moved ids, absorbed and changed
+/// clusters, one merge-log row per join (with its history ordinal), one rejection per refused
+/// row. Returns (joins, ids written, clusters written).
+fn write_batch(
+    c: &mut pgrx::spi::SpiClient<'_>,
+    pid: i32,
+    graph: &mut Graph,
+    refusals: &[Refusal],
+    join_ordinals: &[i64],
+    role: &str,
+    provenance: bool,
+) -> (i64, i64, i64) {
+    // Bulk writes, in key order (btree inserts then touch pages one after another).
+    let (new_ids, moved_ids) = graph.new_and_moved_ids();
+    let ids_written = (new_ids.len() + moved_ids.len()) as i64;
+    let g = &graph;
+    let columns = |chunk: &[(u32, u32)]| -> Vec<Vec<Option<String>>> {
+        let (ids, canon): (Vec<Option<String>>, Vec<Option<String>>) = chunk
+            .iter()
+            .map(|&(i, c)| (Some(g.name(i).to_string()), Some(g.name(c).to_string())))
+            .unzip();
+        vec![ids, canon]
+    };
+    for chunk in new_ids.chunks(CHUNK) {
+        // New to the store (the table lock keeps it so): no conflict check needed.
+        text_array(
+            c,
+            "INSERT INTO identity_merge.identities (project_id, distinct_id, canonical_id) \
+             SELECT $1, u.d, u.c FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) u(d, c)",
+            columns(chunk),
+            pid,
+        );
+    }
+    drop(new_ids);
+    for chunk in moved_ids.chunks(CHUNK) {
+        text_array(
+            c,
+            // Stored ids: an upsert, so each row is found through the primary key whatever
+            // plan an UPDATE ... FROM would get.
+            "INSERT INTO identity_merge.identities (project_id, distinct_id, canonical_id) \
+             SELECT $1, u.d, u.c FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) u(d, c) \
+             ON CONFLICT (project_id, distinct_id) DO UPDATE SET canonical_id = EXCLUDED.canonical_id",
+            columns(chunk),
+            pid,
+        );
+    }
+    drop(moved_ids);
+    let absorbed: Vec<Option<String>> = graph.absorbed_canonicals().into_iter().map(Some).collect();
+    for chunk in absorbed.chunks(CHUNK) {
+        text_array(
+            c,
+            "DELETE FROM identity_merge.clusters WHERE project_id OPERATOR(pg_catalog.=) $1 \
+             AND canonical_id OPERATOR(pg_catalog.=) ANY ($2::text[])",
+            vec![chunk.to_vec()],
+            pid,
+        );
+    }
+    let clusters = graph.changed_clusters();
+    for chunk in clusters.chunks(CHUNK) {
+        let canon: Vec<Option<String>> = chunk.iter().map(|(c, _, _)| Some(c.clone())).collect();
+        let sizes: Vec<Option<i32>> = chunk.iter().map(|(_, s, _)| Some(*s as i32)).collect();
+        let ident: Vec<Option<bool>> = chunk.iter().map(|(_, _, i)| Some(*i)).collect();
+        write_chunk(
+            c,
+            "INSERT INTO identity_merge.clusters (project_id, canonical_id, size, identified) \
+             SELECT $1, u.c, u.s, u.i FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::int4[]), pg_catalog.unnest($4::bool[])) u(c, s, i) \
+             ON CONFLICT (project_id, canonical_id) DO UPDATE \
+             SET size = EXCLUDED.size, identified = EXCLUDED.identified, updated_at = pg_catalog.now()",
+            pid,
+            |args| args.extend([canon.into(), sizes.into(), ident.into()]),
+        );
+    }
+    for (n, chunk) in graph.joins.chunks(CHUNK).enumerate() {
+        let col = |f: &dyn Fn(&crate::core::graph::Join) -> String| {
+            chunk.iter().map(|j| Some(f(j))).collect::<Vec<_>>()
+        };
+        let g = &graph;
+        let moved: Vec<Option<i32>> = chunk.iter().map(|j| Some(j.moved as i32)).collect();
+        let ordinals: Vec<Option<i64>> = join_ordinals[n * CHUNK..n * CHUNK + chunk.len()]
+            .iter()
+            .map(|o| Some(*o))
+            .collect();
+        // Provenance columns when the installed SQL has them (see store::join_sql).
+        let (columns, values) = if provenance {
+            (
+                ", source, source_detail, role_name, transaction_id",
+                ", 'backfill', pg_catalog.jsonb_build_object('backfill_ordinal', u.h), $9, pg_catalog.pg_current_xact_id()",
+            )
+        } else {
+            ("", "")
+        };
+        write_chunk(
+            c,
+            &format!("INSERT INTO identity_merge.merge_log (project_id, operation, id_a, id_b, kept_canonical, absorbed_canonical, moved_ids{columns}) \
+             SELECT $1, u.o, u.a, u.b, u.k, u.x, u.m{values} \
+             FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::text[]), pg_catalog.unnest($7::int4[]), pg_catalog.unnest($8::int8[])) WITH ORDINALITY u(o, a, b, k, x, m, h, n) \
+             ORDER BY u.n"),
+            pid,
+            |args| args.extend([col(&|j| j.op.as_str().to_string()).into(),
+                col(&|j| g.name(j.a).to_string()).into(),
+                col(&|j| g.name(j.b).to_string()).into(),
+                col(&|j| g.name(j.kept).to_string()).into(),
+                col(&|j| g.name(j.absorbed).to_string()).into(),
+                moved.into(),
+                ordinals.into(),
+                role.into()]),
+        );
+    }
+    for chunk in refusals.chunks(CHUNK) {
+        let reason: Vec<Option<String>> = chunk
+            .iter()
+            .map(|r| {
+                Some(
+                    r.err
+                        .reason()
+                        .unwrap_or(Reason::MalformedEvent)
+                        .code()
+                        .to_string(),
+                )
+            })
+            .collect();
+        let message: Vec<Option<String>> = chunk
+            .iter()
+            .map(|r| Some(crate::core::ingest::scrub_nul_str(&r.err.message())))
+            .collect();
+        let op: Vec<Option<String>> = chunk.iter().map(|r| r.op.clone()).collect();
+        let a: Vec<Option<String>> = chunk.iter().map(|r| r.a.clone()).collect();
+        let b: Vec<Option<String>> = chunk.iter().map(|r| r.b.clone()).collect();
+        let ordinal: Vec<Option<i64>> = chunk.iter().map(|r| Some(r.ordinal)).collect();
+        write_chunk(
+            c,
+            "INSERT INTO identity_merge.rejections (project_id, reason_code, message, operation, id_a, id_b, source_row) \
+             SELECT $1, u.r, u.m, u.o, u.a, u.b, pg_catalog.jsonb_build_object('backfill_ordinal', u.n) \
+             FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::text[]), pg_catalog.unnest($7::int8[])) u(r, m, o, a, b, n)",
+            pid,
+            |args| args.extend([reason.into(), message.into(), op.into(), a.into(), b.into(), ordinal.into()]),
+        );
+    }
+    (graph.joins.len() as i64, ids_written, clusters.len() as i64)
+}
+
 #[pg_extern(volatile, parallel_unsafe)]
 fn mp_backfill(
     source: &str,
@@ -96,8 +290,11 @@ fn mp_backfill(
     let project = store::project(Some(project)).or_raise();
     let settings = project.settings.clone();
     let pid = project.id;
-    let mut graph = Graph::new();
     let mut refusals: Vec<Refusal> = Vec::new();
+    // (joins, ids written, clusters written) of the batches written so far.
+    let mut totals: (i64, i64, i64) = (0, 0, 0);
+    // Refused rows of the batches written so far.
+    let mut refused: i64 = 0;
     // The history ordinal of each join of `graph.joins`, and who loads the history.
     let mut join_ordinals: Vec<i64> = Vec::new();
     let role = crate::pg::current_role_name();
@@ -107,54 +304,7 @@ fn mp_backfill(
     Spi::connect_mut(|c| {
         c.update("LOCK TABLE identity_merge.identities, identity_merge.clusters IN SHARE ROW EXCLUSIVE MODE", None, &[])
             .or_bug("reading the project state");
-        // The project's current state: clusters, then ids (two plain scans, joined here; a
-        // cursor's fast-start plan of the SQL join can degrade to a rescan per row).
-        let mut clusters: std::collections::HashMap<String, (i64, bool)> =
-            std::collections::HashMap::new();
-        for_each_row(
-            c,
-            "SELECT canonical_id::text, size, identified FROM identity_merge.clusters \
-             WHERE project_id OPERATOR(pg_catalog.=) $1",
-            &[pid.into()],
-            |r| {
-                let canonical: String = r
-                    .get(1)
-                    .or_bug("reading the project state")
-                    .or_bug("reading the project state");
-                clusters.insert(
-                    canonical,
-                    (
-                        r.get::<i32>(2)
-                            .or_bug("reading the project state")
-                            .or_bug("reading the project state") as i64,
-                        r.get(3)
-                            .or_bug("reading the project state")
-                            .or_bug("reading the project state"),
-                    ),
-                );
-            },
-        )
-        .or_bug("reading the project state");
-        for_each_row(
-            c,
-            "SELECT distinct_id::text, canonical_id::text FROM identity_merge.identities \
-             WHERE project_id OPERATOR(pg_catalog.=) $1",
-            &[pid.into()],
-            |r| {
-                let id: String = r
-                    .get(1)
-                    .or_bug("reading the project state")
-                    .or_bug("reading the project state");
-                let canonical: String = r
-                    .get(2)
-                    .or_bug("reading the project state")
-                    .or_bug("reading the project state");
-                let (size, identified) = clusters.get(&canonical).copied().unwrap_or((1, false));
-                graph.load(&id, &canonical, size, identified);
-            },
-        )
-        .or_bug("reading the project state");
-        drop(clusters);
+        let mut graph = load_graph(c, pid);
 
         // The history, in the order the query gives.
         for_each_row(c, source, &[], |r| {
@@ -178,12 +328,48 @@ fn mp_backfill(
                 })
             };
             let (name, a, b) = (text(1), text(2), text(3));
+            if name.as_deref() == Some("split") {
+                // A split retracts joins of the store, the batch's included: the batch so far is
+                // written, the split made as mp_split makes it (through a connection of its own:
+                // the history's cursor stays open), and the graph read again from the store.
+                let (joins, ids, clusters) = Spi::connect_mut(|c| {
+                    write_batch(c, pid, &mut graph, &refusals, &join_ordinals, &role, provenance)
+                });
+                totals.0 += joins;
+                totals.1 += ids;
+                totals.2 += clusters;
+                refused += refusals.len() as i64;
+                refusals.clear();
+                join_ordinals.clear();
+                let source = store::Source {
+                    kind: "backfill",
+                    detail: serde_json::json!({ "backfill_ordinal": events }),
+                };
+                let result = match a.as_deref() {
+                    None => Err(IdentityError::NullId { field: "distinct_id" }),
+                    Some(id) => crate::retract::split(&project, id, &source).map(|_| ()),
+                };
+                graph = Spi::connect(|c| load_graph(&c, pid));
+                if let Err(err) = result {
+                    if err.is_retryable() {
+                        raise(err);
+                    }
+                    refusals.push(Refusal {
+                        ordinal: events,
+                        op: name,
+                        a,
+                        b,
+                        err,
+                    });
+                }
+                return;
+            }
             let op = name.as_deref().and_then(Op::from_history_name);
             let result = match (op, project.mode) {
                 (None, _) => Err(IdentityError::MalformedEvent {
                     field: "operation".into(),
                     problem: format!(
-                        "{:?} is not identify, alias, merge or link",
+                        "{:?} is not identify, alias, merge, link or split",
                         name.as_deref().unwrap_or("NULL")
                     ),
                 }),
@@ -231,134 +417,18 @@ fn mp_backfill(
             })
         });
 
-        // Bulk writes, in key order (btree inserts then touch pages one after another).
-        let (new_ids, moved_ids) = graph.new_and_moved_ids();
-        let ids_written = (new_ids.len() + moved_ids.len()) as i64;
-        let g = &graph;
-        let columns = |chunk: &[(u32, u32)]| -> Vec<Vec<Option<String>>> {
-            let (ids, canon): (Vec<Option<String>>, Vec<Option<String>>) = chunk
-                .iter()
-                .map(|&(i, c)| (Some(g.name(i).to_string()), Some(g.name(c).to_string())))
-                .unzip();
-            vec![ids, canon]
-        };
-        for chunk in new_ids.chunks(CHUNK) {
-            // New to the store (the table lock keeps it so): no conflict check needed.
-            text_array(
-                c,
-                "INSERT INTO identity_merge.identities (project_id, distinct_id, canonical_id) \
-                 SELECT $1, u.d, u.c FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) u(d, c)",
-                columns(chunk),
-                pid,
-            );
-        }
-        drop(new_ids);
-        for chunk in moved_ids.chunks(CHUNK) {
-            text_array(
-                c,
-                // Stored ids: an upsert, so each row is found through the primary key whatever
-                // plan an UPDATE ... FROM would get.
-                "INSERT INTO identity_merge.identities (project_id, distinct_id, canonical_id) \
-                 SELECT $1, u.d, u.c FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) u(d, c) \
-                 ON CONFLICT (project_id, distinct_id) DO UPDATE SET canonical_id = EXCLUDED.canonical_id",
-                columns(chunk),
-                pid,
-            );
-        }
-        drop(moved_ids);
-        let absorbed: Vec<Option<String>> =
-            graph.absorbed_canonicals().into_iter().map(Some).collect();
-        for chunk in absorbed.chunks(CHUNK) {
-            text_array(
-                c,
-                "DELETE FROM identity_merge.clusters WHERE project_id OPERATOR(pg_catalog.=) $1 \
-                 AND canonical_id OPERATOR(pg_catalog.=) ANY ($2::text[])",
-                vec![chunk.to_vec()],
-                pid,
-            );
-        }
-        let clusters = graph.changed_clusters();
-        for chunk in clusters.chunks(CHUNK) {
-            let canon: Vec<Option<String>> =
-                chunk.iter().map(|(c, _, _)| Some(c.clone())).collect();
-            let sizes: Vec<Option<i32>> = chunk.iter().map(|(_, s, _)| Some(*s as i32)).collect();
-            let ident: Vec<Option<bool>> = chunk.iter().map(|(_, _, i)| Some(*i)).collect();
-            write_chunk(
-                c,
-                "INSERT INTO identity_merge.clusters (project_id, canonical_id, size, identified) \
-                 SELECT $1, u.c, u.s, u.i FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::int4[]), pg_catalog.unnest($4::bool[])) u(c, s, i) \
-                 ON CONFLICT (project_id, canonical_id) DO UPDATE \
-                 SET size = EXCLUDED.size, identified = EXCLUDED.identified, updated_at = pg_catalog.now()",
-                pid,
-                |args| args.extend([canon.into(), sizes.into(), ident.into()]),
-            );
-        }
-        for (n, chunk) in graph.joins.chunks(CHUNK).enumerate() {
-            let col = |f: &dyn Fn(&crate::core::graph::Join) -> String| {
-                chunk.iter().map(|j| Some(f(j))).collect::<Vec<_>>()
-            };
-            let g = &graph;
-            let moved: Vec<Option<i32>> = chunk.iter().map(|j| Some(j.moved as i32)).collect();
-            let ordinals: Vec<Option<i64>> = join_ordinals[n * CHUNK..n * CHUNK + chunk.len()]
-                .iter()
-                .map(|o| Some(*o))
-                .collect();
-            // Provenance columns when the installed SQL has them (see store::join_sql).
-            let (columns, values) = if provenance {
-                (
-                    ", source, source_detail, role_name, transaction_id",
-                    ", 'backfill', pg_catalog.jsonb_build_object('backfill_ordinal', u.h), $9, pg_catalog.pg_current_xact_id()",
-                )
-            } else {
-                ("", "")
-            };
-            write_chunk(
-                c,
-                &format!("INSERT INTO identity_merge.merge_log (project_id, operation, id_a, id_b, kept_canonical, absorbed_canonical, moved_ids{columns}) \
-                 SELECT $1, u.o, u.a, u.b, u.k, u.x, u.m{values} \
-                 FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::text[]), pg_catalog.unnest($7::int4[]), pg_catalog.unnest($8::int8[])) WITH ORDINALITY u(o, a, b, k, x, m, h, n) \
-                 ORDER BY u.n"),
-                pid,
-                |args| args.extend([col(&|j| j.op.as_str().to_string()).into(),
-                    col(&|j| g.name(j.a).to_string()).into(),
-                    col(&|j| g.name(j.b).to_string()).into(),
-                    col(&|j| g.name(j.kept).to_string()).into(),
-                    col(&|j| g.name(j.absorbed).to_string()).into(),
-                    moved.into(),
-                    ordinals.into(),
-                    role.as_str().into()]),
-            );
-        }
-        for chunk in refusals.chunks(CHUNK) {
-            let reason: Vec<Option<String>> = chunk
-                .iter()
-                .map(|r| {
-                    Some(
-                        r.err
-                            .reason()
-                            .unwrap_or(Reason::MalformedEvent)
-                            .code()
-                            .to_string(),
-                    )
-                })
-                .collect();
-            let message: Vec<Option<String>> = chunk
-                .iter()
-                .map(|r| Some(crate::core::ingest::scrub_nul_str(&r.err.message())))
-                .collect();
-            let op: Vec<Option<String>> = chunk.iter().map(|r| r.op.clone()).collect();
-            let a: Vec<Option<String>> = chunk.iter().map(|r| r.a.clone()).collect();
-            let b: Vec<Option<String>> = chunk.iter().map(|r| r.b.clone()).collect();
-            let ordinal: Vec<Option<i64>> = chunk.iter().map(|r| Some(r.ordinal)).collect();
-            write_chunk(
-                c,
-                "INSERT INTO identity_merge.rejections (project_id, reason_code, message, operation, id_a, id_b, source_row) \
-                 SELECT $1, u.r, u.m, u.o, u.a, u.b, pg_catalog.jsonb_build_object('backfill_ordinal', u.n) \
-                 FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::text[]), pg_catalog.unnest($7::int8[])) u(r, m, o, a, b, n)",
-                pid,
-                |args| args.extend([reason.into(), message.into(), op.into(), a.into(), b.into(), ordinal.into()]),
-            );
-        }
+        let (joins, ids, clusters) = write_batch(
+            c,
+            pid,
+            &mut graph,
+            &refusals,
+            &join_ordinals,
+            &role,
+            provenance,
+        );
+        totals.0 += joins;
+        totals.1 += ids;
+        totals.2 += clusters;
         // Fresh statistics for what was just written: planners of mp_check, mp_restamp and the
         // online functions would otherwise plan a table of millions of rows as an empty one.
         crate::pg::as_owner(|| {
@@ -371,10 +441,10 @@ fn mp_backfill(
         });
         TableIterator::once((
             events,
-            graph.joins.len() as i64,
-            refusals.len() as i64,
-            ids_written,
-            clusters.len() as i64,
+            totals.0,
+            refused + refusals.len() as i64,
+            totals.1,
+            totals.2,
         ))
     })
 }

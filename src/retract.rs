@@ -303,6 +303,15 @@ fn rows(
     TableIterator::new(changed)
 }
 
+/// `mp_split` for a history row of `mp_backfill` (the caller holds the tables locked).
+pub(crate) fn split(
+    project: &Project,
+    id: &str,
+    source: &store::Source,
+) -> Result<Changed, IdentityError> {
+    retract(project, Target::Id(id), source)
+}
+
 /// Retracts every join `distinct_id` took part in: its cluster becomes the clusters of the joins
 /// that remain (the id alone is one). One row per id whose canonical id changed.
 #[pg_extern(volatile, strict, parallel_unsafe)]

@@ -81,6 +81,7 @@ pub enum Reason {
     IgnoredInLegacy,
     LegacyAliasAssigned,
     LegacyAliasIsTarget,
+    UnknownId,
     MalformedEvent,
 }
 
@@ -100,6 +101,7 @@ impl Reason {
             Reason::IgnoredInLegacy => "errIgnoredInLegacy",
             Reason::LegacyAliasAssigned => "errLegacyAliasAssigned",
             Reason::LegacyAliasIsTarget => "errLegacyAliasIsTarget",
+            Reason::UnknownId => "errUnknownID",
             Reason::MalformedEvent => "errMalformedEvent",
         }
     }
@@ -277,6 +279,7 @@ impl IdentityError {
                 ..
             } => Some(Reason::IgnoredInLegacy),
             IdentityError::Ignored { .. } => Some(Reason::IgnoredInSimplified),
+            IdentityError::UnknownId { .. } => Some(Reason::UnknownId),
             _ => None,
         }
     }
@@ -399,7 +402,7 @@ impl IdentityError {
             IdentityError::MissingObject { what } => format!("{what} is missing"),
             IdentityError::UnknownJoin { seq } => format!("no logged join has seq {seq}"),
             IdentityError::UnknownId { id, token } => {
-                format!("id {} was never seen in project {}", show(id), show(token))
+                format!("errUnknownID: id {} was never seen in project {}", show(id), show(token))
             }
             IdentityError::Internal { what } => format!("identity_merge internal error: {what}"),
         }

@@ -18,12 +18,17 @@ mod tests {
         run("SELECT pg_advisory_xact_lock(4242)");
         run("CREATE TABLE hist (n int, op text, a text, b text)");
         run("CREATE TABLE online_refusals (n int, code text)");
+        // (mp_split is STRICT: a NULL id gives no rows; a history row is refused as errNullID,
+        // which the replay states explicitly.)
         run("CREATE FUNCTION pg_temp.replay(p text) RETURNS void LANGUAGE plpgsql AS $$ \
              DECLARE r record; BEGIN \
                FOR r IN SELECT * FROM hist ORDER BY n LOOP \
                  BEGIN \
                    CASE r.op WHEN 'identify' THEN PERFORM mp_identify(r.a, r.b, p); \
                              WHEN 'alias' THEN PERFORM mp_alias(r.a, r.b, p); \
+                             WHEN 'split' THEN \
+                               IF r.a IS NULL THEN RAISE EXCEPTION 'errNullID: split of NULL'; END IF; \
+                               PERFORM * FROM mp_split(r.a, p); \
                              ELSE PERFORM mp_merge(r.a, r.b, p); END CASE; \
                  EXCEPTION WHEN OTHERS THEN INSERT INTO online_refusals VALUES (r.n, split_part(SQLERRM, ':', 1)); END; \
                END LOOP; END $$");
@@ -52,7 +57,11 @@ mod tests {
                 (x % m as u64) as usize
             };
             for n in 0..400 {
-                let op = ["identify", "alias", "merge", "identify", "merge"][next(5)];
+                let op = if next(25) == 0 {
+                    "split"
+                } else {
+                    ["identify", "alias", "merge", "identify", "merge"][next(5)]
+                };
                 let a = if next(50) == 0 {
                     "NULL".to_string()
                 } else {
@@ -70,7 +79,8 @@ mod tests {
                          WHERE project_id = (SELECT project_id FROM identity_merge.projects WHERE token = '$P')";
             let clusters_q = "SELECT string_agg(format('%s/%s/%s', canonical_id, size, identified), ',' ORDER BY canonical_id) FROM identity_merge.clusters \
                          WHERE project_id = (SELECT project_id FROM identity_merge.projects WHERE token = '$P')";
-            let log_q = "SELECT string_agg(format('%s:%s>%s', operation, absorbed_canonical, kept_canonical), ',' ORDER BY seq) FROM identity_merge.merge_log \
+            let log_q = "SELECT string_agg(format('%s:%s>%s%s', operation, absorbed_canonical, kept_canonical, \
+                           CASE WHEN retracted_by IS NULL THEN '' ELSE ' (retracted)' END), ',' ORDER BY seq) FROM identity_merge.merge_log \
                          WHERE project_id = (SELECT project_id FROM identity_merge.projects WHERE token = '$P')";
             assert_eq!(
                 of(ids_q, &online),
@@ -103,6 +113,15 @@ mod tests {
             assert!(
                 online_refusals.contains("errInvalidID") && online_refusals.contains("errNullID"),
                 "and bad ids"
+            );
+            let retracted = of(
+                "SELECT count(*)::text FROM identity_merge.merge_log WHERE retracted_by IS NOT NULL \
+                 AND project_id = (SELECT project_id FROM identity_merge.projects WHERE token = '$P')",
+                &batch,
+            );
+            assert_ne!(
+                retracted, "0",
+                "seed {seed}: the history's splits retracted joins"
             );
         }
     }
@@ -370,9 +389,9 @@ mod tests {
                             "step {step}: split({id:?})"
                         );
                     }
-                    Err(_) => assert!(
-                        got.starts_with("err:id "),
-                        "step {step}: split({id:?}) of an id never seen: {got}"
+                    Err(_) => assert_eq!(
+                        got, "err:errUnknownID",
+                        "step {step}: split({id:?}) of an id never seen"
                     ),
                 }
                 for pid in pool.iter().flatten().filter(|i| !i.trim().is_empty()) {
