@@ -236,6 +236,17 @@ as postgres >/dev/null -c "CREATE TABLE mis (distinct_id text, canonical_id text
 got=$(as postgres -c "INSERT INTO mis VALUES ('a')")
 if printf '%s' "$got" | grep -q "ERROR:  39P01:" && ! printf '%s' "$got" | grep -qi panic; then ok; else bad "misattached trigger: [$got]"; fi
 
+# 15. Explain and undo as the roles: a reader may explain but not split; a writer may split, and
+# the retraction and the joins name the role that made them.
+as postgres >/dev/null -c "SELECT mp_create_project('undo'), mp_set_project_setting('undo', 'anon_id_format', 'any')"
+as w >/dev/null -c "SELECT mp_identify('uU', 'uD', 'undo'), mp_merge('uV', 'uU', 'undo')"
+expect "a reader explains" r "SELECT string_agg(operation || ':' || role_name, ',' ORDER BY step) FROM mp_explain('uD', 'undo')" "identify:w,merge:w"
+expect_err "a reader may not split" r "SELECT * FROM mp_split('uD', 'undo')" 42501
+expect_err "nor unjoin" r "SELECT * FROM mp_unjoin(1)" 42501
+expect "a writer splits" w "SELECT string_agg(id || '>' || new_canonical, ',' ORDER BY id) FROM mp_split('uU', 'undo')" "uD>uD,uU>uU"
+expect "the retraction names the writer" postgres "SELECT operation || ':' || role_name || ':' || cardinality(retracted) FROM identity_merge.retractions r JOIN identity_merge.projects p USING (project_id) WHERE p.token = 'undo'" "split:w:2"
+expect_err "a writer cannot rewrite the retractions" w "DELETE FROM identity_merge.retractions" 42501
+
 # No check may have restarted the server.
 [ "$(as postgres -c "SELECT pg_postmaster_start_time()")" = "$started" ] && ok || bad "the server restarted (a backend crashed)"
 echo "reliability: $pass passed, $fail failed"
