@@ -290,6 +290,12 @@ CREATE FUNCTION mp_identity_merge(body jsonb) RETURNS jsonb
 LANGUAGE sql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
 AS $$ SELECT identity_merge._identity_merge(body::text) $$;
 
+-- Segment / RudderStack spec payloads (since 0.1.5): identify, track, page, screen, group and
+-- alias messages, one or a {"batch": [...]}; the project is `project`, else the writeKey.
+CREATE FUNCTION mp_segment(payload jsonb, project text DEFAULT NULL) RETURNS jsonb
+LANGUAGE sql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+AS $$ SELECT identity_merge._segment(payload::text, project) $$;
+
 CREATE FUNCTION mp_track(payload jsonb) RETURNS jsonb
 LANGUAGE sql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
 AS $$ SELECT identity_merge._track(payload::text) $$;
@@ -401,7 +407,8 @@ BEGIN
     EXECUTE format('GRANT EXECUTE ON FUNCTION %1$I.mp_identify(text, text, text), %1$I.mp_alias(text, text, text), '
                    '%1$I.mp_merge(text, text, text), %1$I.mp_merge(text[], text), '
                    '%1$I.mp_identity_create(jsonb), %1$I.mp_identity_create_alias(jsonb), %1$I.mp_identity_merge(jsonb), '
-                   '%1$I.mp_track(jsonb), identity_merge._identity_create(text), identity_merge._identity_create_alias(text), '
+                   '%1$I.mp_track(jsonb), %1$I.mp_segment(jsonb, text), identity_merge._segment(text, text), '
+                   'identity_merge._identity_create(text), identity_merge._identity_create_alias(text), '
                    'identity_merge._identity_merge(text), identity_merge._track(text), '
                    '%1$I.mp_attach(regclass, text, name, name, boolean), %1$I.mp_detach(regclass), %1$I.mp_restamp(regclass), '
                    '%1$I.mp_split(text, text), %1$I.mp_unjoin(bigint), '
@@ -443,6 +450,7 @@ COMMENT ON FUNCTION mp_explain(text, text) IS 'Why an id is in its cluster: the 
 COMMENT ON FUNCTION mp_explain(text, text, text) IS 'Why two ids are one person: the chain of logged joins between them (project required)';
 COMMENT ON FUNCTION mp_split(text, text) IS 'Retracts every join the id took part in: its cluster becomes the clusters of the joins that remain';
 COMMENT ON FUNCTION mp_unjoin(bigint) IS 'Retracts one logged join (merge_log.seq), as mp_split does';
+COMMENT ON FUNCTION mp_segment(jsonb, text) IS 'Segment / RudderStack spec payloads (one message or a batch): applies what each means for identity, answers IdentityResponse';
 COMMENT ON FUNCTION mp_track(jsonb) IS 'Mixpanel /track and /import payloads: applies identity events, answers IdentityResponse';
 
 -- Least privilege (docs/security.md). Nothing is executable by PUBLIC: an administrator grants

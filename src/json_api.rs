@@ -90,6 +90,68 @@ fn record(
     });
 }
 
+/// The answer to a batch: one IdentityResponse per item under `results`, status 1 when all
+/// succeeded (a retryable conflict is raised: the whole call is retried).
+fn batch_answer(items: &[Value], one: impl Fn(&Value) -> Result<(), IdentityError>) -> pgrx::JsonB {
+    let mut all_ok = true;
+    let results: Vec<Value> = items
+        .iter()
+        .map(|e| match one(e) {
+            Ok(()) => ok(),
+            Err(err) if err.is_retryable() => raise(err),
+            Err(err) => {
+                all_ok = false;
+                failed(&err)
+            }
+        })
+        .collect();
+    let failures = results.iter().filter(|r| r["status"] == 0).count();
+    let mut out = json!({"status": if all_ok { 1 } else { 0 }, "results": results});
+    if !all_ok {
+        out["error"] = json!(format!(
+            "{failures} of {} events failed; see results",
+            items.len()
+        ));
+    }
+    pgrx::JsonB(out)
+}
+
+/// One Segment / RudderStack message of `mp_segment`, for the project named by `token` (the
+/// call's `project`, else the batch's or the message's `writeKey`).
+fn segment_one(message: &Value, token: Option<&str>) -> Result<(), IdentityError> {
+    let fail = |project_id: Option<i32>, err: IdentityError| {
+        if !err.is_retryable() {
+            record(project_id, &err, None, None, None, message);
+        }
+        Err(err)
+    };
+    let msg = match ingest::segment_message(message) {
+        Ok(m) => m,
+        Err(err) => return fail(None, err),
+    };
+    let Some(token) = token.map(str::to_string).or_else(|| msg.write_key.clone()) else {
+        return fail(
+            None,
+            IdentityError::MalformedEvent {
+                field: "writeKey".into(),
+                problem: "is missing: pass the project to mp_segment, or send the writeKey".into(),
+            },
+        );
+    };
+    let project = match store::project(Some(&token)) {
+        Ok(p) => p,
+        Err(err) => return fail(None, err),
+    };
+    let plan = ingest::plan_segment(&project, &msg);
+    let source = store::Source {
+        kind: "segment",
+        detail: json!({ "type": msg.kind, "messageId": message.get("messageId") }),
+    };
+    let done = store::with_source(source, || store::execute(&project, plan))?;
+    store::record_refusals(Some(project.id), &done.refusals, None, message);
+    done.failed.map_or(Ok(()), Err)
+}
+
 /// One event of `mp_track`: applies what it means for identity, records what is refused.
 fn track_one(event: &Value) -> Result<(), IdentityError> {
     let fail = |project_id: Option<i32>,
@@ -145,6 +207,40 @@ mod identity_merge {
         identity_call(Op::Merge, "/identity/merge", body)
     }
 
+    /// Segment / RudderStack payloads: one message, or `{"batch": [...]}` as their SDKs post to
+    /// /v1/batch (`writeKey` in the envelope names the project unless `project` is given).
+    #[pg_extern(volatile, parallel_unsafe)]
+    fn _segment(payload: Option<&str>, project: Option<&str>) -> pgrx::JsonB {
+        let v = match parse(payload, "payload") {
+            Ok(v) => v,
+            Err(err) => return pgrx::JsonB(failed(&err)),
+        };
+        match v.get("batch") {
+            Some(Value::Array(messages)) if messages.len() > MAX_BATCH => {
+                pgrx::JsonB(failed(&IdentityError::MalformedEvent {
+                    field: "batch".into(),
+                    problem: format!(
+                        "holds {} messages, more than the {MAX_BATCH} one call takes",
+                        messages.len()
+                    ),
+                }))
+            }
+            Some(Value::Array(messages)) => {
+                let envelope_key = v.get("writeKey").and_then(Value::as_str);
+                let token = project.or(envelope_key);
+                batch_answer(messages, |m| segment_one(m, token))
+            }
+            Some(other) => pgrx::JsonB(failed(&IdentityError::MalformedEvent {
+                field: "batch".into(),
+                problem: format!(
+                    "must be an array of messages, not {}",
+                    ingest::json_type(other)
+                ),
+            })),
+            None => respond(segment_one(&v, project)),
+        }
+    }
+
     #[pg_extern(volatile, parallel_unsafe)]
     fn _track(payload: Option<&str>) -> pgrx::JsonB {
         let v = match parse(payload, "payload") {
@@ -161,29 +257,7 @@ mod identity_merge {
                     ),
                 }))
             }
-            Value::Array(events) => {
-                let mut all_ok = true;
-                let results: Vec<Value> = events
-                    .iter()
-                    .map(|e| match track_one(e) {
-                        Ok(()) => ok(),
-                        Err(err) if err.is_retryable() => raise(err),
-                        Err(err) => {
-                            all_ok = false;
-                            failed(&err)
-                        }
-                    })
-                    .collect();
-                let failures = results.iter().filter(|r| r["status"] == 0).count();
-                let mut out = json!({"status": if all_ok { 1 } else { 0 }, "results": results});
-                if !all_ok {
-                    out["error"] = json!(format!(
-                        "{failures} of {} events failed; see results",
-                        events.len()
-                    ));
-                }
-                pgrx::JsonB(out)
-            }
+            Value::Array(events) => batch_answer(events, track_one),
             Value::Object(_) => respond(track_one(&v)),
             other => pgrx::JsonB(failed(&IdentityError::MalformedEvent {
                 field: "payload".into(),

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs tests/sdk_test.py (the official Mixpanel Python SDK's payloads) against a throwaway
+# Runs tests/sdk_test.py (the official Mixpanel Python SDK's payloads) and
+# tests/sdk_segment_test.py (the Segment and RudderStack Python SDKs') against a throwaway
 # PostgreSQL 15 with the installed extension.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,4 +8,6 @@ source tools/pg_cluster.sh
 dir=$(mktemp -d /tmp/identity_merge-sdk.XXXXXX)
 trap cluster_stop EXIT
 cluster_start "$dir" "$(free_port)"
-PATH="$PG_BIN:$PATH" "$(bash tools/sdk_python.sh)" tests/sdk_test.py
+py=$(bash tools/sdk_python.sh)
+PATH="$PG_BIN:$PATH" "$py" tests/sdk_test.py
+PATH="$PG_BIN:$PATH" "$py" tests/sdk_segment_test.py

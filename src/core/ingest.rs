@@ -306,6 +306,122 @@ pub fn string_field(obj: &Value, field: &str, path: &str) -> Result<String, Iden
     }
 }
 
+/// A Segment / RudderStack spec message (`identify`, `track`, `page`, `screen`, `group`,
+/// `alias`): the ids it carries. Ids may be strings or numbers, as in Mixpanel's payloads.
+#[derive(Debug, Default, PartialEq)]
+pub struct SegmentMessage {
+    pub kind: String,
+    pub user_id: Option<String>,
+    pub anonymous_id: Option<String>,
+    pub previous_id: Option<String>,
+    /// The message's own `writeKey`, when it carries one (a batch carries it in its envelope).
+    pub write_key: Option<String>,
+}
+
+/// The message types of the Segment spec (RudderStack's are the same).
+pub const SEGMENT_TYPES: [&str; 6] = ["identify", "track", "page", "screen", "group", "alias"];
+
+pub fn segment_message(v: &Value) -> Result<SegmentMessage, IdentityError> {
+    let Value::Object(obj) = v else {
+        return Err(IdentityError::MalformedEvent {
+            field: "message".into(),
+            problem: format!("must be an object, not {}", json_type(v)),
+        });
+    };
+    let kind = string_field(v, "type", "type")?;
+    if !SEGMENT_TYPES.contains(&kind.as_str()) {
+        return Err(IdentityError::MalformedEvent {
+            field: "type".into(),
+            problem: format!("{kind:?} is not one of {}", SEGMENT_TYPES.join(", ")),
+        });
+    }
+    Ok(SegmentMessage {
+        user_id: optional_id(obj.get("userId"), "userId")?,
+        anonymous_id: optional_id(obj.get("anonymousId"), "anonymousId")?,
+        previous_id: optional_id(obj.get("previousId"), "previousId")?,
+        write_key: match obj.get("writeKey") {
+            Some(Value::String(k)) => Some(k.clone()),
+            _ => None,
+        },
+        kind,
+    })
+}
+
+/// What a Segment message means for identity in the project's mode. Simplified (the default
+/// of new Mixpanel projects, and how Segment's Mixpanel destination maps ids): `anonymousId` is
+/// the device, `userId` the user; a message carrying both links them, and an `alias` links its
+/// `previousId` as the device. Original: an `identify` carrying both is `$identify` (userId,
+/// anonymousId), an `alias` is `$create_alias` (alias userId, distinct_id previousId); other
+/// messages join nothing. Legacy: only `alias`, as `$create_alias`.
+pub fn plan_segment(project: &Project, msg: &SegmentMessage) -> EventPlan {
+    let mut plan = EventPlan::default();
+    let required = |v: &Option<String>, field: &str| -> Result<(), IdentityError> {
+        match v {
+            Some(_) => Ok(()),
+            None => Err(IdentityError::MalformedEvent {
+                field: field.into(),
+                problem: "is missing".into(),
+            }),
+        }
+    };
+    if msg.kind == "alias" {
+        if let Err(e) =
+            required(&msg.previous_id, "previousId").and(required(&msg.user_id, "userId"))
+        {
+            plan.refusals.push(Refusal::new(e, "alias"));
+            return plan;
+        }
+    }
+    match project.mode {
+        Mode::Simplified => {
+            let device = if msg.kind == "alias" {
+                msg.previous_id.clone()
+            } else {
+                msg.anonymous_id.clone()
+            };
+            let linked = simplified_event(&project.settings, device, msg.user_id.clone());
+            for err in linked.refusals {
+                plan.refusals.push(Refusal::new(err, "link"));
+            }
+            if let Some((user, device)) = linked.link {
+                plan.ops.push(PlannedOp {
+                    op: Op::Link,
+                    a: Some(user),
+                    b: Some(device),
+                });
+            }
+            plan.distinct_id = linked.distinct_id;
+        }
+        Mode::Original | Mode::Legacy => {
+            let op = match msg.kind.as_str() {
+                "alias" => Some((Op::Alias, msg.user_id.clone(), msg.previous_id.clone())),
+                "identify" if msg.user_id.is_some() && msg.anonymous_id.is_some() => {
+                    Some((Op::Identify, msg.user_id.clone(), msg.anonymous_id.clone()))
+                }
+                _ => None,
+            };
+            match op {
+                Some((op, a, b)) if project.mode.allows(op) => {
+                    plan.ops.push(PlannedOp { op, a, b })
+                }
+                Some((op, _, _)) => {
+                    plan.ignored = Some(Refusal::new(
+                        IdentityError::Ignored {
+                            event: msg.kind.clone(),
+                            token: project.token.clone(),
+                            mode: project.mode,
+                        },
+                        op.as_str(),
+                    ))
+                }
+                None => {}
+            }
+            plan.distinct_id = msg.user_id.clone().or_else(|| msg.anonymous_id.clone());
+        }
+    }
+    plan
+}
+
 /// The token and the two ids of an Identity API request body (POST /identity/create,
 /// /identity/create-alias, /identity/merge).
 pub fn identity_request(
@@ -392,6 +508,58 @@ mod tests {
             anon_id_format: AnonIdFormat::Any,
             settings: RuleSettings::default(),
         }
+    }
+
+    #[test]
+    fn segment_messages_mean_what_the_mode_says() {
+        let msg = |v: serde_json::Value| segment_message(&v).unwrap();
+        let identify =
+            msg(json!({"type": "identify", "userId": "u1", "anonymousId": "a1", "traits": {}}));
+        let track =
+            msg(json!({"type": "track", "event": "x", "userId": "u1", "anonymousId": "a1"}));
+        let alias = msg(json!({"type": "alias", "previousId": "a1", "userId": 42}));
+        assert_eq!(alias.user_id.as_deref(), Some("42"));
+        // Simplified: any message with both ids links the device; alias links previousId.
+        let simplified = project(Mode::Simplified);
+        assert_eq!(
+            plan_segment(&simplified, &track).ops,
+            vec![PlannedOp {
+                op: Op::Link,
+                a: Some("u1".into()),
+                b: Some("$device:a1".into())
+            }]
+        );
+        assert_eq!(
+            plan_segment(&simplified, &alias).ops[0].b.as_deref(),
+            Some("$device:a1")
+        );
+        // Original: identify is $identify; track joins nothing; alias is $create_alias.
+        let original = project(Mode::Original);
+        assert_eq!(
+            plan_segment(&original, &identify).ops,
+            vec![PlannedOp {
+                op: Op::Identify,
+                a: Some("u1".into()),
+                b: Some("a1".into())
+            }]
+        );
+        assert!(plan_segment(&original, &track).ops.is_empty());
+        assert_eq!(
+            plan_segment(&original, &alias).ops,
+            vec![PlannedOp {
+                op: Op::Alias,
+                a: Some("42".into()),
+                b: Some("a1".into())
+            }]
+        );
+        // Legacy: identify is ignored (noted), alias applies.
+        let legacy = project(Mode::Legacy);
+        assert!(plan_segment(&legacy, &identify).ignored.is_some());
+        assert_eq!(plan_segment(&legacy, &alias).ops.len(), 1);
+        // Bad messages: an unknown type, an alias without previousId.
+        assert!(segment_message(&json!({"type": "boom"})).is_err());
+        let bad_alias = msg(json!({"type": "alias", "userId": "u"}));
+        assert_eq!(plan_segment(&original, &bad_alias).refusals.len(), 1);
     }
 
     #[test]
