@@ -270,6 +270,73 @@ BEGIN
     RETURN n;
 END $$;
 
+-- Stamps every row of an attached table, also rows loaded before it was attached (NULL stamps),
+-- in batches of `batch_blocks` heap blocks, each committed on its own (a TID range scan per
+-- batch: no transaction spans the table). Progress is in identity_merge.restamp_progress and a
+-- NOTICE per batch; an interrupted run resumes where it stopped. A procedure: CALL it outside a
+-- transaction block. Rows whose stamp is already current are not written. (A procedure that
+-- commits may not pin its search_path with SET: it qualifies what it calls instead, and runs
+-- with the caller's rights, so a caller's search_path can only affect the caller.)
+CREATE PROCEDURE mp_restamp_all(events regclass, batch_blocks integer DEFAULT 1000)
+LANGUAGE plpgsql AS $$
+DECLARE
+    a identity_merge.attachments;
+    bad record;
+    total bigint;
+    b bigint;
+    n bigint;
+    done bigint;
+BEGIN
+    IF batch_blocks IS NULL OR batch_blocks < 1 THEN
+        RAISE EXCEPTION 'invalid batch_blocks: %', coalesce(batch_blocks::pg_catalog.text, 'NULL') USING ERRCODE = '22023',
+            HINT = 'A positive number of heap blocks per batch (1000 blocks are about 8 MB).';
+    END IF;
+    SELECT * INTO a FROM identity_merge.attachments x WHERE x.events = mp_restamp_all.events;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table % is not attached to identity_merge', events USING ERRCODE = '55000',
+            HINT = 'Attach it with mp_attach first.';
+    END IF;
+    IF (SELECT p.mode FROM identity_merge.projects p WHERE p.project_id = a.project_id) = 'legacy' THEN
+        RAISE NOTICE 'table % belongs to a legacy project: its stamps are final (aliases are not retroactive); nothing to restamp', events;
+        RETURN;
+    END IF;
+    SELECT * INTO bad FROM identity_merge._column_problems(events, a.distinct_id_column, a.canonical_column) x
+     WHERE x.code IN ('42703', '42804') LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'cannot restamp %: %', events, bad.problem USING ERRCODE = '55000',
+            HINT = 'Re-attach the table with mp_attach naming its current columns, or mp_detach it.';
+    END IF;
+    total := pg_catalog.pg_relation_size(events) / pg_catalog.current_setting('block_size')::pg_catalog.int8;
+    INSERT INTO identity_merge.restamp_progress AS p (events, next_block, blocks)
+    VALUES (mp_restamp_all.events, 0, total)
+    ON CONFLICT ON CONSTRAINT restamp_progress_pkey
+    DO UPDATE SET blocks = greatest(p.blocks, EXCLUDED.blocks), updated_at = pg_catalog.now();
+    SELECT p.next_block, p.rows_done INTO b, done FROM identity_merge.restamp_progress p WHERE p.events = mp_restamp_all.events;
+    IF b > 0 THEN
+        RAISE NOTICE 'resuming the restamp of % at block % of %', events, b, total;
+    END IF;
+    COMMIT;
+    WHILE b < total LOOP
+        EXECUTE pg_catalog.format(
+            'UPDATE %1$s e SET %2$I = coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
+            '    WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.distinct_id OPERATOR(pg_catalog.=) (e.%3$I::pg_catalog.text COLLATE "C")), e.%3$I::pg_catalog.text) '
+            'WHERE e.ctid OPERATOR(pg_catalog.>=) pg_catalog.format(''(%%s,0)'', $2)::pg_catalog.tid '
+            '  AND e.ctid OPERATOR(pg_catalog.<) pg_catalog.format(''(%%s,0)'', $3)::pg_catalog.tid '
+            '  AND (e.%2$I)::pg_catalog.text COLLATE "C" IS DISTINCT FROM coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
+            '    WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.distinct_id OPERATOR(pg_catalog.=) (e.%3$I::pg_catalog.text COLLATE "C")), e.%3$I::pg_catalog.text)',
+            events, a.canonical_column, a.distinct_id_column) USING a.project_id, b, b + batch_blocks;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        b := b + batch_blocks;
+        done := done + n;
+        UPDATE identity_merge.restamp_progress p SET next_block = b, rows_done = done, updated_at = pg_catalog.now()
+         WHERE p.events = mp_restamp_all.events;
+        RAISE NOTICE 'restamp of %: blocks % of % done, % rows changed', events, least(b, total), total, done;
+        COMMIT;
+    END LOOP;
+    DELETE FROM identity_merge.restamp_progress p WHERE p.events = mp_restamp_all.events;
+    COMMIT;
+END $$;
+
 -- Every write to identities or projects tells the per-backend caches (src/cache.rs).
 CREATE TRIGGER notify_caches AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON identity_merge.identities
     FOR EACH STATEMENT EXECUTE FUNCTION identity_merge.notify_caches();
@@ -414,6 +481,10 @@ BEGIN
                    '%1$I.mp_split(text, text), %1$I.mp_unjoin(bigint), '
                    'identity_merge.stamp_event(), identity_merge._register_attachment(regclass, integer, name, name), '
                    'identity_merge._unregister_attachment(regclass) TO %2$s', s, role);
+    -- The restamp of every row commits per batch, so it runs as the caller, who keeps its
+    -- progress (row-level security limits that to tables the caller owns).
+    EXECUTE format('GRANT EXECUTE ON PROCEDURE %1$I.mp_restamp_all(regclass, integer) TO %2$s', s, role);
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON identity_merge.restamp_progress TO %s', role);
 END $$;
 
 -- A dropped table leaves no registration behind (its oid could later name another table).
@@ -425,6 +496,10 @@ BEGIN
      USING pg_catalog.pg_event_trigger_dropped_objects() d
      WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0
        AND a.events::pg_catalog.oid = d.objid;
+    DELETE FROM identity_merge.restamp_progress r
+     USING pg_catalog.pg_event_trigger_dropped_objects() d
+     WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0
+       AND r.events::pg_catalog.oid = d.objid;
 END $$;
 CREATE EVENT TRIGGER identity_merge_forget_dropped_tables ON sql_drop
     EXECUTE FUNCTION identity_merge._forget_dropped_tables();
@@ -434,6 +509,12 @@ CREATE EVENT TRIGGER identity_merge_forget_dropped_tables ON sql_drop
 ALTER TABLE identity_merge.rejections ENABLE ROW LEVEL SECURITY;
 CREATE POLICY rows_of_readable_tables ON identity_merge.rejections FOR SELECT
     USING (source_table IS NULL OR coalesce(pg_catalog.has_table_privilege(source_table::pg_catalog.oid, 'SELECT'), false));
+
+-- A role keeps the restamp progress of the tables it owns only.
+ALTER TABLE identity_merge.restamp_progress ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_tables ON identity_merge.restamp_progress
+    USING (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = events::pg_catalog.oid), 'MEMBER'))
+    WITH CHECK (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = events::pg_catalog.oid), 'MEMBER'));
 
 -- Descriptions shown by \df+ (since 0.1.1).
 COMMENT ON FUNCTION mp_identify(text, text, text) IS 'The $identify event: joins anon_id''s cluster to identified_id''s; returns the canonical distinct_id';
@@ -451,6 +532,7 @@ COMMENT ON FUNCTION mp_explain(text, text, text) IS 'Why two ids are one person:
 COMMENT ON FUNCTION mp_split(text, text) IS 'Retracts every join the id took part in: its cluster becomes the clusters of the joins that remain';
 COMMENT ON FUNCTION mp_unjoin(bigint) IS 'Retracts one logged join (merge_log.seq), as mp_split does';
 COMMENT ON FUNCTION mp_segment(jsonb, text) IS 'Segment / RudderStack spec payloads (one message or a batch): applies what each means for identity, answers IdentityResponse';
+COMMENT ON PROCEDURE mp_restamp_all(regclass, integer) IS 'Stamps every row of an attached table in committed batches, resumable (CALL it)';
 COMMENT ON FUNCTION mp_track(jsonb) IS 'Mixpanel /track and /import payloads: applies identity events, answers IdentityResponse';
 
 -- Least privilege (docs/security.md). Nothing is executable by PUBLIC: an administrator grants
@@ -462,7 +544,7 @@ BEGIN
     FOR f IN SELECT d.objid::regprocedure FROM pg_catalog.pg_depend d
               WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.refclassid = 'pg_catalog.pg_extension'::regclass
                 AND d.refobjid = (SELECT oid FROM pg_catalog.pg_extension WHERE extname = 'identity_merge') LOOP
-        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+        EXECUTE format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', f);
     END LOOP;
 END $$;
 -- Catalog reads only (see its definition): every role may run it.

@@ -1,4 +1,5 @@
--- identity_merge 0.1.4 -> 0.1.5 (see CHANGELOG.md): mp_segment, Segment / RudderStack payloads.
+-- identity_merge 0.1.4 -> 0.1.5 (see CHANGELOG.md): mp_segment (Segment / RudderStack payloads)
+-- and CALL mp_restamp_all (every row of a table, in committed batches, resumable).
 -- Released upgrade scripts are never edited afterwards.
 
 CREATE  FUNCTION identity_merge."_segment"(
@@ -12,6 +13,98 @@ AS 'MODULE_PATHNAME', '_segment_wrapper';
 CREATE FUNCTION mp_segment(payload jsonb, project text DEFAULT NULL) RETURNS jsonb
 LANGUAGE sql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
 AS $$ SELECT identity_merge._segment(payload::text, project) $$;
+
+-- Where a long restamp of every row (CALL mp_restamp_all) stands: one row per table while it
+-- runs, committed with each batch, so an interrupted run resumes where it stopped (since 0.1.5).
+CREATE TABLE identity_merge.restamp_progress (
+    events      regclass PRIMARY KEY,
+    next_block  bigint NOT NULL,
+    blocks      bigint NOT NULL,
+    rows_done   bigint NOT NULL DEFAULT 0,
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE identity_merge.restamp_progress IS 'Progress of CALL mp_restamp_all runs (a row while one runs or was interrupted)';
+SELECT pg_catalog.pg_extension_config_dump('identity_merge.restamp_progress', '');
+
+-- A role keeps the restamp progress of the tables it owns only.
+ALTER TABLE identity_merge.restamp_progress ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_tables ON identity_merge.restamp_progress
+    USING (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = events::pg_catalog.oid), 'MEMBER'))
+    WITH CHECK (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = events::pg_catalog.oid), 'MEMBER'));
+
+CREATE PROCEDURE mp_restamp_all(events regclass, batch_blocks integer DEFAULT 1000)
+LANGUAGE plpgsql AS $$
+DECLARE
+    a identity_merge.attachments;
+    bad record;
+    total bigint;
+    b bigint;
+    n bigint;
+    done bigint;
+BEGIN
+    IF batch_blocks IS NULL OR batch_blocks < 1 THEN
+        RAISE EXCEPTION 'invalid batch_blocks: %', coalesce(batch_blocks::pg_catalog.text, 'NULL') USING ERRCODE = '22023',
+            HINT = 'A positive number of heap blocks per batch (1000 blocks are about 8 MB).';
+    END IF;
+    SELECT * INTO a FROM identity_merge.attachments x WHERE x.events = mp_restamp_all.events;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table % is not attached to identity_merge', events USING ERRCODE = '55000',
+            HINT = 'Attach it with mp_attach first.';
+    END IF;
+    IF (SELECT p.mode FROM identity_merge.projects p WHERE p.project_id = a.project_id) = 'legacy' THEN
+        RAISE NOTICE 'table % belongs to a legacy project: its stamps are final (aliases are not retroactive); nothing to restamp', events;
+        RETURN;
+    END IF;
+    SELECT * INTO bad FROM identity_merge._column_problems(events, a.distinct_id_column, a.canonical_column) x
+     WHERE x.code IN ('42703', '42804') LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'cannot restamp %: %', events, bad.problem USING ERRCODE = '55000',
+            HINT = 'Re-attach the table with mp_attach naming its current columns, or mp_detach it.';
+    END IF;
+    total := pg_catalog.pg_relation_size(events) / pg_catalog.current_setting('block_size')::pg_catalog.int8;
+    INSERT INTO identity_merge.restamp_progress AS p (events, next_block, blocks)
+    VALUES (mp_restamp_all.events, 0, total)
+    ON CONFLICT ON CONSTRAINT restamp_progress_pkey
+    DO UPDATE SET blocks = greatest(p.blocks, EXCLUDED.blocks), updated_at = pg_catalog.now();
+    SELECT p.next_block, p.rows_done INTO b, done FROM identity_merge.restamp_progress p WHERE p.events = mp_restamp_all.events;
+    IF b > 0 THEN
+        RAISE NOTICE 'resuming the restamp of % at block % of %', events, b, total;
+    END IF;
+    COMMIT;
+    WHILE b < total LOOP
+        EXECUTE pg_catalog.format(
+            'UPDATE %1$s e SET %2$I = coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
+            '    WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.distinct_id OPERATOR(pg_catalog.=) (e.%3$I::pg_catalog.text COLLATE "C")), e.%3$I::pg_catalog.text) '
+            'WHERE e.ctid OPERATOR(pg_catalog.>=) pg_catalog.format(''(%%s,0)'', $2)::pg_catalog.tid '
+            '  AND e.ctid OPERATOR(pg_catalog.<) pg_catalog.format(''(%%s,0)'', $3)::pg_catalog.tid '
+            '  AND (e.%2$I)::pg_catalog.text COLLATE "C" IS DISTINCT FROM coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
+            '    WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.distinct_id OPERATOR(pg_catalog.=) (e.%3$I::pg_catalog.text COLLATE "C")), e.%3$I::pg_catalog.text)',
+            events, a.canonical_column, a.distinct_id_column) USING a.project_id, b, b + batch_blocks;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        b := b + batch_blocks;
+        done := done + n;
+        UPDATE identity_merge.restamp_progress p SET next_block = b, rows_done = done, updated_at = pg_catalog.now()
+         WHERE p.events = mp_restamp_all.events;
+        RAISE NOTICE 'restamp of %: blocks % of % done, % rows changed', events, least(b, total), total, done;
+        COMMIT;
+    END LOOP;
+    DELETE FROM identity_merge.restamp_progress p WHERE p.events = mp_restamp_all.events;
+    COMMIT;
+END $$;
+
+CREATE OR REPLACE FUNCTION identity_merge._forget_dropped_tables() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM identity_merge.attachments a
+     USING pg_catalog.pg_event_trigger_dropped_objects() d
+     WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0
+       AND a.events::pg_catalog.oid = d.objid;
+    DELETE FROM identity_merge.restamp_progress r
+     USING pg_catalog.pg_event_trigger_dropped_objects() d
+     WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0
+       AND r.events::pg_catalog.oid = d.objid;
+END $$;
 
 CREATE OR REPLACE FUNCTION mp_grant_writer(role regrole) RETURNS void
 LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
@@ -29,12 +122,18 @@ BEGIN
                    '%1$I.mp_split(text, text), %1$I.mp_unjoin(bigint), '
                    'identity_merge.stamp_event(), identity_merge._register_attachment(regclass, integer, name, name), '
                    'identity_merge._unregister_attachment(regclass) TO %2$s', s, role);
+    -- The restamp of every row commits per batch, so it runs as the caller, who keeps its
+    -- progress (row-level security limits that to tables the caller owns).
+    EXECUTE format('GRANT EXECUTE ON PROCEDURE %1$I.mp_restamp_all(regclass, integer) TO %2$s', s, role);
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON identity_merge.restamp_progress TO %s', role);
 END $$;
 
 COMMENT ON FUNCTION mp_segment(jsonb, text) IS 'Segment / RudderStack spec payloads (one message or a batch): applies what each means for identity, answers IdentityResponse';
+COMMENT ON PROCEDURE mp_restamp_all(regclass, integer) IS 'Stamps every row of an attached table in committed batches, resumable (CALL it)';
 
--- Nothing is executable by PUBLIC; the roles that may feed mp_track may feed mp_segment.
-REVOKE ALL ON FUNCTION mp_segment(jsonb, text), identity_merge._segment(text, text) FROM PUBLIC;
+-- Nothing is executable by PUBLIC; the roles that may feed mp_track may feed mp_segment, and
+-- those that may restamp may restamp every row (and keep its progress).
+REVOKE ALL ON ROUTINE mp_segment(jsonb, text), identity_merge._segment(text, text), mp_restamp_all(regclass, integer) FROM PUBLIC;
 DO $$
 DECLARE
     r regrole;
@@ -44,5 +143,7 @@ BEGIN
               WHERE p.oid = 'mp_track(jsonb)'::pg_catalog.regprocedure
                 AND a.privilege_type = 'EXECUTE' AND a.grantee <> 0 AND a.grantee <> p.proowner LOOP
         EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION mp_segment(jsonb, text), identity_merge._segment(text, text) TO %s', r);
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON PROCEDURE mp_restamp_all(regclass, integer) TO %s', r);
+        EXECUTE pg_catalog.format('GRANT SELECT, INSERT, UPDATE, DELETE ON identity_merge.restamp_progress TO %s', r);
     END LOOP;
 END $$;

@@ -131,6 +131,18 @@ CREATE TABLE identity_merge.attachments (
 );
 COMMENT ON TABLE identity_merge.attachments IS 'Event tables stamped by identity_merge.stamp_event';
 
+-- Where a long restamp of every row (CALL mp_restamp_all) stands: one row per table while it
+-- runs, committed with each batch, so an interrupted run resumes where it stopped (since 0.1.5).
+CREATE TABLE identity_merge.restamp_progress (
+    events      regclass PRIMARY KEY,
+    next_block  bigint NOT NULL,
+    blocks      bigint NOT NULL,
+    rows_done   bigint NOT NULL DEFAULT 0,
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE identity_merge.restamp_progress IS 'Progress of CALL mp_restamp_all runs (a row while one runs or was interrupted)';
+
 -- The default project. Its row is dumped like any other; on restore the upsert trigger below turns
 -- the restored row into an update of the row CREATE EXTENSION made, so changed settings survive.
 INSERT INTO identity_merge.projects (project_id, token) VALUES (1, 'default');
@@ -162,6 +174,7 @@ SELECT pg_catalog.pg_extension_config_dump('identity_merge.rejections', '');
 SELECT pg_catalog.pg_extension_config_dump('identity_merge.rejections_rejection_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('identity_merge.attachments', '');
 SELECT pg_catalog.pg_extension_config_dump('identity_merge.retractions', '');
+SELECT pg_catalog.pg_extension_config_dump('identity_merge.restamp_progress', '');
 SELECT pg_catalog.pg_extension_config_dump('identity_merge.retractions_retraction_id_seq', '');
 
 -- The project row for a token, or 42704.

@@ -247,6 +247,18 @@ expect "a writer splits" w "SELECT string_agg(id || '>' || new_canonical, ',' OR
 expect "the retraction names the writer" postgres "SELECT operation || ':' || role_name || ':' || cardinality(retracted) FROM identity_merge.retractions r JOIN identity_merge.projects p USING (project_id) WHERE p.token = 'undo'" "split:w:2"
 expect_err "a writer cannot rewrite the retractions" w "DELETE FROM identity_merge.retractions" 42501
 
+# 16. CALL mp_restamp_all keeps its progress as the caller: a writer sees and changes only the
+# progress of tables it owns (an administrator's run cannot be made to skip blocks).
+as postgres >/dev/null -c "INSERT INTO identity_merge.restamp_progress (events, next_block, blocks) VALUES ('adm_ev', 0, 10)"
+expect "a writer does not see another owner's progress" w "SELECT count(*) FROM identity_merge.restamp_progress" "0"
+expect "nor change it" w "UPDATE identity_merge.restamp_progress SET next_block = 999 RETURNING 1" ""
+expect "the administrator's run is intact" postgres "SELECT next_block FROM identity_merge.restamp_progress WHERE events = 'adm_ev'::regclass" "0"
+expect_err "a writer cannot record progress for another owner's table" w "INSERT INTO identity_merge.restamp_progress (events, next_block, blocks) VALUES ('adm_ev', 5, 10)" 42501
+expect "a writer restamps its own table" w "INSERT INTO own_ev (distinct_id) VALUES ('zz1');
+SET client_min_messages = warning;
+CALL mp_restamp_all('own_ev');
+SELECT count(*) FROM own_ev WHERE canonical_id IS DISTINCT FROM mp_resolve(distinct_id)" "0"
+
 # No check may have restarted the server.
 [ "$(as postgres -c "SELECT pg_postmaster_start_time()")" = "$started" ] && ok || bad "the server restarted (a backend crashed)"
 echo "reliability: $pass passed, $fail failed"
