@@ -337,6 +337,63 @@ BEGIN
     COMMIT;
 END $$;
 
+-- Stamps kept fresh on a schedule, with pg_cron (since 0.1.5): a job running mp_restamp(events)
+-- every `every` (a whole number of minutes dividing an hour, of hours dividing a day, or one day:
+-- pg_cron schedules by minute). Again for the same table: the schedule is replaced. pg_cron runs
+-- its jobs in the database cron.database_name names, as the role that scheduled them.
+CREATE FUNCTION mp_schedule_restamp(events regclass, every interval DEFAULT '1 hour') RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s text := (SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+                WHERE e.extname = 'identity_merge');
+    secs bigint := extract(epoch FROM every)::bigint;
+    schedule text;
+    job bigint;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_cron') THEN
+        RAISE EXCEPTION 'pg_cron is not installed in database %', current_database() USING ERRCODE = '0A000',
+            HINT = 'Install postgresql-15-cron, add pg_cron to shared_preload_libraries, set cron.database_name to this database and CREATE EXTENSION pg_cron; '
+                   'or run SELECT mp_restamp(table) from a scheduler of your own.';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM identity_merge.attachments a WHERE a.events = mp_schedule_restamp.events) THEN
+        RAISE EXCEPTION 'table % is not attached to identity_merge', events USING ERRCODE = '55000',
+            HINT = 'Attach it with mp_attach first.';
+    END IF;
+    schedule := CASE
+        WHEN secs >= 60 AND secs < 3600 AND secs % 60 = 0 AND 60 % (secs / 60) = 0 THEN
+            CASE secs WHEN 60 THEN '* * * * *' ELSE format('*/%s * * * *', secs / 60) END
+        WHEN secs >= 3600 AND secs < 86400 AND secs % 3600 = 0 AND 24 % (secs / 3600) = 0 THEN
+            CASE secs WHEN 3600 THEN '0 * * * *' ELSE format('0 */%s * * *', secs / 3600) END
+        WHEN secs = 86400 THEN '0 0 * * *'
+    END;
+    IF schedule IS NULL OR every <> make_interval(secs => secs) THEN
+        RAISE EXCEPTION 'invalid schedule: every %', every USING ERRCODE = '22023',
+            HINT = 'A whole number of minutes dividing an hour (1, 5, 15, 30 minutes...), of hours dividing a day, or 1 day.';
+    END IF;
+    EXECUTE 'SELECT cron.schedule($1, $2, $3)'
+       INTO job
+      USING 'identity_merge restamp ' || events::text, schedule,
+            format('SELECT %I.mp_restamp(%L::regclass)', s, events::text);
+    RETURN job;
+END $$;
+
+-- Removes the schedule of mp_schedule_restamp; false when the table had none.
+CREATE FUNCTION mp_unschedule_restamp(events regclass) RETURNS boolean
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    found_job boolean;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_cron') THEN
+        RETURN false;
+    END IF;
+    EXECUTE 'SELECT EXISTS (SELECT 1 FROM cron.job WHERE jobname = $1 AND username = current_user)'
+       INTO found_job USING 'identity_merge restamp ' || events::text;
+    IF found_job THEN
+        EXECUTE 'SELECT cron.unschedule($1)' USING 'identity_merge restamp ' || events::text;
+    END IF;
+    RETURN found_job;
+END $$;
+
 -- Every write to identities or projects tells the per-backend caches (src/cache.rs).
 CREATE TRIGGER notify_caches AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON identity_merge.identities
     FOR EACH STATEMENT EXECUTE FUNCTION identity_merge.notify_caches();
@@ -481,6 +538,8 @@ BEGIN
                    '%1$I.mp_split(text, text), %1$I.mp_unjoin(bigint), '
                    'identity_merge.stamp_event(), identity_merge._register_attachment(regclass, integer, name, name), '
                    'identity_merge._unregister_attachment(regclass) TO %2$s', s, role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION %1$I.mp_schedule_restamp(regclass, interval), '
+                   '%1$I.mp_unschedule_restamp(regclass) TO %2$s', s, role);
     -- The restamp of every row commits per batch, so it runs as the caller, who keeps its
     -- progress (row-level security limits that to tables the caller owns).
     EXECUTE format('GRANT EXECUTE ON PROCEDURE %1$I.mp_restamp_all(regclass, integer) TO %2$s', s, role);
@@ -533,6 +592,8 @@ COMMENT ON FUNCTION mp_split(text, text) IS 'Retracts every join the id took par
 COMMENT ON FUNCTION mp_unjoin(bigint) IS 'Retracts one logged join (merge_log.seq), as mp_split does';
 COMMENT ON FUNCTION mp_segment(jsonb, text) IS 'Segment / RudderStack spec payloads (one message or a batch): applies what each means for identity, answers IdentityResponse';
 COMMENT ON PROCEDURE mp_restamp_all(regclass, integer) IS 'Stamps every row of an attached table in committed batches, resumable (CALL it)';
+COMMENT ON FUNCTION mp_schedule_restamp(regclass, interval) IS 'Runs mp_restamp(table) on a schedule with pg_cron; returns the job id';
+COMMENT ON FUNCTION mp_unschedule_restamp(regclass) IS 'Removes the schedule of mp_schedule_restamp';
 COMMENT ON FUNCTION mp_track(jsonb) IS 'Mixpanel /track and /import payloads: applies identity events, answers IdentityResponse';
 
 -- Least privilege (docs/security.md). Nothing is executable by PUBLIC: an administrator grants

@@ -1,5 +1,6 @@
 -- identity_merge 0.1.4 -> 0.1.5 (see CHANGELOG.md): mp_segment (Segment / RudderStack payloads)
--- and CALL mp_restamp_all (every row of a table, in committed batches, resumable).
+-- CALL mp_restamp_all (every row of a table, in committed batches, resumable), and
+-- mp_schedule_restamp / mp_unschedule_restamp (restamps on a schedule, with pg_cron).
 -- Released upgrade scripts are never edited afterwards.
 
 CREATE  FUNCTION identity_merge."_segment"(
@@ -122,18 +123,75 @@ BEGIN
                    '%1$I.mp_split(text, text), %1$I.mp_unjoin(bigint), '
                    'identity_merge.stamp_event(), identity_merge._register_attachment(regclass, integer, name, name), '
                    'identity_merge._unregister_attachment(regclass) TO %2$s', s, role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION %1$I.mp_schedule_restamp(regclass, interval), '
+                   '%1$I.mp_unschedule_restamp(regclass) TO %2$s', s, role);
     -- The restamp of every row commits per batch, so it runs as the caller, who keeps its
     -- progress (row-level security limits that to tables the caller owns).
     EXECUTE format('GRANT EXECUTE ON PROCEDURE %1$I.mp_restamp_all(regclass, integer) TO %2$s', s, role);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON identity_merge.restamp_progress TO %s', role);
 END $$;
 
+CREATE FUNCTION mp_schedule_restamp(events regclass, every interval DEFAULT '1 hour') RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s text := (SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+                WHERE e.extname = 'identity_merge');
+    secs bigint := extract(epoch FROM every)::bigint;
+    schedule text;
+    job bigint;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_cron') THEN
+        RAISE EXCEPTION 'pg_cron is not installed in database %', current_database() USING ERRCODE = '0A000',
+            HINT = 'Install postgresql-15-cron, add pg_cron to shared_preload_libraries, set cron.database_name to this database and CREATE EXTENSION pg_cron; '
+                   'or run SELECT mp_restamp(table) from a scheduler of your own.';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM identity_merge.attachments a WHERE a.events = mp_schedule_restamp.events) THEN
+        RAISE EXCEPTION 'table % is not attached to identity_merge', events USING ERRCODE = '55000',
+            HINT = 'Attach it with mp_attach first.';
+    END IF;
+    schedule := CASE
+        WHEN secs >= 60 AND secs < 3600 AND secs % 60 = 0 AND 60 % (secs / 60) = 0 THEN
+            CASE secs WHEN 60 THEN '* * * * *' ELSE format('*/%s * * * *', secs / 60) END
+        WHEN secs >= 3600 AND secs < 86400 AND secs % 3600 = 0 AND 24 % (secs / 3600) = 0 THEN
+            CASE secs WHEN 3600 THEN '0 * * * *' ELSE format('0 */%s * * *', secs / 3600) END
+        WHEN secs = 86400 THEN '0 0 * * *'
+    END;
+    IF schedule IS NULL OR every <> make_interval(secs => secs) THEN
+        RAISE EXCEPTION 'invalid schedule: every %', every USING ERRCODE = '22023',
+            HINT = 'A whole number of minutes dividing an hour (1, 5, 15, 30 minutes...), of hours dividing a day, or 1 day.';
+    END IF;
+    EXECUTE 'SELECT cron.schedule($1, $2, $3)'
+       INTO job
+      USING 'identity_merge restamp ' || events::text, schedule,
+            format('SELECT %I.mp_restamp(%L::regclass)', s, events::text);
+    RETURN job;
+END $$;
+
+CREATE FUNCTION mp_unschedule_restamp(events regclass) RETURNS boolean
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    found_job boolean;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_cron') THEN
+        RETURN false;
+    END IF;
+    EXECUTE 'SELECT EXISTS (SELECT 1 FROM cron.job WHERE jobname = $1 AND username = current_user)'
+       INTO found_job USING 'identity_merge restamp ' || events::text;
+    IF found_job THEN
+        EXECUTE 'SELECT cron.unschedule($1)' USING 'identity_merge restamp ' || events::text;
+    END IF;
+    RETURN found_job;
+END $$;
+
+COMMENT ON FUNCTION mp_schedule_restamp(regclass, interval) IS 'Runs mp_restamp(table) on a schedule with pg_cron; returns the job id';
+COMMENT ON FUNCTION mp_unschedule_restamp(regclass) IS 'Removes the schedule of mp_schedule_restamp';
 COMMENT ON FUNCTION mp_segment(jsonb, text) IS 'Segment / RudderStack spec payloads (one message or a batch): applies what each means for identity, answers IdentityResponse';
 COMMENT ON PROCEDURE mp_restamp_all(regclass, integer) IS 'Stamps every row of an attached table in committed batches, resumable (CALL it)';
 
 -- Nothing is executable by PUBLIC; the roles that may feed mp_track may feed mp_segment, and
 -- those that may restamp may restamp every row (and keep its progress).
-REVOKE ALL ON ROUTINE mp_segment(jsonb, text), identity_merge._segment(text, text), mp_restamp_all(regclass, integer) FROM PUBLIC;
+REVOKE ALL ON ROUTINE mp_segment(jsonb, text), identity_merge._segment(text, text), mp_restamp_all(regclass, integer),
+    mp_schedule_restamp(regclass, interval), mp_unschedule_restamp(regclass) FROM PUBLIC;
 DO $$
 DECLARE
     r regrole;
@@ -144,6 +202,7 @@ BEGIN
                 AND a.privilege_type = 'EXECUTE' AND a.grantee <> 0 AND a.grantee <> p.proowner LOOP
         EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION mp_segment(jsonb, text), identity_merge._segment(text, text) TO %s', r);
         EXECUTE pg_catalog.format('GRANT EXECUTE ON PROCEDURE mp_restamp_all(regclass, integer) TO %s', r);
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION mp_schedule_restamp(regclass, interval), mp_unschedule_restamp(regclass) TO %s', r);
         EXECUTE pg_catalog.format('GRANT SELECT, INSERT, UPDATE, DELETE ON identity_merge.restamp_progress TO %s', r);
     END LOOP;
 END $$;

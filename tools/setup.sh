@@ -10,7 +10,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 need_pkgs=()
 for p in build-essential pkg-config clang libclang-dev libssl-dev postgresql-15 postgresql-server-dev-15 sudo \
-         postgresql-contrib python3 python3-venv; do
+         postgresql-contrib python3 python3-venv postgresql-15-cron; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
