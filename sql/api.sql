@@ -176,11 +176,15 @@ END $$;
 CREATE FUNCTION mp_attach(events regclass, project text DEFAULT 'default',
                           distinct_id_column name DEFAULT 'distinct_id',
                           canonical_column name DEFAULT 'canonical_id',
-                          create_index boolean DEFAULT true) RETURNS void
+                          create_index boolean DEFAULT true,
+                          device_id_column name DEFAULT '',
+                          user_id_column name DEFAULT '') RETURNS void
 LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     p identity_merge.projects;
     bad record;
+    col name;
+    typ regtype;
 BEGIN
     p := identity_merge._project(project);
     IF distinct_id_column = canonical_column THEN
@@ -191,14 +195,30 @@ BEGIN
     IF FOUND THEN
         RAISE EXCEPTION 'cannot attach %: %', events, bad.problem USING ERRCODE = bad.code, HINT = bad.hint;
     END IF;
+    -- Columns holding the device and the user id under other names (a Segment / RudderStack
+    -- table's anonymous_id and user_id): text, and present.
+    FOR col IN SELECT c FROM unnest(ARRAY[device_id_column, user_id_column]) c WHERE c <> '' LOOP
+        SELECT a.atttypid::regtype INTO typ FROM pg_attribute a
+         WHERE a.attrelid = events AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'cannot attach %: column % does not exist', events, quote_ident(col) USING ERRCODE = '42703',
+                HINT = 'device_id_column and user_id_column name the columns holding the device id and the user id.';
+        END IF;
+        IF typ NOT IN ('text'::regtype, 'character varying'::regtype) THEN
+            RAISE EXCEPTION 'cannot attach %: column % is of type %, not text', events, quote_ident(col), typ
+                USING ERRCODE = '42804', HINT = 'Ids are text; use a text or varchar column.';
+        END IF;
+    END LOOP;
     IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = events AND t.tgname = 'identity_merge_stamp') THEN
         EXECUTE format('DROP TRIGGER identity_merge_stamp ON %s', events);
     END IF;
     -- UPDATE OF the distinct_id too (also INSERT ... ON CONFLICT DO UPDATE): a changed
     -- distinct_id gets its stamp, so no row keeps a stamp mp_restamp could not fix.
     EXECUTE format('CREATE TRIGGER identity_merge_stamp BEFORE INSERT OR UPDATE OF %I ON %s FOR EACH ROW '
-                   'EXECUTE FUNCTION identity_merge.stamp_event(%L, %L, %L)',
-                   distinct_id_column, events, p.token, distinct_id_column, canonical_column);
+                   'EXECUTE FUNCTION identity_merge.stamp_event(%L, %L, %L%s)',
+                   distinct_id_column, events, p.token, distinct_id_column, canonical_column,
+                   CASE WHEN device_id_column = '' AND user_id_column = '' THEN ''
+                        ELSE format(', %L, %L', device_id_column, user_id_column) END);
     IF create_index AND NOT EXISTS (SELECT 1 FROM pg_index x JOIN pg_attribute a
                      ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0]
                     WHERE x.indrelid = events AND a.attname = canonical_column) THEN
@@ -534,7 +554,7 @@ BEGIN
                    '%1$I.mp_track(jsonb), %1$I.mp_segment(jsonb, text), identity_merge._segment(text, text), '
                    'identity_merge._identity_create(text), identity_merge._identity_create_alias(text), '
                    'identity_merge._identity_merge(text), identity_merge._track(text), '
-                   '%1$I.mp_attach(regclass, text, name, name, boolean), %1$I.mp_detach(regclass), %1$I.mp_restamp(regclass), '
+                   '%1$I.mp_attach(regclass, text, name, name, boolean, name, name), %1$I.mp_detach(regclass), %1$I.mp_restamp(regclass), '
                    '%1$I.mp_split(text, text), %1$I.mp_unjoin(bigint), '
                    'identity_merge.stamp_event(), identity_merge._register_attachment(regclass, integer, name, name), '
                    'identity_merge._unregister_attachment(regclass) TO %2$s', s, role);
@@ -582,7 +602,7 @@ COMMENT ON FUNCTION mp_merge(text, text, text) IS 'The $merge event: joins the t
 COMMENT ON FUNCTION mp_merge(text[], text) IS 'The $merge event with $distinct_ids (exactly two ids)';
 COMMENT ON FUNCTION mp_resolve(text, text) IS 'The canonical distinct_id of an id (itself when never seen)';
 COMMENT ON FUNCTION mp_cluster(text, text) IS 'Every id in the same cluster';
-COMMENT ON FUNCTION mp_attach(regclass, text, name, name, boolean) IS 'Puts the stamping trigger on an event table';
+COMMENT ON FUNCTION mp_attach(regclass, text, name, name, boolean, name, name) IS 'Puts the stamping trigger on an event table';
 COMMENT ON FUNCTION mp_restamp(regclass) IS 'Brings stamped rows up to date after later merges; returns rows changed';
 COMMENT ON FUNCTION mp_backfill(text, text) IS 'Applies a history of identity events in one pass (administrators)';
 COMMENT ON FUNCTION mp_check(text) IS 'Every violation of the identity invariants (no rows when all hold)';

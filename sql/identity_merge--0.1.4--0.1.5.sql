@@ -1,6 +1,7 @@
 -- identity_merge 0.1.4 -> 0.1.5 (see CHANGELOG.md): mp_segment (Segment / RudderStack payloads)
 -- CALL mp_restamp_all (every row of a table, in committed batches, resumable), and
--- mp_schedule_restamp / mp_unschedule_restamp (restamps on a schedule, with pg_cron).
+-- mp_schedule_restamp / mp_unschedule_restamp (restamps on a schedule, with pg_cron), and
+-- mp_attach's device_id_column / user_id_column.
 -- Released upgrade scripts are never edited afterwards.
 
 CREATE  FUNCTION identity_merge."_segment"(
@@ -107,6 +108,79 @@ BEGIN
        AND r.events::pg_catalog.oid = d.objid;
 END $$;
 
+-- mp_attach takes the columns holding the device and the user id (a Segment table's
+-- anonymous_id and user_id): a new signature, so the old function goes, its grants carried over.
+CREATE TEMP TABLE identity_merge_attach_grantees AS
+    SELECT a.grantee::regrole AS grantee
+      FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+     WHERE p.oid = 'mp_attach(regclass, text, name, name, boolean)'::pg_catalog.regprocedure
+       AND a.privilege_type = 'EXECUTE' AND a.grantee <> 0 AND a.grantee <> p.proowner;
+DROP FUNCTION mp_attach(regclass, text, name, name, boolean);
+CREATE FUNCTION mp_attach(events regclass, project text DEFAULT 'default',
+                          distinct_id_column name DEFAULT 'distinct_id',
+                          canonical_column name DEFAULT 'canonical_id',
+                          create_index boolean DEFAULT true,
+                          device_id_column name DEFAULT '',
+                          user_id_column name DEFAULT '') RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p identity_merge.projects;
+    bad record;
+    col name;
+    typ regtype;
+BEGIN
+    p := identity_merge._project(project);
+    IF distinct_id_column = canonical_column THEN
+        RAISE EXCEPTION 'the canonical column must differ from the distinct_id column (%)', quote_ident(distinct_id_column)
+            USING ERRCODE = '22023', HINT = 'The trigger keeps the distinct_id as sent and writes the canonical id beside it.';
+    END IF;
+    SELECT * INTO bad FROM identity_merge._column_problems(events, distinct_id_column, canonical_column) LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'cannot attach %: %', events, bad.problem USING ERRCODE = bad.code, HINT = bad.hint;
+    END IF;
+    -- Columns holding the device and the user id under other names (a Segment / RudderStack
+    -- table's anonymous_id and user_id): text, and present.
+    FOR col IN SELECT c FROM unnest(ARRAY[device_id_column, user_id_column]) c WHERE c <> '' LOOP
+        SELECT a.atttypid::regtype INTO typ FROM pg_attribute a
+         WHERE a.attrelid = events AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'cannot attach %: column % does not exist', events, quote_ident(col) USING ERRCODE = '42703',
+                HINT = 'device_id_column and user_id_column name the columns holding the device id and the user id.';
+        END IF;
+        IF typ NOT IN ('text'::regtype, 'character varying'::regtype) THEN
+            RAISE EXCEPTION 'cannot attach %: column % is of type %, not text', events, quote_ident(col), typ
+                USING ERRCODE = '42804', HINT = 'Ids are text; use a text or varchar column.';
+        END IF;
+    END LOOP;
+    IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = events AND t.tgname = 'identity_merge_stamp') THEN
+        EXECUTE format('DROP TRIGGER identity_merge_stamp ON %s', events);
+    END IF;
+    -- UPDATE OF the distinct_id too (also INSERT ... ON CONFLICT DO UPDATE): a changed
+    -- distinct_id gets its stamp, so no row keeps a stamp mp_restamp could not fix.
+    EXECUTE format('CREATE TRIGGER identity_merge_stamp BEFORE INSERT OR UPDATE OF %I ON %s FOR EACH ROW '
+                   'EXECUTE FUNCTION identity_merge.stamp_event(%L, %L, %L%s)',
+                   distinct_id_column, events, p.token, distinct_id_column, canonical_column,
+                   CASE WHEN device_id_column = '' AND user_id_column = '' THEN ''
+                        ELSE format(', %L, %L', device_id_column, user_id_column) END);
+    IF create_index AND NOT EXISTS (SELECT 1 FROM pg_index x JOIN pg_attribute a
+                     ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0]
+                    WHERE x.indrelid = events AND a.attname = canonical_column) THEN
+        EXECUTE format('CREATE INDEX ON %s (%I)', events, canonical_column);
+    END IF;
+    PERFORM identity_merge._register_attachment(events, p.project_id, distinct_id_column, canonical_column);
+END $$;
+COMMENT ON FUNCTION mp_attach(regclass, text, name, name, boolean, name, name) IS 'Puts the stamping trigger on an event table';
+REVOKE ALL ON FUNCTION mp_attach(regclass, text, name, name, boolean, name, name) FROM PUBLIC;
+DO $$
+DECLARE
+    r regrole;
+BEGIN
+    FOR r IN SELECT grantee FROM identity_merge_attach_grantees LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION mp_attach(regclass, text, name, name, boolean, name, name) TO %s', r);
+    END LOOP;
+END $$;
+DROP TABLE identity_merge_attach_grantees;
+
 CREATE OR REPLACE FUNCTION mp_grant_writer(role regrole) RETURNS void
 LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE s text := (SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
@@ -119,7 +193,7 @@ BEGIN
                    '%1$I.mp_track(jsonb), %1$I.mp_segment(jsonb, text), identity_merge._segment(text, text), '
                    'identity_merge._identity_create(text), identity_merge._identity_create_alias(text), '
                    'identity_merge._identity_merge(text), identity_merge._track(text), '
-                   '%1$I.mp_attach(regclass, text, name, name, boolean), %1$I.mp_detach(regclass), %1$I.mp_restamp(regclass), '
+                   '%1$I.mp_attach(regclass, text, name, name, boolean, name, name), %1$I.mp_detach(regclass), %1$I.mp_restamp(regclass), '
                    '%1$I.mp_split(text, text), %1$I.mp_unjoin(bigint), '
                    'identity_merge.stamp_event(), identity_merge._register_attachment(regclass, integer, name, name), '
                    'identity_merge._unregister_attachment(regclass) TO %2$s', s, role);

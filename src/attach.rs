@@ -92,8 +92,9 @@ fn register(
         .ok_or_else(|| mismatch("has no identity_merge_stamp trigger".into()))?;
     let token = project_token(project_id)
         .ok_or_else(|| mismatch(format!("project {project_id} does not exist")))?;
+    // The trigger's first three arguments; two more (device and user id columns) are optional.
     let wanted = [token, distinct.to_string(), canonical.to_string()];
-    if args != wanted {
+    if !(args.len() == 3 || args.len() == 5) || args[..3] != wanted {
         return Err(mismatch(format!(
             "its identity_merge_stamp trigger says {args:?}, not {wanted:?}"
         )));

@@ -119,14 +119,22 @@ fn build_context(
         .map_err(|e| IdentityError::TriggerMisuse {
             problem: format!("has unreadable arguments ({e})"),
         })?;
-    if args.len() != 3 {
+    if args.len() != 3 && args.len() != 5 {
         return Err(IdentityError::TriggerMisuse {
             problem: format!(
-                "expects 3 arguments (project, distinct_id column, canonical column), got {}",
+                "expects 3 arguments (project, distinct_id column, canonical column), or 5 (and the device and user id columns), got {}",
                 args.len()
             ),
         });
     }
+    // Simplified projects read the device and user ids from columns of these names.
+    let named = |i: usize, default: &'static str| -> String {
+        args.get(i)
+            .filter(|a| !a.is_empty())
+            .cloned()
+            .unwrap_or_else(|| default.to_string())
+    };
+    let (device_name, user_name) = (named(3, "$device_id"), named(4, "$user_id"));
     let project = store::project(Some(&args[0]))?;
     let table = trigger
         .table_name()
@@ -182,8 +190,8 @@ fn build_context(
         canonical_name: args[2].clone(),
         event_att: optional("event")?,
         properties,
-        device_att: optional("$device_id")?,
-        user_att: optional("$user_id")?,
+        device_att: optional(&device_name)?,
+        user_att: optional(&user_name)?,
         epochs: crate::cache::epochs(),
         qualified_table: format!("{}.{}", trigger.table_schema().unwrap_or_default(), table),
         project,
