@@ -414,6 +414,106 @@ BEGIN
     RETURN found_job;
 END $$;
 
+-- History from the tables a user already has (since 0.1.5): builds mp_backfill's source query
+-- (operation, id_a, id_b in time order) from an attached event table, by the project's mode:
+-- Original reads the $identify / $create_alias / $merge rows' properties, Legacy the
+-- $create_alias rows, Simplified links the device and user id columns of rows carrying both.
+-- `order_by` names the column giving time order (default: time, timestamp, received_at or
+-- created_at, the first the table has). Administrators, as mp_backfill.
+CREATE FUNCTION mp_backfill_from(events regclass, order_by name DEFAULT NULL)
+RETURNS TABLE (events_read bigint, joins bigint, refused bigint, ids_written bigint, clusters_written bigint)
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a identity_merge.attachments;
+    p identity_merge.projects;
+    args text[];
+    rest bytea;
+    k integer;
+    ord name;
+    device name;
+    usr name;
+    src text;
+    s text := (SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+                WHERE e.extname = 'identity_merge');
+BEGIN
+    IF events IS NULL THEN
+        RAISE EXCEPTION 'events is NULL' USING ERRCODE = '22004', HINT = 'Name an attached event table.';
+    END IF;
+    SELECT * INTO a FROM identity_merge.attachments x WHERE x.events = mp_backfill_from.events;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table % is not attached to identity_merge', events USING ERRCODE = '55000',
+            HINT = 'Attach it with mp_attach (which names its project), or pass Segment''s identifies and aliases tables with a project.';
+    END IF;
+    SELECT * INTO p FROM identity_merge.projects x WHERE x.project_id = a.project_id;
+    ord := coalesce(order_by, (SELECT u.c FROM unnest(ARRAY['time', 'timestamp', 'received_at', 'created_at']::name[]) WITH ORDINALITY u(c, i)
+                                WHERE EXISTS (SELECT 1 FROM pg_attribute t WHERE t.attrelid = events AND t.attname = u.c
+                                                AND t.attnum > 0 AND NOT t.attisdropped)
+                                ORDER BY u.i LIMIT 1));
+    IF ord IS NULL OR NOT EXISTS (SELECT 1 FROM pg_attribute t WHERE t.attrelid = events AND t.attname = ord
+                                    AND t.attnum > 0 AND NOT t.attisdropped) THEN
+        RAISE EXCEPTION 'no column gives % a time order: %', events,
+              coalesce(quote_ident(order_by), 'none of time, timestamp, received_at, created_at')
+            USING ERRCODE = '42703', HINT = 'Pass order_by => the column holding each event''s time.';
+    END IF;
+    IF p.mode = 'simplified' THEN
+        -- The device and user id columns the stamping trigger reads (its 4th and 5th arguments).
+        SELECT t.tgargs INTO rest FROM pg_trigger t WHERE t.tgrelid = events AND t.tgname = 'identity_merge_stamp';
+        args := '{}';
+        LOOP
+            k := position('\x00'::bytea IN rest);
+            EXIT WHEN k IS NULL OR k = 0;
+            args := args || convert_from(substring(rest FROM 1 FOR k - 1), getdatabaseencoding());
+            rest := substring(rest FROM k + 1);
+        END LOOP;
+        device := coalesce(nullif(args[4], ''), '$device_id');
+        usr := coalesce(nullif(args[5], ''), '$user_id');
+        src := format('SELECT ''link'', %1$I::text, %2$I::text FROM %3$s WHERE %1$I IS NOT NULL AND %2$I IS NOT NULL ORDER BY %4$I',
+                      usr, device, events, ord);
+    ELSE
+        src := format('SELECT CASE event WHEN ''$identify'' THEN ''identify'' WHEN ''$create_alias'' THEN ''alias'' ELSE ''merge'' END, '
+                      '  CASE event WHEN ''$identify'' THEN properties::jsonb->>''$identified_id'' '
+                      '             WHEN ''$create_alias'' THEN properties::jsonb->>''alias'' '
+                      '             ELSE properties::jsonb->''$distinct_ids''->>0 END, '
+                      '  CASE event WHEN ''$identify'' THEN properties::jsonb->>''$anon_id'' '
+                      '             WHEN ''$create_alias'' THEN properties::jsonb->>''distinct_id'' '
+                      '             ELSE properties::jsonb->''$distinct_ids''->>1 END '
+                      'FROM %1$s WHERE event::text = ANY (%3$L::text[]) ORDER BY %2$I',
+                      events, ord,
+                      CASE p.mode WHEN 'legacy' THEN '{$create_alias}' ELSE '{$identify,$create_alias,$merge}' END);
+    END IF;
+    RETURN QUERY EXECUTE format('SELECT * FROM %I.mp_backfill($1, $2)', s) USING src, p.token;
+END $$;
+
+-- The same from Segment / RudderStack warehouse tables: identifies (anonymous_id, user_id) and
+-- aliases (previous_id, user_id), merged in time order into project's history: Simplified links
+-- the devices, Original makes identifies $identify and aliases $create_alias.
+CREATE FUNCTION mp_backfill_from(identifies regclass, aliases regclass, project text, order_by name DEFAULT 'timestamp')
+RETURNS TABLE (events_read bigint, joins bigint, refused bigint, ids_written bigint, clusters_written bigint)
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p identity_merge.projects;
+    parts text[] := '{}';
+    s text := (SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+                WHERE e.extname = 'identity_merge');
+BEGIN
+    p := identity_merge._project(project);
+    IF identifies IS NOT NULL THEN
+        parts := parts || format('SELECT %1$L::text AS op, user_id::text AS a, anonymous_id::text AS b, %3$I AS t FROM %2$s '
+                                 'WHERE user_id IS NOT NULL AND anonymous_id IS NOT NULL',
+                                 CASE p.mode WHEN 'simplified' THEN 'link' ELSE 'identify' END, identifies, order_by);
+    END IF;
+    IF aliases IS NOT NULL THEN
+        parts := parts || format('SELECT %1$L::text, user_id::text, previous_id::text, %3$I FROM %2$s '
+                                 'WHERE user_id IS NOT NULL AND previous_id IS NOT NULL',
+                                 CASE p.mode WHEN 'simplified' THEN 'link' ELSE 'alias' END, aliases, order_by);
+    END IF;
+    IF cardinality(parts) = 0 THEN
+        RAISE EXCEPTION 'no table to read' USING ERRCODE = '22004', HINT = 'Pass Segment''s identifies table, its aliases table, or both.';
+    END IF;
+    RETURN QUERY EXECUTE format('SELECT * FROM %I.mp_backfill($1, $2)', s)
+        USING format('SELECT op, a, b FROM (%s) h ORDER BY t', array_to_string(parts, ' UNION ALL ')), p.token;
+END $$;
+
 -- Every write to identities or projects tells the per-backend caches (src/cache.rs).
 CREATE TRIGGER notify_caches AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON identity_merge.identities
     FOR EACH STATEMENT EXECUTE FUNCTION identity_merge.notify_caches();
@@ -614,6 +714,8 @@ COMMENT ON FUNCTION mp_segment(jsonb, text) IS 'Segment / RudderStack spec paylo
 COMMENT ON PROCEDURE mp_restamp_all(regclass, integer) IS 'Stamps every row of an attached table in committed batches, resumable (CALL it)';
 COMMENT ON FUNCTION mp_schedule_restamp(regclass, interval) IS 'Runs mp_restamp(table) on a schedule with pg_cron; returns the job id';
 COMMENT ON FUNCTION mp_unschedule_restamp(regclass) IS 'Removes the schedule of mp_schedule_restamp';
+COMMENT ON FUNCTION mp_backfill_from(regclass, name) IS 'mp_backfill with the history read from an attached event table (administrators)';
+COMMENT ON FUNCTION mp_backfill_from(regclass, regclass, text, name) IS 'mp_backfill with the history read from Segment''s identifies and aliases tables (administrators)';
 COMMENT ON FUNCTION mp_track(jsonb) IS 'Mixpanel /track and /import payloads: applies identity events, answers IdentityResponse';
 
 -- Least privilege (docs/security.md). Nothing is executable by PUBLIC: an administrator grants
