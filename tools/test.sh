@@ -45,6 +45,7 @@ bash tests/crash.sh
 bash tests/upgrade.sh
 bash tests/reliability.sh
 bash tests/cron.sh
+bash tests/dbt.sh
 bash tests/regress.sh
 
 # The installed build is put back as it was found (checked here, before the trap runs it again).
