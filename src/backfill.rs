@@ -349,7 +349,7 @@ fn mp_backfill(
                     None => Err(IdentityError::NullId { field: "distinct_id" }),
                     Some(id) => crate::retract::split(&project, id, &source).map(|_| ()),
                 };
-                graph = Spi::connect(|c| load_graph(&c, pid));
+                graph = Spi::connect(|c| load_graph(c, pid));
                 if let Err(err) = result {
                     if err.is_retryable() {
                         raise(err);

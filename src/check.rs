@@ -5,6 +5,7 @@
 //! are plain SQL in sql/api.sql.
 
 use std::collections::HashMap;
+use std::ops::Not;
 
 use pgrx::prelude::*;
 
@@ -123,8 +124,8 @@ mod identity_merge {
                     &[project_id.into()],
                 )
                 .or_bug("reading the retractions")
-                .len()
-                    > 0;
+                .is_empty()
+                .not();
             let mode: String = c
                 .select(
                     "SELECT mode::text FROM identity_merge.projects WHERE project_id OPERATOR(pg_catalog.=) $1",

@@ -505,8 +505,8 @@ unsafe fn apply_row_event(
     let (device_col, user_col) = match ctx.project.mode {
         Mode::Original | Mode::Legacy => match (ctx.event_att, ctx.properties) {
             // Most rows are ordinary events: tell them by the event name's bytes, without copying.
-            // SAFETY: a checked text column of this row (see above).
             (Some(event_att), Some(_))
+                // SAFETY: a checked text column of this row (see above).
                 if unsafe { is_identity_event(tuple, tupdesc, event_att) } =>
             {
                 (None, None)
