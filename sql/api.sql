@@ -540,6 +540,11 @@ CREATE FUNCTION mp_segment(payload jsonb, project text DEFAULT NULL) RETURNS jso
 LANGUAGE sql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
 AS $$ SELECT identity_merge._segment(payload::text, project) $$;
 
+-- Mixpanel /engage bodies (since 0.1.6): one profile update or an array of them.
+CREATE FUNCTION mp_engage(payload jsonb) RETURNS jsonb
+LANGUAGE sql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+AS $$ SELECT identity_merge._engage(payload::text) $$;
+
 CREATE FUNCTION mp_track(payload jsonb) RETURNS jsonb
 LANGUAGE sql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
 AS $$ SELECT identity_merge._track(payload::text) $$;
@@ -637,7 +642,8 @@ BEGIN
     EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA identity_merge TO %s', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION %1$I.mp_resolve(text, text), %1$I.mp_cluster(text, text), '
                    '%1$I.mp_project_settings(text), %1$I.mp_check(text), identity_merge._check_log(integer), '
-                   'identity_merge._project(text), %1$I.mp_explain(text, text), %1$I.mp_explain(text, text, text) TO %2$s', s, role);
+                   'identity_merge._project(text), %1$I.mp_explain(text, text), %1$I.mp_explain(text, text, text), '
+                   '%1$I.mp_profile(text, text) TO %2$s', s, role);
 END $$;
 
 -- Rights to change identities through the functions (never the tables directly), to feed the
@@ -652,6 +658,7 @@ BEGIN
                    '%1$I.mp_merge(text, text, text), %1$I.mp_merge(text[], text), '
                    '%1$I.mp_identity_create(jsonb), %1$I.mp_identity_create_alias(jsonb), %1$I.mp_identity_merge(jsonb), '
                    '%1$I.mp_track(jsonb), %1$I.mp_segment(jsonb, text), identity_merge._segment(text, text), '
+                   '%1$I.mp_engage(jsonb), identity_merge._engage(text), '
                    'identity_merge._identity_create(text), identity_merge._identity_create_alias(text), '
                    'identity_merge._identity_merge(text), identity_merge._track(text), '
                    '%1$I.mp_attach(regclass, text, name, name, boolean, name, name), %1$I.mp_detach(regclass), %1$I.mp_restamp(regclass), '
@@ -716,6 +723,8 @@ COMMENT ON FUNCTION mp_schedule_restamp(regclass, interval) IS 'Runs mp_restamp(
 COMMENT ON FUNCTION mp_unschedule_restamp(regclass) IS 'Removes the schedule of mp_schedule_restamp';
 COMMENT ON FUNCTION mp_backfill_from(regclass, name) IS 'mp_backfill with the history read from an attached event table (administrators)';
 COMMENT ON FUNCTION mp_backfill_from(regclass, regclass, text, name) IS 'mp_backfill with the history read from Segment''s identifies and aliases tables (administrators)';
+COMMENT ON FUNCTION mp_engage(jsonb) IS 'Mixpanel /engage bodies: profile updates ($set, $set_once, $add, $append, $union, $remove, $unset, $delete)';
+COMMENT ON FUNCTION mp_profile(text, text) IS 'The profile of the person an id belongs to (the fold of the updates sent to any of its ids)';
 COMMENT ON FUNCTION mp_track(jsonb) IS 'Mixpanel /track and /import payloads: applies identity events, answers IdentityResponse';
 
 -- Least privilege (docs/security.md). Nothing is executable by PUBLIC: an administrator grants

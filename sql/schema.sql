@@ -143,6 +143,21 @@ CREATE TABLE identity_merge.restamp_progress (
 );
 COMMENT ON TABLE identity_merge.restamp_progress IS 'Progress of CALL mp_restamp_all runs (a row while one runs or was interrupted)';
 
+-- People profiles (since 0.1.6): every Engage update, kept with the id it was sent to. A
+-- person's profile is the fold of the updates of all its ids in the order sent (mp_profile), so
+-- merges and splits combine and separate profiles with no row moved.
+CREATE TABLE identity_merge.profile_updates (
+    update_id   bigserial PRIMARY KEY,
+    project_id  integer NOT NULL,
+    distinct_id text COLLATE "C" NOT NULL,
+    operation   text NOT NULL CHECK (operation IN ('$set', '$set_once', '$add', '$append', '$union', '$remove', '$unset', '$delete')),
+    value       jsonb NOT NULL,
+    sent_at     timestamptz NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX profile_updates_id_idx ON identity_merge.profile_updates (project_id, distinct_id, sent_at);
+COMMENT ON TABLE identity_merge.profile_updates IS 'Engage updates (mp_engage), each with the id it was sent to';
+
 -- The default project. Its row is dumped like any other; on restore the upsert trigger below turns
 -- the restored row into an update of the row CREATE EXTENSION made, so changed settings survive.
 INSERT INTO identity_merge.projects (project_id, token) VALUES (1, 'default');
@@ -175,6 +190,8 @@ SELECT pg_catalog.pg_extension_config_dump('identity_merge.rejections_rejection_
 SELECT pg_catalog.pg_extension_config_dump('identity_merge.attachments', '');
 SELECT pg_catalog.pg_extension_config_dump('identity_merge.retractions', '');
 SELECT pg_catalog.pg_extension_config_dump('identity_merge.restamp_progress', '');
+SELECT pg_catalog.pg_extension_config_dump('identity_merge.profile_updates', '');
+SELECT pg_catalog.pg_extension_config_dump('identity_merge.profile_updates_update_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('identity_merge.retractions_retraction_id_seq', '');
 
 -- The project row for a token, or 42704.

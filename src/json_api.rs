@@ -116,6 +116,32 @@ fn batch_answer(items: &[Value], one: impl Fn(&Value) -> Result<(), IdentityErro
     pgrx::JsonB(out)
 }
 
+/// The answer to a JSON payload of one item or an array of them (at most MAX_BATCH), each
+/// handled by `one`: never an exception for bad content.
+pub fn answer(
+    payload: Option<&str>,
+    what: &str,
+    one: impl Fn(&Value) -> Result<(), IdentityError>,
+) -> pgrx::JsonB {
+    let v = match parse(payload, what) {
+        Ok(v) => v,
+        Err(err) => return pgrx::JsonB(failed(&err)),
+    };
+    match &v {
+        Value::Array(items) if items.len() > MAX_BATCH => {
+            pgrx::JsonB(failed(&IdentityError::MalformedEvent {
+                field: what.into(),
+                problem: format!(
+                    "holds {} items, more than the {MAX_BATCH} one call takes",
+                    items.len()
+                ),
+            }))
+        }
+        Value::Array(items) => batch_answer(items, one),
+        _ => respond(one(&v)),
+    }
+}
+
 /// One Segment / RudderStack message of `mp_segment`, for the project named by `token` (the
 /// call's `project`, else the batch's or the message's `writeKey`).
 fn segment_one(message: &Value, token: Option<&str>) -> Result<(), IdentityError> {

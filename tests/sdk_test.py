@@ -117,5 +117,29 @@ check("identity/merge", json.loads(psql("SELECT mp_identity_merge(:'v0'::jsonb)"
     {"$distinct_ids": ["user-3", "user-1"], "$token": "sdk-original"}))), {"status": 1})
 check("after identity API", psql("SELECT mp_resolve('alias-1', 'sdk-original')"), "user-3")
 
+# People: the SDK's /engage payloads, applied with mp_engage and read back with mp_profile.
+RECORDED.clear()
+people = mixpanel.Mixpanel("sdk-original", consumer=RecordingConsumer())
+people.people_set("user-1", {"plan": "pro", "city": "Paris"})
+people.people_set_once("user-1", {"first_seen": "2026-01-01"})
+people.people_set_once("alias-1", {"first_seen": "2027-01-01"})  # another id of the same person
+people.people_increment("user-1", {"visits": 2})
+people.people_increment("alias-1", {"visits": 3})
+people.people_append("user-1", {"pages": "home"})
+people.people_union("user-1", {"tags": ["a", "b"]})
+people.people_union("alias-1", {"tags": ["b", "c"]})
+people.people_remove("user-1", {"tags": "a"})
+people.people_unset("user-1", ["city"])
+check("engage endpoint", {e for e, _ in RECORDED}, {"people"})
+answers = [json.loads(psql("SELECT mp_engage(:'v0'::jsonb)", m)) for _, m in RECORDED]
+check("engage answers", [a["status"] for a in answers], [1] * len(answers))
+profile = json.loads(psql("SELECT mp_profile('user-3', 'sdk-original')"))  # user-3 is the person's canonical id now
+check("profile of the person", profile,
+      {"plan": "pro", "first_seen": "2026-01-01", "visits": 5, "pages": ["home"], "tags": ["b", "c"]})
+RECORDED.clear()
+people.people_delete("alias-1")
+check("people_delete", [json.loads(psql("SELECT mp_engage(:'v0'::jsonb)", m))["status"] for _, m in RECORDED], [1])
+check("profile after delete", psql("SELECT mp_profile('user-1', 'sdk-original')"), "{}")
+
 print(f"mixpanel {mixpanel.__version__} SDK payloads: {passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)

@@ -2,19 +2,21 @@
 //! anywhere below this module), unit-tested with plain `cargo test`. The glue around it
 //! (src/*.rs) reads rows and payloads, asks the core what they mean, and writes the answer.
 //!
-//! Dependencies run one way: `model` ← `error` ← `rules` ← `ingest`, `graph`.
+//! Dependencies run one way: `model` ← `error` ← `rules` ← `ingest`, `graph` ← `profile`.
 //! - `model`: the vocabulary (operations and their names, modes, anon id formats);
 //! - `error`: the one error type, its reason codes and SQLSTATEs (raised by `crate::pg`);
 //! - `rules`: valid ids, which join is allowed, which canonical id survives, size limits,
 //!   and a project's settings;
 //! - `ingest`: what an event (a row, a Mixpanel payload, a history row) means: a plan of
 //!   operations to apply and refusals to record;
-//! - `graph`: union-find over a history, with the same rules, for `mp_backfill`.
+//! - `graph`: union-find over a history, with the same rules, for `mp_backfill`;
+//! - `profile`: people profiles, the fold of the Engage updates sent to a person's ids.
 
 pub mod error;
 pub mod graph;
 pub mod ingest;
 pub mod model;
+pub mod profile;
 pub mod rules;
 
 pub use model::{AnonIdFormat, Mode, Op};

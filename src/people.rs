@@ -1,0 +1,110 @@
+//! People profiles in SQL: `mp_engage` stores each Engage update with the id it was sent to
+//! (`identity_merge.profile_updates`), and `mp_profile` folds the updates sent to any id of the
+//! person (`core::profile::fold`), in the order they were sent. Merges and splits need nothing
+//! here: a profile is always the fold over the person's ids as the graph says now.
+//!
+//! Simplified ID Merge: as Mixpanel documents, what was set on a `$device:` id before the device
+//! was linked to a user is not carried over to the user's profile (the device's own profile,
+//! while it is unlinked, has it).
+
+use pgrx::prelude::*;
+use serde_json::Value;
+
+use crate::core::error::IdentityError;
+use crate::core::profile::{fold, ProfileOp};
+use crate::core::Mode;
+use crate::pg::{as_owner, OrBug, OrRaise};
+use crate::store;
+
+/// Stores one update for its project. The refusal, when there is one, names the field.
+pub fn engage_one(update: &Value) -> Result<(), IdentityError> {
+    let u = crate::core::profile::engage_update(update)?;
+    let project = store::project(Some(&u.token))?;
+    as_owner(|| {
+        Spi::run_with_args(
+            "INSERT INTO identity_merge.profile_updates (project_id, distinct_id, operation, value, sent_at) \
+             VALUES ($1, $2, $3, $4, coalesce(pg_catalog.to_timestamp($5 OPERATOR(pg_catalog./) 1000.0), pg_catalog.now()))",
+            &[
+                project.id.into(),
+                u.distinct_id.as_str().into(),
+                u.op.key().into(),
+                pgrx::JsonB(u.value.clone()).into(),
+                u.time_ms.into(),
+            ],
+        )
+    })
+    .or_bug("storing a profile update");
+    Ok(())
+}
+
+/// The profile of the person `distinct_id` belongs to in `project`.
+pub fn profile_of(project: &crate::core::rules::Project, distinct_id: &str) -> Value {
+    let rows: Vec<(bool, String, Value, Option<bool>)> = as_owner(|| {
+        Spi::connect(|c| {
+            c.select(
+                // The person's ids (the id alone when the graph does not hold it), their updates
+                // in the order sent, and for a device whether each update came before the link
+                // that made it part of this person.
+                "WITH person AS (SELECT coalesce((SELECT i.canonical_id FROM identity_merge.identities i \
+                                   WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.distinct_id OPERATOR(pg_catalog.=) $2), $2) AS canonical), \
+                      ids AS (SELECT i.distinct_id AS id FROM identity_merge.identities i, person \
+                               WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.canonical_id OPERATOR(pg_catalog.=) person.canonical \
+                              UNION SELECT person.canonical FROM person) \
+                 SELECT (u.distinct_id OPERATOR(pg_catalog.=) (SELECT canonical FROM person) \
+                         OR pg_catalog.left(u.distinct_id, 8) OPERATOR(pg_catalog.<>) '$device:'), \
+                        u.operation, u.value, \
+                        u.sent_at OPERATOR(pg_catalog.<) (SELECT pg_catalog.max(l.merged_at) FROM identity_merge.merge_log l \
+                                       WHERE l.project_id OPERATOR(pg_catalog.=) $1 AND l.id_b OPERATOR(pg_catalog.=) u.distinct_id \
+                                         AND l.operation OPERATOR(pg_catalog.=) 'link' AND l.retracted_by IS NULL) \
+                   FROM ids JOIN identity_merge.profile_updates u \
+                     ON u.project_id OPERATOR(pg_catalog.=) $1 AND u.distinct_id OPERATOR(pg_catalog.=) ids.id \
+                  ORDER BY u.sent_at, u.update_id",
+                None,
+                &[project.id.into(), distinct_id.into()],
+            )
+            .or_bug("reading a profile")
+            .map(|r| {
+                (
+                    r.get::<bool>(1).or_bug("reading a profile").unwrap_or(true),
+                    r.get::<String>(2).or_bug("reading a profile").unwrap_or_default(),
+                    r.get::<pgrx::JsonB>(3).or_bug("reading a profile").map(|j| j.0).unwrap_or(Value::Null),
+                    r.get::<bool>(4).or_bug("reading a profile"),
+                )
+            })
+            .collect()
+        })
+    });
+    let updates = rows
+        .iter()
+        .filter_map(|(own_or_not_device, op, value, before_link)| {
+            // Simplified: a device's updates from before its link to this person stay with the
+            // device (unless the device is the person: an unlinked device's own profile).
+            let device_before_link = project.mode == Mode::Simplified
+                && !own_or_not_device
+                && before_link.unwrap_or(true);
+            if device_before_link {
+                return None;
+            }
+            ProfileOp::parse(op).map(|op| (op, value))
+        });
+    Value::Object(fold(updates))
+}
+
+/// The profile of a person: the fold of the Engage updates sent to any of the person's ids.
+/// `{}` for a person with none.
+#[pg_extern(stable, strict, parallel_safe)]
+fn mp_profile(distinct_id: &str, project: default!(&str, "'default'")) -> pgrx::JsonB {
+    let project = store::project(Some(project)).or_raise();
+    pgrx::JsonB(profile_of(&project, distinct_id))
+}
+
+#[pg_schema]
+mod identity_merge {
+    use super::*;
+
+    /// Mixpanel `/engage` bodies: one update or an array of them (mp_engage).
+    #[pg_extern(volatile, parallel_unsafe)]
+    fn _engage(payload: Option<&str>) -> pgrx::JsonB {
+        crate::json_api::answer(payload, "payload", engage_one)
+    }
+}
