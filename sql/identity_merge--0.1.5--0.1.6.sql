@@ -1,4 +1,5 @@
--- identity_merge 0.1.5 -> 0.1.6 (see CHANGELOG.md): people profiles (mp_engage, mp_profile).
+-- identity_merge 0.1.5 -> 0.1.6 (see CHANGELOG.md): people profiles (mp_engage, mp_profile,
+-- the table identity_merge.people and mp_refresh_people).
 -- Released upgrade scripts are never edited afterwards.
 
 -- People profiles (since 0.1.6): every Engage update, kept with the id it was sent to. A
@@ -60,7 +61,7 @@ BEGIN
                    '%1$I.mp_merge(text, text, text), %1$I.mp_merge(text[], text), '
                    '%1$I.mp_identity_create(jsonb), %1$I.mp_identity_create_alias(jsonb), %1$I.mp_identity_merge(jsonb), '
                    '%1$I.mp_track(jsonb), %1$I.mp_segment(jsonb, text), identity_merge._segment(text, text), '
-                   '%1$I.mp_engage(jsonb), identity_merge._engage(text), '
+                   '%1$I.mp_engage(jsonb), identity_merge._engage(text), %1$I.mp_refresh_people(text), '
                    'identity_merge._identity_create(text), identity_merge._identity_create_alias(text), '
                    'identity_merge._identity_merge(text), identity_merge._track(text), '
                    '%1$I.mp_attach(regclass, text, name, name, boolean, name, name), %1$I.mp_detach(regclass), %1$I.mp_restamp(regclass), '
@@ -75,12 +76,99 @@ BEGIN
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON identity_merge.restamp_progress TO %s', role);
 END $$;
 
+-- People as a table users join to their events (canonical_id -> properties), brought up to date
+-- by mp_refresh_people for the people whose ids or updates changed since the project's last
+-- refresh (people_refreshed holds how far each project got).
+CREATE TABLE identity_merge.people (
+    project_id   integer NOT NULL,
+    canonical_id text COLLATE "C" NOT NULL,
+    properties   jsonb NOT NULL,
+    refreshed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (project_id, canonical_id)
+);
+COMMENT ON TABLE identity_merge.people IS 'Profiles by canonical id (mp_refresh_people), to join to stamped events';
+CREATE TABLE identity_merge.people_refreshed (
+    project_id    integer PRIMARY KEY,
+    merge_seq     bigint NOT NULL DEFAULT 0,
+    retraction_id bigint NOT NULL DEFAULT 0,
+    update_id     bigint NOT NULL DEFAULT 0
+);
+COMMENT ON TABLE identity_merge.people_refreshed IS 'How far mp_refresh_people got, per project';
+SELECT pg_catalog.pg_extension_config_dump('identity_merge.people', '');
+SELECT pg_catalog.pg_extension_config_dump('identity_merge.people_refreshed', '');
+
+-- Brings identity_merge.people up to date for one project: recomputes the profile of every person
+-- whose ids or updates changed since the last refresh (joins, retractions and Engage updates
+-- since then), and removes rows of canonical ids that stopped being one. The cost follows what
+-- changed, not the project. Returns how many rows it wrote or removed.
+CREATE FUNCTION mp_refresh_people(project text DEFAULT 'default') RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p identity_merge.projects := identity_merge._project(project);
+    w identity_merge.people_refreshed;
+    top record;
+    n bigint := 0;
+    k bigint;
+    s text := (SELECT ns.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace ns ON ns.oid = e.extnamespace
+                WHERE e.extname = 'identity_merge');
+BEGIN
+    -- One refresh of a project at a time.
+    PERFORM pg_advisory_xact_lock(hashtext('identity_merge people ' || p.project_id));
+    INSERT INTO identity_merge.people_refreshed (project_id) VALUES (p.project_id) ON CONFLICT DO NOTHING;
+    SELECT * INTO w FROM identity_merge.people_refreshed x WHERE x.project_id = p.project_id;
+    SELECT (SELECT coalesce(max(seq), 0) FROM identity_merge.merge_log WHERE project_id = p.project_id) AS merge_seq,
+           (SELECT coalesce(max(retraction_id), 0) FROM identity_merge.retractions WHERE project_id = p.project_id) AS retraction_id,
+           (SELECT coalesce(max(update_id), 0) FROM identity_merge.profile_updates WHERE project_id = p.project_id) AS update_id
+      INTO top;
+    CREATE TEMP TABLE IF NOT EXISTS identity_merge_touched (id text COLLATE "C") ON COMMIT DROP;
+    TRUNCATE identity_merge_touched;
+    -- Every id whose person may have changed: both sides of new joins, the ids of retracted
+    -- joins and the split clusters' old canonicals, the ids that received updates.
+    INSERT INTO identity_merge_touched
+    SELECT unnest(ARRAY[l.id_a, l.id_b, l.kept_canonical, l.absorbed_canonical]) FROM identity_merge.merge_log l
+     WHERE l.project_id = p.project_id AND l.seq > w.merge_seq AND l.seq <= top.merge_seq
+    UNION
+    SELECT unnest(ARRAY[l.id_a, l.id_b, r.old_canonical]) FROM identity_merge.retractions r
+      JOIN identity_merge.merge_log l ON l.seq = ANY (r.retracted)
+     WHERE r.project_id = p.project_id AND r.retraction_id > w.retraction_id AND r.retraction_id <= top.retraction_id
+    UNION
+    SELECT u.distinct_id FROM identity_merge.profile_updates u
+     WHERE u.project_id = p.project_id AND u.update_id > w.update_id AND u.update_id <= top.update_id;
+    -- Rows of ids that are no longer a canonical id (absorbed, or joined under another).
+    DELETE FROM identity_merge.people pe
+     USING identity_merge_touched t
+     WHERE pe.project_id = p.project_id AND pe.canonical_id = t.id
+       AND EXISTS (SELECT 1 FROM identity_merge.identities i WHERE i.project_id = p.project_id
+                     AND i.distinct_id = t.id AND i.canonical_id <> t.id);
+    GET DIAGNOSTICS k = ROW_COUNT;
+    n := n + k;
+    -- The current people of those ids: their profile, or no row when they have none.
+    EXECUTE format(
+        'WITH persons AS (SELECT DISTINCT coalesce(i.canonical_id, t.id) AS c FROM identity_merge_touched t '
+        '                   LEFT JOIN identity_merge.identities i ON i.project_id = $1 AND i.distinct_id = t.id), '
+        '     profiles AS (SELECT persons.c, %I.mp_profile(persons.c, $2) AS props FROM persons), '
+        '     gone AS (DELETE FROM identity_merge.people pe USING profiles '
+        '               WHERE pe.project_id = $1 AND pe.canonical_id = profiles.c AND profiles.props = ''{}''::jsonb RETURNING 1), '
+        '     written AS (INSERT INTO identity_merge.people (project_id, canonical_id, properties) '
+        '                 SELECT $1, profiles.c, profiles.props FROM profiles WHERE profiles.props <> ''{}''::jsonb '
+        '                 ON CONFLICT (project_id, canonical_id) DO UPDATE SET properties = EXCLUDED.properties, refreshed_at = now() '
+        '                 RETURNING 1) '
+        'SELECT (SELECT count(*) FROM gone) + (SELECT count(*) FROM written)', s)
+        INTO k USING p.project_id, p.token;
+    n := n + k;
+    UPDATE identity_merge.people_refreshed x
+       SET merge_seq = top.merge_seq, retraction_id = top.retraction_id, update_id = top.update_id
+     WHERE x.project_id = p.project_id;
+    RETURN n;
+END $$;
+
+COMMENT ON FUNCTION mp_refresh_people(text) IS 'Brings identity_merge.people up to date for the people that changed since the last refresh';
 COMMENT ON FUNCTION mp_engage(jsonb) IS 'Mixpanel /engage bodies: profile updates ($set, $set_once, $add, $append, $union, $remove, $unset, $delete)';
 COMMENT ON FUNCTION mp_profile(text, text) IS 'The profile of the person an id belongs to (the fold of the updates sent to any of its ids)';
 
 -- Nothing is executable by PUBLIC; readers may read profiles, the roles that feed mp_track may
 -- feed mp_engage.
-REVOKE ALL ON FUNCTION mp_engage(jsonb), identity_merge._engage(text), mp_profile(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION mp_engage(jsonb), identity_merge._engage(text), mp_profile(text, text), mp_refresh_people(text) FROM PUBLIC;
 DO $$
 DECLARE
     r record;
@@ -90,10 +178,10 @@ BEGIN
               WHERE p.oid IN ('mp_resolve(text, text)'::pg_catalog.regprocedure, 'mp_track(jsonb)'::pg_catalog.regprocedure)
                 AND a.privilege_type = 'EXECUTE' AND a.grantee <> 0 AND a.grantee <> p.proowner LOOP
         IF r.writer THEN
-            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION mp_engage(jsonb), identity_merge._engage(text) TO %s', r.grantee);
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION mp_engage(jsonb), identity_merge._engage(text), mp_refresh_people(text) TO %s', r.grantee);
         ELSE
             EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION mp_profile(text, text) TO %s', r.grantee);
-            EXECUTE pg_catalog.format('GRANT SELECT ON identity_merge.profile_updates TO %s', r.grantee);
+            EXECUTE pg_catalog.format('GRANT SELECT ON identity_merge.profile_updates, identity_merge.people, identity_merge.people_refreshed TO %s', r.grantee);
         END IF;
     END LOOP;
 END $$;

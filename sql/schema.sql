@@ -158,6 +158,25 @@ CREATE TABLE identity_merge.profile_updates (
 CREATE INDEX profile_updates_id_idx ON identity_merge.profile_updates (project_id, distinct_id, sent_at);
 COMMENT ON TABLE identity_merge.profile_updates IS 'Engage updates (mp_engage), each with the id it was sent to';
 
+-- People as a table users join to their events (canonical_id -> properties), brought up to date
+-- by mp_refresh_people for the people whose ids or updates changed since the project's last
+-- refresh (people_refreshed holds how far each project got).
+CREATE TABLE identity_merge.people (
+    project_id   integer NOT NULL,
+    canonical_id text COLLATE "C" NOT NULL,
+    properties   jsonb NOT NULL,
+    refreshed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (project_id, canonical_id)
+);
+COMMENT ON TABLE identity_merge.people IS 'Profiles by canonical id (mp_refresh_people), to join to stamped events';
+CREATE TABLE identity_merge.people_refreshed (
+    project_id    integer PRIMARY KEY,
+    merge_seq     bigint NOT NULL DEFAULT 0,
+    retraction_id bigint NOT NULL DEFAULT 0,
+    update_id     bigint NOT NULL DEFAULT 0
+);
+COMMENT ON TABLE identity_merge.people_refreshed IS 'How far mp_refresh_people got, per project';
+
 -- The default project. Its row is dumped like any other; on restore the upsert trigger below turns
 -- the restored row into an update of the row CREATE EXTENSION made, so changed settings survive.
 INSERT INTO identity_merge.projects (project_id, token) VALUES (1, 'default');
@@ -192,6 +211,8 @@ SELECT pg_catalog.pg_extension_config_dump('identity_merge.retractions', '');
 SELECT pg_catalog.pg_extension_config_dump('identity_merge.restamp_progress', '');
 SELECT pg_catalog.pg_extension_config_dump('identity_merge.profile_updates', '');
 SELECT pg_catalog.pg_extension_config_dump('identity_merge.profile_updates_update_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('identity_merge.people', '');
+SELECT pg_catalog.pg_extension_config_dump('identity_merge.people_refreshed', '');
 SELECT pg_catalog.pg_extension_config_dump('identity_merge.retractions_retraction_id_seq', '');
 
 -- The project row for a token, or 42704.

@@ -52,3 +52,16 @@ SELECT mp_engage('{"$token": "people", "$distinct_id": "U1", "$set": {"a": 1}, "
 SELECT mp_engage('{"$token": "nope", "$distinct_id": "U1", "$set": {"a": 1}}') ->> 'error' AS error;
 SELECT mp_engage('[1, {"$token": "people", "$distinct_id": "U1", "$set": {"ok": true}}]') -> 'results' AS results;
 SELECT count(*) AS stored FROM identity_merge.profile_updates u JOIN identity_merge.projects p USING (project_id) WHERE p.token = 'people';
+
+-- A table to join to stamped events: identity_merge.people (canonical_id -> properties), brought
+-- up to date for the people that changed since the last refresh.
+SELECT mp_refresh_people('people') > 0 AS wrote;
+SELECT canonical_id, properties FROM identity_merge.people pe JOIN identity_merge.projects p USING (project_id)
+ WHERE p.token = 'people' ORDER BY canonical_id;
+SELECT mp_refresh_people('people') AS nothing_changed;
+-- A merge and an update later: only those people are recomputed.
+SELECT mp_merge('U1', 'U9', 'people');
+SELECT mp_engage('{"$token": "people", "$distinct_id": "U9", "$time": 1767571200000, "$add": {"visits": 10}}') ->> 'status';
+SELECT mp_refresh_people('people') AS rows_written;
+SELECT canonical_id, properties ->> 'visits' AS visits FROM identity_merge.people pe JOIN identity_merge.projects p USING (project_id)
+ WHERE p.token = 'people' ORDER BY canonical_id;
