@@ -610,6 +610,12 @@ CREATE FUNCTION mp_engage(payload jsonb) RETURNS jsonb
 LANGUAGE sql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
 AS $$ SELECT identity_merge._engage(payload::text) $$;
 
+-- The seed's "Create an Identity" (POST /identity) body (since 0.1.6): the Identity object, or
+-- the seed's 400 Bad Request naming the field (src/records.rs).
+CREATE FUNCTION mp_identity_record_create(body jsonb) RETURNS jsonb
+LANGUAGE sql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+AS $$ SELECT identity_merge._identity_record_create(body::text) $$;
+
 CREATE FUNCTION mp_track(payload jsonb) RETURNS jsonb
 LANGUAGE sql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
 AS $$ SELECT identity_merge._track(payload::text) $$;
@@ -724,6 +730,7 @@ BEGIN
                    '%1$I.mp_identity_create(jsonb), %1$I.mp_identity_create_alias(jsonb), %1$I.mp_identity_merge(jsonb), '
                    '%1$I.mp_track(jsonb), %1$I.mp_segment(jsonb, text), identity_merge._segment(text, text), '
                    '%1$I.mp_engage(jsonb), identity_merge._engage(text), %1$I.mp_refresh_people(text), '
+                   '%1$I.mp_identity_record_create(jsonb), identity_merge._identity_record_create(text), '
                    'identity_merge._identity_create(text), identity_merge._identity_create_alias(text), '
                    'identity_merge._identity_merge(text), identity_merge._track(text), '
                    '%1$I.mp_attach(regclass, text, name, name, boolean, name, name), %1$I.mp_detach(regclass), %1$I.mp_restamp(regclass), '
@@ -791,6 +798,7 @@ COMMENT ON FUNCTION mp_backfill_from(regclass, regclass, text, name) IS 'mp_back
 COMMENT ON FUNCTION mp_engage(jsonb) IS 'Mixpanel /engage bodies: profile updates ($set, $set_once, $add, $append, $union, $remove, $unset, $delete)';
 COMMENT ON FUNCTION mp_profile(text, text) IS 'The profile of the person an id belongs to (the fold of the updates sent to any of its ids)';
 COMMENT ON FUNCTION mp_refresh_people(text) IS 'Brings identity_merge.people up to date for the people that changed since the last refresh';
+COMMENT ON FUNCTION mp_identity_record_create(jsonb) IS 'Creates an identity record (the seed''s POST /identity): the Identity object, once per content';
 COMMENT ON FUNCTION mp_track(jsonb) IS 'Mixpanel /track and /import payloads: applies identity events, answers IdentityResponse';
 
 -- Least privilege (docs/security.md). Nothing is executable by PUBLIC: an administrator grants

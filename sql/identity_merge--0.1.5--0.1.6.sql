@@ -62,6 +62,7 @@ BEGIN
                    '%1$I.mp_identity_create(jsonb), %1$I.mp_identity_create_alias(jsonb), %1$I.mp_identity_merge(jsonb), '
                    '%1$I.mp_track(jsonb), %1$I.mp_segment(jsonb, text), identity_merge._segment(text, text), '
                    '%1$I.mp_engage(jsonb), identity_merge._engage(text), %1$I.mp_refresh_people(text), '
+                   '%1$I.mp_identity_record_create(jsonb), identity_merge._identity_record_create(text), '
                    'identity_merge._identity_create(text), identity_merge._identity_create_alias(text), '
                    'identity_merge._identity_merge(text), identity_merge._track(text), '
                    '%1$I.mp_attach(regclass, text, name, name, boolean, name, name), %1$I.mp_detach(regclass), %1$I.mp_restamp(regclass), '
@@ -183,5 +184,51 @@ BEGIN
             EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION mp_profile(text, text) TO %s', r.grantee);
             EXECUTE pg_catalog.format('GRANT SELECT ON identity_merge.profile_updates, identity_merge.people, identity_merge.people_refreshed TO %s', r.grantee);
         END IF;
+    END LOOP;
+END $$;
+
+-- Identity records (the seed's "Create an Identity"), since 0.1.6.
+CREATE TABLE identity_merge.identity_records (
+    id                 text PRIMARY KEY,
+    identity_id        text NOT NULL UNIQUE,
+    identity_hash      text NOT NULL UNIQUE,
+    display_name       text NOT NULL,
+    description        text,
+    image              text,
+    external_reference text,
+    creator            text NOT NULL,
+    project_id         integer,
+    distinct_id        text COLLATE "C",
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    updated_at         timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX identity_records_person_idx ON identity_merge.identity_records (project_id, distinct_id);
+COMMENT ON TABLE identity_merge.identity_records IS 'Identity records (mp_identity_record_create), one per content';
+SELECT pg_catalog.pg_extension_config_dump('identity_merge.identity_records', '');
+
+CREATE  FUNCTION identity_merge."_identity_record_create"(
+	"body" TEXT /* Option < & str > */
+) RETURNS jsonb /* pgrx :: JsonB */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_identity_record_create_wrapper';
+
+CREATE FUNCTION mp_identity_record_create(body jsonb) RETURNS jsonb
+LANGUAGE sql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+AS $$ SELECT identity_merge._identity_record_create(body::text) $$;
+
+COMMENT ON FUNCTION mp_identity_record_create(jsonb) IS 'Creates an identity record (the seed''s POST /identity): the Identity object, once per content';
+
+-- Nothing is executable by PUBLIC; the roles that feed mp_track may create identity records.
+REVOKE ALL ON FUNCTION mp_identity_record_create(jsonb), identity_merge._identity_record_create(text) FROM PUBLIC;
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT a.grantee::regrole AS grantee
+               FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+              WHERE p.oid = 'mp_track(jsonb)'::pg_catalog.regprocedure
+                AND a.privilege_type = 'EXECUTE' AND a.grantee <> 0 AND a.grantee <> p.proowner LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION mp_identity_record_create(jsonb), identity_merge._identity_record_create(text) TO %s', r.grantee);
     END LOOP;
 END $$;

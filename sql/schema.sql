@@ -177,6 +177,26 @@ CREATE TABLE identity_merge.people_refreshed (
 );
 COMMENT ON TABLE identity_merge.people_refreshed IS 'How far mp_refresh_people got, per project';
 
+-- Identity records (the seed's "Create an Identity", since 0.1.6), identified by their content:
+-- identity_hash is the SHA-256 of the canonical content (src/core/record.rs), so the same content
+-- is one record. A record may describe a person (project, distinct_id): mp_profile shows it.
+CREATE TABLE identity_merge.identity_records (
+    id                 text PRIMARY KEY,
+    identity_id        text NOT NULL UNIQUE,
+    identity_hash      text NOT NULL UNIQUE,
+    display_name       text NOT NULL,
+    description        text,
+    image              text,
+    external_reference text,
+    creator            text NOT NULL,
+    project_id         integer,
+    distinct_id        text COLLATE "C",
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    updated_at         timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX identity_records_person_idx ON identity_merge.identity_records (project_id, distinct_id);
+COMMENT ON TABLE identity_merge.identity_records IS 'Identity records (mp_identity_record_create), one per content';
+
 -- The default project. Its row is dumped like any other; on restore the upsert trigger below turns
 -- the restored row into an update of the row CREATE EXTENSION made, so changed settings survive.
 INSERT INTO identity_merge.projects (project_id, token) VALUES (1, 'default');
@@ -213,6 +233,7 @@ SELECT pg_catalog.pg_extension_config_dump('identity_merge.profile_updates', '')
 SELECT pg_catalog.pg_extension_config_dump('identity_merge.profile_updates_update_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('identity_merge.people', '');
 SELECT pg_catalog.pg_extension_config_dump('identity_merge.people_refreshed', '');
+SELECT pg_catalog.pg_extension_config_dump('identity_merge.identity_records', '');
 SELECT pg_catalog.pg_extension_config_dump('identity_merge.retractions_retraction_id_seq', '');
 
 -- The project row for a token, or 42704.

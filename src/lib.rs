@@ -9,7 +9,7 @@
 //!   - `store`: SPI with kept plans, the project cache, the locking protocol of a join, and
 //!     executing an event's plan; `locks`: its locks;
 //!   - `api`: the Rust-backed SQL functions; `json_api`: the seed's HTTP API shapes;
-//!     `people`: profiles (`mp_engage`, `mp_profile`);
+//!     `people`: profiles (`mp_engage`, `mp_profile`); `records`: identity records;
 //!     `backfill`: history in one pass; `check`: `mp_check`'s replay; `explain`: why two ids
 //!     are one person (`mp_explain`); `retract`: undoing joins (`mp_split`, `mp_unjoin`);
 //!     `attach`: the registry
@@ -41,6 +41,7 @@ mod locks;
 mod people;
 mod pg;
 mod probe;
+mod records;
 mod retract;
 mod store;
 mod trigger;

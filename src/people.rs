@@ -87,7 +87,29 @@ pub fn profile_of(project: &crate::core::rules::Project, distinct_id: &str) -> V
             }
             ProfileOp::parse(op).map(|op| (op, value))
         });
-    Value::Object(fold(updates))
+    let mut profile = fold(updates);
+    // Identity records describing any id of the person follow it like its properties.
+    let ids: Vec<String> = as_owner(|| {
+        Spi::connect(|c| {
+            c.select(
+                "WITH person AS (SELECT coalesce((SELECT i.canonical_id FROM identity_merge.identities i \
+                                   WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.distinct_id OPERATOR(pg_catalog.=) $2), $2) AS canonical) \
+                 SELECT i.distinct_id::text FROM identity_merge.identities i, person \
+                  WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.canonical_id OPERATOR(pg_catalog.=) person.canonical \
+                 UNION SELECT person.canonical FROM person",
+                None,
+                &[project.id.into(), distinct_id.into()],
+            )
+            .or_bug("reading a person's ids")
+            .filter_map(|r| r.get::<String>(1).ok().flatten())
+            .collect()
+        })
+    });
+    let records = crate::records::records_of(project.id, &ids);
+    if !records.is_empty() {
+        profile.insert("$identity_records".into(), Value::from(records));
+    }
+    Value::Object(profile)
 }
 
 /// The profile of a person: the fold of the Engage updates sent to any of the person's ids.

@@ -46,6 +46,7 @@ bash tests/upgrade.sh
 bash tests/reliability.sh
 bash tests/cron.sh
 bash tests/dbt.sh
+bash tests/identity_records.sh
 bash tests/regress.sh
 
 # The installed build is put back as it was found (checked here, before the trap runs it again).

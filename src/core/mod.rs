@@ -10,13 +10,15 @@
 //! - `ingest`: what an event (a row, a Mixpanel payload, a history row) means: a plan of
 //!   operations to apply and refusals to record;
 //! - `graph`: union-find over a history, with the same rules, for `mp_backfill`;
-//! - `profile`: people profiles, the fold of the Engage updates sent to a person's ids.
+//! - `profile`: people profiles, the fold of the Engage updates sent to a person's ids;
+//! - `record`: identity records (the seed's "Create an Identity"): valid bodies, their content.
 
 pub mod error;
 pub mod graph;
 pub mod ingest;
 pub mod model;
 pub mod profile;
+pub mod record;
 pub mod rules;
 
 pub use model::{AnonIdFormat, Mode, Op};

@@ -1,0 +1,167 @@
+//! Identity records in SQL (`mp_identity_record_create`): validates the body (core::record),
+//! hashes its canonical content with PostgreSQL's sha256, stores the record once per content,
+//! and answers the seed's Identity object, or its 400 "Bad Request" naming the field.
+
+use pgrx::prelude::*;
+use serde_json::{json, Value};
+
+use crate::core::record::{
+    canonical_content, record_body, uuid_from_digest, BadRequest, RecordBody,
+};
+use crate::pg::{as_owner, OrBug};
+use crate::store;
+
+fn bad_request(b: &BadRequest) -> Value {
+    json!({
+        "status": 400,
+        "error": "Bad Request",
+        "field": b.field,
+        "message": format!("{} {}", b.field, b.problem),
+    })
+}
+
+fn sha256_hex(text: &str) -> String {
+    Spi::get_one_with_args::<String>(
+        "SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to($1, 'UTF8')), 'hex')",
+        &[text.into()],
+    )
+    .or_bug("hashing a record")
+    .or_bug("hashing a record")
+}
+
+/// The seed's Identity object for a stored record.
+fn identity_object(row: &Value, created: bool) -> Value {
+    let wallet = row["creator"].as_str().unwrap_or_default().to_string();
+    let creator_id = uuid_from_digest(&sha256_hex(&wallet));
+    json!({
+        "id": row["id"],
+        "identity_id": row["identity_id"],
+        "identity_hash": row["identity_hash"],
+        "display_name": row["display_name"],
+        "description": row["description"],
+        "image": row["image"],
+        "external_reference": row["external_reference"],
+        "creator": {
+            "id": creator_id,
+            "wallet": wallet,
+            "role": "User",
+            "created_at": row["created_at"],
+            "updated_at": row["updated_at"],
+        },
+        "status": "complete",
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+        "num_positions": 0,
+        "vault_id": "0",
+        "assets_sum": "0",
+        "conviction_sum": "0",
+        "conviction_price": "0",
+        "created": created,
+    })
+}
+
+fn create(body: &RecordBody) -> Result<Value, BadRequest> {
+    let project_id = match &body.token {
+        Some(t) => Some(
+            store::project(Some(t))
+                .map_err(|e| BadRequest {
+                    field: "$token".into(),
+                    problem: e.message(),
+                })?
+                .id,
+        ),
+        None => None,
+    };
+    let hash = sha256_hex(&canonical_content(body));
+    let id = uuid_from_digest(&hash);
+    let identity_id = format!("did:identity_merge:sha256:{hash}");
+    let (row, created) = as_owner(|| {
+        Spi::connect_mut(|c| -> Result<(Value, bool), pgrx::spi::SpiError> {
+            // A new record, or the one with this content (it gains the person when it had none).
+            let columns = "pg_catalog.jsonb_build_object('id', id, 'identity_id', identity_id, 'identity_hash', identity_hash, \
+                 'display_name', display_name, 'description', description, 'image', image, \
+                 'external_reference', external_reference, 'creator', creator, \
+                 'created_at', pg_catalog.to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+                 'updated_at', pg_catalog.to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))";
+            let inserted = c.update(
+                &format!(
+                    "INSERT INTO identity_merge.identity_records (id, identity_id, identity_hash, display_name, description, \
+                     image, external_reference, creator, project_id, distinct_id) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (identity_hash) DO NOTHING RETURNING {columns}"
+                ),
+                None,
+                &[
+                    id.as_str().into(),
+                    identity_id.as_str().into(),
+                    hash.as_str().into(),
+                    body.display_name.as_str().into(),
+                    body.description.as_deref().into(),
+                    body.image.as_deref().into(),
+                    body.external_reference.as_deref().into(),
+                    body.creator.as_str().into(),
+                    project_id.into(),
+                    body.distinct_id.as_deref().into(),
+                ],
+            )?;
+            if !inserted.is_empty() {
+                let row = inserted.first().get::<pgrx::JsonB>(1)?.map(|j| j.0).unwrap_or(Value::Null);
+                return Ok((row, true));
+            }
+            let existing = c.update(
+                &format!(
+                    "UPDATE identity_merge.identity_records SET project_id = coalesce(project_id, $2), \
+                     distinct_id = coalesce(distinct_id, $3), updated_at = CASE WHEN distinct_id IS NULL AND $3 IS NOT NULL \
+                     THEN pg_catalog.now() ELSE updated_at END WHERE identity_hash OPERATOR(pg_catalog.=) $1 RETURNING {columns}"
+                ),
+                None,
+                &[hash.as_str().into(), project_id.into(), body.distinct_id.as_deref().into()],
+            )?;
+            let row = existing.first().get::<pgrx::JsonB>(1)?.map(|j| j.0).unwrap_or(Value::Null);
+            Ok((row, false))
+        })
+    })
+    .or_bug("storing an identity record");
+    Ok(identity_object(&row, created))
+}
+
+/// The records describing the person of `ids` (for mp_profile): their identity_ids.
+pub fn records_of(project_id: i32, ids: &[String]) -> Vec<String> {
+    let ids: Vec<Option<String>> = ids.iter().cloned().map(Some).collect();
+    as_owner(|| {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT identity_id FROM identity_merge.identity_records WHERE project_id OPERATOR(pg_catalog.=) $1 \
+                 AND distinct_id OPERATOR(pg_catalog.=) ANY ($2::text[]) ORDER BY created_at, identity_id",
+                None,
+                &[project_id.into(), ids.into()],
+            )
+            .or_bug("reading identity records")
+            .filter_map(|r| r.get::<String>(1).ok().flatten())
+            .collect()
+        })
+    })
+}
+
+#[pg_schema]
+mod identity_merge {
+    use super::*;
+
+    /// The seed's "Create an Identity" (`POST /identity`) body, as text (mp_identity_record_create).
+    #[pg_extern(volatile, parallel_unsafe)]
+    fn _identity_record_create(body: Option<&str>) -> pgrx::JsonB {
+        let parsed: Result<Value, BadRequest> = match body {
+            None => Err(BadRequest {
+                field: "body".into(),
+                problem: "is NULL".into(),
+            }),
+            Some(b) => serde_json::from_str(b).map_err(|e| BadRequest {
+                field: "body".into(),
+                problem: format!("cannot be read: {e}"),
+            }),
+        };
+        let answer = parsed
+            .and_then(|v| record_body(&v))
+            .and_then(|r| create(&r));
+        pgrx::JsonB(answer.unwrap_or_else(|b| bad_request(&b)))
+    }
+}
