@@ -50,11 +50,13 @@ BEGIN
     RETURN QUERY VALUES ('mode', p.mode),
                         ('max_cluster_size', p.max_cluster_size::text),
                         ('anon_id_format', p.anon_id_format),
-                        ('blocked_ids', p.blocked_ids::text);
+                        ('blocked_ids', p.blocked_ids::text),
+                        ('carry_device_profile', CASE WHEN p.carry_device_profile THEN 'on' ELSE 'off' END);
 END $$;
 
 -- Changes one setting: max_cluster_size (integer >= 2), anon_id_format ('uuid' | 'any'),
--- blocked_ids (a text[] literal; compared case-insensitively after trimming).
+-- blocked_ids (a text[] literal; compared case-insensitively after trimming),
+-- carry_device_profile ('on' | 'off').
 CREATE FUNCTION mp_set_project_setting(token text, setting text, value text) RETURNS void
 LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -78,9 +80,15 @@ BEGIN
         UPDATE identity_merge.projects
            SET blocked_ids = ARRAY(SELECT DISTINCT lower(btrim(b)) FROM unnest(value::text[]) b WHERE b IS NOT NULL)
          WHERE project_id = p.project_id;
+    WHEN 'carry_device_profile' THEN
+        IF value NOT IN ('on', 'off') THEN
+            RAISE EXCEPTION 'invalid carry_device_profile: %', quote_literal(value) USING ERRCODE = '22023',
+                HINT = '''on'' or ''off''.';
+        END IF;
+        UPDATE identity_merge.projects SET carry_device_profile = (value = 'on') WHERE project_id = p.project_id;
     ELSE
         RAISE EXCEPTION 'unknown setting: %', quote_literal(setting) USING ERRCODE = '22023',
-            HINT = 'Settings are max_cluster_size, anon_id_format and blocked_ids.';
+            HINT = 'Settings are max_cluster_size, anon_id_format, blocked_ids and carry_device_profile.';
     END CASE;
 END $$;
 

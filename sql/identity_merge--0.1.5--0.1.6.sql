@@ -232,3 +232,68 @@ BEGIN
         EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION mp_identity_record_create(jsonb), identity_merge._identity_record_create(text) TO %s', r.grantee);
     END LOOP;
 END $$;
+
+-- Simplified projects: the setting carry_device_profile (since 0.1.6).
+ALTER TABLE identity_merge.projects ADD COLUMN carry_device_profile boolean NOT NULL DEFAULT false;
+CREATE OR REPLACE FUNCTION identity_merge._projects_restore_upsert() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NEW.token = 'default' AND EXISTS (SELECT 1 FROM identity_merge.projects WHERE token = 'default') THEN
+        UPDATE identity_merge.projects
+           SET mode = NEW.mode, max_cluster_size = NEW.max_cluster_size,
+               anon_id_format = NEW.anon_id_format, blocked_ids = NEW.blocked_ids,
+               created_at = NEW.created_at, carry_device_profile = NEW.carry_device_profile
+         WHERE token = 'default';
+        RETURN NULL;
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE FUNCTION mp_project_settings(token text DEFAULT 'default')
+RETURNS TABLE (setting text, value text)
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p identity_merge.projects;
+BEGIN
+    p := identity_merge._project(token);
+    RETURN QUERY VALUES ('mode', p.mode),
+                        ('max_cluster_size', p.max_cluster_size::text),
+                        ('anon_id_format', p.anon_id_format),
+                        ('blocked_ids', p.blocked_ids::text),
+                        ('carry_device_profile', CASE WHEN p.carry_device_profile THEN 'on' ELSE 'off' END);
+END $$;
+
+CREATE OR REPLACE FUNCTION mp_set_project_setting(token text, setting text, value text) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p identity_merge.projects;
+BEGIN
+    p := identity_merge._project(token);
+    CASE setting
+    WHEN 'max_cluster_size' THEN
+        IF value !~ '^[0-9]{1,9}$' OR value::integer < 2 THEN
+            RAISE EXCEPTION 'invalid max_cluster_size: %', quote_literal(value) USING ERRCODE = '22023',
+                HINT = 'An integer of at least 2.';
+        END IF;
+        UPDATE identity_merge.projects SET max_cluster_size = value::integer WHERE project_id = p.project_id;
+    WHEN 'anon_id_format' THEN
+        IF value NOT IN ('uuid', 'any') THEN
+            RAISE EXCEPTION 'invalid anon_id_format: %', quote_literal(value) USING ERRCODE = '22023',
+                HINT = '''uuid'' or ''any''.';
+        END IF;
+        UPDATE identity_merge.projects SET anon_id_format = value WHERE project_id = p.project_id;
+    WHEN 'blocked_ids' THEN
+        UPDATE identity_merge.projects
+           SET blocked_ids = ARRAY(SELECT DISTINCT lower(btrim(b)) FROM unnest(value::text[]) b WHERE b IS NOT NULL)
+         WHERE project_id = p.project_id;
+    WHEN 'carry_device_profile' THEN
+        IF value NOT IN ('on', 'off') THEN
+            RAISE EXCEPTION 'invalid carry_device_profile: %', quote_literal(value) USING ERRCODE = '22023',
+                HINT = '''on'' or ''off''.';
+        END IF;
+        UPDATE identity_merge.projects SET carry_device_profile = (value = 'on') WHERE project_id = p.project_id;
+    ELSE
+        RAISE EXCEPTION 'unknown setting: %', quote_literal(setting) USING ERRCODE = '22023',
+            HINT = 'Settings are max_cluster_size, anon_id_format, blocked_ids and carry_device_profile.';
+    END CASE;
+END $$;

@@ -19,7 +19,9 @@ CREATE TABLE identity_merge.projects (
         '00000000-0000-0000-0000-000000000000', 'anon', 'anonymous', 'nil', 'none', 'null',
         'n/a', 'na', 'undefined', 'unknown', '<nil>', '0', '-1', 'true', 'false', '[]', '{}',
         '[object object]', 'nan', 'guest', 'distinctid', 'distinct_id', 'not_authenticated'],
-    created_at       timestamptz NOT NULL DEFAULT now()
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    -- Simplified: whether a device's profile from before its link carries over (since 0.1.6).
+    carry_device_profile boolean NOT NULL DEFAULT false
 );
 COMMENT ON TABLE identity_merge.projects IS 'Projects (Mixpanel tokens), their ID Merge mode and rule settings';
 
@@ -209,7 +211,7 @@ BEGIN
         UPDATE identity_merge.projects
            SET mode = NEW.mode, max_cluster_size = NEW.max_cluster_size,
                anon_id_format = NEW.anon_id_format, blocked_ids = NEW.blocked_ids,
-               created_at = NEW.created_at
+               created_at = NEW.created_at, carry_device_profile = NEW.carry_device_profile
          WHERE token = 'default';
         RETURN NULL;
     END IF;

@@ -5,7 +5,7 @@
 //!
 //! Simplified ID Merge: as Mixpanel documents, what was set on a `$device:` id before the device
 //! was linked to a user is not carried over to the user's profile (the device's own profile,
-//! while it is unlinked, has it).
+//! while it is unlinked, has it), unless the project setting carry_device_profile is 'on'.
 
 use pgrx::prelude::*;
 use serde_json::Value;
@@ -74,12 +74,16 @@ pub fn profile_of(project: &crate::core::rules::Project, distinct_id: &str) -> V
             .collect()
         })
     });
+    let carry_device =
+        project.mode == Mode::Simplified && crate::store::carry_device_profile(project.id);
     let updates = rows
         .iter()
         .filter_map(|(own_or_not_device, op, value, before_link)| {
             // Simplified: a device's updates from before its link to this person stay with the
-            // device (unless the device is the person: an unlinked device's own profile).
+            // device (unless the device is the person: an unlinked device's own profile), unless
+            // the project's carry_device_profile says to carry them over.
             let device_before_link = project.mode == Mode::Simplified
+                && !carry_device
                 && !own_or_not_device
                 && before_link.unwrap_or(true);
             if device_before_link {

@@ -144,6 +144,27 @@ pub fn merge_log_has_retractions() -> bool {
     unsafe { pg_sys::get_attnum(merge_log, c"retracted_by".as_ptr()) > 0 }
 }
 
+/// Simplified projects: whether a device's profile from before its link carries over to the
+/// person (the project setting carry_device_profile, 0.1.6 on; off with older installed SQL).
+pub fn carry_device_profile(project_id: i32) -> bool {
+    let Some(projects) = crate::pg::relation_oid(c"projects") else {
+        return false;
+    };
+    // SAFETY: a syscache lookup of a column by name in an existing relation.
+    if unsafe { pg_sys::get_attnum(projects, c"carry_device_profile".as_ptr()) } <= 0 {
+        return false;
+    }
+    as_owner(|| {
+        Spi::get_one_with_args::<bool>(
+            "SELECT carry_device_profile FROM identity_merge.projects WHERE project_id OPERATOR(pg_catalog.=) $1",
+            &[project_id.into()],
+        )
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}
+
 fn oid(o: pg_sys::BuiltinOid) -> PgOid {
     PgOid::BuiltIn(o)
 }

@@ -44,6 +44,11 @@ SELECT mp_engage('{"$token": "people-simplified", "$distinct_id": "$device:L", "
 SELECT mp_track('{"event": "Login", "properties": {"token": "people-simplified", "$device_id": "L", "$user_id": "V"}}') ->> 'status';
 SELECT mp_engage('{"$token": "people-simplified", "$distinct_id": "$device:L", "$set": {"lang": "fr"}}') ->> 'status';
 SELECT mp_profile('V', 'people-simplified') AS v, mp_profile('$device:L', 'people-simplified') AS via_device;
+-- Unless the project says to carry a device's profile over (carry_device_profile 'on').
+SELECT mp_set_project_setting('people-simplified', 'carry_device_profile', 'on');
+SELECT value FROM mp_project_settings('people-simplified') WHERE setting = 'carry_device_profile';
+SELECT mp_profile('V', 'people-simplified') AS v_carried;
+SELECT mp_set_project_setting('people-simplified', 'carry_device_profile', 'yes');
 
 -- Bad bodies answer status 0 naming the field, and store nothing.
 SELECT mp_engage('{"$token": "people", "$distinct_id": "U1"}') ->> 'error' AS error;
