@@ -36,7 +36,7 @@ after=$(cluster_psql -d dst -Atc "$state_query")
 fail=0; pass=0
 check() { if [ "$2" = "$3" ]; then pass=$((pass+1)); else echo "FAIL: $1: '$2' != '$3'"; fail=$((fail+1)); fi; }
 check "identity state survives dump/restore" "$before" "$after"
-check "default project setting survives" "321 t" "$(cluster_psql -d dst -Atc "SELECT max_cluster_size || ' ' || carry_device_profile FROM identity_merge.projects WHERE token = 'default'")"
+check "default project setting survives" "321 true" "$(cluster_psql -d dst -Atc "SELECT max_cluster_size || ' ' || carry_device_profile FROM identity_merge.projects WHERE token = 'default'")"
 check "resolve after restore" "M" "$(cluster_psql -d dst -Atc "SELECT mp_resolve('A1')")"
 check "trigger after restore" "U2" "$(cluster_psql -d dst -Atc "INSERT INTO events VALUES ('D2', 'x', '{}') RETURNING canonical_id")"
 check "merges continue after restore" "M" "$(cluster_psql -d dst -Atc "SELECT mp_alias('A2', 'A1')")"
