@@ -61,6 +61,11 @@ CREATE TABLE ev_ours_ix (LIKE ev_plain);
 CREATE INDEX ON ev_plain_ix (canonical_id);
 CREATE INDEX ON ev_plpgsql_ix (canonical_id);
 
+-- The floor: copies the row and sets canonical_id := distinct_id, in C, with no lookup.
+CREATE FUNCTION floor_stamp() RETURNS trigger LANGUAGE c AS '$libdir/floor_stamp', 'floor_stamp';
+CREATE TABLE ev_floor (LIKE ev_plain);
+CREATE TRIGGER floor BEFORE INSERT ON ev_floor FOR EACH ROW EXECUTE FUNCTION floor_stamp();
+
 CREATE FUNCTION noop_trigger() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
 CREATE TRIGGER noop BEFORE INSERT ON ev_noop FOR EACH ROW EXECUTE FUNCTION noop_trigger();
 

@@ -11,6 +11,8 @@ CREATE TEMP TABLE results (target text, what text, ms numeric);
 INSERT INTO results VALUES
  ('1 INSERT..SELECT', 'plain INSERT, no trigger',
     bench_ms('INSERT INTO ev_plain SELECT n, distinct_id, event, properties FROM src', 'TRUNCATE ev_plain')),
+ ('1 INSERT..SELECT', 'floor: C trigger setting one column',
+    bench_ms('INSERT INTO ev_floor SELECT n, distinct_id, event, properties FROM src', 'TRUNCATE ev_floor')),
  ('1 INSERT..SELECT', 'PL/pgSQL no-op trigger',
     bench_ms('INSERT INTO ev_noop SELECT n, distinct_id, event, properties FROM src', 'TRUNCATE ev_noop')),
  ('1 INSERT..SELECT', 'set-based INSERT .. LEFT JOIN identities',
@@ -25,6 +27,8 @@ INSERT INTO results VALUES
     bench_ms('INSERT INTO ev_ours_plain SELECT n, distinct_id FROM src', 'TRUNCATE ev_ours_plain')),
  ('1 INSERT..SELECT 2% $identify', 'plain INSERT, no trigger',
     bench_ms('INSERT INTO ev_plain SELECT n, distinct_id, event, properties FROM src_identify', 'TRUNCATE ev_plain')),
+ ('1 INSERT..SELECT 2% $identify', 'floor: C trigger setting one column',
+    bench_ms('INSERT INTO ev_floor SELECT n, distinct_id, event, properties FROM src_identify', 'TRUNCATE ev_floor')),
  ('1 INSERT..SELECT 2% $identify', 'identity_merge trigger, cold cache',
     bench_ms('INSERT INTO ev_ours SELECT n, distinct_id, event, properties FROM src_identify',
              'TRUNCATE ev_ours; DELETE FROM identity_merge.identities WHERE distinct_id ~ ''^[0-9a-f]{8}-''; ' ||
@@ -40,14 +44,26 @@ INSERT INTO results VALUES
     bench_ms('INSERT INTO ev_ours_ix SELECT n, distinct_id, event, properties FROM src', 'TRUNCATE ev_ours_ix')),
  ('1 COPY', 'plain COPY, no trigger',
     bench_ms('COPY ev_plain (n, distinct_id, event, properties) FROM ''/tmp/identity_merge_bench_src.csv'' (FORMAT csv)', 'TRUNCATE ev_plain')),
+ ('1 COPY', 'floor: C trigger setting one column',
+    bench_ms('COPY ev_floor (n, distinct_id, event, properties) FROM ''/tmp/identity_merge_bench_src.csv'' (FORMAT csv)', 'TRUNCATE ev_floor')),
  ('1 COPY', 'PL/pgSQL lookup trigger',
     bench_ms('COPY ev_plpgsql (n, distinct_id, event, properties) FROM ''/tmp/identity_merge_bench_src.csv'' (FORMAT csv)', 'TRUNCATE ev_plpgsql')),
  ('1 COPY', 'identity_merge trigger, cold cache',
     bench_ms('COPY ev_ours (n, distinct_id, event, properties) FROM ''/tmp/identity_merge_bench_src.csv'' (FORMAT csv)', 'TRUNCATE ev_ours; UPDATE identity_merge.identities SET canonical_id = canonical_id WHERE false')),
  ('1 COPY', 'identity_merge trigger, warm cache',
-    bench_ms('COPY ev_ours (n, distinct_id, event, properties) FROM ''/tmp/identity_merge_bench_src.csv'' (FORMAT csv)', 'TRUNCATE ev_ours'));
+    bench_ms('COPY ev_ours (n, distinct_id, event, properties) FROM ''/tmp/identity_merge_bench_src.csv'' (FORMAT csv)', 'TRUNCATE ev_ours')),
+ ('1 COPY 2% $identify', 'plain COPY, no trigger',
+    bench_ms('COPY ev_plain (n, distinct_id, event, properties) FROM ''/tmp/identity_merge_bench_src_identify.csv'' (FORMAT csv)', 'TRUNCATE ev_plain')),
+ ('1 COPY 2% $identify', 'floor: C trigger setting one column',
+    bench_ms('COPY ev_floor (n, distinct_id, event, properties) FROM ''/tmp/identity_merge_bench_src_identify.csv'' (FORMAT csv)', 'TRUNCATE ev_floor')),
+ ('1 COPY 2% $identify', 'identity_merge trigger, cold cache',
+    bench_ms('COPY ev_ours (n, distinct_id, event, properties) FROM ''/tmp/identity_merge_bench_src_identify.csv'' (FORMAT csv)',
+             'TRUNCATE ev_ours; DELETE FROM identity_merge.identities WHERE distinct_id ~ ''^[0-9a-f]{8}-''; ' ||
+             'UPDATE identity_merge.clusters SET size = 2 WHERE size <> 2; DELETE FROM identity_merge.merge_log; ' ||
+             'DELETE FROM identity_merge.rejections'));
 
 SELECT target, what, ms,
        round(ms / first_value(ms) OVER (PARTITION BY target ORDER BY CASE WHEN what LIKE 'plain%' THEN 0 ELSE 1 END), 2) AS "x plain",
+       round(ms / max(ms) FILTER (WHERE what LIKE 'floor%') OVER (PARTITION BY target), 2) AS "x floor",
        round(max(ms) FILTER (WHERE what = 'PL/pgSQL lookup trigger') OVER (PARTITION BY target) / ms, 2) AS "PL/pgSQL lookup / this"
   FROM results ORDER BY target, ms;
