@@ -25,7 +25,8 @@ fn failed(err: &IdentityError) -> Value {
     json!({"status": 0, "error": ingest::scrub_nul_str(&err.message())})
 }
 
-fn parse(body: Option<&str>, what: &str) -> Result<Value, IdentityError> {
+/// A JSON body passed as text (NULL and unreadable text refused, naming `what`).
+pub(crate) fn parse(body: Option<&str>, what: &str) -> Result<Value, IdentityError> {
     let body = body.ok_or_else(|| IdentityError::MalformedEvent {
         field: what.into(),
         problem: "is NULL".into(),

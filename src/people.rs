@@ -37,30 +37,56 @@ pub fn engage_one(update: &Value) -> Result<(), IdentityError> {
     Ok(())
 }
 
+/// The person `distinct_id` belongs to: its canonical id and every id of it (the id alone when
+/// the graph does not hold it).
+fn person_of(project_id: i32, distinct_id: &str) -> (String, Vec<String>) {
+    as_owner(|| {
+        Spi::connect(|c| {
+            let row = c
+                .select(
+                    "WITH person AS (SELECT coalesce((SELECT i.canonical_id::text FROM identity_merge.identities i \
+                                       WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.distinct_id OPERATOR(pg_catalog.=) $2), $2) AS canonical) \
+                     SELECT person.canonical, ARRAY(SELECT i.distinct_id::text FROM identity_merge.identities i \
+                                                     WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.canonical_id OPERATOR(pg_catalog.=) person.canonical \
+                                                    UNION SELECT person.canonical) \
+                       FROM person",
+                    None,
+                    &[project_id.into(), distinct_id.into()],
+                )
+                .or_bug("reading a person's ids")
+                .first();
+            let canonical = row
+                .get::<String>(1)
+                .or_bug("reading a person's ids")
+                .unwrap_or_else(|| distinct_id.to_string());
+            let ids = row
+                .get::<Vec<String>>(2)
+                .or_bug("reading a person's ids")
+                .unwrap_or_default();
+            (canonical, ids)
+        })
+    })
+}
+
 /// The profile of the person `distinct_id` belongs to in `project`.
 pub fn profile_of(project: &crate::core::rules::Project, distinct_id: &str) -> Value {
+    let (canonical, ids) = person_of(project.id, distinct_id);
     let rows: Vec<(bool, String, Value, Option<bool>)> = as_owner(|| {
         Spi::connect(|c| {
             c.select(
-                // The person's ids (the id alone when the graph does not hold it), their updates
-                // in the order sent, and for a device whether each update came before the link
-                // that made it part of this person.
-                "WITH person AS (SELECT coalesce((SELECT i.canonical_id FROM identity_merge.identities i \
-                                   WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.distinct_id OPERATOR(pg_catalog.=) $2), $2) AS canonical), \
-                      ids AS (SELECT i.distinct_id AS id FROM identity_merge.identities i, person \
-                               WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.canonical_id OPERATOR(pg_catalog.=) person.canonical \
-                              UNION SELECT person.canonical FROM person) \
-                 SELECT (u.distinct_id OPERATOR(pg_catalog.=) (SELECT canonical FROM person) \
+                // The person's updates in the order sent, and for a device whether each update
+                // came before the link that made it part of this person.
+                "SELECT (u.distinct_id OPERATOR(pg_catalog.=) $3 \
                          OR pg_catalog.left(u.distinct_id, 8) OPERATOR(pg_catalog.<>) '$device:'), \
                         u.operation, u.value, \
                         u.sent_at OPERATOR(pg_catalog.<) (SELECT pg_catalog.max(l.merged_at) FROM identity_merge.merge_log l \
                                        WHERE l.project_id OPERATOR(pg_catalog.=) $1 AND l.id_b OPERATOR(pg_catalog.=) u.distinct_id \
                                          AND l.operation OPERATOR(pg_catalog.=) 'link' AND l.retracted_by IS NULL) \
-                   FROM ids JOIN identity_merge.profile_updates u \
-                     ON u.project_id OPERATOR(pg_catalog.=) $1 AND u.distinct_id OPERATOR(pg_catalog.=) ids.id \
+                   FROM identity_merge.profile_updates u \
+                  WHERE u.project_id OPERATOR(pg_catalog.=) $1 AND u.distinct_id OPERATOR(pg_catalog.=) ANY ($2::text[]) \
                   ORDER BY u.sent_at, u.update_id",
                 None,
-                &[project.id.into(), distinct_id.into()],
+                &[project.id.into(), ids.clone().into(), canonical.as_str().into()],
             )
             .or_bug("reading a profile")
             .map(|r| {
@@ -74,41 +100,21 @@ pub fn profile_of(project: &crate::core::rules::Project, distinct_id: &str) -> V
             .collect()
         })
     });
-    let carry_device =
-        project.mode == Mode::Simplified && crate::store::carry_device_profile(project.id);
+    // Simplified: a device's updates from before its link to this person stay with the device
+    // (unless the device is the person: an unlinked device's own profile), unless the project's
+    // carry_device_profile says to carry them over.
+    let drop_device_before_link =
+        project.mode == Mode::Simplified && !crate::store::carry_device_profile(project.id);
     let updates = rows
         .iter()
         .filter_map(|(own_or_not_device, op, value, before_link)| {
-            // Simplified: a device's updates from before its link to this person stay with the
-            // device (unless the device is the person: an unlinked device's own profile), unless
-            // the project's carry_device_profile says to carry them over.
-            let device_before_link = project.mode == Mode::Simplified
-                && !carry_device
-                && !own_or_not_device
-                && before_link.unwrap_or(true);
-            if device_before_link {
+            if drop_device_before_link && !own_or_not_device && before_link.unwrap_or(true) {
                 return None;
             }
             ProfileOp::parse(op).map(|op| (op, value))
         });
     let mut profile = fold(updates);
     // Identity records describing any id of the person follow it like its properties.
-    let ids: Vec<String> = as_owner(|| {
-        Spi::connect(|c| {
-            c.select(
-                "WITH person AS (SELECT coalesce((SELECT i.canonical_id FROM identity_merge.identities i \
-                                   WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.distinct_id OPERATOR(pg_catalog.=) $2), $2) AS canonical) \
-                 SELECT i.distinct_id::text FROM identity_merge.identities i, person \
-                  WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.canonical_id OPERATOR(pg_catalog.=) person.canonical \
-                 UNION SELECT person.canonical FROM person",
-                None,
-                &[project.id.into(), distinct_id.into()],
-            )
-            .or_bug("reading a person's ids")
-            .filter_map(|r| r.get::<String>(1).ok().flatten())
-            .collect()
-        })
-    });
     let records = crate::records::records_of(project.id, &ids);
     if !records.is_empty() {
         profile.insert("$identity_records".into(), Value::from(records));

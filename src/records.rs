@@ -5,6 +5,7 @@
 use pgrx::prelude::*;
 use serde_json::{json, Value};
 
+use crate::core::error::IdentityError;
 use crate::core::record::{
     canonical_content, record_body, uuid_from_digest, BadRequest, RecordBody,
 };
@@ -126,14 +127,13 @@ fn create(body: &RecordBody) -> Result<Value, BadRequest> {
 
 /// The records describing the person of `ids` (for mp_profile): their identity_ids.
 pub fn records_of(project_id: i32, ids: &[String]) -> Vec<String> {
-    let ids: Vec<Option<String>> = ids.iter().cloned().map(Some).collect();
     as_owner(|| {
         Spi::connect(|c| {
             c.select(
                 "SELECT identity_id FROM identity_merge.identity_records WHERE project_id OPERATOR(pg_catalog.=) $1 \
                  AND distinct_id OPERATOR(pg_catalog.=) ANY ($2::text[]) ORDER BY created_at, identity_id",
                 None,
-                &[project_id.into(), ids.into()],
+                &[project_id.into(), ids.to_vec().into()],
             )
             .or_bug("reading identity records")
             .filter_map(|r| r.get::<String>(1).ok().flatten())
@@ -149,16 +149,14 @@ mod identity_merge {
     /// The seed's "Create an Identity" (`POST /identity`) body, as text (mp_identity_record_create).
     #[pg_extern(volatile, parallel_unsafe)]
     fn _identity_record_create(body: Option<&str>) -> pgrx::JsonB {
-        let parsed: Result<Value, BadRequest> = match body {
-            None => Err(BadRequest {
+        // Parsed as every JSON API body is; its refusals name the field like a 400 does.
+        let parsed = crate::json_api::parse(body, "body").map_err(|e| match e {
+            IdentityError::MalformedEvent { field, problem } => BadRequest { field, problem },
+            other => BadRequest {
                 field: "body".into(),
-                problem: "is NULL".into(),
-            }),
-            Some(b) => serde_json::from_str(b).map_err(|e| BadRequest {
-                field: "body".into(),
-                problem: format!("cannot be read: {e}"),
-            }),
-        };
+                problem: other.message(),
+            },
+        });
         let answer = parsed
             .and_then(|v| record_body(&v))
             .and_then(|r| create(&r));

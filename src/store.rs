@@ -126,32 +126,30 @@ thread_local! {
     static PLANS: RefCell<Option<std::rc::Rc<Plans>>> = const { RefCell::new(None) };
 }
 
-/// Whether the installed SQL has merge_log's provenance columns (0.1.4 on).
-pub fn merge_log_has_provenance() -> bool {
-    let Some(merge_log) = crate::pg::relation_oid(c"merge_log") else {
+/// Whether the installed SQL's table `relation` (in identity_merge) has `column`: the library
+/// also runs with the SQL of older versions until ALTER EXTENSION UPDATE.
+fn installed_column(relation: &std::ffi::CStr, column: &std::ffi::CStr) -> bool {
+    let Some(oid) = crate::pg::relation_oid(relation) else {
         return false;
     };
     // SAFETY: a syscache lookup of a column by name in an existing relation.
-    unsafe { pg_sys::get_attnum(merge_log, c"transaction_id".as_ptr()) > 0 }
+    unsafe { pg_sys::get_attnum(oid, column.as_ptr()) > 0 }
+}
+
+/// Whether the installed SQL has merge_log's provenance columns (0.1.4 on).
+pub fn merge_log_has_provenance() -> bool {
+    installed_column(c"merge_log", c"transaction_id")
 }
 
 /// Whether the installed SQL has retractions (merge_log.retracted_by, 0.1.4 on).
 pub fn merge_log_has_retractions() -> bool {
-    let Some(merge_log) = crate::pg::relation_oid(c"merge_log") else {
-        return false;
-    };
-    // SAFETY: a syscache lookup of a column by name in an existing relation.
-    unsafe { pg_sys::get_attnum(merge_log, c"retracted_by".as_ptr()) > 0 }
+    installed_column(c"merge_log", c"retracted_by")
 }
 
 /// Simplified projects: whether a device's profile from before its link carries over to the
 /// person (the project setting carry_device_profile, 0.1.6 on; off with older installed SQL).
 pub fn carry_device_profile(project_id: i32) -> bool {
-    let Some(projects) = crate::pg::relation_oid(c"projects") else {
-        return false;
-    };
-    // SAFETY: a syscache lookup of a column by name in an existing relation.
-    if unsafe { pg_sys::get_attnum(projects, c"carry_device_profile".as_ptr()) } <= 0 {
+    if !installed_column(c"projects", c"carry_device_profile") {
         return false;
     }
     as_owner(|| {

@@ -116,8 +116,8 @@ pub fn plan_event(
 }
 
 /// An id field as Mixpanel reads it: strings as they are, numbers as their decimal text.
-/// `Ok(None)` when absent or JSON null (validation reports it as a NULL id); anything else
-/// (booleans, objects, arrays) is malformed.
+/// `Ok(None)` for JSON null (validation reports it as a NULL id); an absent field ("is missing")
+/// and anything else (booleans, objects, arrays) is malformed.
 pub fn id_field(props: &Value, field: &str) -> Result<Option<String>, IdentityError> {
     id_value(props.get(field), &format!("properties.{field}"))
 }
