@@ -193,6 +193,7 @@ DECLARE
     bad record;
     col name;
     typ regtype;
+    unsafe_triggers text;
 BEGIN
     p := identity_merge._project(project);
     IF distinct_id_column = canonical_column THEN
@@ -217,6 +218,12 @@ BEGIN
                 USING ERRCODE = '42804', HINT = 'Ids are text; use a text or varchar column.';
         END IF;
     END LOOP;
+    -- Citus takes triggers on its tables only with citus.enable_unsafe_triggers on (for the DDL
+    -- alone): the trigger is this function's, so is the setting (docs/scaling.md).
+    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        unsafe_triggers := current_setting('citus.enable_unsafe_triggers', true);
+        PERFORM set_config('citus.enable_unsafe_triggers', 'on', true);
+    END IF;
     IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = events AND t.tgname = 'identity_merge_stamp') THEN
         EXECUTE format('DROP TRIGGER identity_merge_stamp ON %s', events);
     END IF;
@@ -232,14 +239,26 @@ BEGIN
                     WHERE x.indrelid = events AND a.attname = canonical_column) THEN
         EXECUTE format('CREATE INDEX ON %s (%I)', events, canonical_column);
     END IF;
+    IF unsafe_triggers IS NOT NULL THEN
+        PERFORM set_config('citus.enable_unsafe_triggers', unsafe_triggers, true);
+    END IF;
     PERFORM identity_merge._register_attachment(events, p.project_id, distinct_id_column, canonical_column);
 END $$;
 
 CREATE FUNCTION mp_detach(events regclass) RETURNS void
 LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    unsafe_triggers text;
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = events AND t.tgname = 'identity_merge_stamp') THEN
+        IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+            unsafe_triggers := current_setting('citus.enable_unsafe_triggers', true);
+            PERFORM set_config('citus.enable_unsafe_triggers', 'on', true);
+        END IF;
         EXECUTE format('DROP TRIGGER identity_merge_stamp ON %s', events);
+        IF unsafe_triggers IS NOT NULL THEN
+            PERFORM set_config('citus.enable_unsafe_triggers', unsafe_triggers, true);
+        END IF;
     END IF;
     PERFORM identity_merge._unregister_attachment(events);
 END $$;
@@ -661,6 +680,20 @@ BEGIN
     RETURN QUERY SELECT l.check_name, l.detail FROM identity_merge._check_log(pid) l;
     -- Stamped rows: stale ones are fine (mp_restamp fixes them: a stamp that is an absorbed
     -- canonical or a split cluster's old one); one mp_restamp would not fix is not.
+    -- On Citus: identity events that rows brought to shards, not applied yet (every node's
+    -- queue when asked on the coordinator, this node's on a worker).
+    IF identity_merge._distributed() AND identity_merge._on_coordinator() THEN
+        RETURN QUERY SELECT 'identity_events_pending'::text,
+            CASE WHEN r.success THEN format('%s identity events queued on node %s: run SELECT mp_apply_pending()', r.result, r.nodeid)
+                 ELSE format('the queue of node %s could not be read: %s', r.nodeid, r.result) END
+          FROM pg_catalog.run_command_on_all_nodes(format(
+                 'SELECT count(*) FROM identity_merge.pending_events WHERE project_id = %s', pid)) r
+         WHERE NOT r.success OR r.result <> '0';
+    ELSIF has_table_privilege('identity_merge.pending_events', 'SELECT') THEN
+        RETURN QUERY SELECT 'identity_events_pending'::text,
+            format('%s identity events queued on this node since %s: run SELECT mp_apply_pending()', count(*), min(q.queued_at))
+          FROM identity_merge.pending_events q WHERE q.project_id = pid HAVING count(*) > 0;
+    END IF;
     -- A table whose columns no longer fit is reported, as is one the caller may not read.
     FOR a IN SELECT * FROM identity_merge.attachments x WHERE x.project_id = pid LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = a.events) THEN
@@ -691,24 +724,49 @@ BEGIN
             -- Legacy stamps are final: right when the row's own id (stored before its alias) or
             -- the person it maps to (an original never stops being canonical).
             RETURN QUERY EXECUTE format(
-                'SELECT ''unfixable_stamp''::text, format(''%%s row distinct_id %%s stamped %%s, which is neither itself nor %%s'', %1$L, e.%2$I, e.%3$I, r.c) '
-                'FROM %1$s e CROSS JOIN LATERAL (SELECT coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
-                '  WHERE i.project_id = $1 AND i.distinct_id = e.%2$I::text COLLATE "C"), e.%2$I::text) AS c) r '
-                'WHERE e.%3$I IS NOT NULL AND e.%3$I::text COLLATE "C" <> r.c AND e.%3$I::text COLLATE "C" <> e.%2$I::text',
+                'SELECT ''unfixable_stamp''::text, format(''%%s row distinct_id %%s stamped %%s, which is neither itself nor %%s'', %1$L, e.%2$I, e.%3$I, coalesce(i.canonical_id, e.%2$I::text)) '
+                'FROM %1$s e LEFT JOIN identity_merge.identities i '
+                '  ON i.project_id = $1 AND i.distinct_id = e.%2$I::text COLLATE "C" '
+                'WHERE e.%3$I IS NOT NULL AND e.%3$I::text COLLATE "C" <> coalesce(i.canonical_id, e.%2$I::text) AND e.%3$I::text COLLATE "C" <> e.%2$I::text',
                 a.events, a.distinct_id_column, a.canonical_column) USING pid;
             CONTINUE;
         END IF;
         RETURN QUERY EXECUTE format(
-            'SELECT ''unfixable_stamp''::text, format(''%%s row distinct_id %%s stamped %%s, resolves to %%s'', %1$L, e.%2$I, e.%3$I, r.c) '
-            'FROM %1$s e CROSS JOIN LATERAL (SELECT coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
-            '  WHERE i.project_id = $1 AND i.distinct_id = e.%2$I::text COLLATE "C"), e.%2$I::text) AS c) r '
-            'WHERE e.%3$I IS NOT NULL AND e.%3$I::text COLLATE "C" <> r.c '
+            'SELECT ''unfixable_stamp''::text, format(''%%s row distinct_id %%s stamped %%s, resolves to %%s'', %1$L, e.%2$I, e.%3$I, coalesce(i.canonical_id, e.%2$I::text)) '
+            'FROM %1$s e LEFT JOIN identity_merge.identities i '
+            '  ON i.project_id = $1 AND i.distinct_id = e.%2$I::text COLLATE "C" '
+            'WHERE e.%3$I IS NOT NULL AND e.%3$I::text COLLATE "C" <> coalesce(i.canonical_id, e.%2$I::text) '
             '  AND NOT EXISTS (SELECT 1 FROM identity_merge.merge_log l WHERE l.project_id = $1 '
             '                  AND l.absorbed_canonical = e.%3$I::text COLLATE "C") '
             '  AND NOT EXISTS (SELECT 1 FROM identity_merge.retractions x WHERE x.project_id = $1 '
             '                  AND x.old_canonical = e.%3$I::text COLLATE "C")',
             a.events, a.distinct_id_column, a.canonical_column) USING pid;
     END LOOP;
+END $$;
+
+-- On Citus the same rights on every worker (since 0.1.7): the trigger runs on the shards as the
+-- role that inserts, and a role may connect to a worker. Roles exist on every node (Citus
+-- propagates CREATE ROLE); grants on the extension's functions are not propagated.
+CREATE FUNCTION identity_merge._grant_on_workers(grant_function text, role regrole) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s text := (SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+                WHERE e.extname = 'identity_merge');
+    failed text;
+BEGIN
+    IF NOT identity_merge._distributed() THEN
+        RETURN;
+    END IF;
+    IF NOT pg_catalog.citus_is_coordinator() THEN
+        RETURN;
+    END IF;
+    SELECT string_agg(format('%s:%s: %s', r.nodename, r.nodeport, r.result), '; ') INTO failed
+      FROM pg_catalog.run_command_on_workers(format('SELECT %I.%I(%L::regrole)', s, grant_function, role)) r
+     WHERE NOT r.success;
+    IF failed IS NOT NULL THEN
+        RAISE EXCEPTION '% could not grant on every worker: %', grant_function, failed USING ERRCODE = '55000',
+            HINT = 'Check that every worker is up and has the role, then run it again.';
+    END IF;
 END $$;
 
 -- Rights to read: resolve ids, list clusters, read settings and the state tables, run mp_check.
@@ -723,6 +781,7 @@ BEGIN
                    '%1$I.mp_project_settings(text), %1$I.mp_check(text), identity_merge._check_log(integer), '
                    'identity_merge._project(text), %1$I.mp_explain(text, text), %1$I.mp_explain(text, text, text), '
                    '%1$I.mp_profile(text, text) TO %2$s', s, role);
+    PERFORM identity_merge._grant_on_workers('mp_grant_reader', role);
 END $$;
 
 -- Rights to change identities through the functions (never the tables directly), to feed the
@@ -751,6 +810,7 @@ BEGIN
     -- progress (row-level security limits that to tables the caller owns).
     EXECUTE format('GRANT EXECUTE ON PROCEDURE %1$I.mp_restamp_all(regclass, integer) TO %2$s', s, role);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON identity_merge.restamp_progress TO %s', role);
+    PERFORM identity_merge._grant_on_workers('mp_grant_writer', role);
 END $$;
 
 -- A dropped table leaves no registration behind (its oid could later name another table).
@@ -807,6 +867,10 @@ COMMENT ON FUNCTION mp_engage(jsonb) IS 'Mixpanel /engage bodies: profile update
 COMMENT ON FUNCTION mp_profile(text, text) IS 'The profile of the person an id belongs to (the fold of the updates sent to any of its ids)';
 COMMENT ON FUNCTION mp_refresh_people(text) IS 'Brings identity_merge.people up to date for the people that changed since the last refresh';
 COMMENT ON FUNCTION mp_identity_record_create(jsonb) IS 'Creates an identity record (the seed''s POST /identity): the Identity object, once per content';
+COMMENT ON FUNCTION mp_distribute() IS 'Citus: makes the identity state reference tables on every node (run on the coordinator)';
+COMMENT ON FUNCTION mp_undistribute() IS 'Citus: takes the identity state back to the coordinator alone (before DROP EXTENSION)';
+COMMENT ON FUNCTION mp_distribute_events(regclass, text, text) IS 'Citus: distributes an event table by a column, with its stamping trigger';
+COMMENT ON FUNCTION mp_apply_pending() IS 'Citus: applies the identity events rows brought to shards, on every node, then restamps; returns how many';
 COMMENT ON FUNCTION mp_track(jsonb) IS 'Mixpanel /track and /import payloads: applies identity events, answers IdentityResponse';
 
 -- Least privilege (docs/security.md). Nothing is executable by PUBLIC: an administrator grants
@@ -823,3 +887,5 @@ BEGIN
 END $$;
 -- Catalog reads only (see its definition): every role may run it.
 GRANT EXECUTE ON FUNCTION identity_merge._column_problems(regclass, name, name) TO PUBLIC;
+-- Catalog reads only: where the identity state is (mp_check asks, as any role).
+GRANT EXECUTE ON FUNCTION identity_merge._distributed(), identity_merge._on_coordinator() TO PUBLIC;

@@ -199,6 +199,26 @@ CREATE TABLE identity_merge.identity_records (
 CREATE INDEX identity_records_person_idx ON identity_merge.identity_records (project_id, distinct_id);
 COMMENT ON TABLE identity_merge.identity_records IS 'Identity records (mp_identity_record_create), one per content';
 
+-- Identity events that arrived in event rows on a Citus shard (since 0.1.7). The trigger runs
+-- there inside a query the coordinator sent, where Citus refuses the writes to the replicated
+-- identity state that applying the event needs; it stamps the row and keeps the event here, on
+-- the node, committed with the row, until mp_apply_pending() applies it (docs/scaling.md).
+-- A plain table on every node, never distributed: events names the logical table (text, since a
+-- regclass would be this node's oid).
+CREATE TABLE identity_merge.pending_events (
+    seq         bigserial PRIMARY KEY,
+    project_id  integer NOT NULL,
+    events      text NOT NULL,
+    distinct_id text,
+    event       text,
+    properties  jsonb,
+    device_id   text,
+    user_id     text,
+    role_name   name NOT NULL DEFAULT current_user,
+    queued_at   timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+COMMENT ON TABLE identity_merge.pending_events IS 'Identity events from rows stamped on Citus shards, until mp_apply_pending applies them';
+
 -- The default project. Its row is dumped like any other; on restore the upsert trigger below turns
 -- the restored row into an update of the row CREATE EXTENSION made, so changed settings survive.
 INSERT INTO identity_merge.projects (project_id, token) VALUES (1, 'default');
@@ -237,6 +257,8 @@ SELECT pg_catalog.pg_extension_config_dump('identity_merge.people', '');
 SELECT pg_catalog.pg_extension_config_dump('identity_merge.people_refreshed', '');
 SELECT pg_catalog.pg_extension_config_dump('identity_merge.identity_records', '');
 SELECT pg_catalog.pg_extension_config_dump('identity_merge.retractions_retraction_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('identity_merge.pending_events', '');
+SELECT pg_catalog.pg_extension_config_dump('identity_merge.pending_events_seq_seq', '');
 
 -- The project row for a token, or 42704.
 CREATE FUNCTION identity_merge._project(p_token text) RETURNS identity_merge.projects

@@ -215,14 +215,20 @@ fn write_batch(
             .map(|o| Some(*o))
             .collect();
         // Provenance columns when the installed SQL has them (see store::join_sql).
-        let (columns, values) = if provenance {
+        let (mut columns, mut values) = if provenance {
             (
-                ", source, source_detail, role_name, transaction_id",
-                ", 'backfill', pg_catalog.jsonb_build_object('backfill_ordinal', u.h), $9, pg_catalog.pg_current_xact_id()",
+                ", source, source_detail, role_name, transaction_id".to_string(),
+                ", 'backfill', pg_catalog.jsonb_build_object('backfill_ordinal', u.h), $9, pg_catalog.pg_current_xact_id()".to_string(),
             )
         } else {
-            ("", "")
+            (String::new(), String::new())
         };
+        if crate::citus::distributed() {
+            // On Citus seq is not a sequence's (sql/scaling.sql): the joins follow the log,
+            // under the cluster-wide lock taken when the backfill began.
+            columns.push_str(", seq");
+            values.push_str(", (SELECT COALESCE(pg_catalog.max(l.seq), 0) FROM identity_merge.merge_log l) + u.n");
+        }
         write_chunk(
             c,
             &format!("INSERT INTO identity_merge.merge_log (project_id, operation, id_a, id_b, kept_canonical, absorbed_canonical, moved_ids{columns}) \
@@ -301,6 +307,13 @@ fn mp_backfill(
     let provenance = store::merge_log_has_provenance();
     let mut events: i64 = 0;
 
+    if !crate::locks::hold_cluster_wide(pid) {
+        raise(IdentityError::Contention {
+            op: crate::core::Op::Merge,
+            a: project.token.clone(),
+            b: String::new(),
+        });
+    }
     Spi::connect_mut(|c| {
         c.update("LOCK TABLE identity_merge.identities, identity_merge.clusters IN SHARE ROW EXCLUSIVE MODE", None, &[])
             .or_bug("reading the project state");

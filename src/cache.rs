@@ -249,7 +249,7 @@ pub fn epochs() -> (u64, u64) {
     )
 }
 
-fn ensure_registered() {
+pub fn ensure_registered() {
     REGISTERED.with(|r| {
         if !r.get() {
             // SAFETY: registers a callback that lives as long as the library (it is never

@@ -13,14 +13,16 @@
 //!     `backfill`: history in one pass; `check`: `mp_check`'s replay; `explain`: why two ids
 //!     are one person (`mp_explain`); `retract`: undoing joins (`mp_split`, `mp_unjoin`);
 //!     `attach`: the registry
-//!     of attached tables; `guc`: settings;
+//!     of attached tables; `guc`: settings; `citus`: what changes on a Citus cluster (where
+//!     the replicated rows are, shards, the queue of their identity events);
 //!   - `pg`: PostgreSQL plumbing shared by all of them (raising errors, running as the
 //!     extension owner or under another resource owner, the local xid, the schema's oids).
 //!
 //! An identity event runs one way: trigger / `mp_track` → `core::ingest::plan_event` →
 //! `store::execute` → `core::rules` and `locks` → refusals back as data → `store::record_refusals`.
 //!
-//! SQL objects live in `sql/schema.sql` (tables) and `sql/api.sql` (plain SQL functions).
+//! SQL objects live in `sql/schema.sql` (tables), `sql/api.sql` (plain SQL functions) and
+//! `sql/scaling.sql` (Citus).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -34,6 +36,7 @@ mod attach;
 mod backfill;
 mod cache;
 mod check;
+mod citus;
 mod explain;
 mod guc;
 mod json_api;
@@ -49,6 +52,7 @@ mod trigger;
 ::pgrx::pg_module_magic!();
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!("../sql/scaling.sql", name = "scaling", requires = ["schema"]);
 extension_sql_file!("../sql/api.sql", name = "api", finalize);
 
 #[pg_guard]

@@ -139,6 +139,9 @@ pub fn holds_project_exclusively(project_id: i32) -> bool {
 /// Holds the project for one operation: shared, or exclusive once this transaction took
 /// `limit` cluster locks. None: a deadlock victim (refuse with Contention).
 pub fn hold_project(project_id: i32, limit: usize) -> Option<ProjectHold> {
+    if !hold_cluster_wide(project_id) {
+        return None;
+    }
     let tag = project_tag(project_id);
     // Exclusive when this transaction already holds it (a repeat take is a local lookup), or
     // when it has taken enough cluster locks to move up.
@@ -153,6 +156,52 @@ pub fn hold_project(project_id: i32, limit: usize) -> Option<ProjectHold> {
         return Some(ProjectHold::Shared);
     }
     None
+}
+
+thread_local! {
+    /// (local transaction id, subtransaction id) in which the cluster-wide lock was taken.
+    static CLUSTER_WIDE: Cell<(u32, u32)> = const { Cell::new((0, 0)) };
+}
+
+/// On Citus (identity state distributed), the write lock of every node at once: the advisory
+/// locks above are one node's, so two sessions on two nodes could otherwise decide joins of the
+/// same cluster together. A row lock on the project's row of the replicated `projects`, which
+/// Citus takes on every copy (and serializes with every other writer of the table: identity
+/// writes on Citus go one at a time, each paying its two-phase commit anyway). Taken first, so
+/// writers cannot deadlock among themselves; a distributed deadlock with other locks the
+/// transaction holds is Citus's 40P01, refused here as Contention (40001). Also makes the
+/// merge-log order the order of the joins (`_next_merge_seq`, sql/scaling.sql). False: refuse.
+pub fn hold_cluster_wide(project_id: i32) -> bool {
+    if !crate::citus::distributed() {
+        return true;
+    }
+    // SAFETY: reads this backend's current subtransaction id.
+    let key = (crate::pg::local_xid(), unsafe { pg_sys::GetCurrentSubTransactionId() });
+    if CLUSTER_WIDE.with(|c| c.get()) == key {
+        return true;
+    }
+    let taken = in_subtransaction(|| {
+        let taken = PgTryBuilder::new(|| {
+            crate::pg::as_owner(|| {
+                Spi::run_with_args(
+                    "SELECT 1 FROM identity_merge.projects WHERE project_id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+                    &[project_id.into()],
+                )
+            })
+            .is_ok()
+        })
+        .catch_when(PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED, |_| false)
+        .execute();
+        if taken {
+            Step::Commit(true)
+        } else {
+            Step::Fail(false)
+        }
+    });
+    if taken {
+        CLUSTER_WIDE.with(|c| c.set(key));
+    }
+    taken
 }
 
 /// Takes both cluster locks (keys in ascending order) if neither has to be waited for; else

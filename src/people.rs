@@ -20,6 +20,14 @@ use crate::store;
 pub fn engage_one(update: &Value) -> Result<(), IdentityError> {
     let u = crate::core::profile::engage_update(update)?;
     let project = store::project(Some(&u.token))?;
+    // On Citus, update ids follow the order of the writes (sql/scaling.sql).
+    if !crate::locks::hold_cluster_wide(project.id) {
+        return Err(IdentityError::Contention {
+            op: crate::core::Op::Merge,
+            a: u.distinct_id.clone(),
+            b: String::new(),
+        });
+    }
     as_owner(|| {
         Spi::run_with_args(
             "INSERT INTO identity_merge.profile_updates (project_id, distinct_id, operation, value, sent_at) \

@@ -111,8 +111,9 @@ fn current_snapshot(user: Use, after_own_changes: bool) -> pg_sys::Snapshot {
 
 impl Probe {
     fn open(user: Use, statement: (u32, u32)) -> Result<Probe, IdentityError> {
-        let heap_oid = crate::pg::required_relation(c"identities")?;
-        let index_oid = crate::pg::required_relation(c"identities_pkey")?;
+        // On Citus, this node's placement of the replicated table (citus.rs).
+        let identities = crate::citus::identities()?;
+        let (heap_oid, index_oid) = (identities.heap, identities.index);
         in_transaction_scope(|| {
             let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
             // SAFETY: opens relations that exist (looked up above) under the top transaction's

@@ -57,6 +57,9 @@ struct StatementContext {
     /// Simplified projects: columns named `$device_id` and `$user_id`, when the table has them.
     device_att: Option<i32>,
     user_att: Option<i32>,
+    /// On a Citus shard: the distributed table's name. Identity events are then queued on this
+    /// node (citus.rs), not applied here.
+    shard_of: Option<String>,
     /// `cache::epochs()` when the context was built: a later statement on the same table and
     /// trigger reuses it while they are unchanged (single-row INSERTs pay no set-up).
     epochs: (u64, u64),
@@ -192,6 +195,7 @@ fn build_context(
         properties,
         device_att: optional(&device_name)?,
         user_att: optional(&user_name)?,
+        shard_of: crate::citus::shard_of(key.0, &table),
         epochs: crate::cache::epochs(),
         qualified_table: format!("{}.{}", trigger.table_schema().unwrap_or_default(), table),
         project,
@@ -525,8 +529,30 @@ unsafe fn apply_row_event(
     let distinct_att = ctx.distinct.att;
     let distinct = || -> Option<String> { text(distinct_att) };
     let project = &ctx.project;
-    let plan = ingest::plan_event(project, event.as_deref(), &properties, device_col, user_col);
+    let plan = ingest::plan_event(
+        project,
+        event.as_deref(),
+        &properties,
+        device_col.clone(),
+        user_col.clone(),
+    );
     let fill = plan.distinct_id.clone();
+    if let Some(table) = &ctx.shard_of {
+        // On a Citus shard the replicated state cannot be written from here: the event waits
+        // in this node's queue, committed with the row, for mp_apply_pending.
+        if !plan.ops.is_empty() || !plan.refusals.is_empty() || plan.ignored.is_some() {
+            crate::citus::queue(crate::citus::Queued {
+                project_id: project.id,
+                events: table,
+                distinct_id: distinct(),
+                event: event.as_deref(),
+                properties: properties(),
+                device_id: device_col,
+                user_id: user_col,
+            });
+        }
+        return Ok(fill.filter(|_| distinct().is_none()));
+    }
     // A retryable conflict (a lock cycle with another transaction) is returned for the caller
     // to raise (40001), so the loader retries the INSERT rather than the event being refused.
     // The join's provenance: the table and enough of the row to find it (its ids and event; the
