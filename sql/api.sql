@@ -595,7 +595,7 @@ BEGIN
         '               WHERE pe.project_id = $1 AND pe.canonical_id = profiles.c AND profiles.props = ''{}''::jsonb RETURNING 1), '
         '     written AS (INSERT INTO identity_merge.people (project_id, canonical_id, properties) '
         '                 SELECT $1, profiles.c, profiles.props FROM profiles WHERE profiles.props <> ''{}''::jsonb '
-        '                 ON CONFLICT (project_id, canonical_id) DO UPDATE SET properties = EXCLUDED.properties, refreshed_at = now() '
+        '                 ON CONFLICT (project_id, canonical_id) DO UPDATE SET properties = EXCLUDED.properties, refreshed_at = EXCLUDED.refreshed_at '
         '                 RETURNING 1) '
         'SELECT (SELECT count(*) FROM gone) + (SELECT count(*) FROM written)', s)
         INTO k USING p.project_id, p.token;

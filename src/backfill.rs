@@ -199,7 +199,7 @@ fn write_batch(
             "INSERT INTO identity_merge.clusters (project_id, canonical_id, size, identified) \
              SELECT $1, u.c, u.s, u.i FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::int4[]), pg_catalog.unnest($4::bool[])) u(c, s, i) \
              ON CONFLICT (project_id, canonical_id) DO UPDATE \
-             SET size = EXCLUDED.size, identified = EXCLUDED.identified, updated_at = pg_catalog.now()",
+             SET size = EXCLUDED.size, identified = EXCLUDED.identified, updated_at = EXCLUDED.updated_at",
             pid,
             |args| args.extend([canon.into(), sizes.into(), ident.into()]),
         );
@@ -293,6 +293,12 @@ fn mp_backfill(
         name!(clusters_written, i64),
     ),
 > {
+    if crate::citus::distributed() {
+        // Bulk writes to the replicated tables go to every node at once, which Citus refuses in
+        // a transaction that already read a placement in this backend: none is, from here.
+        Spi::run("SELECT pg_catalog.set_config('citus.enable_local_execution', 'off', true)")
+            .or_bug("setting citus.enable_local_execution");
+    }
     let project = store::project(Some(project)).or_raise();
     let settings = project.settings.clone();
     let pid = project.id;
@@ -314,9 +320,14 @@ fn mp_backfill(
             b: String::new(),
         });
     }
+    let distributed = crate::citus::distributed();
     Spi::connect_mut(|c| {
-        c.update("LOCK TABLE identity_merge.identities, identity_merge.clusters IN SHARE ROW EXCLUSIVE MODE", None, &[])
-            .or_bug("reading the project state");
+        // On Citus the cluster-wide lock just taken already keeps every other writer out (and
+        // Citus cannot send a LOCK to every node after the lock's local read).
+        if !distributed {
+            c.update("LOCK TABLE identity_merge.identities, identity_merge.clusters IN SHARE ROW EXCLUSIVE MODE", None, &[])
+                .or_bug("reading the project state");
+        }
         let mut graph = load_graph(c, pid);
 
         // The history, in the order the query gives.

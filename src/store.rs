@@ -48,14 +48,13 @@ const SQL_SIDE_COLUMNS: &str = "SELECT i.distinct_id, i.canonical_id, c.size, c.
 // cluster's ids and drops its row, or adds the absorbed id; adds the kept id when new; updates or
 // adds the kept cluster; logs the join with how many ids moved. Parameters, the same for every
 // case: project, operation, id_a, id_b, kept, kept exists, absorbed, absorbed exists, new size,
-// identified. (It replaced the PL/pgSQL identity_merge._join, dropped in 0.1.3.)
+// identified, (provenance: source, detail, role,) ids moved. (It replaced the PL/pgSQL identity_merge._join, dropped in 0.1.3.)
 fn join_sql(kept_exists: bool, absorbed_exists: bool, provenance: bool) -> String {
     let mut parts: Vec<String> = Vec::new();
     if absorbed_exists {
         parts.push(
             "moved AS (UPDATE identity_merge.identities SET canonical_id = $5 \
-              WHERE project_id OPERATOR(pg_catalog.=) $1 AND canonical_id OPERATOR(pg_catalog.=) $7 \
-              RETURNING 1)"
+              WHERE project_id OPERATOR(pg_catalog.=) $1 AND canonical_id OPERATOR(pg_catalog.=) $7)"
                 .into(),
         );
         parts.push(
@@ -85,11 +84,9 @@ fn join_sql(kept_exists: bool, absorbed_exists: bool, provenance: bool) -> Strin
           VALUES ($1, $5, $9, $10))"
             .into()
     });
-    let moved = if absorbed_exists {
-        "(SELECT pg_catalog.count(*) FROM moved)::integer"
-    } else {
-        "1"
-    };
+    // The absorbed cluster's size is how many ids move ($14): a count of the UPDATE's rows
+    // would be a subquery in the VALUES, which Citus cannot route to a reference table.
+    let moved = "$14";
     // $11-$13 (source, detail, role) go to the provenance columns when the installed SQL has
     // them (0.1.4 on); a database still on older SQL (library updated, ALTER EXTENSION UPDATE
     // not run yet) gets the joins without provenance.
@@ -207,6 +204,7 @@ fn plans() -> std::rc::Rc<Plans> {
                             oid(TEXTOID),
                             oid(JSONBOID),
                             oid(TEXTOID),
+                            oid(INT4OID),
                         ],
                     )
                 },
@@ -584,6 +582,7 @@ fn decide_and_write(
                             provenance.kind.into(),
                             pgrx::JsonB(provenance.detail.clone()).into(),
                             provenance.role.as_str().into(),
+                            (if plan.absorbed.exists { plan.absorbed.size as i32 } else { 1 }).into(),
                         ],
                     )
                     .or_bug("writing a join");
