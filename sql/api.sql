@@ -296,6 +296,25 @@ BEGIN
       FROM pg_attribute t JOIN pg_collation c ON c.oid = t.attcollation
       JOIN pg_namespace cn ON cn.oid = c.collnamespace
      WHERE t.attrelid = events AND t.attname = a.canonical_column;
+    -- On Citus, a plain table of the coordinator cannot be updated joined with the replicated
+    -- state (Citus would send the join to a worker, which has no such table): the stale ids
+    -- are read first, and each row's id resolved by mp_resolve (this node's copy, read directly).
+    IF identity_merge._distributed() AND NOT identity_merge._is_citus_table(events) THEN
+        EXECUTE format(
+            'UPDATE %1$s e SET %2$I = %5$I.mp_resolve(e.%4$I::text, $2) '
+            'WHERE e.%2$I OPERATOR(pg_catalog.=) ANY ($3::text[] COLLATE %3$s) '
+            '  AND (e.%2$I)::text COLLATE "C" OPERATOR(pg_catalog.=) ANY ($3) '
+            '  AND (e.%2$I)::text COLLATE "C" OPERATOR(pg_catalog.<>) %5$I.mp_resolve(e.%4$I::text, $2)',
+            events, a.canonical_column, coll, a.distinct_id_column,
+            (SELECT n.nspname FROM pg_extension x JOIN pg_namespace n ON n.oid = x.extnamespace WHERE x.extname = 'identity_merge'))
+        USING a.project_id, (SELECT p.token FROM identity_merge.projects p WHERE p.project_id = a.project_id),
+              (SELECT array_agg(DISTINCT x.stale) FROM (
+                   SELECT l.absorbed_canonical AS stale FROM identity_merge.merge_log l WHERE l.project_id = a.project_id
+                   UNION ALL
+                   SELECT r.old_canonical FROM identity_merge.retractions r WHERE r.project_id = a.project_id) x);
+        GET DIAGNOSTICS n = ROW_COUNT;
+        RETURN n;
+    END IF;
     -- A stale stamp is a canonical id that stopped being one: absorbed by a join
     -- (merge_log.absorbed_canonical), or the canonical of a cluster that was split
     -- (retractions.old_canonical), whose rows may now belong to other people. Each row stamped
@@ -731,6 +750,22 @@ BEGIN
                 a.events, a.distinct_id_column, a.canonical_column) USING pid;
             CONTINUE;
         END IF;
+        IF identity_merge._distributed() AND NOT identity_merge._is_citus_table(a.events) THEN
+            -- A plain table beside the replicated state (see mp_restamp): ids resolved one by one.
+            RETURN QUERY EXECUTE format(
+                'SELECT ''unfixable_stamp''::text, format(''%%s row distinct_id %%s stamped %%s, resolves to %%s'', %1$L, e.%2$I, e.%3$I, r.c) '
+                'FROM %1$s e CROSS JOIN LATERAL (SELECT %4$I.mp_resolve(e.%2$I::text, $2) AS c) r '
+                'WHERE e.%3$I IS NOT NULL AND e.%3$I::text COLLATE "C" <> r.c '
+                '  AND NOT (e.%3$I::text COLLATE "C" = ANY ($3))',
+                a.events, a.distinct_id_column, a.canonical_column,
+                (SELECT n.nspname FROM pg_extension x JOIN pg_namespace n ON n.oid = x.extnamespace WHERE x.extname = 'identity_merge'))
+            USING pid, project,
+                  (SELECT coalesce(array_agg(x.stale), '{}') FROM (
+                       SELECT l.absorbed_canonical AS stale FROM identity_merge.merge_log l WHERE l.project_id = pid
+                       UNION ALL
+                       SELECT r.old_canonical FROM identity_merge.retractions r WHERE r.project_id = pid) x);
+            CONTINUE;
+        END IF;
         RETURN QUERY EXECUTE format(
             'SELECT ''unfixable_stamp''::text, format(''%%s row distinct_id %%s stamped %%s, resolves to %%s'', %1$L, e.%2$I, e.%3$I, coalesce(i.canonical_id, e.%2$I::text)) '
             'FROM %1$s e LEFT JOIN identity_merge.identities i '
@@ -746,27 +781,33 @@ END $$;
 
 -- On Citus the same rights on every worker (since 0.1.7): the trigger runs on the shards as the
 -- role that inserts, and a role may connect to a worker. Roles exist on every node (Citus
--- propagates CREATE ROLE); grants on the extension's functions are not propagated.
-CREATE FUNCTION identity_merge._grant_on_workers(grant_function text, role regrole) RETURNS void
+-- propagates CREATE ROLE); grants on the extension's schema and functions are not propagated.
+-- Each worker runs the grant function itself, first (in its own transaction, before this one
+-- holds anything there that it would wait for); the caller's own grants then stay on this node
+-- (DDL propagation off until it returns the setting given back here). NULL: not distributed.
+CREATE FUNCTION identity_merge._grant_on_workers(grant_function text, role regrole) RETURNS text
 LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     s text := (SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
                 WHERE e.extname = 'identity_merge');
     failed text;
+    propagation text;
 BEGIN
-    IF NOT identity_merge._distributed() THEN
-        RETURN;
-    END IF;
-    IF NOT pg_catalog.citus_is_coordinator() THEN
-        RETURN;
+    IF NOT identity_merge._distributed() OR NOT identity_merge._on_coordinator() THEN
+        RETURN NULL;
     END IF;
     SELECT string_agg(format('%s:%s: %s', r.nodename, r.nodeport, r.result), '; ') INTO failed
-      FROM pg_catalog.run_command_on_workers(format('SELECT %I.%I(%L::regrole)', s, grant_function, role)) r
+      FROM pg_catalog.run_command_on_workers(format(
+             'SELECT %I.%I(%L::regrole) FROM (SELECT pg_catalog.set_config(''citus.enable_ddl_propagation'', ''off'', true)) off',
+             s, grant_function, role)) r
      WHERE NOT r.success;
     IF failed IS NOT NULL THEN
         RAISE EXCEPTION '% could not grant on every worker: %', grant_function, failed USING ERRCODE = '55000',
             HINT = 'Check that every worker is up and has the role, then run it again.';
     END IF;
+    propagation := pg_catalog.current_setting('citus.enable_ddl_propagation', true);
+    PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', 'off', true);
+    RETURN coalesce(propagation, 'on');
 END $$;
 
 -- Rights to read: resolve ids, list clusters, read settings and the state tables, run mp_check.
@@ -774,6 +815,7 @@ CREATE FUNCTION mp_grant_reader(role regrole) RETURNS void
 LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE s text := (SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
                     WHERE e.extname = 'identity_merge');
+        propagation text := identity_merge._grant_on_workers('mp_grant_reader', role);
 BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA identity_merge TO %s', role);
     EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA identity_merge TO %s', role);
@@ -781,7 +823,9 @@ BEGIN
                    '%1$I.mp_project_settings(text), %1$I.mp_check(text), identity_merge._check_log(integer), '
                    'identity_merge._project(text), %1$I.mp_explain(text, text), %1$I.mp_explain(text, text, text), '
                    '%1$I.mp_profile(text, text) TO %2$s', s, role);
-    PERFORM identity_merge._grant_on_workers('mp_grant_reader', role);
+    IF propagation IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', propagation, true);
+    END IF;
 END $$;
 
 -- Rights to change identities through the functions (never the tables directly), to feed the
@@ -790,6 +834,7 @@ CREATE FUNCTION mp_grant_writer(role regrole) RETURNS void
 LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE s text := (SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
                     WHERE e.extname = 'identity_merge');
+        propagation text := identity_merge._grant_on_workers('mp_grant_writer', role);
 BEGIN
     EXECUTE format('SELECT %I.mp_grant_reader(%L::regrole)', s, role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION %1$I.mp_identify(text, text, text), %1$I.mp_alias(text, text, text), '
@@ -810,7 +855,9 @@ BEGIN
     -- progress (row-level security limits that to tables the caller owns).
     EXECUTE format('GRANT EXECUTE ON PROCEDURE %1$I.mp_restamp_all(regclass, integer) TO %2$s', s, role);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON identity_merge.restamp_progress TO %s', role);
-    PERFORM identity_merge._grant_on_workers('mp_grant_writer', role);
+    IF propagation IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', propagation, true);
+    END IF;
 END $$;
 
 -- A dropped table leaves no registration behind (its oid could later name another table).
@@ -888,4 +935,4 @@ END $$;
 -- Catalog reads only (see its definition): every role may run it.
 GRANT EXECUTE ON FUNCTION identity_merge._column_problems(regclass, name, name) TO PUBLIC;
 -- Catalog reads only: where the identity state is (mp_check asks, as any role).
-GRANT EXECUTE ON FUNCTION identity_merge._distributed(), identity_merge._on_coordinator() TO PUBLIC;
+GRANT EXECUTE ON FUNCTION identity_merge._distributed(), identity_merge._on_coordinator(), identity_merge._is_citus_table(regclass) TO PUBLIC;

@@ -65,6 +65,20 @@ BEGIN
     RETURN d;
 END $$;
 
+-- Whether a table is Citus's (distributed, reference or Citus-local): false without Citus.
+CREATE FUNCTION identity_merge._is_citus_table(t regclass) RETURNS boolean
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    d boolean;
+BEGIN
+    IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+        RETURN false;
+    END IF;
+    EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition WHERE logicalrelid OPERATOR(pg_catalog.=) $1)'
+       INTO d USING t;
+    RETURN d;
+END $$;
+
 -- Whether this node is a Citus coordinator (false without Citus).
 CREATE FUNCTION identity_merge._on_coordinator() RETURNS boolean
 LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
@@ -184,6 +198,8 @@ DECLARE
     project_def text;
     project_acl aclitem[];
     g record;
+    dumped text[];
+    conditions text[];
 BEGIN
     PERFORM identity_merge._require_citus_coordinator('mp_undistribute');
     IF NOT identity_merge._distributed() THEN
@@ -192,6 +208,12 @@ BEGIN
     EXECUTE format('SELECT %I.mp_apply_pending()', (SELECT n.nspname FROM pg_catalog.pg_extension e
                    JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'identity_merge'));
     PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+    -- pg_dump keeps the rows of the tables registered in extconfig, by oid; a table leaving the
+    -- extension leaves it: the registrations are put back by name at the end.
+    SELECT array_agg(c::regclass::text ORDER BY n), array_agg(coalesce(x.extcondition[n], '') ORDER BY n)
+      INTO dumped, conditions
+      FROM pg_catalog.pg_extension x, unnest(x.extconfig) WITH ORDINALITY u(c, n)
+     WHERE x.extname = 'identity_merge';
     FOREACH t IN ARRAY identity_merge._replicated_tables() LOOP
         CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = t);
         old_oid := t::oid;
@@ -232,11 +254,12 @@ BEGIN
         FOREACH q IN ARRAY coalesce(seqs, '{}') LOOP
             EXECUTE format('ALTER EXTENSION identity_merge ADD SEQUENCE %s', q);
         END LOOP;
-        -- pg_dump keeps the rows of the tables registered in extconfig, by oid.
-        UPDATE pg_catalog.pg_extension SET extconfig = pg_catalog.array_replace(extconfig, old_oid, t::oid)
-         WHERE extname = 'identity_merge';
         undone := undone + 1;
     END LOOP;
+    UPDATE pg_catalog.pg_extension
+       SET extconfig = (SELECT array_agg(pg_catalog.to_regclass(d)::oid ORDER BY n) FROM unnest(dumped) WITH ORDINALITY u(d, n)),
+           extcondition = conditions
+     WHERE extname = 'identity_merge';
     ALTER TABLE identity_merge.merge_log ALTER COLUMN seq SET DEFAULT pg_catalog.nextval('identity_merge.merge_log_seq_seq'::regclass);
     ALTER TABLE identity_merge.retractions ALTER COLUMN retraction_id SET DEFAULT pg_catalog.nextval('identity_merge.retractions_retraction_id_seq'::regclass);
     ALTER TABLE identity_merge.profile_updates ALTER COLUMN update_id SET DEFAULT pg_catalog.nextval('identity_merge.profile_updates_update_id_seq'::regclass);
@@ -325,6 +348,7 @@ CREATE EVENT TRIGGER identity_merge_refuse_drop_while_distributed ON ddl_command
     WHEN TAG IN ('DROP EXTENSION') EXECUTE FUNCTION identity_merge._refuse_drop_while_distributed();
 
 -- mp_attach and mp_detach: citus.enable_unsafe_triggers for their trigger DDL on Citus;
+-- mp_restamp and mp_check: plain tables beside a distributed state resolve ids one by one;
 -- mp_check: queued identity events, and a join instead of a lateral subquery;
 -- mp_refresh_people: refreshed_at from the inserted row (Citus allows no function in DO UPDATE).
 CREATE OR REPLACE FUNCTION mp_attach(events regclass, project text DEFAULT 'default',
@@ -409,6 +433,76 @@ BEGIN
     PERFORM identity_merge._unregister_attachment(events);
 END $$;
 
+CREATE OR REPLACE FUNCTION mp_restamp(events regclass) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a identity_merge.attachments;
+    n bigint;
+    coll text;
+    bad record;
+BEGIN
+    SELECT * INTO a FROM identity_merge.attachments x WHERE x.events = mp_restamp.events;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table % is not attached to identity_merge', events USING ERRCODE = '55000',
+            HINT = 'Attach it with mp_attach first.';
+    END IF;
+    -- Legacy aliases are not retroactive (Mixpanel's pre-ID-Merge rule): a stamp is final.
+    IF (SELECT p.mode FROM identity_merge.projects p WHERE p.project_id = a.project_id) = 'legacy' THEN
+        RAISE NOTICE 'table % belongs to a legacy project: its stamps are final (aliases are not retroactive); nothing to restamp', events;
+        RETURN 0;
+    END IF;
+    SELECT * INTO bad FROM identity_merge._column_problems(events, a.distinct_id_column, a.canonical_column) x
+     WHERE x.code IN ('42703', '42804') LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'cannot restamp %: %', events, bad.problem USING ERRCODE = '55000',
+            HINT = 'Re-attach the table with mp_attach naming its current columns, or mp_detach it.';
+    END IF;
+    -- Compare in the canonical column's own collation so its index serves the lookups, and
+    -- again bytewise ("C"): under a nondeterministic collation 'keep' would match 'KEEP'.
+    SELECT format('%I.%I', cn.nspname, c.collname) INTO coll
+      FROM pg_attribute t JOIN pg_collation c ON c.oid = t.attcollation
+      JOIN pg_namespace cn ON cn.oid = c.collnamespace
+     WHERE t.attrelid = events AND t.attname = a.canonical_column;
+    -- On Citus, a plain table of the coordinator cannot be updated joined with the replicated
+    -- state (Citus would send the join to a worker, which has no such table): the stale ids
+    -- are read first, and each row's id resolved by mp_resolve (this node's copy, read directly).
+    IF identity_merge._distributed() AND NOT identity_merge._is_citus_table(events) THEN
+        EXECUTE format(
+            'UPDATE %1$s e SET %2$I = %5$I.mp_resolve(e.%4$I::text, $2) '
+            'WHERE e.%2$I OPERATOR(pg_catalog.=) ANY ($3::text[] COLLATE %3$s) '
+            '  AND (e.%2$I)::text COLLATE "C" OPERATOR(pg_catalog.=) ANY ($3) '
+            '  AND (e.%2$I)::text COLLATE "C" OPERATOR(pg_catalog.<>) %5$I.mp_resolve(e.%4$I::text, $2)',
+            events, a.canonical_column, coll, a.distinct_id_column,
+            (SELECT n.nspname FROM pg_extension x JOIN pg_namespace n ON n.oid = x.extnamespace WHERE x.extname = 'identity_merge'))
+        USING a.project_id, (SELECT p.token FROM identity_merge.projects p WHERE p.project_id = a.project_id),
+              (SELECT array_agg(DISTINCT x.stale) FROM (
+                   SELECT l.absorbed_canonical AS stale FROM identity_merge.merge_log l WHERE l.project_id = a.project_id
+                   UNION ALL
+                   SELECT r.old_canonical FROM identity_merge.retractions r WHERE r.project_id = a.project_id) x);
+        GET DIAGNOSTICS n = ROW_COUNT;
+        RETURN n;
+    END IF;
+    -- A stale stamp is a canonical id that stopped being one: absorbed by a join
+    -- (merge_log.absorbed_canonical), or the canonical of a cluster that was split
+    -- (retractions.old_canonical), whose rows may now belong to other people. Each row stamped
+    -- with one is set to what its own distinct_id resolves to now (one primary-key probe per
+    -- row), found through the index on the canonical column: the cost follows the stale rows.
+    EXECUTE format(
+        'UPDATE %1$s e SET %2$I = coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
+        '    WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.distinct_id OPERATOR(pg_catalog.=) (e.%4$I::text COLLATE "C")), e.%4$I::text) '
+        'FROM (SELECT DISTINCT x.stale FROM ('
+        '        SELECT l.absorbed_canonical AS stale FROM identity_merge.merge_log l WHERE l.project_id OPERATOR(pg_catalog.=) $1 '
+        '        UNION ALL '
+        '        SELECT r.old_canonical FROM identity_merge.retractions r WHERE r.project_id OPERATOR(pg_catalog.=) $1) x) d '
+        'WHERE e.%2$I OPERATOR(pg_catalog.=) (d.stale COLLATE %3$s) '
+        '  AND (e.%2$I)::text COLLATE "C" OPERATOR(pg_catalog.=) d.stale '
+        '  AND (e.%2$I)::text COLLATE "C" OPERATOR(pg_catalog.<>) coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
+        '    WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.distinct_id OPERATOR(pg_catalog.=) (e.%4$I::text COLLATE "C")), e.%4$I::text)',
+        events, a.canonical_column, coll, a.distinct_id_column) USING a.project_id;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+
 CREATE OR REPLACE FUNCTION mp_check(project text DEFAULT 'default') RETURNS TABLE (check_name text, detail text)
 LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -491,6 +585,22 @@ BEGIN
                 a.events, a.distinct_id_column, a.canonical_column) USING pid;
             CONTINUE;
         END IF;
+        IF identity_merge._distributed() AND NOT identity_merge._is_citus_table(a.events) THEN
+            -- A plain table beside the replicated state (see mp_restamp): ids resolved one by one.
+            RETURN QUERY EXECUTE format(
+                'SELECT ''unfixable_stamp''::text, format(''%%s row distinct_id %%s stamped %%s, resolves to %%s'', %1$L, e.%2$I, e.%3$I, r.c) '
+                'FROM %1$s e CROSS JOIN LATERAL (SELECT %4$I.mp_resolve(e.%2$I::text, $2) AS c) r '
+                'WHERE e.%3$I IS NOT NULL AND e.%3$I::text COLLATE "C" <> r.c '
+                '  AND NOT (e.%3$I::text COLLATE "C" = ANY ($3))',
+                a.events, a.distinct_id_column, a.canonical_column,
+                (SELECT n.nspname FROM pg_extension x JOIN pg_namespace n ON n.oid = x.extnamespace WHERE x.extname = 'identity_merge'))
+            USING pid, project,
+                  (SELECT coalesce(array_agg(x.stale), '{}') FROM (
+                       SELECT l.absorbed_canonical AS stale FROM identity_merge.merge_log l WHERE l.project_id = pid
+                       UNION ALL
+                       SELECT r.old_canonical FROM identity_merge.retractions r WHERE r.project_id = pid) x);
+            CONTINUE;
+        END IF;
         RETURN QUERY EXECUTE format(
             'SELECT ''unfixable_stamp''::text, format(''%%s row distinct_id %%s stamped %%s, resolves to %%s'', %1$L, e.%2$I, e.%3$I, coalesce(i.canonical_id, e.%2$I::text)) '
             'FROM %1$s e LEFT JOIN identity_merge.identities i '
@@ -568,33 +678,40 @@ END $$;
 -- The grant helpers grant on every worker too.
 -- On Citus the same rights on every worker (since 0.1.7): the trigger runs on the shards as the
 -- role that inserts, and a role may connect to a worker. Roles exist on every node (Citus
--- propagates CREATE ROLE); grants on the extension's functions are not propagated.
-CREATE FUNCTION identity_merge._grant_on_workers(grant_function text, role regrole) RETURNS void
+-- propagates CREATE ROLE); grants on the extension's schema and functions are not propagated.
+-- Each worker runs the grant function itself, first (in its own transaction, before this one
+-- holds anything there that it would wait for); the caller's own grants then stay on this node
+-- (DDL propagation off until it returns the setting given back here). NULL: not distributed.
+CREATE FUNCTION identity_merge._grant_on_workers(grant_function text, role regrole) RETURNS text
 LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     s text := (SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
                 WHERE e.extname = 'identity_merge');
     failed text;
+    propagation text;
 BEGIN
-    IF NOT identity_merge._distributed() THEN
-        RETURN;
-    END IF;
-    IF NOT pg_catalog.citus_is_coordinator() THEN
-        RETURN;
+    IF NOT identity_merge._distributed() OR NOT identity_merge._on_coordinator() THEN
+        RETURN NULL;
     END IF;
     SELECT string_agg(format('%s:%s: %s', r.nodename, r.nodeport, r.result), '; ') INTO failed
-      FROM pg_catalog.run_command_on_workers(format('SELECT %I.%I(%L::regrole)', s, grant_function, role)) r
+      FROM pg_catalog.run_command_on_workers(format(
+             'SELECT %I.%I(%L::regrole) FROM (SELECT pg_catalog.set_config(''citus.enable_ddl_propagation'', ''off'', true)) off',
+             s, grant_function, role)) r
      WHERE NOT r.success;
     IF failed IS NOT NULL THEN
         RAISE EXCEPTION '% could not grant on every worker: %', grant_function, failed USING ERRCODE = '55000',
             HINT = 'Check that every worker is up and has the role, then run it again.';
     END IF;
+    propagation := pg_catalog.current_setting('citus.enable_ddl_propagation', true);
+    PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', 'off', true);
+    RETURN coalesce(propagation, 'on');
 END $$;
 
 CREATE OR REPLACE FUNCTION mp_grant_reader(role regrole) RETURNS void
 LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE s text := (SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
                     WHERE e.extname = 'identity_merge');
+        propagation text := identity_merge._grant_on_workers('mp_grant_reader', role);
 BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA identity_merge TO %s', role);
     EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA identity_merge TO %s', role);
@@ -602,13 +719,16 @@ BEGIN
                    '%1$I.mp_project_settings(text), %1$I.mp_check(text), identity_merge._check_log(integer), '
                    'identity_merge._project(text), %1$I.mp_explain(text, text), %1$I.mp_explain(text, text, text), '
                    '%1$I.mp_profile(text, text) TO %2$s', s, role);
-    PERFORM identity_merge._grant_on_workers('mp_grant_reader', role);
+    IF propagation IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', propagation, true);
+    END IF;
 END $$;
 
 CREATE OR REPLACE FUNCTION mp_grant_writer(role regrole) RETURNS void
 LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE s text := (SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
                     WHERE e.extname = 'identity_merge');
+        propagation text := identity_merge._grant_on_workers('mp_grant_writer', role);
 BEGIN
     EXECUTE format('SELECT %I.mp_grant_reader(%L::regrole)', s, role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION %1$I.mp_identify(text, text, text), %1$I.mp_alias(text, text, text), '
@@ -629,7 +749,9 @@ BEGIN
     -- progress (row-level security limits that to tables the caller owns).
     EXECUTE format('GRANT EXECUTE ON PROCEDURE %1$I.mp_restamp_all(regclass, integer) TO %2$s', s, role);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON identity_merge.restamp_progress TO %s', role);
-    PERFORM identity_merge._grant_on_workers('mp_grant_writer', role);
+    IF propagation IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', propagation, true);
+    END IF;
 END $$;
 
 COMMENT ON FUNCTION mp_distribute() IS 'Citus: makes the identity state reference tables on every node (run on the coordinator)';
@@ -651,4 +773,4 @@ BEGIN
 END $$;
 
 -- Catalog reads only: where the identity state is (mp_check asks, as any role).
-GRANT EXECUTE ON FUNCTION identity_merge._distributed(), identity_merge._on_coordinator() TO PUBLIC;
+GRANT EXECUTE ON FUNCTION identity_merge._distributed(), identity_merge._on_coordinator(), identity_merge._is_citus_table(regclass) TO PUBLIC;

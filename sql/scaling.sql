@@ -30,6 +30,20 @@ BEGIN
     RETURN d;
 END $$;
 
+-- Whether a table is Citus's (distributed, reference or Citus-local): false without Citus.
+CREATE FUNCTION identity_merge._is_citus_table(t regclass) RETURNS boolean
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    d boolean;
+BEGIN
+    IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+        RETURN false;
+    END IF;
+    EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition WHERE logicalrelid OPERATOR(pg_catalog.=) $1)'
+       INTO d USING t;
+    RETURN d;
+END $$;
+
 -- Whether this node is a Citus coordinator (false without Citus).
 CREATE FUNCTION identity_merge._on_coordinator() RETURNS boolean
 LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
@@ -149,6 +163,8 @@ DECLARE
     project_def text;
     project_acl aclitem[];
     g record;
+    dumped text[];
+    conditions text[];
 BEGIN
     PERFORM identity_merge._require_citus_coordinator('mp_undistribute');
     IF NOT identity_merge._distributed() THEN
@@ -157,6 +173,12 @@ BEGIN
     EXECUTE format('SELECT %I.mp_apply_pending()', (SELECT n.nspname FROM pg_catalog.pg_extension e
                    JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'identity_merge'));
     PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+    -- pg_dump keeps the rows of the tables registered in extconfig, by oid; a table leaving the
+    -- extension leaves it: the registrations are put back by name at the end.
+    SELECT array_agg(c::regclass::text ORDER BY n), array_agg(coalesce(x.extcondition[n], '') ORDER BY n)
+      INTO dumped, conditions
+      FROM pg_catalog.pg_extension x, unnest(x.extconfig) WITH ORDINALITY u(c, n)
+     WHERE x.extname = 'identity_merge';
     FOREACH t IN ARRAY identity_merge._replicated_tables() LOOP
         CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = t);
         old_oid := t::oid;
@@ -197,11 +219,12 @@ BEGIN
         FOREACH q IN ARRAY coalesce(seqs, '{}') LOOP
             EXECUTE format('ALTER EXTENSION identity_merge ADD SEQUENCE %s', q);
         END LOOP;
-        -- pg_dump keeps the rows of the tables registered in extconfig, by oid.
-        UPDATE pg_catalog.pg_extension SET extconfig = pg_catalog.array_replace(extconfig, old_oid, t::oid)
-         WHERE extname = 'identity_merge';
         undone := undone + 1;
     END LOOP;
+    UPDATE pg_catalog.pg_extension
+       SET extconfig = (SELECT array_agg(pg_catalog.to_regclass(d)::oid ORDER BY n) FROM unnest(dumped) WITH ORDINALITY u(d, n)),
+           extcondition = conditions
+     WHERE extname = 'identity_merge';
     ALTER TABLE identity_merge.merge_log ALTER COLUMN seq SET DEFAULT pg_catalog.nextval('identity_merge.merge_log_seq_seq'::regclass);
     ALTER TABLE identity_merge.retractions ALTER COLUMN retraction_id SET DEFAULT pg_catalog.nextval('identity_merge.retractions_retraction_id_seq'::regclass);
     ALTER TABLE identity_merge.profile_updates ALTER COLUMN update_id SET DEFAULT pg_catalog.nextval('identity_merge.profile_updates_update_id_seq'::regclass);

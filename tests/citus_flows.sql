@@ -119,4 +119,4 @@ SELECT t AS project, count(c.*) AS violations FROM unnest(ARRAY['flows-users', '
 \echo '== the merge log, in the order of the joins within each project'
 SELECT p.token, l.operation, l.id_a, l.id_b, l.kept_canonical, l.absorbed_canonical, l.moved_ids, l.source
   FROM identity_merge.merge_log l JOIN identity_merge.projects p USING (project_id)
- WHERE p.token <> 'flows-bulk' ORDER BY p.token, l.seq;
+ WHERE p.token LIKE 'flows-%' AND p.token <> 'flows-bulk' ORDER BY p.token, l.seq;

@@ -48,6 +48,7 @@ bash tests/cron.sh
 bash tests/dbt.sh
 bash tests/identity_records.sh
 bash tests/regress.sh
+bash tests/citus.sh
 
 # The installed build is put back as it was found (checked here, before the trap runs it again).
 restore_installed
