@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmarks side by side in one throwaway PostgreSQL 15 and prints the figures.
-# Usage: bash bench/run.sh [--no-install] [SECTION...]   sections: stamping online backfill restamp
+# Usage: bash bench/run.sh [--no-install] [SECTION...]   sections: stamping online backfill restamp citus
 # (default: all). Figures for the README come from a full run.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -165,9 +165,13 @@ thread_local! {
 
 /// On Citus (identity state distributed), the write lock of every node at once: the advisory
 /// locks above are one node's, so two sessions on two nodes could otherwise decide joins of the
-/// same cluster together. A row lock on the project's row of the replicated `projects`, which
-/// Citus takes on every copy (and serializes with every other writer of the table: identity
-/// writes on Citus go one at a time, each paying its two-phase commit anyway). Taken first, so
+/// same cluster together. A row lock on the project's row of the replicated `projects`, taken by
+/// an UPDATE (that changes nothing): Citus writes every copy, this node's included, so the lock
+/// is only granted here once the previous writer's prepared transaction was committed on this
+/// node, and the reads that follow (this node's copy) see its joins. (A SELECT ... FOR UPDATE
+/// would lock one copy only: a session could then read this node's copy before the previous
+/// writer's commit reached it.) Identity writes on Citus go one at a time, each paying its
+/// two-phase commit anyway. Taken first, so
 /// writers cannot deadlock among themselves; a distributed deadlock with other locks the
 /// transaction holds is Citus's 40P01, refused here as Contention (40001). Also makes the
 /// merge-log order the order of the joins (`_next_merge_seq`, sql/scaling.sql). False: refuse.
@@ -184,7 +188,7 @@ pub fn hold_cluster_wide(project_id: i32) -> bool {
         let taken = PgTryBuilder::new(|| {
             crate::pg::as_owner(|| {
                 Spi::run_with_args(
-                    "SELECT 1 FROM identity_merge.projects WHERE project_id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+                    "UPDATE identity_merge.projects SET token = token WHERE project_id OPERATOR(pg_catalog.=) $1",
                     &[project_id.into()],
                 )
             })

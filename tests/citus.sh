@@ -122,8 +122,8 @@ for p in $NODES; do
   python3 - "$p" > "$dir/race.$p.sql" <<'PY'
 import random, sys
 r = random.Random(int(sys.argv[1]))
-for i in range(150):
-    a, b = f"r{r.randrange(120)}", f"r{r.randrange(120)}"
+for i in range(300):
+    a, b = f"r{r.randrange(100)}", f"r{r.randrange(100)}"
     print(f"SELECT 'M|{a}|{b}|' || mp_merge('{a}', '{b}', 'race');")
 PY
 done
