@@ -21,12 +21,12 @@ INSERT INTO mapping SELECT distinct_id, canonical_id FROM identity_merge.identit
 -- 1M events, 10 per known id, in a staging table co-located with the event tables.
 CREATE TABLE src (n bigint, distinct_id text, event text, properties jsonb);
 SELECT create_distributed_table('src', 'distinct_id');
-INSERT INTO src SELECT n, CASE WHEN n % 2 = 0 THEN 'user-' ELSE 'dev-' END || (1 + (n * 7919) % 50000), 'view', '{}'
+INSERT INTO src SELECT n, CASE WHEN n % 2 = 0 THEN 'user-' ELSE 'dev-' END || (1 + (n::bigint * 7919) % 50000), 'view', '{}'
   FROM generate_series(1, 1000000) n;
 CREATE TABLE ev_plain (n bigint, distinct_id text, event text, properties jsonb, canonical_id text);
 CREATE TABLE ev_stamped (n bigint, distinct_id text, event text, properties jsonb, canonical_id text);
 SELECT create_distributed_table('ev_plain', 'distinct_id', colocate_with => 'src');
-SELECT mp_distribute_events('ev_stamped', 'distinct_id', 'src');
+SELECT mp_distribute_events('ev_stamped', 'distinct_id', 'public.src');
 SELECT mp_attach('ev_stamped', create_index => false);
 VACUUM ANALYZE src;
 SQL
@@ -45,9 +45,9 @@ SQL
 }
 push_plain=$(median_ms "TRUNCATE ev_plain" "INSERT INTO ev_plain SELECT n, distinct_id, event, properties FROM src")
 push_ours=$(median_ms "TRUNCATE ev_stamped" "INSERT INTO ev_stamped SELECT n, distinct_id, event, properties FROM src")
-coord_plain=$(median_ms "TRUNCATE ev_plain" "INSERT INTO ev_plain SELECT n, CASE WHEN n % 2 = 0 THEN 'user-' ELSE 'dev-' END || (1 + (n * 7919) % 50000), 'view', '{}' FROM generate_series(1, 1000000) n")
-coord_ours=$(median_ms "TRUNCATE ev_stamped" "INSERT INTO ev_stamped SELECT n, CASE WHEN n % 2 = 0 THEN 'user-' ELSE 'dev-' END || (1 + (n * 7919) % 50000), 'view', '{}' FROM generate_series(1, 1000000) n")
-wrong=$(C -c "SELECT count(*) FROM ev_stamped WHERE canonical_id <> 'user-' || (1 + (n * 7919) % 50000)")
+coord_plain=$(median_ms "TRUNCATE ev_plain" "INSERT INTO ev_plain SELECT n, CASE WHEN n % 2 = 0 THEN 'user-' ELSE 'dev-' END || (1 + (n::bigint * 7919) % 50000), 'view', '{}' FROM generate_series(1, 1000000) n")
+coord_ours=$(median_ms "TRUNCATE ev_stamped" "INSERT INTO ev_stamped SELECT n, CASE WHEN n % 2 = 0 THEN 'user-' ELSE 'dev-' END || (1 + (n::bigint * 7919) % 50000), 'view', '{}' FROM generate_series(1, 1000000) n")
+wrong=$(C -c "SELECT count(*) FROM ev_stamped WHERE canonical_id <> 'user-' || (1 + (n::bigint * 7919) % 50000)")
 resolve_ours=$(median_ms "SELECT 1" "SELECT count(mp_resolve(CASE WHEN g % 2 = 0 THEN 'user-' ELSE 'dev-' END || (1 + g % 50000))) FROM generate_series(1, 100000) g")
 resolve_select=$(median_ms "SELECT 1" "DO \$\$ DECLARE c text; BEGIN FOR g IN 1..100000 LOOP SELECT canonical INTO c FROM mapping WHERE distinct_id = CASE WHEN g % 2 = 0 THEN 'user-' ELSE 'dev-' END || (1 + g % 50000); END LOOP; END \$\$")
 resolve_join=$(median_ms "SELECT 1" "SELECT count(coalesce(m.canonical, s.id)) FROM (SELECT CASE WHEN g % 2 = 0 THEN 'user-' ELSE 'dev-' END || (1 + g % 50000) AS id FROM generate_series(1, 100000) g) s LEFT JOIN mapping m ON m.distinct_id = s.id")

@@ -293,6 +293,11 @@ BEGIN
         RAISE EXCEPTION 'the identity state is not distributed yet' USING ERRCODE = '55000',
             HINT = 'Run SELECT mp_distribute() on the coordinator first: the shards'' triggers read the identity state on their own node.';
     END IF;
+    -- This function's search_path is pinned: the table to co-locate with must be qualified.
+    IF colocate_with NOT IN ('default', 'none') AND pg_catalog.to_regclass(colocate_with) IS NULL THEN
+        RAISE EXCEPTION 'no table % to co-locate % with', colocate_with, events USING ERRCODE = '42P01',
+            HINT = 'Name it with its schema (public.events_staging), or pass ''default'' or ''none''.';
+    END IF;
     old := pg_catalog.current_setting('citus.enable_unsafe_triggers', true);
     PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
     PERFORM pg_catalog.create_distributed_table(events, distribution_column, colocate_with => colocate_with);

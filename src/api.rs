@@ -81,24 +81,6 @@ fn mp_merge_array(
 /// probe under the caller's snapshot (no SPI), the project from the backend's cache.
 #[pg_extern(stable, strict, parallel_safe)]
 fn mp_resolve(distinct_id: &str, project: default!(&str, "'default'")) -> String {
-    use pgrx::IntoDatum;
     let project_id = store::project_id(project).or_raise();
-    let mut found: Option<String> = None;
-    let datum = distinct_id.into_datum().unwrap();
-    // SAFETY: asks for this backend's current subtransaction id.
-    let statement = (0, unsafe { pg_sys::GetCurrentSubTransactionId() });
-    // SAFETY: `datum` is the text datum of `distinct_id`, alive for the call.
-    unsafe {
-        crate::probe::canonical(
-            crate::probe::Use::Resolve,
-            statement,
-            project_id,
-            datum,
-            |d| {
-                found = d.and_then(|d| <String as pgrx::FromDatum>::from_datum(d, false));
-            },
-        )
-    }
-    .or_raise();
-    found.unwrap_or_else(|| distinct_id.to_string())
+    crate::probe::resolve(project_id, distinct_id).or_raise()
 }

@@ -154,6 +154,24 @@ pub fn queue(q: Queued<'_>) {
     });
 }
 
+/// Whether every operation of a shard row's plan would change nothing: its two ids pass the
+/// rules' checks and are already one person here (a repeated login's `$identify`, a Simplified
+/// row whose device is linked). Such a row needs no queue entry: applying it would log nothing
+/// and record nothing. Any doubt (an id missing, a lookup failing) queues the row.
+pub fn all_together(project: &crate::core::rules::Project, ops: &[ingest::PlannedOp]) -> bool {
+    ops.iter().all(|planned| {
+        let (Some(a), Some(b)) = (planned.a.as_deref(), planned.b.as_deref()) else {
+            return false;
+        };
+        a != b
+            && crate::core::rules::precheck(planned.op, &project.settings, Some(a), Some(b)).is_ok()
+            && matches!(
+                (crate::probe::resolve(project.id, a), crate::probe::resolve(project.id, b)),
+                (Ok(x), Ok(y)) if x == y
+            )
+    })
+}
+
 const APPLY_BATCH: i64 = 5000;
 
 struct Pending {

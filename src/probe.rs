@@ -467,3 +467,20 @@ pub fn close_current() {
         })
     }
 }
+
+/// The canonical id of `id` in `project_id` (itself when never seen), read as mp_resolve reads it:
+/// one probe under the caller's snapshot.
+pub fn resolve(project_id: i32, id: &str) -> Result<String, IdentityError> {
+    use pgrx::IntoDatum;
+    let mut found: Option<String> = None;
+    let datum = id.into_datum().ok_or_else(|| crate::pg::internal("resolving", "a NULL id"))?;
+    // SAFETY: asks for this backend's current subtransaction id.
+    let statement = (0, unsafe { pg_sys::GetCurrentSubTransactionId() });
+    // SAFETY: `datum` is the text datum of `id`, alive for the call.
+    unsafe {
+        canonical(Use::Resolve, statement, project_id, datum, |d| {
+            found = d.and_then(|d| <String as pgrx::FromDatum>::from_datum(d, false));
+        })
+    }?;
+    Ok(found.unwrap_or_else(|| id.to_string()))
+}

@@ -540,7 +540,10 @@ unsafe fn apply_row_event(
     if let Some(table) = &ctx.shard_of {
         // On a Citus shard the replicated state cannot be written from here: the event waits
         // in this node's queue, committed with the row, for mp_apply_pending.
-        if !plan.ops.is_empty() || !plan.refusals.is_empty() || plan.ignored.is_some() {
+        if !plan.refusals.is_empty()
+            || plan.ignored.is_some()
+            || !crate::citus::all_together(project, &plan.ops)
+        {
             crate::citus::queue(crate::citus::Queued {
                 project_id: project.id,
                 events: table,

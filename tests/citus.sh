@@ -116,6 +116,43 @@ q "$COORD" "INSERT INTO ev_more VALUES (202, 'cache-a', 'view', '{}')" >/dev/nul
 check "stamp after a merge on W1, through the coordinator's cached connections" "cache-user" \
   "$(q "$COORD" "SELECT canonical_id FROM ev_more WHERE id = 202")"
 
+# mp_check audits the stamps on every shard; mp_detach and mp_attach on a distributed table.
+q "$COORD" "UPDATE ev_users SET canonical_id = 'bogus' WHERE id = 1" >/dev/null
+check "mp_check finds a wrong stamp on a shard" "unfixable_stamp" "$(q "$COORD" "SELECT string_agg(check_name, ',') FROM mp_check('flows-users')")"
+q "$COORD" "UPDATE ev_users SET canonical_id = 'U1' WHERE id = 1" >/dev/null
+q "$COORD" "SELECT mp_detach('ev_more')" >/dev/null
+q "$COORD" "INSERT INTO ev_more VALUES (300, 'cache-a', 'view', '{}')" >/dev/null
+check "mp_detach: the shards stop stamping" "" "$(q "$COORD" "SELECT canonical_id FROM ev_more WHERE id = 300")"
+q "$COORD" "SELECT mp_attach('ev_more', 'flows-more')" >/dev/null
+q "$COORD" "INSERT INTO ev_more VALUES (301, 'cache-a', 'view', '{}')" >/dev/null
+check "mp_attach again on the distributed table: stamps" "cache-user" "$(q "$COORD" "SELECT canonical_id FROM ev_more WHERE id = 301")"
+
+echo "== a distributed deadlock: a writer's row lock on a worker against the write lock"
+q "$COORD" "CREATE TABLE dl (k int, v int); SELECT create_distributed_table('dl', 'k'); INSERT INTO dl VALUES (1, 0)" >/dev/null
+citus_psql "$W1" -At -v VERBOSITY=sqlstate > "$dir/dl.b" 2>&1 <<'SQL' &
+BEGIN;
+SELECT mp_merge('dl1', 'dl2', 'scale');
+SELECT pg_sleep(2);
+UPDATE dl SET v = 1 WHERE k = 1;
+COMMIT;
+SQL
+b=$!
+sleep 0.5
+start=$(date +%s)
+"$PG_BIN/psql" -X -At -v VERBOSITY=sqlstate -h "$CITUS_DIR" -p "$COORD" -U postgres -d postgres > "$dir/dl.a" 2>&1 <<'SQL' || true
+BEGIN;
+UPDATE dl SET v = 2 WHERE k = 1;
+SELECT pg_sleep(1);
+SELECT mp_merge('dl3', 'dl4', 'scale');
+COMMIT;
+SQL
+wait "$b" || true
+took=$(( $(date +%s) - start ))
+check "distributed deadlock: the merge gets the retryable 40001 (no hang)" "40001" \
+  "$(sed -n 's/^.*ERROR: *\([0-9A-Z]\{5\}\).*/\1/p' "$dir/dl.a" | head -1)"
+check "distributed deadlock: resolved within 30 s ($took s), the other transaction committed" "t|dl1" \
+  "$([ "$took" -lt 30 ] && echo t || echo f)|$(q "$COORD" "SELECT mp_resolve('dl1', 'scale')")"
+
 echo "== three sessions on three nodes merging overlapping clusters at once"
 q "$COORD" "SELECT mp_create_project('race'), mp_set_project_setting('race', 'anon_id_format', 'any'), mp_set_project_setting('race', 'max_cluster_size', '100000')" >/dev/null
 for p in $NODES; do
