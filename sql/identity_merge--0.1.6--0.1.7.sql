@@ -627,6 +627,9 @@ DECLARE
     top record;
     n bigint := 0;
     k bigint;
+    touched text[] COLLATE "C";
+    persons text[] COLLATE "C";
+    profiles jsonb[];
     s text := (SELECT ns.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace ns ON ns.oid = e.extnamespace
                 WHERE e.extname = 'identity_merge');
 BEGIN
@@ -638,41 +641,40 @@ BEGIN
            (SELECT coalesce(max(retraction_id), 0) FROM identity_merge.retractions WHERE project_id = p.project_id) AS retraction_id,
            (SELECT coalesce(max(update_id), 0) FROM identity_merge.profile_updates WHERE project_id = p.project_id) AS update_id
       INTO top;
-    CREATE TEMP TABLE IF NOT EXISTS identity_merge_touched (id text COLLATE "C") ON COMMIT DROP;
-    TRUNCATE identity_merge_touched;
     -- Every id whose person may have changed: both sides of new joins, the ids of retracted
-    -- joins and the split clusters' old canonicals, the ids that received updates.
-    INSERT INTO identity_merge_touched
-    SELECT unnest(ARRAY[l.id_a, l.id_b, l.kept_canonical, l.absorbed_canonical]) FROM identity_merge.merge_log l
-     WHERE l.project_id = p.project_id AND l.seq > w.merge_seq AND l.seq <= top.merge_seq
-    UNION
-    SELECT unnest(ARRAY[l.id_a, l.id_b, r.old_canonical]) FROM identity_merge.retractions r
-      JOIN identity_merge.merge_log l ON l.seq = ANY (r.retracted)
-     WHERE r.project_id = p.project_id AND r.retraction_id > w.retraction_id AND r.retraction_id <= top.retraction_id
-    UNION
-    SELECT u.distinct_id FROM identity_merge.profile_updates u
-     WHERE u.project_id = p.project_id AND u.update_id > w.update_id AND u.update_id <= top.update_id;
+    -- joins and the split clusters' old canonicals, the ids that received updates. (An array,
+    -- not a temporary table: on Citus a temporary table cannot meet the replicated ones.)
+    touched := ARRAY(
+        SELECT unnest(ARRAY[l.id_a, l.id_b, l.kept_canonical, l.absorbed_canonical]) FROM identity_merge.merge_log l
+         WHERE l.project_id = p.project_id AND l.seq > w.merge_seq AND l.seq <= top.merge_seq
+        UNION
+        SELECT unnest(ARRAY[l.id_a, l.id_b, r.old_canonical]) FROM identity_merge.retractions r
+          JOIN identity_merge.merge_log l ON l.seq = ANY (r.retracted)
+         WHERE r.project_id = p.project_id AND r.retraction_id > w.retraction_id AND r.retraction_id <= top.retraction_id
+        UNION
+        SELECT u.distinct_id FROM identity_merge.profile_updates u
+         WHERE u.project_id = p.project_id AND u.update_id > w.update_id AND u.update_id <= top.update_id);
     -- Rows of ids that are no longer a canonical id (absorbed, or joined under another).
     DELETE FROM identity_merge.people pe
-     USING identity_merge_touched t
-     WHERE pe.project_id = p.project_id AND pe.canonical_id = t.id
+     WHERE pe.project_id = p.project_id AND pe.canonical_id = ANY (touched)
        AND EXISTS (SELECT 1 FROM identity_merge.identities i WHERE i.project_id = p.project_id
-                     AND i.distinct_id = t.id AND i.canonical_id <> t.id);
+                     AND i.distinct_id = pe.canonical_id AND i.canonical_id <> pe.canonical_id);
     GET DIAGNOSTICS k = ROW_COUNT;
     n := n + k;
     -- The current people of those ids: their profile, or no row when they have none.
-    EXECUTE format(
-        'WITH persons AS (SELECT DISTINCT coalesce(i.canonical_id, t.id) AS c FROM identity_merge_touched t '
-        '                   LEFT JOIN identity_merge.identities i ON i.project_id = $1 AND i.distinct_id = t.id), '
-        '     profiles AS (SELECT persons.c, %I.mp_profile(persons.c, $2) AS props FROM persons), '
-        '     gone AS (DELETE FROM identity_merge.people pe USING profiles '
-        '               WHERE pe.project_id = $1 AND pe.canonical_id = profiles.c AND profiles.props = ''{}''::jsonb RETURNING 1), '
-        '     written AS (INSERT INTO identity_merge.people (project_id, canonical_id, properties) '
-        '                 SELECT $1, profiles.c, profiles.props FROM profiles WHERE profiles.props <> ''{}''::jsonb '
-        '                 ON CONFLICT (project_id, canonical_id) DO UPDATE SET properties = EXCLUDED.properties, refreshed_at = EXCLUDED.refreshed_at '
-        '                 RETURNING 1) '
-        'SELECT (SELECT count(*) FROM gone) + (SELECT count(*) FROM written)', s)
-        INTO k USING p.project_id, p.token;
+    persons := ARRAY(SELECT DISTINCT coalesce(i.canonical_id, t.id) FROM unnest(touched) t(id)
+                       LEFT JOIN identity_merge.identities i ON i.project_id = p.project_id AND i.distinct_id = t.id);
+    EXECUTE format('SELECT array_agg(%I.mp_profile(u.c, $2) ORDER BY u.n) FROM unnest($1) WITH ORDINALITY u(c, n)', s)
+       INTO profiles USING persons, p.token;
+    DELETE FROM identity_merge.people pe
+     WHERE pe.project_id = p.project_id
+       AND pe.canonical_id = ANY (ARRAY(SELECT c FROM unnest(persons, profiles) u(c, props) WHERE props = '{}'::jsonb));
+    GET DIAGNOSTICS k = ROW_COUNT;
+    n := n + k;
+    INSERT INTO identity_merge.people (project_id, canonical_id, properties)
+    SELECT p.project_id, u.c, u.props FROM unnest(persons, profiles) u(c, props) WHERE u.props <> '{}'::jsonb
+    ON CONFLICT (project_id, canonical_id) DO UPDATE SET properties = EXCLUDED.properties, refreshed_at = EXCLUDED.refreshed_at;
+    GET DIAGNOSTICS k = ROW_COUNT;
     n := n + k;
     UPDATE identity_merge.people_refreshed x
        SET merge_seq = top.merge_seq, retraction_id = top.retraction_id, update_id = top.update_id

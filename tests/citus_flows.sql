@@ -11,6 +11,7 @@
 SET client_min_messages = warning;
 -- After each load: apply the queued identity events (Citus), then bring earlier stamps up to date.
 \set apply 'SELECT mp_apply_pending() >= 0 AS applied, mp_restamp(''ev_users'') >= 0 AS u, mp_restamp(''ev_shared'') >= 0 AS s, mp_restamp(''ev_more'') >= 0 AS m, mp_restamp(''ev_bulk'') >= 0 AS b \\gset'
+-- (mp_restamp of the later tables is in their sections: they do not exist yet here)
 \o /dev/null
 SELECT mp_create_project(t), mp_set_project_setting(t, 'anon_id_format', 'any')
   FROM (VALUES ('flows-users'), ('flows-shared'), ('flows-more'), ('flows-bulk')) v(t);
@@ -106,6 +107,57 @@ SELECT count(*) AS joins, count(DISTINCT kept_canonical) AS kept, min(operation)
 SELECT size, count(*) AS clusters FROM identity_merge.clusters c JOIN identity_merge.projects p USING (project_id)
  WHERE p.token = 'flows-bulk' GROUP BY size ORDER BY size;
 
+\echo '== Simplified ID Merge: $device_id / $user_id columns; the first row with both links the device'
+SELECT mp_create_project('flows-simple', 'simplified') \gset
+CREATE TABLE ev_simple (id int, "$device_id" text, "$user_id" text, distinct_id text, event text, properties jsonb, canonical_id text);
+\if :citus
+SELECT mp_distribute_events('ev_simple', 'id') \gset
+\endif
+SELECT mp_attach('ev_simple', 'flows-simple') \gset
+INSERT INTO ev_simple (id, "$device_id", "$user_id", event, properties) VALUES
+    (1, 'S1', NULL, 'Page View', '{}'), (2, 'S1', NULL, 'Page View', '{}'),
+    (3, 'S1', 'SU1', 'Sign Up', '{}'), (4, NULL, 'SU1', 'Purchase', '{}');
+:apply
+INSERT INTO ev_simple (id, "$device_id", "$user_id", event, properties) VALUES
+    (5, 'S2', NULL, 'Page View', '{}'), (6, 'S2', 'SU1', 'Login', '{}'), (7, 'S2', 'SU1', 'Login', '{}');
+:apply
+INSERT INTO ev_simple (id, "$device_id", "$user_id", event, properties) VALUES (8, 'S1', 'SU2', 'Login', '{}');
+:apply
+SELECT mp_restamp('ev_simple') >= 0 AS restamped \gset
+SELECT id, distinct_id, canonical_id FROM ev_simple ORDER BY id;
+SELECT reason_code, id_a, id_b FROM identity_merge.rejections r JOIN identity_merge.projects p USING (project_id)
+ WHERE p.token = 'flows-simple' ORDER BY reason_code, id_a, id_b;
+
+\echo '== Legacy aliases: an alias maps once to its original, and stamps are final'
+SELECT mp_create_project('flows-legacy', 'legacy'), mp_set_project_setting('flows-legacy', 'anon_id_format', 'any') \gset
+CREATE TABLE ev_legacy (id int, distinct_id text, event text, properties jsonb, canonical_id text);
+\if :citus
+SELECT mp_distribute_events('ev_legacy', 'distinct_id') \gset
+\endif
+SELECT mp_attach('ev_legacy', 'flows-legacy') \gset
+INSERT INTO ev_legacy VALUES (1, 'L-anon', 'Page View', '{}'),
+                             (2, 'L-anon', '$create_alias', '{"distinct_id": "L-anon", "alias": "L-user"}');
+:apply
+INSERT INTO ev_legacy VALUES (3, 'L-user', 'Purchase', '{}'),
+                             (4, 'L-anon', '$create_alias', '{"distinct_id": "L-other", "alias": "L-user"}');
+:apply
+SELECT id, distinct_id, canonical_id FROM ev_legacy ORDER BY id;
+SELECT reason_code, id_a, id_b FROM identity_merge.rejections r JOIN identity_merge.projects p USING (project_id)
+ WHERE p.token = 'flows-legacy' ORDER BY reason_code, id_a, id_b;
+
+\echo '== Segment payloads, people profiles, a split and its restamp'
+SELECT (mp_segment('{"type": "identify", "userId": "SEG-U", "anonymousId": "SEG-A", "writeKey": "flows-more"}'::jsonb, 'flows-more'))->>'status' AS segment;
+SELECT (mp_engage('{"$token": "flows-more", "$distinct_id": "D6", "$set": {"plan": "pro"}}'::jsonb))->>'status' AS engage_device,
+       (mp_engage('{"$token": "flows-more", "$distinct_id": "U6", "$set_once": {"first": "2026-01-01"}}'::jsonb))->>'status' AS engage_user;
+SELECT mp_profile('A7', 'flows-more') AS profile_of_a7;
+SELECT mp_refresh_people('flows-more') AS people_refreshed;
+SELECT canonical_id, properties FROM identity_merge.people pe JOIN identity_merge.projects p USING (project_id)
+ WHERE p.token = 'flows-more' ORDER BY canonical_id;
+SELECT id, old_canonical, new_canonical FROM mp_split('M2', 'flows-more') ORDER BY id;
+:apply
+SELECT id, distinct_id, canonical_id FROM ev_more ORDER BY id;
+SELECT mp_resolve(i, 'flows-more') AS resolved, i AS id FROM unnest(ARRAY['M1', 'M2', 'U6', 'SEG-A']) i ORDER BY i;
+
 \echo '== mp_backfill of a history into its own project, mp_restamp, mp_check'
 SELECT mp_create_project('flows-backfill') \gset
 SET identity_merge.anon_id_format = 'any';
@@ -114,9 +166,10 @@ SELECT events, joins FROM mp_backfill($$SELECT op, a, b FROM (VALUES (1, 'identi
 RESET identity_merge.anon_id_format;
 SELECT mp_resolve(i, 'flows-backfill') AS resolved, i AS id FROM unnest(ARRAY['h1', 'h2', 'H2', 'ha']) i ORDER BY i;
 SELECT mp_restamp('ev_users') AS restamped_users, mp_restamp('ev_bulk') AS restamped_bulk;
-SELECT t AS project, count(c.*) AS violations FROM unnest(ARRAY['flows-users', 'flows-shared', 'flows-more', 'flows-bulk', 'flows-backfill']) t
+SELECT t AS project, count(c.*) AS violations FROM unnest(ARRAY['flows-users', 'flows-shared', 'flows-more', 'flows-bulk', 'flows-backfill', 'flows-simple', 'flows-legacy']) t
   LEFT JOIN LATERAL mp_check(t) c ON true GROUP BY t ORDER BY t;
-\echo '== the merge log, in the order of the joins within each project'
-SELECT p.token, l.operation, l.id_a, l.id_b, l.kept_canonical, l.absorbed_canonical, l.moved_ids, l.source
+\echo '== the merge log (by ids: rows of one statement that went to different nodes have no order)'
+SELECT p.token, l.operation, l.id_a, l.id_b, l.kept_canonical, l.absorbed_canonical, l.moved_ids, l.source,
+       l.retracted_by IS NOT NULL AS retracted
   FROM identity_merge.merge_log l JOIN identity_merge.projects p USING (project_id)
- WHERE p.token LIKE 'flows-%' AND p.token <> 'flows-bulk' ORDER BY p.token, l.seq;
+ WHERE p.token LIKE 'flows-%' AND p.token <> 'flows-bulk' ORDER BY p.token, l.id_a, l.id_b, l.seq;
