@@ -7,6 +7,12 @@ CREATE TABLE pgb_ours (LIKE pgb_plain);
 SELECT mp_attach('pgb_ours', create_index => false);
 SELECT mp_create_project('pgbench'), mp_set_project_setting('pgbench', 'anon_id_format', 'any'),
        mp_set_project_setting('pgbench', 'max_cluster_size', '100000000');
+-- Four loaders of mixed streams: 500-row INSERT ... SELECTs, 2% of them $identify of 2,000
+-- users shared by every loader (overlapping), 20,000 devices.
+SELECT mp_create_project('mixed'), mp_set_project_setting('mixed', 'anon_id_format', 'any');
+CREATE TABLE mix_plain (distinct_id text, event text, properties jsonb, canonical_id text);
+CREATE TABLE mix_ours (LIKE mix_plain);
+SELECT mp_attach('mix_ours', 'mixed', create_index => false);
 SQL
 tps() {  # script, extra pgbench args
   { "$PG_BIN/pgbench" -n -M prepared -c 2 -j 2 -T "$secs" -f "bench/pgbench/$1" "${@:2}" 2>&1 || true; } \
@@ -18,6 +24,14 @@ s=$(tps resolve_select.sql); r=$(tps resolve_ours.sql)
 i=$(tps identify.sql)
 unset PGOPTIONS
 ic=$(tps identify.sql)
+mixed() {  # script: rows/s of 4 loaders (500 rows a transaction), and failed transactions
+  { "$PG_BIN/pgbench" -n -M prepared -c 4 -j 4 -T "$secs" --max-tries=10 -f "bench/pgbench/$1" 2>&1 || true; } \
+    | awk '/^tps = /{t=$3} /number of failed transactions/{f=$5} END{printf "%.0f %s", t * 500, f == "" ? 0 : f}'
+}
+read -r mp mpf <<< "$(mixed mixed_plain.sql)"
+read -r mo mof <<< "$(mixed mixed_ours.sql)"
+mix_wrong=$(cluster_psql -Atc "SELECT count(*) FROM mix_ours WHERE canonical_id IS DISTINCT FROM mp_resolve(distinct_id, 'mixed') AND canonical_id NOT IN (SELECT absorbed_canonical FROM identity_merge.merge_log)")
+mix_rejected=$(cluster_psql -Atc "SELECT count(*) FROM identity_merge.rejections r JOIN identity_merge.projects p USING (project_id) WHERE p.token = 'mixed'")
 clusters=$(cluster_psql -Atc "SELECT count(*) FROM identity_merge.clusters WHERE project_id = (SELECT project_id FROM identity_merge.projects WHERE token = 'pgbench')")
 bad=$(cluster_psql -Atc "SELECT count(*) FROM identity_merge.clusters c WHERE c.size <> (SELECT count(*) FROM identity_merge.identities i WHERE i.project_id = c.project_id AND i.canonical_id = c.canonical_id)")
 echo
@@ -30,3 +44,6 @@ printf '| %-58s | %10s | %9s |\n' "3 mp_resolve" "$r" "$(awk "BEGIN{printf \"%.2
 printf '| %-58s | %10s | %9s |\n' "4 mp_identify, overlapping users (2,000), new anon ids" "$i" "ops/s"
 printf '| %-58s | %10s | %9s |\n' "4 mp_identify, same, synchronous_commit=on" "$ic" "ops/s"
 echo "  after the identify runs: $clusters clusters in project pgbench, $bad clusters whose size disagrees with their members"
+printf '| %-58s | %10s | %9s |\n' "5 four loaders, plain, 2% \$identify rows (rows/s)" "$mp" "1.00"
+printf '| %-58s | %10s | %9s |\n' "5 four loaders, attached, overlapping users (rows/s)" "$mo" "$(awk "BEGIN{printf \"%.2f\", $mo/$mp}")x rows"
+echo "  four loaders: failed transactions (after up to 10 tries) plain $mpf, attached $mof; $mix_rejected identity events refused by the rules; $mix_wrong rows stamped other than mp_resolve or a later-merged canonical"

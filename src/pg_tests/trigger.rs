@@ -59,6 +59,74 @@ mod tests {
         );
     }
 
+    /// A stream mixing page views with `$identify`, `$create_alias`, `$merge` rows (valid,
+    /// malformed, refused by the rules, over the cluster size limit), inserted in one statement,
+    /// gives the same stamps, clusters, merge log and rejections as the same rows inserted one
+    /// statement per row: whatever the trigger does within a statement (its cache, its own joins'
+    /// redirects, the exclusive project lock after many joins), a row sees what the rows before
+    /// it did.
+    #[pg_test]
+    fn a_mixed_stream_in_one_statement_equals_row_by_row() {
+        run("SELECT mp_create_project(t), mp_set_project_setting(t, 'anon_id_format', 'any'), \
+                    mp_set_project_setting(t, 'max_cluster_size', '6') \
+               FROM (VALUES ('mix-bulk'), ('mix-rows')) v(t); \
+             CREATE TABLE mix_src (n int, distinct_id text, event text, properties jsonb); \
+             INSERT INTO mix_src \
+             SELECT g, CASE WHEN g % 50 IN (1, 2) THEN 'u' || (k % 30) ELSE 'd' || k END, \
+                    CASE g % 50 WHEN 0 THEN '$identify' WHEN 1 THEN '$create_alias' WHEN 2 THEN '$merge' \
+                                WHEN 3 THEN '$merge' WHEN 4 THEN '$identify' WHEN 5 THEN '$identify' ELSE 'Page View' END, \
+                    CASE g % 50 \
+                      WHEN 0 THEN jsonb_build_object('$identified_id', 'u' || (k % 30), '$anon_id', 'd' || k) \
+                      WHEN 1 THEN jsonb_build_object('alias', 'a' || k, 'distinct_id', 'u' || (k * 3 % 30)) \
+                      WHEN 2 THEN jsonb_build_object('$distinct_ids', jsonb_build_array('d' || k, 'd' || (k * 13 % 100))) \
+                      WHEN 3 THEN jsonb_build_object('$distinct_ids', jsonb_build_array('d' || k)) \
+                      WHEN 4 THEN jsonb_build_object('$identified_id', 'd' || k, '$anon_id', 'd' || k) \
+                      WHEN 5 THEN jsonb_build_object('$identified_id', 'u' || (k % 30)) \
+                      ELSE '{}' END \
+               FROM generate_series(1, 4000) g, LATERAL (SELECT (g * 7919) % 100 AS k) x; \
+             CREATE TABLE mix_bulk (n int, distinct_id text, event text, properties jsonb, canonical_id text); \
+             CREATE TABLE mix_rows (LIKE mix_bulk); \
+             SELECT mp_attach('mix_bulk', 'mix-bulk'), mp_attach('mix_rows', 'mix-rows')");
+        run("INSERT INTO mix_bulk SELECT * FROM mix_src ORDER BY n");
+        run("DO $$ DECLARE r record; BEGIN \
+               FOR r IN SELECT * FROM mix_src ORDER BY n LOOP \
+                 INSERT INTO mix_rows VALUES (r.n, r.distinct_id, r.event, r.properties); \
+               END LOOP; END $$");
+        let of = |sql: &str, table: &str, token: &str| -> Option<String> {
+            one(&sql.replace("TABLE", table).replace("TOKEN", token))
+        };
+        let checks = [
+            ("stamps", "SELECT string_agg(coalesce(canonical_id, '-'), ',' ORDER BY n) FROM TABLE"),
+            ("clusters", "SELECT string_agg(canonical_id || ':' || size || ':' || identified, ',' ORDER BY canonical_id) \
+                          FROM identity_merge.clusters WHERE project_id = (SELECT project_id FROM identity_merge.projects WHERE token = 'TOKEN')"),
+            ("merge log", "SELECT string_agg(concat_ws(':', operation, id_a, id_b, kept_canonical, absorbed_canonical, moved_ids), ',' ORDER BY seq) \
+                           FROM identity_merge.merge_log WHERE project_id = (SELECT project_id FROM identity_merge.projects WHERE token = 'TOKEN')"),
+            ("rejections", "SELECT string_agg(concat_ws(':', reason_code, operation, id_a, id_b, source_row->>'distinct_id'), ',' ORDER BY rejection_id) \
+                            FROM identity_merge.rejections WHERE project_id = (SELECT project_id FROM identity_merge.projects WHERE token = 'TOKEN')"),
+        ];
+        for (what, sql) in checks {
+            let bulk = of(sql, "mix_bulk", "mix-bulk");
+            assert!(bulk.is_some(), "{what}: the stream produced none");
+            assert_eq!(bulk, of(sql, "mix_rows", "mix-rows"), "{what}: one statement vs row by row");
+        }
+        // The stream exercised what it is meant to: joins, every kind of refusal, the limit.
+        let counts = one(
+            "SELECT (SELECT count(*) FROM identity_merge.merge_log l JOIN identity_merge.projects p USING (project_id) WHERE p.token = 'mix-bulk') || '/' || \
+                    (SELECT count(DISTINCT reason_code) FROM identity_merge.rejections r JOIN identity_merge.projects p USING (project_id) WHERE p.token = 'mix-bulk')",
+        )
+        .unwrap();
+        let (joins, reasons) = counts.split_once('/').unwrap();
+        assert!(joins.parse::<i64>().unwrap() >= 50, "joins: {counts}");
+        assert!(reasons.parse::<i64>().unwrap() >= 4, "kinds of refusal: {counts}");
+        for token in ["mix-bulk", "mix-rows"] {
+            assert_eq!(
+                one(&format!("SELECT count(*)::text FROM mp_check('{token}')")).as_deref(),
+                Some("0"),
+                "mp_check({token})"
+            );
+        }
+    }
+
     #[pg_test]
     fn smoke() {
         assert_eq!(
