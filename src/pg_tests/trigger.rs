@@ -83,7 +83,7 @@ mod tests {
                       WHEN 4 THEN jsonb_build_object('$identified_id', 'd' || k, '$anon_id', 'd' || k) \
                       WHEN 5 THEN jsonb_build_object('$identified_id', 'u' || (k % 30)) \
                       ELSE '{}' END \
-               FROM generate_series(1, 4000) g, LATERAL (SELECT (g * 7919) % 100 AS k) x; \
+               FROM generate_series(1, 4000) g, LATERAL (SELECT (hashint4(g) & 2147483647) % 100 AS k) x; \
              CREATE TABLE mix_bulk (n int, distinct_id text, event text, properties jsonb, canonical_id text); \
              CREATE TABLE mix_rows (LIKE mix_bulk); \
              SELECT mp_attach('mix_bulk', 'mix-bulk'), mp_attach('mix_rows', 'mix-rows')");
