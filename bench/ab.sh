@@ -4,6 +4,7 @@
 # each round swaps the library file, opens a new session (which loads it) and times, after one
 # warming statement, a warm INSERT ... SELECT and a warm COPY of bench/setup.sql's 300k rows
 # (median of 3 each). Used to check that a refactoring leaves the hot path as fast as it was.
+# AB_CASE=cold times the cold-cache INSERT ... SELECT and the stream with 2% $identify rows instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 old=$1; new=$2; rounds=${3:-4}
@@ -16,6 +17,21 @@ trap 'cluster_stop; $SUDO cp "$keep/installed.so" "$libdir/.identity_merge.so.ab
 cluster_start "$dir" "$(free_port)" shared_buffers=1GB max_wal_size=4GB
 cluster_psql -f bench/setup.sql >/dev/null
 run() {
+  if [ "${AB_CASE:-warm}" = cold ]; then
+    # AB_CASE=cold: the cache emptied before each run (as another session's merge does), and the
+    # stream with 2% $identify rows (bench/stamping.sql's reset between runs).
+    cluster_psql -At <<'SQL'
+SET client_min_messages = warning;
+SELECT bench_ms('INSERT INTO ev_ours SELECT n, distinct_id, event, properties FROM src',
+                'TRUNCATE ev_ours; UPDATE identity_merge.identities SET canonical_id = canonical_id WHERE false')
+    || ' ' || bench_ms('INSERT INTO ev_ours SELECT n, distinct_id, event, properties FROM src_identify',
+                'TRUNCATE ev_ours; DELETE FROM identity_merge.identities WHERE distinct_id ~ ''^[0-9a-f]{8}-''; ' ||
+                'UPDATE identity_merge.clusters SET size = 2 WHERE size <> 2; DELETE FROM identity_merge.merge_log; ' ||
+                'DELETE FROM identity_merge.rejections')
+    || ' ' || bench_ms('INSERT INTO ev_plain SELECT n, distinct_id, event, properties FROM src', 'TRUNCATE ev_plain');
+SQL
+    return
+  fi
   cluster_psql -At <<'SQL'
 SET client_min_messages = warning;
 INSERT INTO ev_ours SELECT n, distinct_id, event, properties FROM src;  -- warms this session's cache
@@ -24,7 +40,11 @@ SELECT bench_ms('INSERT INTO ev_ours SELECT n, distinct_id, event, properties FR
     || ' ' || bench_ms('INSERT INTO ev_plain SELECT n, distinct_id, event, properties FROM src', 'TRUNCATE ev_plain');
 SQL
 }
-printf '%-6s %-5s %14s %10s %12s\n' round build "INSERT..SELECT" COPY "plain INSERT"
+if [ "${AB_CASE:-warm}" = cold ]; then
+  printf '%-6s %-5s %14s %10s %12s\n' round build "cold INS..SEL" "2% identify" "plain INSERT"
+else
+  printf '%-6s %-5s %14s %10s %12s\n' round build "INSERT..SELECT" COPY "plain INSERT"
+fi
 for r in $(seq 1 "$rounds"); do
   for b in old new; do
     so=$old; [ "$b" = new ] && so=$new
