@@ -227,6 +227,20 @@ fn project_token(project_id: i32) -> Option<String> {
     .or_bug("reading a project")
 }
 
+/// What a refused row's rejection keeps on Citus. The rejections are replicated, and their
+/// `source_table` is a regclass, one node's oid: on another node it names another table or none,
+/// while the row-level security on rejections shows a row to the roles that may read its table.
+/// So the table goes in the row by name, with the row's ids and event but not its properties
+/// (which a row without a table would show every reader); the properties stay in the events
+/// table, for the roles that may read it.
+pub fn row_of(table: &str, distinct_id: Option<String>, event: Option<&str>) -> serde_json::Value {
+    json!({
+        "table": table,
+        "distinct_id": distinct_id,
+        "event": event.unwrap_or_default(),
+    })
+}
+
 /// Applies one queued event as the trigger would have on a single server: the same plan, the
 /// joins logged with the row's table and ids, refusals recorded with the row.
 fn apply_one(p: Pending) -> Result<(), IdentityError> {
@@ -254,13 +268,7 @@ fn apply_one(p: Pending) -> Result<(), IdentityError> {
     };
     let done = store::with_source(source, || store::execute(&project, plan))?;
     if !done.refusals.is_empty() {
-        // A regclass is one node's oid: the logical table goes in the row instead.
-        let row = json!({
-            "table": p.events,
-            "distinct_id": p.distinct_id,
-            "event": p.event.unwrap_or_default(),
-            "properties": p.properties,
-        });
+        let row = row_of(&p.events, p.distinct_id, p.event.as_deref());
         store::record_refusals(Some(project.id), &done.refusals, None, &row);
     }
     Ok(())

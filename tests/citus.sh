@@ -91,8 +91,8 @@ else
 fi
 check "doc flow: New User Signup and Returning User stamped U1 on the shards" "7|7" \
   "$(q "$COORD" "SELECT count(*) || '|' || count(*) FILTER (WHERE canonical_id = 'U1') FROM ev_users")"
-check "doc flow: the refused \$identify recorded with its row" "errAnonDistinctIdAssignedAlready|ev_shared" \
-  "$(q "$COORD" "SELECT reason_code || '|' || (source_row->>'table') FROM identity_merge.rejections r JOIN identity_merge.projects p USING (project_id) WHERE p.token = 'flows-shared'")"
+check "doc flow: the refused \$identify recorded with its table, ids and event, not its properties" "errAnonDistinctIdAssignedAlready|ev_shared|U2|\$identify|f|no table" \
+  "$(q "$COORD" "SELECT concat_ws('|', reason_code, source_row->>'table', source_row->>'distinct_id', source_row->>'event', source_row ? 'properties', coalesce(source_table::text, 'no table')) FROM identity_merge.rejections r JOIN identity_merge.projects p USING (project_id) WHERE p.token = 'flows-shared'")"
 
 echo "== rows straight into a worker, roles, caches across nodes"
 # A row inserted on a worker (Citus routes it to the shard, wherever it is) is stamped there.
