@@ -172,8 +172,10 @@ thread_local! {
 /// would lock one copy only: a session could then read this node's copy before the previous
 /// writer's commit reached it.) Identity writes on Citus go one at a time, each paying its
 /// two-phase commit anyway. Taken first, so
-/// writers cannot deadlock among themselves; a distributed deadlock with other locks the
-/// transaction holds is Citus's 40P01, refused here as Contention (40001). Also makes the
+/// writers cannot deadlock among themselves. A deadlock with other locks the transaction holds,
+/// found by this node's detector, is refused here as Contention (40001); one across nodes is
+/// Citus's to break: it cancels a transaction, and the cancel is reported as its 40P01 (the code
+/// is rewritten as the error is reported, after this catch). Also makes the
 /// merge-log order the order of the joins (`_next_merge_seq`, sql/scaling.sql). False: refuse.
 pub fn hold_cluster_wide(project_id: i32) -> bool {
     if !crate::citus::distributed() {
