@@ -372,6 +372,20 @@ BEGIN
         RAISE EXCEPTION 'cannot restamp %: %', events, bad.problem USING ERRCODE = '55000',
             HINT = 'Re-attach the table with mp_attach naming its current columns, or mp_detach it.';
     END IF;
+    -- A Citus table is an empty shell whose rows are in its shards, where a TID range finds
+    -- nothing (since 0.1.8): every row is stamped by one UPDATE, which Citus runs on each shard,
+    -- beside that node's copy of the identity state.
+    IF identity_merge._is_citus_table(events) THEN
+        EXECUTE pg_catalog.format(
+            'UPDATE %1$s e SET %2$I = coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
+            '    WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.distinct_id OPERATOR(pg_catalog.=) (e.%3$I::pg_catalog.text COLLATE "C")), e.%3$I::pg_catalog.text) '
+            'WHERE (e.%2$I)::pg_catalog.text COLLATE "C" IS DISTINCT FROM coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
+            '    WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.distinct_id OPERATOR(pg_catalog.=) (e.%3$I::pg_catalog.text COLLATE "C")), e.%3$I::pg_catalog.text)',
+            events, a.canonical_column, a.distinct_id_column) USING a.project_id;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        RAISE NOTICE 'restamp of % (a Citus table, one UPDATE over its shards): % rows changed', events, n;
+        RETURN;
+    END IF;
     total := pg_catalog.pg_relation_size(events) / pg_catalog.current_setting('block_size')::pg_catalog.int8;
     INSERT INTO identity_merge.restamp_progress AS p (events, next_block, blocks)
     VALUES (mp_restamp_all.events, 0, total)

@@ -94,6 +94,46 @@ pub fn identities() -> Result<Identities, IdentityError> {
     Ok(found)
 }
 
+/// On Citus, the qualified name of this node's copy of the replicated table `table` (in schema
+/// identity_merge), to read it with a plain query: from inside a query Citus sent to a shard
+/// (`SELECT mp_resolve(distinct_id) FROM events` runs on the workers), Citus refuses any query of
+/// a distributed or reference table, but this node's placement is an ordinary table. None on one
+/// server.
+pub fn placement(table: &str) -> Result<Option<String>, IdentityError> {
+    if !distributed() {
+        return Ok(None);
+    }
+    let name = std::ffi::CString::new(table).or_bug("naming a table");
+    let shell = crate::pg::required_relation(&name)?;
+    let epoch = crate::cache::epochs().1;
+    if let Some(found) = PLACEMENTS.with(|p| {
+        p.borrow()
+            .as_ref()
+            .filter(|(e, _)| *e == epoch)
+            .and_then(|(_, names)| names.get(&shell).cloned())
+    }) {
+        return Ok(Some(found));
+    }
+    let shard = first_shard(shell).ok_or_else(|| IdentityError::MissingObject {
+        what: format!("the shard of replicated table identity_merge.{table}"),
+    })?;
+    let found = format!("identity_merge.{table}_{shard}");
+    PLACEMENTS.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            *p = Some((epoch, std::collections::HashMap::new()));
+        }
+        p.as_mut().unwrap().1.insert(shell, found.clone());
+    });
+    Ok(Some(found))
+}
+
+thread_local! {
+    /// (relations epoch, replicated table's shell oid -> its placement's qualified name).
+    static PLACEMENTS: RefCell<Option<(u64, std::collections::HashMap<pg_sys::Oid, String>)>> =
+        const { RefCell::new(None) };
+}
+
 /// Whether the identity state is distributed (false when Citus is absent).
 pub fn distributed() -> bool {
     identities().map(|i| i.distributed).unwrap_or(false)

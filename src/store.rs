@@ -305,11 +305,19 @@ fn load_fresh<R>(load: impl FnOnce() -> R) -> R {
 
 /// Loads a project by token from the projects table.
 fn load_project(token: &str) -> Result<Project, IdentityError> {
+    // On Citus, this node's copy of projects (also from inside a query on a shard).
+    let placement = crate::citus::placement("projects")?;
     let p = plans();
     Spi::connect(|c| {
-        let rows = c
-            .select(&p.project, Some(1), &[token.into()])
-            .or_bug("reading a project");
+        let rows = match &placement {
+            None => c.select(&p.project, Some(1), &[token.into()]),
+            Some(table) => c.select(
+                &SQL_PROJECT.replace("identity_merge.projects", table),
+                Some(1),
+                &[token.into()],
+            ),
+        }
+        .or_bug("reading a project");
         if rows.is_empty() {
             return Err(IdentityError::UnknownProject {
                 token: token.to_string(),

@@ -120,6 +120,15 @@ check "stamp after a merge on W1, through the coordinator's cached connections" 
 q "$COORD" "UPDATE ev_users SET canonical_id = 'bogus' WHERE id = 1" >/dev/null
 check "mp_check finds a wrong stamp on a shard" "unfixable_stamp" "$(q "$COORD" "SELECT string_agg(check_name, ',') FROM mp_check('flows-users')")"
 q "$COORD" "UPDATE ev_users SET canonical_id = 'U1' WHERE id = 1" >/dev/null
+# Rows loaded before the table was attached have no stamp: CALL mp_restamp_all stamps them on
+# every shard (a Citus table's shell has no rows for its TID batches to find).
+q "$COORD" "CREATE TABLE late (distinct_id text, event text, properties jsonb, canonical_id text);
+  SELECT mp_distribute_events('late', 'distinct_id');
+  INSERT INTO late (distinct_id) SELECT CASE WHEN g % 2 = 0 THEN '\$device:D1' ELSE 'nobody-' || g END FROM generate_series(1, 40) g;
+  SELECT mp_attach('late', 'flows-users')" >/dev/null
+citus_psql "$COORD" -q -c "CALL mp_restamp_all('late')" 2>/dev/null
+check "CALL mp_restamp_all on a distributed table stamps rows loaded before mp_attach; mp_resolve in a query on the shards" "40|20" \
+  "$(q "$COORD" "SELECT count(*) FILTER (WHERE canonical_id = mp_resolve(distinct_id, 'flows-users')) || '|' || count(*) FILTER (WHERE canonical_id = 'U1') FROM late")"
 q "$COORD" "SELECT mp_detach('ev_more')" >/dev/null
 q "$COORD" "INSERT INTO ev_more VALUES (300, 'cache-a', 'view', '{}')" >/dev/null
 check "mp_detach: the shards stop stamping" "" "$(q "$COORD" "SELECT canonical_id FROM ev_more WHERE id = 300")"
@@ -261,7 +270,7 @@ check "after mp_undistribute: mp_check clean" "0" "$(q "$COORD" "SELECT count(*)
 check "after mp_undistribute: a reader still reads" "U1" "$(q "$COORD" "SET ROLE r; SELECT mp_resolve('\$device:D2', 'flows-users')")"
 check "after mp_undistribute: pg_dump keeps the state tables' rows (extconfig)" "19|true" \
   "$(q "$COORD" "SELECT cardinality(extconfig) || '|' || ('identity_merge.identities'::regclass::oid = ANY (extconfig)) FROM pg_extension WHERE extname = 'identity_merge'")"
-q "$COORD" "DROP TABLE ev_users, ev_shared, ev_more, ev_bulk, ev_simple, ev_legacy, fault_events, early_events" >/dev/null
+q "$COORD" "DROP TABLE ev_users, ev_shared, ev_more, ev_bulk, ev_simple, ev_legacy, late, fault_events, early_events" >/dev/null
 check "DROP EXTENSION after mp_undistribute" "ok" "$(state "$COORD" "DROP EXTENSION identity_merge")"
 for p in $W1 $W2; do
   check "node $p: nothing of identity_merge left" "0" "$(q "$p" "SELECT count(*) FROM pg_namespace WHERE nspname = 'identity_merge'")"
