@@ -96,17 +96,15 @@ fn try_take(tag: &pg_sys::LOCKTAG, mode: pg_sys::LOCKMODE) -> bool {
     })
 }
 
-/// Waits for the locks in a subtransaction; false when PostgreSQL picked this transaction as
-/// a deadlock's victim (nothing is held then from this call).
-fn wait_take(tags: &[pg_sys::LOCKTAG], mode: pg_sys::LOCKMODE) -> bool {
-    in_subtransaction(|| {
-        let taken = PgTryBuilder::new(|| {
-            for tag in tags {
-                // SAFETY: a waiting acquire of a valid tag inside the subtransaction; its
-                // ERRORs (deadlock, timeout, cancel) are caught here or by in_subtransaction.
-                unsafe { pg_sys::LockAcquire(tag, mode, false, false) };
-            }
-            true
+/// Runs `wait` (which waits for locks and says whether it got them) in a subtransaction; false
+/// when it did not, or when PostgreSQL picked this transaction as a deadlock's victim: then
+/// nothing it took is held.
+fn waiting(wait: impl FnOnce() -> bool) -> bool {
+    let wait = std::panic::AssertUnwindSafe(wait);
+    in_subtransaction(move || {
+        let taken = PgTryBuilder::new(move || {
+            let wait = wait;
+            (wait.0)()
         })
         .catch_when(PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED, |_| false)
         .execute();
@@ -115,6 +113,19 @@ fn wait_take(tags: &[pg_sys::LOCKTAG], mode: pg_sys::LOCKMODE) -> bool {
         } else {
             Step::Fail(false)
         }
+    })
+}
+
+/// Waits for the locks in a subtransaction; false when PostgreSQL picked this transaction as
+/// a deadlock's victim (nothing is held then from this call).
+fn wait_take(tags: &[pg_sys::LOCKTAG], mode: pg_sys::LOCKMODE) -> bool {
+    waiting(|| {
+        for tag in tags {
+            // SAFETY: a waiting acquire of a valid tag inside the subtransaction; its
+            // ERRORs (deadlock, timeout, cancel) are caught here or by in_subtransaction.
+            unsafe { pg_sys::LockAcquire(tag, mode, false, false) };
+        }
+        true
     })
 }
 
@@ -186,23 +197,14 @@ pub fn hold_cluster_wide(project_id: i32) -> bool {
     if CLUSTER_WIDE.with(|c| c.get()) == key {
         return true;
     }
-    let taken = in_subtransaction(|| {
-        let taken = PgTryBuilder::new(|| {
-            crate::pg::as_owner(|| {
-                Spi::run_with_args(
-                    "UPDATE identity_merge.projects SET token = token WHERE project_id OPERATOR(pg_catalog.=) $1",
-                    &[project_id.into()],
-                )
-            })
-            .is_ok()
+    let taken = waiting(|| {
+        crate::pg::as_owner(|| {
+            Spi::run_with_args(
+                "UPDATE identity_merge.projects SET token = token WHERE project_id OPERATOR(pg_catalog.=) $1",
+                &[project_id.into()],
+            )
         })
-        .catch_when(PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED, |_| false)
-        .execute();
-        if taken {
-            Step::Commit(true)
-        } else {
-            Step::Fail(false)
-        }
+        .is_ok()
     });
     if taken {
         CLUSTER_WIDE.with(|c| c.set(key));
