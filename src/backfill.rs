@@ -143,6 +143,7 @@ fn write_batch(
     join_ordinals: &[i64],
     role: &str,
     provenance: bool,
+    distributed: bool,
 ) -> (i64, i64, i64) {
     // Bulk writes, in key order (btree inserts then touch pages one after another).
     let (new_ids, moved_ids) = graph.new_and_moved_ids();
@@ -223,7 +224,7 @@ fn write_batch(
         } else {
             (String::new(), String::new())
         };
-        if crate::citus::distributed() {
+        if distributed {
             // On Citus seq is not a sequence's (sql/scaling.sql): the joins follow the log,
             // under the cluster-wide lock taken when the backfill began.
             columns.push_str(", seq");
@@ -293,7 +294,8 @@ fn mp_backfill(
         name!(clusters_written, i64),
     ),
 > {
-    if crate::citus::distributed() {
+    let distributed = crate::citus::distributed();
+    if distributed {
         // Bulk writes to the replicated tables go to every node at once, which Citus refuses in
         // a transaction that already read a placement in this backend: none is, from here.
         Spi::run("SELECT pg_catalog.set_config('citus.enable_local_execution', 'off', true)")
@@ -320,7 +322,6 @@ fn mp_backfill(
             b: String::new(),
         });
     }
-    let distributed = crate::citus::distributed();
     Spi::connect_mut(|c| {
         // On Citus the cluster-wide lock just taken already keeps every other writer out (and
         // Citus cannot send a LOCK to every node after the lock's local read).
@@ -357,7 +358,7 @@ fn mp_backfill(
                 // written, the split made as mp_split makes it (through a connection of its own:
                 // the history's cursor stays open), and the graph read again from the store.
                 let (joins, ids, clusters) = Spi::connect_mut(|c| {
-                    write_batch(c, pid, &mut graph, &refusals, &join_ordinals, &role, provenance)
+                    write_batch(c, pid, &mut graph, &refusals, &join_ordinals, &role, provenance, distributed)
                 });
                 totals.0 += joins;
                 totals.1 += ids;
@@ -449,6 +450,7 @@ fn mp_backfill(
             &join_ordinals,
             &role,
             provenance,
+            distributed,
         );
         totals.0 += joins;
         totals.1 += ids;

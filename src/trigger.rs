@@ -570,19 +570,20 @@ unsafe fn apply_row_event(
     };
     let done = store::with_source(source, || store::execute(project, plan))?;
     if !done.refusals.is_empty() {
-        if crate::citus::distributed() {
+        let (table, row) = if crate::citus::distributed() {
             // The rejections are replicated: this node's oid would name another table, or
             // none, on the others, where row-level security reads it (see citus::row_of).
             let row = crate::citus::row_of(&ctx.qualified_table, distinct(), event.as_deref());
-            store::record_refusals(Some(project.id), &done.refusals, None, &row);
-            return Ok(fill.filter(|_| distinct().is_none()));
-        }
-        let row = serde_json::json!({
-            "distinct_id": distinct(),
-            "event": event.as_deref().unwrap_or_default(),
-            "properties": properties(),
-        });
-        store::record_refusals(Some(project.id), &done.refusals, Some(relid), &row);
+            (None, row)
+        } else {
+            let row = serde_json::json!({
+                "distinct_id": distinct(),
+                "event": event.as_deref().unwrap_or_default(),
+                "properties": properties(),
+            });
+            (Some(relid), row)
+        };
+        store::record_refusals(Some(project.id), &done.refusals, table, &row);
     }
     Ok(fill.filter(|_| distinct().is_none()))
 }

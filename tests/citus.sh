@@ -29,6 +29,12 @@ check() {  # check NAME EXPECTED ACTUAL
   if [ "$2" = "$3" ]; then passed=$((passed + 1)); echo "ok   $1"
   else failed=$((failed + 1)); echo "FAIL $1: expected [$2], got [$3]"; fi
 }
+# pairs FILE...: the merges a client saw committed ('M|a|b|...' lines), as SQL VALUES rows
+pairs() {
+  local v
+  v=$(cat "$@" | grep '^M|' | awk -F'|' '{printf "(\x27%s\x27,\x27%s\x27),", $2, $3}' | sed 's/,$//')
+  echo "${v:-(NULL,NULL)}"
+}
 # q PORT SQL [psql args]: one value, as the postgres superuser
 q() { local port=$1 sql=$2; shift 2; citus_psql "$port" -At "$@" -c "SET client_min_messages = warning" -c "$sql"; }
 # state PORT SQL [psql args]: the SQLSTATE of the statement's error, or "ok"
@@ -197,9 +203,8 @@ seen=$(cat "$dir"/race.*.out | grep -c '^M|' || true)
 errors=$(cat "$dir"/race.*.err | sed -n 's/^.*ERROR: *\([0-9A-Z]\{5\}\).*/\1/p' | sort | uniq -c | tr -s ' ' | paste -sd, -)
 echo "merges committed: $seen; errors: ${errors:-none}"
 check "concurrent merges: errors only 40001" "" "$(cat "$dir"/race.*.err | sed -n 's/^.*ERROR: *\([0-9A-Z]\{5\}\).*/\1/p' | grep -v 40001 || true)"
-pairs=$(cat "$dir"/race.*.out | grep '^M|' | awk -F'|' '{printf "(\x27%s\x27,\x27%s\x27),", $2, $3}' | sed 's/,$//'); pairs=${pairs:-"(NULL,NULL)"}
 check "concurrent merges: every committed merge holds" "0" \
-  "$(q "$COORD" "SELECT count(*) FROM (VALUES $pairs) v(a, b) WHERE mp_resolve(a, 'race') <> mp_resolve(b, 'race')")"
+  "$(q "$COORD" "SELECT count(*) FROM (VALUES $(pairs "$dir"/race.*.out)) v(a, b) WHERE mp_resolve(a, 'race') <> mp_resolve(b, 'race')")"
 for p in $NODES; do
   check "node $p: mp_check('race') clean" "0" "$(q "$p" "SELECT count(*) FROM mp_check('race')")"
 done
@@ -248,9 +253,8 @@ q "$COORD" "SELECT recover_prepared_transactions()" >/dev/null
 merges=$(grep -c '^M|' "$dir/fault.out" || true); rows=$(grep -c '^I|' "$dir/fault.out" || true)
 echo "seen committed: $merges merges, $rows rows; client errors while the worker was down: $(grep -c ERROR "$dir/fault.err" || true)"
 check "worker kill: the client saw work commit before and after" "t" "$([ "$merges" -gt 100 ] && [ "$rows" -gt 100 ] && echo t || echo f)"
-pairs=$(grep '^M|' "$dir/fault.out" | awk -F'|' '{printf "(\x27%s\x27,\x27%s\x27),", $2, $3}' | sed 's/,$//'); pairs=${pairs:-"(NULL,NULL)"}
 check "worker kill: every merge seen committed is there" "0" \
-  "$(q "$COORD" "SELECT count(*) FROM (VALUES $pairs) v(a, b) WHERE mp_resolve(a, 'fault') <> mp_resolve(b, 'fault')")"
+  "$(q "$COORD" "SELECT count(*) FROM (VALUES $(pairs "$dir/fault.out")) v(a, b) WHERE mp_resolve(a, 'fault') <> mp_resolve(b, 'fault')")"
 ids=$(grep '^I|' "$dir/fault.out" | cut -d'|' -f2 | paste -sd, -); ids=${ids:-NULL}
 check "worker kill: every row seen committed is there" "$rows" \
   "$(q "$COORD" "SELECT count(DISTINCT id) FROM fault_events WHERE id = ANY (ARRAY[$ids]::bigint[])")"
