@@ -39,7 +39,12 @@ thread_local! {
 
 fn catalog_relation(name: &std::ffi::CStr) -> bool {
     // SAFETY: a syscache lookup of a name in pg_catalog; InvalidOid when absent.
-    unsafe { pg_sys::get_relname_relid(name.as_ptr(), pg_sys::Oid::from(pg_sys::PG_CATALOG_NAMESPACE)) != pg_sys::InvalidOid }
+    unsafe {
+        pg_sys::get_relname_relid(
+            name.as_ptr(),
+            pg_sys::Oid::from(pg_sys::PG_CATALOG_NAMESPACE),
+        ) != pg_sys::InvalidOid
+    }
 }
 
 /// The shard id of a distributed (or reference) table's single or first shard, if Citus knows it.

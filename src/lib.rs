@@ -52,7 +52,11 @@ mod trigger;
 ::pgrx::pg_module_magic!();
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
-extension_sql_file!("../sql/scaling.sql", name = "scaling", requires = ["schema"]);
+extension_sql_file!(
+    "../sql/scaling.sql",
+    name = "scaling",
+    requires = ["schema"]
+);
 extension_sql_file!("../sql/api.sql", name = "api", finalize);
 
 #[pg_guard]

@@ -473,7 +473,9 @@ pub fn close_current() {
 pub fn resolve(project_id: i32, id: &str) -> Result<String, IdentityError> {
     use pgrx::IntoDatum;
     let mut found: Option<String> = None;
-    let datum = id.into_datum().ok_or_else(|| crate::pg::internal("resolving", "a NULL id"))?;
+    let datum = id
+        .into_datum()
+        .ok_or_else(|| crate::pg::internal("resolving", "a NULL id"))?;
     // SAFETY: asks for this backend's current subtransaction id.
     let statement = (0, unsafe { pg_sys::GetCurrentSubTransactionId() });
     // SAFETY: `datum` is the text datum of `id`, alive for the call.

@@ -590,7 +590,12 @@ fn decide_and_write(
                             provenance.kind.into(),
                             pgrx::JsonB(provenance.detail.clone()).into(),
                             provenance.role.as_str().into(),
-                            (if plan.absorbed.exists { plan.absorbed.size as i32 } else { 1 }).into(),
+                            (if plan.absorbed.exists {
+                                plan.absorbed.size as i32
+                            } else {
+                                1
+                            })
+                            .into(),
                         ],
                     )
                     .or_bug("writing a join");

@@ -107,7 +107,11 @@ mod tests {
         for (what, sql) in checks {
             let bulk = of(sql, "mix_bulk", "mix-bulk");
             assert!(bulk.is_some(), "{what}: the stream produced none");
-            assert_eq!(bulk, of(sql, "mix_rows", "mix-rows"), "{what}: one statement vs row by row");
+            assert_eq!(
+                bulk,
+                of(sql, "mix_rows", "mix-rows"),
+                "{what}: one statement vs row by row"
+            );
         }
         // The stream exercised what it is meant to: joins, every kind of refusal, the limit.
         let counts = one(
@@ -117,7 +121,10 @@ mod tests {
         .unwrap();
         let (joins, reasons) = counts.split_once('/').unwrap();
         assert!(joins.parse::<i64>().unwrap() >= 50, "joins: {counts}");
-        assert!(reasons.parse::<i64>().unwrap() >= 4, "kinds of refusal: {counts}");
+        assert!(
+            reasons.parse::<i64>().unwrap() >= 4,
+            "kinds of refusal: {counts}"
+        );
         for token in ["mix-bulk", "mix-rows"] {
             assert_eq!(
                 one(&format!("SELECT count(*)::text FROM mp_check('{token}')")).as_deref(),
