@@ -135,15 +135,21 @@ fn load_graph(c: &pgrx::spi::SpiClient<'_>, pid: i32) -> Graph {
 /// Writes what a batch of history did, in bulk: new and moved ids, absorbed and changed
 /// clusters, one merge-log row per join (with its history ordinal), one rejection per refused
 /// row. Returns (joins, ids written, clusters written).
+/// How the merge log's rows are written: by whom, with the provenance columns when the
+/// installed SQL has them, and with seq taken from the log itself on Citus.
+struct LogRows {
+    role: String,
+    provenance: bool,
+    distributed: bool,
+}
+
 fn write_batch(
     c: &mut pgrx::spi::SpiClient<'_>,
     pid: i32,
     graph: &mut Graph,
     refusals: &[Refusal],
     join_ordinals: &[i64],
-    role: &str,
-    provenance: bool,
-    distributed: bool,
+    log: &LogRows,
 ) -> (i64, i64, i64) {
     // Bulk writes, in key order (btree inserts then touch pages one after another).
     let (new_ids, moved_ids) = graph.new_and_moved_ids();
@@ -216,7 +222,7 @@ fn write_batch(
             .map(|o| Some(*o))
             .collect();
         // Provenance columns when the installed SQL has them (see store::join_sql).
-        let (mut columns, mut values) = if provenance {
+        let (mut columns, mut values) = if log.provenance {
             (
                 ", source, source_detail, role_name, transaction_id".to_string(),
                 ", 'backfill', pg_catalog.jsonb_build_object('backfill_ordinal', u.h), $9, pg_catalog.pg_current_xact_id()".to_string(),
@@ -224,7 +230,7 @@ fn write_batch(
         } else {
             (String::new(), String::new())
         };
-        if distributed {
+        if log.distributed {
             // On Citus seq is not a sequence's (sql/scaling.sql): the joins follow the log,
             // under the cluster-wide lock taken when the backfill began.
             columns.push_str(", seq");
@@ -244,7 +250,7 @@ fn write_batch(
                 col(&|j| g.name(j.absorbed).to_string()).into(),
                 moved.into(),
                 ordinals.into(),
-                role.into()]),
+                log.role.as_str().into()]),
         );
     }
     for chunk in refusals.chunks(CHUNK) {
@@ -311,8 +317,11 @@ fn mp_backfill(
     let mut refused: i64 = 0;
     // The history ordinal of each join of `graph.joins`, and who loads the history.
     let mut join_ordinals: Vec<i64> = Vec::new();
-    let role = crate::pg::current_role_name();
-    let provenance = store::merge_log_has_provenance();
+    let log = LogRows {
+        role: crate::pg::current_role_name(),
+        provenance: store::merge_log_has_provenance(),
+        distributed,
+    };
     let mut events: i64 = 0;
 
     if !crate::locks::hold_cluster_wide(pid) {
@@ -358,7 +367,7 @@ fn mp_backfill(
                 // written, the split made as mp_split makes it (through a connection of its own:
                 // the history's cursor stays open), and the graph read again from the store.
                 let (joins, ids, clusters) = Spi::connect_mut(|c| {
-                    write_batch(c, pid, &mut graph, &refusals, &join_ordinals, &role, provenance, distributed)
+                    write_batch(c, pid, &mut graph, &refusals, &join_ordinals, &log)
                 });
                 totals.0 += joins;
                 totals.1 += ids;
@@ -442,16 +451,8 @@ fn mp_backfill(
             })
         });
 
-        let (joins, ids, clusters) = write_batch(
-            c,
-            pid,
-            &mut graph,
-            &refusals,
-            &join_ordinals,
-            &role,
-            provenance,
-            distributed,
-        );
+        let (joins, ids, clusters) =
+            write_batch(c, pid, &mut graph, &refusals, &join_ordinals, &log);
         totals.0 += joins;
         totals.1 += ids;
         totals.2 += clusters;
