@@ -44,7 +44,7 @@ fn for_each_row(
     }
 }
 
-fn text_array(
+pub(crate) fn text_array(
     c: &mut pgrx::spi::SpiClient<'_>,
     sql: &str,
     arrays: Vec<Vec<Option<String>>>,
@@ -60,7 +60,7 @@ fn text_array(
 /// Runs one bulk write with the arguments `fill` adds after the project id. The argument
 /// arrays are built in a memory context of their own, freed after the write: built in SPI's
 /// context they would all stay until the end (gigabytes for a history of millions).
-fn write_chunk(
+pub(crate) fn write_chunk(
     c: &mut pgrx::spi::SpiClient<'_>,
     sql: &str,
     project_id: i32,
@@ -154,24 +154,7 @@ fn write_batch(
     // Bulk writes, in key order (btree inserts then touch pages one after another).
     let (new_ids, moved_ids) = graph.new_and_moved_ids();
     let ids_written = (new_ids.len() + moved_ids.len()) as i64;
-    let g = &graph;
-    let columns = |chunk: &[(u32, u32)]| -> Vec<Vec<Option<String>>> {
-        let (ids, canon): (Vec<Option<String>>, Vec<Option<String>>) = chunk
-            .iter()
-            .map(|&(i, c)| (Some(g.name(i).to_string()), Some(g.name(c).to_string())))
-            .unzip();
-        vec![ids, canon]
-    };
-    for chunk in new_ids.chunks(CHUNK) {
-        // New to the store (the table lock keeps it so): no conflict check needed.
-        text_array(
-            c,
-            "INSERT INTO identity_merge.identities (project_id, distinct_id, canonical_id) \
-             SELECT $1, u.d, u.c FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) u(d, c)",
-            columns(chunk),
-            pid,
-        );
-    }
+    insert_new_ids(c, pid, graph, &new_ids);
     drop(new_ids);
     for chunk in moved_ids.chunks(CHUNK) {
         text_array(
@@ -181,36 +164,12 @@ fn write_batch(
             "INSERT INTO identity_merge.identities (project_id, distinct_id, canonical_id) \
              SELECT $1, u.d, u.c FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) u(d, c) \
              ON CONFLICT (project_id, distinct_id) DO UPDATE SET canonical_id = EXCLUDED.canonical_id",
-            columns(chunk),
+            id_columns(graph, chunk),
             pid,
         );
     }
     drop(moved_ids);
-    let absorbed: Vec<Option<String>> = graph.absorbed_canonicals().into_iter().map(Some).collect();
-    for chunk in absorbed.chunks(CHUNK) {
-        text_array(
-            c,
-            "DELETE FROM identity_merge.clusters WHERE project_id OPERATOR(pg_catalog.=) $1 \
-             AND canonical_id OPERATOR(pg_catalog.=) ANY ($2::text[])",
-            vec![chunk.to_vec()],
-            pid,
-        );
-    }
-    let clusters = graph.changed_clusters();
-    for chunk in clusters.chunks(CHUNK) {
-        let canon: Vec<Option<String>> = chunk.iter().map(|(c, _, _)| Some(c.clone())).collect();
-        let sizes: Vec<Option<i32>> = chunk.iter().map(|(_, s, _)| Some(*s as i32)).collect();
-        let ident: Vec<Option<bool>> = chunk.iter().map(|(_, _, i)| Some(*i)).collect();
-        write_chunk(
-            c,
-            "INSERT INTO identity_merge.clusters (project_id, canonical_id, size, identified) \
-             SELECT $1, u.c, u.s, u.i FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::int4[]), pg_catalog.unnest($4::bool[])) u(c, s, i) \
-             ON CONFLICT (project_id, canonical_id) DO UPDATE \
-             SET size = EXCLUDED.size, identified = EXCLUDED.identified, updated_at = EXCLUDED.updated_at",
-            pid,
-            |args| args.extend([canon.into(), sizes.into(), ident.into()]),
-        );
-    }
+    let clusters = write_clusters(c, pid, graph);
     for (n, chunk) in graph.joins.chunks(CHUNK).enumerate() {
         let col = |f: &dyn Fn(&crate::core::graph::Join) -> String| {
             chunk.iter().map(|j| Some(f(j))).collect::<Vec<_>>()
@@ -283,7 +242,72 @@ fn write_batch(
             |args| args.extend([reason.into(), message.into(), op.into(), a.into(), b.into(), ordinal.into()]),
         );
     }
-    (graph.joins.len() as i64, ids_written, clusters.len() as i64)
+    (graph.joins.len() as i64, ids_written, clusters)
+}
+
+/// (id, canonical) nodes as the two text arrays a bulk write of identities takes.
+fn id_columns(graph: &Graph, chunk: &[crate::core::graph::IdNodes]) -> Vec<Vec<Option<String>>> {
+    let (ids, canon): (Vec<Option<String>>, Vec<Option<String>>) = chunk
+        .iter()
+        .map(|&(i, c)| {
+            (
+                Some(graph.name(i).to_string()),
+                Some(graph.name(c).to_string()),
+            )
+        })
+        .unzip();
+    vec![ids, canon]
+}
+
+/// Inserts ids new to the store (`Graph::new_and_moved_ids`' first list) with their canonical.
+/// The caller keeps other writers out (a table lock, or the project held exclusively), so no
+/// conflict check is needed.
+pub(crate) fn insert_new_ids(
+    c: &mut pgrx::spi::SpiClient<'_>,
+    pid: i32,
+    graph: &Graph,
+    new_ids: &[crate::core::graph::IdNodes],
+) {
+    for chunk in new_ids.chunks(CHUNK) {
+        text_array(
+            c,
+            "INSERT INTO identity_merge.identities (project_id, distinct_id, canonical_id) \
+             SELECT $1, u.d, u.c FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) u(d, c)",
+            id_columns(graph, chunk),
+            pid,
+        );
+    }
+}
+
+/// Drops the clusters the graph's joins absorbed and writes the final size and identified flag
+/// of every cluster they changed. Returns how many clusters were written.
+pub(crate) fn write_clusters(c: &mut pgrx::spi::SpiClient<'_>, pid: i32, graph: &mut Graph) -> i64 {
+    let absorbed: Vec<Option<String>> = graph.absorbed_canonicals().into_iter().map(Some).collect();
+    for chunk in absorbed.chunks(CHUNK) {
+        text_array(
+            c,
+            "DELETE FROM identity_merge.clusters WHERE project_id OPERATOR(pg_catalog.=) $1 \
+             AND canonical_id OPERATOR(pg_catalog.=) ANY ($2::text[])",
+            vec![chunk.to_vec()],
+            pid,
+        );
+    }
+    let clusters = graph.changed_clusters();
+    for chunk in clusters.chunks(CHUNK) {
+        let canon: Vec<Option<String>> = chunk.iter().map(|(c, _, _)| Some(c.clone())).collect();
+        let sizes: Vec<Option<i32>> = chunk.iter().map(|(_, s, _)| Some(*s as i32)).collect();
+        let ident: Vec<Option<bool>> = chunk.iter().map(|(_, _, i)| Some(*i)).collect();
+        write_chunk(
+            c,
+            "INSERT INTO identity_merge.clusters (project_id, canonical_id, size, identified) \
+             SELECT $1, u.c, u.s, u.i FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::int4[]), pg_catalog.unnest($4::bool[])) u(c, s, i) \
+             ON CONFLICT (project_id, canonical_id) DO UPDATE \
+             SET size = EXCLUDED.size, identified = EXCLUDED.identified, updated_at = EXCLUDED.updated_at",
+            pid,
+            |args| args.extend([canon.into(), sizes.into(), ident.into()]),
+        );
+    }
+    clusters.len() as i64
 }
 
 #[pg_extern(volatile, parallel_unsafe)]

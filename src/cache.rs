@@ -416,18 +416,19 @@ pub fn own_change_begin() -> OwnChange {
     }
 }
 
-/// After this backend's own write: `joined` is `(project, absorbed canonical, kept canonical)`
-/// when two clusters became one (an id new to the graph counts as its own cluster). When no
-/// other backend's message arrived meanwhile, the only invalidations processed were this
-/// write's own, so the cache stays, with the join as a redirect; otherwise it is dropped.
+/// After this backend's own write of `project_id`: `joined` holds (absorbed canonical, kept
+/// canonical) for every time two clusters became one (an id new to the graph counts as its
+/// own cluster), in order (one join, or a statement's batch). When no other backend's message
+/// arrived meanwhile, the only invalidations processed were this write's own, so the cache
+/// stays, with the joins as redirects; otherwise it is dropped.
 /// Returns whether it was quiet (what was current before still is: the project cache, in
 /// store.rs, follows the same rule).
-pub fn own_change_end(before: OwnChange, joined: Option<(i32, &str, &str)>) -> bool {
+pub fn own_change_end(before: OwnChange, project_id: i32, joined: &[(&str, &str)]) -> bool {
     OWN_WRITES.with(|w| w.set(w.get() + 1));
     // SAFETY: reads a counter of this backend.
     let quiet = unsafe { pg_sys::SharedInvalidMessageCounter } == before.remote_messages;
     if !quiet {
-        if joined.is_some() {
+        if !joined.is_empty() {
             clear();
         }
         return false;
@@ -440,8 +441,8 @@ pub fn own_change_end(before: OwnChange, joined: Option<(i32, &str, &str)>) -> b
         }
         let Some(cache) = c.as_mut() else { return };
         cache.generation = generation;
-        if let Some((project_id, absorbed, kept)) = joined {
-            if cache.project_id == project_id {
+        if cache.project_id == project_id {
+            for (absorbed, kept) in joined {
                 cache.redirects.insert(
                     IdKey::new(absorbed.as_bytes()),
                     Canonical::new(kept.as_bytes()),

@@ -26,6 +26,14 @@ pub static STAMP_CACHE_ENTRIES: GucSetting<i32> = GucSetting::<i32>::new(1_000_0
 /// locks the whole project instead (locks.rs).
 pub static CLUSTER_LOCKS_PER_TRANSACTION: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
+/// `identity_merge.batch_threshold`: identity events a statement applies one by one before it
+/// applies the rest in memory and writes them once (batch.rs); 0: never.
+pub static BATCH_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(16);
+
+pub fn batch_threshold() -> usize {
+    BATCH_THRESHOLD.get().max(0) as usize
+}
+
 pub fn cluster_locks_per_transaction() -> usize {
     CLUSTER_LOCKS_PER_TRANSACTION.get().max(0) as usize
 }
@@ -53,6 +61,18 @@ fn define() {
 (sized by max_locks_per_transaction). A transaction past this many (a bulk INSERT carrying many identity \
 events) takes one exclusive lock of the project instead; the project's other writers then wait for it to end.",
         &CLUSTER_LOCKS_PER_TRANSACTION,
+        0,
+        1_000_000,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"identity_merge.batch_threshold",
+        c"Identity events a statement applies one by one before it applies the rest in memory and writes them when it ends (0: never).",
+        c"A statement that reaches this many identity events (a bulk INSERT or COPY with $identify rows) takes its project \
+exclusively when no other transaction writes it, decides the rest with the same rules in memory, stamps its rows with the \
+result at once, and writes the joins in bulk at its end. The project's other writers wait for that transaction to end.",
+        &BATCH_THRESHOLD,
         0,
         1_000_000,
         GucContext::Userset,

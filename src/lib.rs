@@ -7,7 +7,8 @@
 //!   - `trigger`: the stamping trigger; `probe` and `cache`: its lookups (direct index probes,
 //!     a per-backend cache kept correct by invalidations);
 //!   - `store`: SPI with kept plans, the project cache, the locking protocol of a join, and
-//!     executing an event's plan; `locks`: its locks;
+//!     executing an event's plan; `locks`: its locks; `batch`: a statement's identity events
+//!     applied in memory and written once when it ends;
 //!   - `api`: the Rust-backed SQL functions; `json_api`: the seed's HTTP API shapes;
 //!     `people`: profiles (`mp_engage`, `mp_profile`); `records`: identity records;
 //!     `backfill`: history in one pass; `check`: `mp_check`'s replay; `explain`: why two ids
@@ -19,7 +20,9 @@
 //!     extension owner or under another resource owner, the local xid, the schema's oids).
 //!
 //! An identity event runs one way: trigger / `mp_track` → `core::ingest::plan_event` →
-//! `store::execute` → `core::rules` and `locks` → refusals back as data → `store::record_refusals`.
+//! `store::execute` → `core::rules` and `locks` → refusals back as data → `store::record_refusals`
+//! (or, for a statement past `identity_merge.batch_threshold` identity events, `batch::execute`
+//! → `core::graph`, written by `batch::flush` when the statement ends).
 //!
 //! SQL objects live in `sql/schema.sql` (tables), `sql/api.sql` (plain SQL functions) and
 //! `sql/scaling.sql` (Citus).
@@ -34,6 +37,7 @@ pub mod core;
 mod api;
 mod attach;
 mod backfill;
+mod batch;
 mod cache;
 mod check;
 mod citus;
@@ -62,6 +66,7 @@ extension_sql_file!("../sql/api.sql", name = "api", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::init();
+    batch::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

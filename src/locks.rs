@@ -147,6 +147,14 @@ pub fn holds_project_exclusively(project_id: i32) -> bool {
     held_by_me(&project_tag(project_id), EXCLUSIVE)
 }
 
+/// Takes the project's lock exclusively when no other transaction holds it, without waiting
+/// (a statement moving to batch.rs's in-memory apply; it goes on online otherwise). True when
+/// held, now or already. One node's lock: batches are not used on Citus.
+pub fn try_hold_project_exclusively(project_id: i32) -> bool {
+    let tag = project_tag(project_id);
+    held_by_me(&tag, EXCLUSIVE) || try_take(&tag, EXCLUSIVE)
+}
+
 /// Holds the project for one operation: shared, or exclusive once this transaction took
 /// `limit` cluster locks. None: a deadlock victim (refuse with Contention).
 pub fn hold_project(project_id: i32, limit: usize) -> Option<ProjectHold> {

@@ -245,6 +245,9 @@ fn session_any() -> bool {
 /// transaction is seen.
 pub fn project(token: Option<&str>) -> Result<Project, IdentityError> {
     let token = token.ok_or(IdentityError::NullId { field: "project" })?;
+    // Every function that reads or writes the graph asks for its project first: a statement's
+    // identity events still held in memory (batch.rs) are written before it reads.
+    crate::batch::flush();
     crate::cache::accept_invalidations();
     let generation = crate::cache::generation();
     let hit = PROJECTS.with(|p| {
@@ -272,6 +275,7 @@ pub fn project(token: Option<&str>) -> Result<Project, IdentityError> {
 
 /// Only the id of a project by token (the `mp_resolve` path: no settings cloned on a hit).
 pub fn project_id(token: &str) -> Result<i32, IdentityError> {
+    crate::batch::flush();
     crate::cache::accept_invalidations();
     let generation = crate::cache::generation();
     let hit = PROJECTS.with(|p| {
@@ -350,6 +354,31 @@ fn load_project(token: &str) -> Result<Project, IdentityError> {
             },
         })
     })
+}
+
+/// The stored clusters of `a` and `b` (fresh snapshot), read as the extension owner: how an
+/// online batch (batch.rs) meets ids it does not hold yet.
+pub fn stored_sides(project_id: i32, a: &str, b: &str) -> (Side, Side) {
+    let p = plans();
+    as_owner(|| read_sides(&p, project_id, a, b))
+}
+
+/// Runs `write`, this backend's own write of the identity graph, which returns the joins it
+/// made as (absorbed canonical, kept canonical) in order; the stamp cache and the project cache
+/// stay current through them when no other session's change arrived meanwhile (see
+/// `cache::own_change_end`).
+pub fn own_write<R>(project_id: i32, write: impl FnOnce() -> (R, Vec<(String, String)>)) -> R {
+    let projects_current = PROJECTS.with(|p| p.borrow().0 == crate::cache::generation());
+    let before = crate::cache::own_change_begin();
+    let (result, joins) = write();
+    let joined: Vec<(&str, &str)> = joins
+        .iter()
+        .map(|(x, k)| (x.as_str(), k.as_str()))
+        .collect();
+    if crate::cache::own_change_end(before, project_id, &joined) && projects_current {
+        PROJECTS.with(|p| p.borrow_mut().0 = crate::cache::generation());
+    }
+    result
 }
 
 /// Reads the clusters of `a` and `b` (fresh snapshot).
@@ -457,22 +486,22 @@ fn apply_checked(
     b: &str,
     provenance: &Provenance,
 ) -> Result<String, IdentityError> {
-    // The stamp caches learn of this backend's own joins from here (cache::own_change_end);
-    // the project cache stays current through them by the same rule.
-    let projects_current = PROJECTS.with(|p| p.borrow().0 == crate::cache::generation());
-    let before = crate::cache::own_change_begin();
-    let result = join_clusters(project, op, a, b, provenance);
-    let joined = match &result {
-        Ok(Applied {
-            canonical,
-            absorbed: Some(absorbed),
-        }) => Some((project.id, absorbed.as_str(), canonical.as_str())),
-        _ => None,
-    };
-    if crate::cache::own_change_end(before, joined) && projects_current {
-        PROJECTS.with(|p| p.borrow_mut().0 = crate::cache::generation());
-    }
-    result.map(|applied| applied.canonical)
+    // A statement's identity events held in memory (batch.rs) are written first: this
+    // operation reads and writes the stored graph.
+    crate::batch::flush();
+    // The stamp caches learn of this backend's own joins from here; the project cache stays
+    // current through them by the same rule.
+    own_write(project.id, || {
+        let result = join_clusters(project, op, a, b, provenance);
+        let joined = match &result {
+            Ok(Applied {
+                canonical,
+                absorbed: Some(absorbed),
+            }) => vec![(absorbed.clone(), canonical.clone())],
+            _ => Vec::new(),
+        };
+        (result.map(|applied| applied.canonical), joined)
+    })
 }
 
 /// What an operation did: the canonical id of the resulting cluster, and the canonical id it

@@ -331,7 +331,7 @@ fn stamp<'a>(
         // Simplified projects may fill a NULL distinct_id from $user_id / $device_id.
         let filled = if is_insert {
             // SAFETY: the tuple is this table's, the context's columns checked against it.
-            unsafe { apply_row_event(ctx, tuple, tupdesc, relid)? }
+            unsafe { apply_row_event(ctx, tuple, tupdesc, relid, statement)? }
         } else {
             None
         };
@@ -429,6 +429,14 @@ unsafe fn with_canonical<R>(
     // SAFETY: the caller guarantees a valid text datum.
     let id = unsafe { text_bytes(distinct) };
     let project_id = ctx.project.id;
+    // While the statement's batch runs, the stored answer may be one the batch changed.
+    let use_it = move |d: pg_sys::Datum| -> R {
+        // SAFETY: `d` is a text datum: the row's own, the cache's or the probe's.
+        match crate::batch::canonical_now(project_id, unsafe { text_bytes(d) }) {
+            Some(now) => use_it(now.datum()),
+            None => use_it(d),
+        }
+    };
     let mut use_it = Some(use_it);
     let mut out: Option<R> = None;
     let mut cached = || {
@@ -498,6 +506,7 @@ unsafe fn apply_row_event(
     tuple: pg_sys::HeapTuple,
     tupdesc: pg_sys::TupleDesc,
     relid: pg_sys::Oid,
+    statement: (u32, u32),
 ) -> Result<Option<String>, IdentityError> {
     // Every read below is of a column whose type was checked (text/varchar for event and ids,
     // one of the properties kinds) when the context was built for this descriptor, in a row of
@@ -568,7 +577,12 @@ unsafe fn apply_row_event(
             "event": event.as_deref(),
         }),
     };
-    let done = store::with_source(source, || store::execute(project, plan))?;
+    // Past the statement's first identity events, the rest may go to its batch (batch.rs).
+    let done = if !plan.ops.is_empty() && crate::batch::take_part(project, statement) {
+        crate::batch::execute(project, plan, &source)
+    } else {
+        store::with_source(source, || store::execute(project, plan))?
+    };
     if !done.refusals.is_empty() {
         let (table, row) = if crate::citus::distributed() {
             // The rejections are replicated: this node's oid would name another table, or

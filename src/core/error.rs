@@ -195,6 +195,12 @@ pub enum IdentityError {
         a: String,
         b: String,
     },
+    /// A statement's identity events were written early (batch.rs) by a subtransaction that
+    /// then rolled back while the statement's rows stayed: the commit is refused rather than
+    /// keeping rows whose identity events were lost; safe to retry the transaction.
+    BatchRolledBack {
+        events: usize,
+    },
     /// `identity_merge.stamp_event` used other than as `mp_attach` puts it on a table.
     TriggerMisuse {
         problem: String,
@@ -303,9 +309,9 @@ impl IdentityError {
             IdentityError::WrongMode { .. } | IdentityError::Ignored { .. } => {
                 S::FeatureNotSupported
             }
-            IdentityError::Contention { .. } | IdentityError::SerializationFailure { .. } => {
-                S::SerializationFailure
-            }
+            IdentityError::Contention { .. }
+            | IdentityError::SerializationFailure { .. }
+            | IdentityError::BatchRolledBack { .. } => S::SerializationFailure,
             IdentityError::TriggerMisuse { .. } => S::TriggerProtocolViolated,
             IdentityError::WrongColumnType { .. } => S::DatatypeMismatch,
             IdentityError::MissingColumn { .. } => S::UndefinedColumn,
@@ -384,6 +390,9 @@ impl IdentityError {
                 show(a),
                 show(b)
             ),
+            IdentityError::BatchRolledBack { events } => format!(
+                "could not commit: the joins of {events} identity events of an earlier statement were written by a subtransaction that rolled back, and the statement's rows remain"
+            ),
             IdentityError::TriggerMisuse { problem } => format!("identity_merge.stamp_event {problem}"),
             IdentityError::WrongColumnType { table, column, found, expected } => format!(
                 "column {} of {table} is of type {found}; identity_merge needs {expected}",
@@ -452,9 +461,9 @@ impl IdentityError {
             IdentityError::MalformedEvent { .. } => {
                 "Identity events carry their ids as strings (numbers are accepted) in the fields the Mixpanel API names.".into()
             }
-            IdentityError::Contention { .. } | IdentityError::SerializationFailure { .. } => {
-                "Retry the transaction.".into()
-            }
+            IdentityError::Contention { .. }
+            | IdentityError::SerializationFailure { .. }
+            | IdentityError::BatchRolledBack { .. } => "Retry the transaction.".into(),
             IdentityError::TriggerMisuse { .. } => {
                 "Put the trigger on a table with mp_attach(table, project, distinct_id_column, canonical_column).".into()
             }

@@ -81,8 +81,23 @@ impl Graph {
         x
     }
 
-    /// Loads one stored id with its cluster's canonical, size and identified flag.
+    /// Loads one stored id with its cluster's canonical, size and identified flag. When that
+    /// stored cluster is held already (another of its ids was loaded), the id joins it as it is
+    /// now: an online batch loads ids as its events reach them, and the cluster may have been
+    /// joined to others in the batch since its first id was loaded (its stored facts are then
+    /// out of date, the graph's are not).
     pub fn load(&mut self, id: &str, canonical: &str, size: i64, identified: bool) {
+        if let Some(&c) = self.index.get(canonical) {
+            if self.initial[c as usize] == Some(c) {
+                let i = self.intern(id);
+                if self.initial[i as usize].is_none() && self.parent[i as usize] == i {
+                    let root = self.find(c);
+                    self.parent[i as usize] = root;
+                    self.initial[i as usize] = Some(c);
+                }
+                return;
+            }
+        }
         let c = self.intern(canonical);
         let i = self.intern(id);
         let (rc, ri) = (self.find(c), self.find(i));
@@ -238,6 +253,42 @@ impl Graph {
         self.joins
             .iter()
             .map(|j| self.names[j.absorbed as usize].to_string())
+            .collect()
+    }
+
+    /// Whether the graph holds `id` (loaded, or met by an operation).
+    pub fn holds(&self, id: &str) -> bool {
+        self.index.contains_key(id)
+    }
+
+    /// The canonical id now of an id the graph holds; None for one it does not hold (whose
+    /// stored answer stands).
+    pub fn canonical_of(&mut self, id: &[u8]) -> Option<&str> {
+        let id = std::str::from_utf8(id).ok()?;
+        let i = *self.index.get(id)?;
+        let root = self.find(i);
+        Some(&self.names[self.canonical[root as usize] as usize])
+    }
+
+    /// Stored canonicals this batch absorbed, each with the canonical its cluster has now:
+    /// every stored id pointing at the first must point at the second (also the ids the batch
+    /// never loaded).
+    pub fn absorbed_stored(&mut self) -> Vec<(String, String)> {
+        let absorbed: Vec<u32> = self
+            .joins
+            .iter()
+            .map(|j| j.absorbed)
+            .filter(|&x| self.initial[x as usize] == Some(x))
+            .collect();
+        absorbed
+            .into_iter()
+            .map(|x| {
+                let root = self.find(x);
+                (
+                    self.names[x as usize].to_string(),
+                    self.names[self.canonical[root as usize] as usize].to_string(),
+                )
+            })
             .collect()
     }
 
@@ -432,5 +483,40 @@ mod tests {
             ]
         );
         assert_eq!(g.absorbed_canonicals(), vec!["U".to_string()]);
+    }
+
+    #[test]
+    fn ids_loaded_after_their_cluster_joined_take_its_state_now() {
+        let s = any();
+        let mut g = Graph::new();
+        // Stored: {a1, a2} with canonical a1. The batch meets a1 first.
+        g.load("a1", "a1", 2, false);
+        assert_eq!(
+            g.apply(&s, Op::Identify, Some("U"), Some("a1")).unwrap(),
+            "U"
+        );
+        // a2 is met later: it joins the cluster as it is now, whose facts stay the graph's.
+        assert!(!g.holds("a2"));
+        g.load("a2", "a1", 2, false);
+        assert_eq!(g.resolve("a2"), "U");
+        assert_eq!(g.canonical_of(b"a2"), Some("U"));
+        assert_eq!(g.canonical_of(b"zz"), None);
+        assert_eq!(
+            g.apply(&s, Op::Identify, Some("V"), Some("a2"))
+                .unwrap_err()
+                .reason()
+                .unwrap()
+                .code(),
+            "errAnonDistinctIdAssignedAlready"
+        );
+        assert_eq!(g.changed_clusters(), vec![("U".into(), 3, true)]);
+        // Stored ids of a1's cluster (loaded or not) move to U; U itself is new.
+        assert_eq!(
+            g.absorbed_stored(),
+            vec![("a1".to_string(), "U".to_string())]
+        );
+        let (new, _) = g.new_and_moved_ids();
+        let new: Vec<&str> = new.iter().map(|&(i, _)| g.name(i)).collect();
+        assert_eq!(new, vec!["U"]);
     }
 }

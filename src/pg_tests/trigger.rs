@@ -67,6 +67,33 @@ mod tests {
     /// it did.
     #[pg_test]
     fn a_mixed_stream_in_one_statement_equals_row_by_row() {
+        // The default: the first identity events one by one, the rest in the statement's batch.
+        mixed_stream_equals_row_by_row(None);
+    }
+
+    #[pg_test]
+    fn a_mixed_stream_applied_in_memory_from_its_first_event_equals_row_by_row() {
+        mixed_stream_equals_row_by_row(Some(1));
+    }
+
+    #[pg_test]
+    fn a_mixed_stream_applied_one_event_at_a_time_equals_row_by_row() {
+        mixed_stream_equals_row_by_row(Some(0));
+    }
+
+    /// The project's lock mode held by this transaction ('ExclusiveLock' once a batch took it).
+    fn project_lock(token: &str) -> Option<String> {
+        one(&format!(
+            "SELECT string_agg(l.mode, ',') FROM pg_locks l, identity_merge.projects p \
+              WHERE p.token = '{token}' AND l.locktype = 'advisory' AND l.pid = pg_backend_pid() \
+                AND l.classid = x'49444d47'::int::oid AND l.objid = p.project_id AND l.objsubid = 3"
+        ))
+    }
+
+    fn mixed_stream_equals_row_by_row(threshold: Option<i32>) {
+        if let Some(t) = threshold {
+            run(&format!("SET LOCAL identity_merge.batch_threshold = {t}"));
+        }
         run("SELECT mp_create_project(t), mp_set_project_setting(t, 'anon_id_format', 'any'), \
                     mp_set_project_setting(t, 'max_cluster_size', '6') \
                FROM (VALUES ('mix-bulk'), ('mix-rows')) v(t); \
@@ -88,6 +115,15 @@ mod tests {
              CREATE TABLE mix_rows (LIKE mix_bulk); \
              SELECT mp_attach('mix_bulk', 'mix-bulk'), mp_attach('mix_rows', 'mix-rows')");
         run("INSERT INTO mix_bulk SELECT * FROM mix_src ORDER BY n");
+        // The statement took the batch path (its project held exclusively, which one event at a
+        // time would only do after identity_merge.cluster_locks_per_transaction cluster locks).
+        let batched = threshold != Some(0);
+        assert_eq!(
+            project_lock("mix-bulk").is_some_and(|m| m.contains("ExclusiveLock")),
+            batched,
+            "lock of the bulk project: {:?}",
+            project_lock("mix-bulk")
+        );
         run("DO $$ DECLARE r record; BEGIN \
                FOR r IN SELECT * FROM mix_src ORDER BY n LOOP \
                  INSERT INTO mix_rows VALUES (r.n, r.distinct_id, r.event, r.properties); \

@@ -1,0 +1,520 @@
+//! A statement's identity events applied in memory and written once, when the statement ends
+//! (docs/design/batch-apply.md). Online, every identity event is its own locked, logged write
+//! (store.rs), about 100 µs. A statement that meets `identity_merge.batch_threshold` of them (a
+//! bulk INSERT or COPY with logins in it) takes its project exclusively, when no other
+//! transaction writes the project (it never waits for that: it goes on online instead), and
+//! from then on, for the rest of the statement:
+//!
+//! - decides each event with the rules and union-find `mp_backfill` uses (`core::graph`), over
+//!   the stored clusters of the ids it meets, read once each: the exclusive lock, held to
+//!   commit, keeps what was read true;
+//! - stamps the statement's next rows with the result at once (`canonical_now`, asked by the
+//!   trigger after its cache or probe answered), and records refusals at once, as online;
+//! - writes the joins in bulk (ids re-pointed by canonical, new ids, clusters, one merge-log
+//!   row per join with its provenance) when the statement ends: an ExecutorFinish hook that
+//!   knows the statement by its command id, a ProcessUtility hook after COPY. Anything else
+//!   in this backend that reads or writes the stored graph writes the batch first (`flush`:
+//!   store::apply, mp_resolve, mp_backfill...), and the commit does at the latest.
+//!
+//! An error anywhere aborts the statement, and the batch is forgotten with it. The one way the
+//! write could be undone without the statement's rows: it was written early, from a nested
+//! subtransaction (a function with an EXCEPTION block called by the statement) that then rolled
+//! back. That is noticed, and the commit is refused with 40001 (`IdentityError::BatchRolledBack`)
+//! rather than keeping rows whose identity events were lost.
+//!
+//! Not used on Citus (the trigger queues there), in REPEATABLE READ or SERIALIZABLE
+//! transactions (the online path turns their collisions into serialization failures), or in
+//! parallel mode.
+
+use std::cell::{Cell, RefCell};
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::core::error::IdentityError;
+use crate::core::graph::Graph;
+use crate::core::ingest::{EventPlan, Refusal};
+use crate::core::rules::{self, Project};
+use crate::pg::as_owner;
+use crate::store::{Executed, Source};
+
+/// Where one join of the batch came from: merge_log's provenance columns.
+struct JoinSource {
+    kind: &'static str,
+    detail: String,
+    role: String,
+}
+
+struct Batch {
+    /// The statement: local transaction id, subtransaction id, command id.
+    statement: (u32, u32, u32),
+    project_id: i32,
+    graph: Graph,
+    /// One per `graph.joins`, in order.
+    sources: Vec<JoinSource>,
+}
+
+thread_local! {
+    static BATCH: RefCell<Option<Batch>> = const { RefCell::new(None) };
+    /// The project of the batch, read by the trigger for every row (no RefCell borrow then).
+    static ACTIVE: Cell<Option<i32>> = const { Cell::new(None) };
+    /// (statement, identity events met in it): the threshold's count.
+    static MET: Cell<((u32, u32, u32), usize)> = const { Cell::new(((0, 0, 0), 0)) };
+    /// A batch written early from a deeper subtransaction than its statement's:
+    /// (local xid, that subtransaction, the statement's subtransaction, events).
+    static EARLY: Cell<Option<(u32, u32, u32, usize)>> = const { Cell::new(None) };
+    /// That write rolled back while the statement stayed: (local xid, the statement's
+    /// subtransaction, events). The commit is refused.
+    static LOST: Cell<Option<(u32, u32, usize)>> = const { Cell::new(None) };
+    /// Events applied by the batch now pending (for the message of a lost batch).
+    static EVENTS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn current_subxact() -> u32 {
+    // SAFETY: reads this backend's current subtransaction id.
+    unsafe { pg_sys::GetCurrentSubTransactionId() }
+}
+
+/// The statement of a batch waiting to be written, if any.
+fn pending_statement() -> Option<(u32, u32, u32)> {
+    BATCH.with(|b| {
+        b.try_borrow()
+            .ok()
+            .and_then(|b| b.as_ref().map(|b| b.statement))
+    })
+}
+
+/// Whether a statement of this transaction may apply its events in memory.
+fn eligible() -> bool {
+    // SAFETY: reads the transaction's isolation level and whether it runs in parallel mode.
+    let (read_committed, parallel) = unsafe {
+        (
+            pg_sys::XactIsoLevel < pg_sys::XACT_REPEATABLE_READ as i32,
+            pg_sys::IsInParallelMode(),
+        )
+    };
+    read_committed && !parallel && !crate::citus::distributed()
+}
+
+/// Whether the identity events of `project` in the statement `(command id, subtransaction)`
+/// go to the statement's batch: yes when one is running for them, or when this event is the
+/// `identity_merge.batch_threshold`th of the statement (or the transaction holds the project
+/// exclusively already) and the project's lock could be taken exclusively without waiting.
+pub fn take_part(project: &Project, statement: (u32, u32)) -> bool {
+    let key = (crate::pg::local_xid(), statement.1, statement.0);
+    match BATCH.with(|b| b.borrow().as_ref().map(|b| (b.statement, b.project_id))) {
+        Some((k, p)) if k == key => return p == project.id,
+        // Another statement's batch (one whose end was not seen): written before going on.
+        Some(_) => flush(),
+        None => {}
+    }
+    let met = MET.with(|m| {
+        let (k, n) = m.get();
+        let n = if k == key { n + 1 } else { 1 };
+        m.set((key, n));
+        n
+    });
+    let threshold = crate::guc::batch_threshold();
+    if threshold == 0 || !eligible() {
+        return false;
+    }
+    let held = crate::locks::holds_project_exclusively(project.id);
+    if !held && (met < threshold || !crate::locks::try_hold_project_exclusively(project.id)) {
+        return false;
+    }
+    if !held {
+        // What other sessions committed before the lock was granted: the stamp cache must not
+        // answer from before it (nothing changes the project now but this batch).
+        crate::cache::accept_invalidations();
+    }
+    BATCH.with(|b| {
+        *b.borrow_mut() = Some(Batch {
+            statement: key,
+            project_id: project.id,
+            graph: Graph::new(),
+            sources: Vec::new(),
+        })
+    });
+    ACTIVE.with(|a| a.set(Some(project.id)));
+    EVENTS.with(|e| e.set(0));
+    true
+}
+
+/// Loads the stored clusters of the ids the batch does not hold yet (a fresh read; the
+/// exclusive lock keeps it true until commit).
+fn meet(a: &str, b: &str) {
+    let (project_id, missing) = BATCH.with(|batch| {
+        let batch = batch.borrow();
+        let batch = batch.as_ref().expect("a batch is running");
+        (batch.project_id, [a, b].map(|id| !batch.graph.holds(id)))
+    });
+    if !missing.iter().any(|m| *m) {
+        return;
+    }
+    let sides = crate::store::stored_sides(project_id, a, b);
+    BATCH.with(|batch| {
+        let mut batch = batch.borrow_mut();
+        let graph = &mut batch.as_mut().expect("a batch is running").graph;
+        for (side, missing) in [sides.0, sides.1].iter().zip(missing) {
+            if missing && side.exists && !graph.holds(&side.id) {
+                graph.load(&side.id, &side.canonical, side.size, side.identified);
+            }
+        }
+    });
+}
+
+/// `store::execute` in the batch: applies the event's operations in memory, in order, and
+/// returns its refusals as data for the caller to record.
+pub fn execute(project: &Project, plan: EventPlan, source: &Source) -> Executed {
+    let mut out = Executed::default();
+    out.refusals.extend(plan.ignored);
+    for refusal in plan.refusals {
+        out.failed.get_or_insert_with(|| refusal.error.clone());
+        out.refusals.push(refusal);
+    }
+    let settings = &project.settings;
+    for planned in plan.ops {
+        let (op, a, b) = (planned.op, planned.a.as_deref(), planned.b.as_deref());
+        let result = rules::precheck(op, settings, a, b).and_then(|()| {
+            let (a, b) = (a.unwrap_or_default(), b.unwrap_or_default());
+            meet(a, b);
+            BATCH.with(|batch| {
+                let mut batch = batch.borrow_mut();
+                let batch = batch.as_mut().expect("a batch is running");
+                let joins = batch.graph.joins.len();
+                let result = batch.graph.apply(settings, op, Some(a), Some(b));
+                if batch.graph.joins.len() > joins {
+                    batch.sources.push(JoinSource {
+                        kind: source.kind,
+                        detail: source.detail.to_string(),
+                        role: crate::pg::current_role_name(),
+                    });
+                }
+                result
+            })
+        });
+        match result {
+            Ok(_) => out.changed = true,
+            Err(err) => {
+                out.failed.get_or_insert_with(|| err.clone());
+                out.refusals.push(Refusal {
+                    error: err,
+                    operation: op.as_str(),
+                    a: planned.a,
+                    b: planned.b,
+                });
+            }
+        }
+    }
+    EVENTS.with(|e| e.set(e.get() + 1));
+    out
+}
+
+/// The canonical id, as the batch has it now, of the stored answer `stored` (an id's stored
+/// canonical, or the id itself when unknown) in `project_id`; None when the batch did not
+/// change it. Asked by the trigger for every row it stamps while a batch runs.
+pub fn canonical_now(project_id: i32, stored: &[u8]) -> Option<crate::cache::Canonical> {
+    if ACTIVE.with(|a| a.get()) != Some(project_id) {
+        return None;
+    }
+    BATCH.with(|batch| {
+        let mut batch = batch.try_borrow_mut().ok()?;
+        let batch = batch.as_mut()?;
+        let now = batch.graph.canonical_of(stored)?;
+        (now.as_bytes() != stored).then(|| crate::cache::Canonical::new(now.as_bytes()))
+    })
+}
+
+/// Forgets the batch (its statement failed, or it was written).
+fn forget() -> Option<Batch> {
+    ACTIVE.with(|a| a.set(None));
+    BATCH.with(|b| b.try_borrow_mut().ok().and_then(|mut b| b.take()))
+}
+
+const SQL_REPOINT: &str = "UPDATE identity_merge.identities i SET canonical_id = u.k \
+     FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) u(x, k) \
+     WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.canonical_id OPERATOR(pg_catalog.=) u.x";
+
+/// Writes the batch waiting to be written, if any (the store then holds what the batch
+/// decided, and the stamp cache redirects what it absorbed).
+pub fn flush() {
+    // SAFETY: asks whether this backend runs in parallel mode (which allows no writes: a
+    // parallel query's workers hold no batch, and its leader writes once it is over).
+    if pending_statement().is_none() || unsafe { pg_sys::IsInParallelMode() } {
+        return;
+    }
+    let Some(mut batch) = forget() else { return };
+    let events = EVENTS.with(|e| e.replace(0));
+    if batch.graph.joins.is_empty() {
+        return;
+    }
+    let here = current_subxact();
+    let (lxid, statement_subxact, _) = batch.statement;
+    if here != statement_subxact && lxid == crate::pg::local_xid() {
+        // Written from a nested subtransaction: if that one rolls back, the rows stay
+        // without their joins (see on_subxact).
+        EARLY.with(|e| e.set(Some((lxid, here, statement_subxact, events))));
+    }
+    let pid = batch.project_id;
+    crate::store::own_write(pid, || {
+        as_owner(|| Spi::connect_mut(|c| write(c, &mut batch)));
+        let g = &batch.graph;
+        let redirects = g
+            .joins
+            .iter()
+            .map(|j| (g.name(j.absorbed).to_string(), g.name(j.kept).to_string()))
+            .collect();
+        ((), redirects)
+    });
+}
+
+fn write(c: &mut pgrx::spi::SpiClient<'_>, batch: &mut Batch) {
+    use crate::backfill::{insert_new_ids, text_array, write_chunk, write_clusters};
+    let pid = batch.project_id;
+    let graph = &mut batch.graph;
+    // Every stored id of an absorbed cluster, loaded by the batch or not, goes to its cluster's
+    // canonical now.
+    let (absorbed, kept): (Vec<Option<String>>, Vec<Option<String>>) = graph
+        .absorbed_stored()
+        .into_iter()
+        .map(|(x, k)| (Some(x), Some(k)))
+        .unzip();
+    if !absorbed.is_empty() {
+        text_array(c, SQL_REPOINT, vec![absorbed, kept], pid);
+    }
+    let (new_ids, _) = graph.new_and_moved_ids();
+    insert_new_ids(c, pid, graph, &new_ids);
+    write_clusters(c, pid, graph);
+    let g = &*graph;
+    let text = |f: &dyn Fn(usize) -> String| -> Vec<Option<String>> {
+        (0..g.joins.len()).map(|n| Some(f(n))).collect()
+    };
+    let operation = text(&|n| g.joins[n].op.as_str().to_string());
+    let id_a = text(&|n| g.name(g.joins[n].a).to_string());
+    let id_b = text(&|n| g.name(g.joins[n].b).to_string());
+    let kept = text(&|n| g.name(g.joins[n].kept).to_string());
+    let absorbed = text(&|n| g.name(g.joins[n].absorbed).to_string());
+    let moved: Vec<Option<i32>> = g.joins.iter().map(|j| Some(j.moved as i32)).collect();
+    let mut args: Vec<pgrx::datum::DatumWithOid> = vec![
+        operation.into(),
+        id_a.into(),
+        id_b.into(),
+        kept.into(),
+        absorbed.into(),
+        moved.into(),
+    ];
+    let sql = if crate::store::merge_log_has_provenance() {
+        let sources = &batch.sources;
+        let kind: Vec<Option<String>> = sources.iter().map(|s| Some(s.kind.to_string())).collect();
+        let detail: Vec<Option<String>> = sources.iter().map(|s| Some(s.detail.clone())).collect();
+        let role: Vec<Option<String>> = sources.iter().map(|s| Some(s.role.clone())).collect();
+        args.extend([kind.into(), detail.into(), role.into()]);
+        "INSERT INTO identity_merge.merge_log (project_id, operation, id_a, id_b, kept_canonical, absorbed_canonical, moved_ids, \
+                                               source, source_detail, role_name, transaction_id) \
+         SELECT $1, u.o, u.a, u.b, u.k, u.x, u.m, u.s, u.d::pg_catalog.jsonb, u.r, pg_catalog.pg_current_xact_id() \
+         FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[]), \
+                         pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::text[]), pg_catalog.unnest($7::int4[]), \
+                         pg_catalog.unnest($8::text[]), pg_catalog.unnest($9::text[]), pg_catalog.unnest($10::text[])) \
+              WITH ORDINALITY u(o, a, b, k, x, m, s, d, r, n) \
+         ORDER BY u.n"
+    } else {
+        "INSERT INTO identity_merge.merge_log (project_id, operation, id_a, id_b, kept_canonical, absorbed_canonical, moved_ids) \
+         SELECT $1, u.o, u.a, u.b, u.k, u.x, u.m \
+         FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[]), \
+                         pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::text[]), pg_catalog.unnest($7::int4[])) \
+              WITH ORDINALITY u(o, a, b, k, x, m, n) \
+         ORDER BY u.n"
+    };
+    write_chunk(c, sql, pid, |all| all.extend(args));
+}
+
+/// Refuses the commit of a transaction whose early-written batch rolled back (see EARLY).
+fn refuse_lost() {
+    let lxid = crate::pg::local_xid();
+    if let Some((x, _, events)) = LOST.with(|l| l.get()) {
+        if x == lxid {
+            LOST.with(|l| l.set(None));
+            crate::pg::raise(IdentityError::BatchRolledBack { events });
+        }
+    }
+}
+
+/// Installs the hooks and callbacks (once, when the library loads).
+pub fn init() {
+    // SAFETY: called once from _PG_init; saves the previous hooks and chains to them.
+    unsafe {
+        PREV_EXECUTOR_FINISH = pg_sys::ExecutorFinish_hook;
+        pg_sys::ExecutorFinish_hook = Some(executor_finish);
+        #[cfg(not(feature = "pg13"))]
+        {
+            PREV_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
+            pg_sys::ProcessUtility_hook = Some(process_utility);
+        }
+        pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
+    }
+}
+
+static mut PREV_EXECUTOR_FINISH: pg_sys::ExecutorFinish_hook_type = None;
+#[cfg(not(feature = "pg13"))]
+static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
+
+/// After a statement that writes: when it is the batch's statement, the batch is written.
+#[pg_guard]
+unsafe extern "C-unwind" fn executor_finish(query: *mut pg_sys::QueryDesc) {
+    // SAFETY: the hook is called with a valid QueryDesc and chains to the previous hook (set
+    // once at load) or the standard function, as every ExecutorFinish hook must.
+    unsafe {
+        match PREV_EXECUTOR_FINISH {
+            Some(prev) => prev(query),
+            None => pg_sys::standard_ExecutorFinish(query),
+        }
+    }
+    let Some(statement) = pending_statement() else {
+        return;
+    };
+    // SAFETY: the QueryDesc and its EState stay valid until ExecutorEnd.
+    let (writes, cid) = unsafe {
+        let q = &*query;
+        (
+            q.operation != pg_sys::CmdType::CMD_SELECT || (*q.plannedstmt).hasModifyingCTE,
+            (*q.estate).es_output_cid,
+        )
+    };
+    if writes && statement == (crate::pg::local_xid(), current_subxact(), cid) {
+        flush();
+    }
+}
+
+/// COPY (a utility statement) has no ExecutorFinish: its batch is written when it returns.
+/// (Not on PostgreSQL 13, whose hook has another signature: there a COPY's batch is written
+/// by the next reader or the commit.)
+#[cfg(not(feature = "pg13"))]
+#[pg_guard]
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C-unwind" fn process_utility(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query_string: *const std::ffi::c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    // SAFETY: chains to the previous hook or the standard function with the arguments given.
+    unsafe {
+        match PREV_PROCESS_UTILITY {
+            Some(prev) => prev(
+                pstmt,
+                query_string,
+                read_only_tree,
+                context,
+                params,
+                query_env,
+                dest,
+                qc,
+            ),
+            None => pg_sys::standard_ProcessUtility(
+                pstmt,
+                query_string,
+                read_only_tree,
+                context,
+                params,
+                query_env,
+                dest,
+                qc,
+            ),
+        }
+    }
+    // SAFETY: the planned statement of a utility command holds its parse node.
+    let is_copy = unsafe {
+        let node = (*pstmt).utilityStmt;
+        !node.is_null() && (*node).type_ == pg_sys::NodeTag::T_CopyStmt
+    };
+    if is_copy && pending_statement().is_some() {
+        flush();
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_PRE_COMMIT | XACT_EVENT_PRE_PREPARE => {
+            // At the latest: a statement whose end was not seen (a trigger fired outside the
+            // executor, as logical replication's apply does).
+            flush();
+            refuse_lost();
+        }
+        XACT_EVENT_ABORT
+        | XACT_EVENT_PARALLEL_ABORT
+        | XACT_EVENT_COMMIT
+        | XACT_EVENT_PARALLEL_COMMIT
+        | XACT_EVENT_PREPARE => {
+            forget();
+            EARLY.with(|e| e.set(None));
+            LOST.with(|l| l.set(None));
+        }
+        _ => {}
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact(
+    event: pg_sys::SubXactEvent::Type,
+    sub: pg_sys::SubTransactionId,
+    parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::SubXactEvent::*;
+    let lxid = crate::pg::local_xid();
+    match event {
+        SUBXACT_EVENT_ABORT_SUB => {
+            if pending_statement().is_some_and(|(x, s, _)| x == lxid && s == sub) {
+                // The batch's statement failed: its rows are gone, and so is the batch.
+                forget();
+            }
+            if let Some((x, written_in, statement_subxact, events)) = EARLY.with(|e| e.get()) {
+                if x == lxid && written_in == sub {
+                    EARLY.with(|e| e.set(None));
+                    LOST.with(|l| l.set(Some((x, statement_subxact, events))));
+                } else if x == lxid && statement_subxact == sub {
+                    EARLY.with(|e| e.set(None));
+                }
+            }
+            if LOST
+                .with(|l| l.get())
+                .is_some_and(|(x, s, _)| x == lxid && s == sub)
+            {
+                // The statement whose joins were lost rolled back too: nothing is lost.
+                LOST.with(|l| l.set(None));
+            }
+        }
+        SUBXACT_EVENT_COMMIT_SUB => {
+            if let Some((x, written_in, statement_subxact, events)) = EARLY.with(|e| e.get()) {
+                if x == lxid && written_in == sub {
+                    // Now part of the parent's work; safe once that is the statement's own.
+                    EARLY.with(|e| {
+                        e.set((parent != statement_subxact).then_some((
+                            x,
+                            parent,
+                            statement_subxact,
+                            events,
+                        )))
+                    });
+                }
+            }
+            BATCH.with(|b| {
+                if let Ok(mut b) = b.try_borrow_mut() {
+                    if let Some(batch) = b.as_mut() {
+                        if batch.statement.0 == lxid && batch.statement.1 == sub {
+                            batch.statement.1 = parent;
+                        }
+                    }
+                }
+            });
+        }
+        _ => {}
+    }
+}
