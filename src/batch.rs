@@ -52,6 +52,7 @@ struct Batch {
     graph: Graph,
     /// One per `graph.joins`, in order.
     sources: Vec<JoinSource>,
+    clusters: crate::probe::ClusterReader,
 }
 
 thread_local! {
@@ -127,12 +128,16 @@ pub fn take_part(project: &Project, statement: (u32, u32)) -> bool {
         // answer from before it (nothing changes the project now but this batch).
         crate::cache::accept_invalidations();
     }
+    let Ok(clusters) = crate::probe::ClusterReader::new() else {
+        return false;
+    };
     BATCH.with(|b| {
         *b.borrow_mut() = Some(Batch {
             statement: key,
             project_id: project.id,
             graph: Graph::new(),
             sources: Vec::new(),
+            clusters,
         })
     });
     ACTIVE.with(|a| a.set(Some(project.id)));
@@ -140,32 +145,67 @@ pub fn take_part(project: &Project, statement: (u32, u32)) -> bool {
     true
 }
 
-/// Loads the stored clusters of the ids the batch does not hold yet (a fresh read; the
-/// exclusive lock keeps it true until commit).
-fn meet(a: &str, b: &str) {
-    let (project_id, missing) = BATCH.with(|batch| {
-        let batch = batch.borrow();
-        let batch = batch.as_ref().expect("a batch is running");
-        (batch.project_id, [a, b].map(|id| !batch.graph.holds(id)))
-    });
-    if !missing.iter().any(|m| *m) {
-        return;
-    }
-    let sides = crate::store::stored_sides(project_id, a, b);
-    BATCH.with(|batch| {
-        let mut batch = batch.borrow_mut();
-        let graph = &mut batch.as_mut().expect("a batch is running").graph;
-        for (side, missing) in [sides.0, sides.1].iter().zip(missing) {
-            if missing && side.exists && !graph.holds(&side.id) {
-                graph.load(&side.id, &side.canonical, side.size, side.identified);
-            }
+/// Loads the stored clusters of the ids the batch does not hold yet: the id's canonical
+/// through the stamping trigger's probe (its snapshot is renewed after the invalidations
+/// accepted under the lock and after this backend's own writes), the cluster's facts by its
+/// primary key. The exclusive lock keeps what was read true until commit.
+fn meet(a: &str, b: &str) -> Result<(), IdentityError> {
+    for id in [a, b] {
+        let (project_id, statement, held) = BATCH.with(|batch| {
+            let batch = batch.borrow();
+            let batch = batch.as_ref().expect("a batch is running");
+            let (_, subxact, cid) = batch.statement;
+            (batch.project_id, (cid, subxact), batch.graph.holds(id))
+        });
+        if held {
+            continue;
         }
-    });
+        let Some(datum) = pgrx::IntoDatum::into_datum(id) else {
+            continue;
+        };
+        let mut canonical: Option<String> = None;
+        // SAFETY: `datum` is the text datum of `id`, alive for the call; the probe hands a
+        // text datum valid during the closure, copied there.
+        unsafe {
+            crate::probe::canonical(
+                crate::probe::Use::Stamp,
+                statement,
+                project_id,
+                datum,
+                |d| {
+                    canonical = d.and_then(|d| <String as pgrx::FromDatum>::from_datum(d, false));
+                },
+            )
+        }?;
+        let Some(canonical) = canonical else {
+            // New to the store: the graph makes it when an operation joins it.
+            continue;
+        };
+        BATCH.with(|batch| {
+            let mut batch = batch.borrow_mut();
+            let batch = batch.as_mut().expect("a batch is running");
+            // The cluster's facts, unless the graph holds it already (then its own are newer).
+            let (size, identified) = if batch.graph.holds(&canonical) {
+                (1, false)
+            } else {
+                batch
+                    .clusters
+                    .facts(project_id, &canonical)
+                    .unwrap_or((1, false))
+            };
+            batch.graph.load(id, &canonical, size, identified);
+        });
+    }
+    Ok(())
 }
 
 /// `store::execute` in the batch: applies the event's operations in memory, in order, and
 /// returns its refusals as data for the caller to record.
-pub fn execute(project: &Project, plan: EventPlan, source: &Source) -> Executed {
+pub fn execute(
+    project: &Project,
+    plan: EventPlan,
+    source: &Source,
+) -> Result<Executed, IdentityError> {
     let mut out = Executed::default();
     out.refusals.extend(plan.ignored);
     for refusal in plan.refusals {
@@ -175,24 +215,28 @@ pub fn execute(project: &Project, plan: EventPlan, source: &Source) -> Executed 
     let settings = &project.settings;
     for planned in plan.ops {
         let (op, a, b) = (planned.op, planned.a.as_deref(), planned.b.as_deref());
-        let result = rules::precheck(op, settings, a, b).and_then(|()| {
-            let (a, b) = (a.unwrap_or_default(), b.unwrap_or_default());
-            meet(a, b);
-            BATCH.with(|batch| {
-                let mut batch = batch.borrow_mut();
-                let batch = batch.as_mut().expect("a batch is running");
-                let joins = batch.graph.joins.len();
-                let result = batch.graph.apply(settings, op, Some(a), Some(b));
-                if batch.graph.joins.len() > joins {
-                    batch.sources.push(JoinSource {
-                        kind: source.kind,
-                        detail: source.detail.to_string(),
-                        role: crate::pg::current_role_name(),
-                    });
-                }
-                result
-            })
-        });
+        let result = match rules::precheck(op, settings, a, b) {
+            Err(refused) => Err(refused),
+            Ok(()) => {
+                let (a, b) = (a.unwrap_or_default(), b.unwrap_or_default());
+                // A failed read is an error of the statement, not a refusal of the event.
+                meet(a, b)?;
+                BATCH.with(|batch| {
+                    let mut batch = batch.borrow_mut();
+                    let batch = batch.as_mut().expect("a batch is running");
+                    let joins = batch.graph.joins.len();
+                    let result = batch.graph.apply(settings, op, Some(a), Some(b));
+                    if batch.graph.joins.len() > joins {
+                        batch.sources.push(JoinSource {
+                            kind: source.kind,
+                            detail: source.detail.to_string(),
+                            role: crate::pg::current_role_name(),
+                        });
+                    }
+                    result
+                })
+            }
+        };
         match result {
             Ok(_) => out.changed = true,
             Err(err) => {
@@ -207,7 +251,7 @@ pub fn execute(project: &Project, plan: EventPlan, source: &Source) -> Executed 
         }
     }
     EVENTS.with(|e| e.set(e.get() + 1));
-    out
+    Ok(out)
 }
 
 /// The canonical id, as the batch has it now, of the stored answer `stored` (an id's stored

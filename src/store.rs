@@ -356,13 +356,6 @@ fn load_project(token: &str) -> Result<Project, IdentityError> {
     })
 }
 
-/// The stored clusters of `a` and `b` (fresh snapshot), read as the extension owner: how an
-/// online batch (batch.rs) meets ids it does not hold yet.
-pub fn stored_sides(project_id: i32, a: &str, b: &str) -> (Side, Side) {
-    let p = plans();
-    as_owner(|| read_sides(&p, project_id, a, b))
-}
-
 /// Runs `write`, this backend's own write of the identity graph, which returns the joins it
 /// made as (absorbed canonical, kept canonical) in order; the stamp cache and the project cache
 /// stay current through them when no other session's change arrived meanwhile (see

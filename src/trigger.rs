@@ -579,7 +579,7 @@ unsafe fn apply_row_event(
     };
     // Past the statement's first identity events, the rest may go to its batch (batch.rs).
     let done = if !plan.ops.is_empty() && crate::batch::take_part(project, statement) {
-        crate::batch::execute(project, plan, &source)
+        crate::batch::execute(project, plan, &source)?
     } else {
         store::with_source(source, || store::execute(project, plan))?
     };
