@@ -42,6 +42,7 @@ COPY (SELECT * FROM identity_merge.identities WHERE project_id = :pid) TO '/tmp/
 COPY (SELECT * FROM identity_merge.clusters WHERE project_id = :pid) TO '/tmp/identity_merge_bf_clusters.copy';
 COPY (SELECT * FROM identity_merge.merge_log WHERE project_id = :pid) TO '/tmp/identity_merge_bf_log.copy';
 COPY (SELECT * FROM identity_merge.rejections WHERE project_id = :pid) TO '/tmp/identity_merge_bf_rejections.copy';
+SET client_min_messages = warning;
 DROP TABLE IF EXISTS cp_ids, cp_clusters, cp_log, cp_rejections;
 CREATE TABLE cp_ids (LIKE identity_merge.identities INCLUDING ALL);
 CREATE TABLE cp_clusters (LIKE identity_merge.clusters INCLUDING ALL);

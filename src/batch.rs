@@ -123,6 +123,15 @@ pub fn take_part(project: &Project, statement: (u32, u32)) -> bool {
     if !held && (met < threshold || !crate::locks::try_hold_project_exclusively(project.id)) {
         return false;
     }
+    // The tables the batch writes when the statement ends, locked for writing now: a running
+    // mp_backfill (SHARE ROW EXCLUSIVE) is waited for before anything is read, and one started
+    // later waits for this transaction.
+    for table in [c"identities", c"clusters", c"merge_log"] {
+        if let Some(oid) = crate::pg::relation_oid(table) {
+            // SAFETY: locks an existing relation of the extension until the transaction ends.
+            unsafe { pg_sys::LockRelationOid(oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE) };
+        }
+    }
     if !held {
         // What other sessions committed before the lock was granted: the stamp cache must not
         // answer from before it (nothing changes the project now but this batch).
@@ -403,9 +412,27 @@ static mut PREV_EXECUTOR_FINISH: pg_sys::ExecutorFinish_hook_type = None;
 #[cfg(not(feature = "pg13"))]
 static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
 
-/// After a statement that writes: when it is the batch's statement, the batch is written.
+/// At the end of a statement that writes, when it is the batch's: the batch is written before
+/// the statement's AFTER triggers run (they see the graph as the rows left it), and again
+/// after them for rows that data-modifying CTEs finish only then.
 #[pg_guard]
 unsafe extern "C-unwind" fn executor_finish(query: *mut pg_sys::QueryDesc) {
+    // SAFETY: the QueryDesc and its EState stay valid until ExecutorEnd.
+    let statement_of = |query: *mut pg_sys::QueryDesc| unsafe {
+        let q = &*query;
+        let writes = q.operation != pg_sys::CmdType::CMD_SELECT || (*q.plannedstmt).hasModifyingCTE;
+        writes.then(|| {
+            (
+                crate::pg::local_xid(),
+                current_subxact(),
+                (*q.estate).es_output_cid,
+            )
+        })
+    };
+    let ours = |query| pending_statement().is_some_and(|s| Some(s) == statement_of(query));
+    if ours(query) {
+        flush();
+    }
     // SAFETY: the hook is called with a valid QueryDesc and chains to the previous hook (set
     // once at load) or the standard function, as every ExecutorFinish hook must.
     unsafe {
@@ -414,18 +441,7 @@ unsafe extern "C-unwind" fn executor_finish(query: *mut pg_sys::QueryDesc) {
             None => pg_sys::standard_ExecutorFinish(query),
         }
     }
-    let Some(statement) = pending_statement() else {
-        return;
-    };
-    // SAFETY: the QueryDesc and its EState stay valid until ExecutorEnd.
-    let (writes, cid) = unsafe {
-        let q = &*query;
-        (
-            q.operation != pg_sys::CmdType::CMD_SELECT || (*q.plannedstmt).hasModifyingCTE,
-            (*q.estate).es_output_cid,
-        )
-    };
-    if writes && statement == (crate::pg::local_xid(), current_subxact(), cid) {
+    if ours(query) {
         flush();
     }
 }

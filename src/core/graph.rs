@@ -564,12 +564,15 @@ mod tests {
         }
         assert!(!g.holds("d20000"));
         // Meeting the ids again finds the same nodes: no duplicates.
-        g.apply(&s, Op::Merge, Some("d5"), Some("u5éxxxxx")).unwrap();
+        g.apply(&s, Op::Merge, Some("d5"), Some("u5éxxxxx"))
+            .unwrap();
         assert_eq!(g.len(), 40_000);
         assert_eq!(g.joins.len(), 20_000);
         let (new, moved) = g.new_and_moved_ids();
         assert_eq!((new.len(), moved.len()), (40_000, 0));
         // Sorted by bytes, as the store's "C" collation.
-        assert!(new.windows(2).all(|w| g.name(w[0].0).as_bytes() < g.name(w[1].0).as_bytes()));
+        assert!(new
+            .windows(2)
+            .all(|w| g.name(w[0].0).as_bytes() < g.name(w[1].0).as_bytes()));
     }
 }

@@ -170,6 +170,31 @@ mod tests {
         }
     }
 
+    /// The statement's AFTER triggers run after its batch was written: they see its joins in
+    /// the state tables (as they would one event at a time).
+    #[pg_test]
+    fn after_triggers_of_a_statement_see_its_batch_written() {
+        run("SET LOCAL identity_merge.batch_threshold = 1");
+        run("SELECT mp_create_project('aft'), mp_set_project_setting('aft', 'anon_id_format', 'any')");
+        run("CREATE TABLE aft_ev (n int, distinct_id text, event text, properties jsonb, canonical_id text); \
+             SELECT mp_attach('aft_ev', 'aft'); \
+             CREATE TABLE aft_seen (level text, joins bigint); \
+             CREATE FUNCTION aft_count() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+               INSERT INTO aft_seen SELECT TG_LEVEL, count(*) FROM identity_merge.merge_log l \
+                 JOIN identity_merge.projects p USING (project_id) WHERE p.token = 'aft'; \
+               RETURN NULL; END $$; \
+             CREATE TRIGGER aft_statement AFTER INSERT ON aft_ev FOR EACH STATEMENT EXECUTE FUNCTION aft_count(); \
+             CREATE TRIGGER aft_row AFTER INSERT ON aft_ev FOR EACH ROW WHEN (NEW.n = 30) EXECUTE FUNCTION aft_count()");
+        run("INSERT INTO aft_ev SELECT g, 'u' || g, '$identify', \
+                    jsonb_build_object('$identified_id', 'u' || g, '$anon_id', 'd' || g) \
+               FROM generate_series(1, 30) g");
+        assert_eq!(
+            one("SELECT string_agg(level || ':' || joins, ',' ORDER BY level) FROM aft_seen")
+                .as_deref(),
+            Some("ROW:30,STATEMENT:30")
+        );
+    }
+
     #[pg_test]
     fn smoke() {
         assert_eq!(
