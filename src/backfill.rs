@@ -12,7 +12,8 @@ use crate::pg::{raise, OrBug, OrRaise};
 use crate::store;
 
 const FETCH: std::ffi::c_long = 10_000;
-const CHUNK: usize = 50_000;
+/// Rows per bulk write (small under the test suite, so its histories cross chunk boundaries).
+const CHUNK: usize = if cfg!(feature = "pg_test") { 16 } else { 50_000 };
 
 struct Refusal {
     ordinal: i64,
@@ -212,6 +213,12 @@ fn write_batch(
                 log.role.as_str().into()]),
         );
     }
+    write_refusals(c, pid, refusals);
+    (graph.joins.len() as i64, ids_written, clusters)
+}
+
+/// One rejection per refused history entry, with its ordinal.
+fn write_refusals(c: &mut pgrx::spi::SpiClient<'_>, pid: i32, refusals: &[Refusal]) {
     for chunk in refusals.chunks(CHUNK) {
         let reason: Vec<Option<String>> = chunk
             .iter()
@@ -242,7 +249,6 @@ fn write_batch(
             |args| args.extend([reason.into(), message.into(), op.into(), a.into(), b.into(), ordinal.into()]),
         );
     }
-    (graph.joins.len() as i64, ids_written, clusters)
 }
 
 /// (id, canonical) nodes as the two text arrays a bulk write of identities takes.
@@ -464,6 +470,14 @@ fn mp_backfill(
                     b,
                     err,
                 });
+                if refusals.len() >= CHUNK {
+                    // Written as they come (through a connection of its own: the history's
+                    // cursor stays open): a history's refusals are independent of the graph,
+                    // and holding millions of them would cost more than the graph itself.
+                    Spi::connect_mut(|c| write_refusals(c, pid, &refusals));
+                    refused += refusals.len() as i64;
+                    refusals.clear();
+                }
             }
         })
         .unwrap_or_else(|e| {
