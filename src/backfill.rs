@@ -13,7 +13,11 @@ use crate::store;
 
 const FETCH: std::ffi::c_long = 10_000;
 /// Rows per bulk write (small under the test suite, so its histories cross chunk boundaries).
-const CHUNK: usize = if cfg!(feature = "pg_test") { 16 } else { 50_000 };
+const CHUNK: usize = if cfg!(feature = "pg_test") {
+    16
+} else {
+    50_000
+};
 
 struct Refusal {
     ordinal: i64,
@@ -171,11 +175,27 @@ fn write_batch(
     }
     drop(moved_ids);
     let clusters = write_clusters(c, pid, graph);
-    for (n, chunk) in graph.joins.chunks(CHUNK).enumerate() {
+    let joins = graph.take_joins();
+    write_joins(c, pid, graph, &joins, join_ordinals, log);
+    write_refusals(c, pid, refusals);
+    (graph.joins_made() as i64, ids_written, clusters)
+}
+
+/// One merge-log row per join, in order, with its history ordinal (`join_ordinals`, one per
+/// join). Also called during the history, every CHUNK joins: a join's row is final when it is
+/// made, and holding millions of them to the end would cost more than the graph.
+fn write_joins(
+    c: &mut pgrx::spi::SpiClient<'_>,
+    pid: i32,
+    g: &Graph,
+    joins: &[crate::core::graph::Join],
+    join_ordinals: &[i64],
+    log: &LogRows,
+) {
+    for (n, chunk) in joins.chunks(CHUNK).enumerate() {
         let col = |f: &dyn Fn(&crate::core::graph::Join) -> String| {
             chunk.iter().map(|j| Some(f(j))).collect::<Vec<_>>()
         };
-        let g = &graph;
         let moved: Vec<Option<i32>> = chunk.iter().map(|j| Some(j.moved as i32)).collect();
         let ordinals: Vec<Option<i64>> = join_ordinals[n * CHUNK..n * CHUNK + chunk.len()]
             .iter()
@@ -213,8 +233,6 @@ fn write_batch(
                 log.role.as_str().into()]),
         );
     }
-    write_refusals(c, pid, refusals);
-    (graph.joins.len() as i64, ids_written, clusters)
 }
 
 /// One rejection per refused history entry, with its ordinal.
@@ -288,21 +306,28 @@ pub(crate) fn insert_new_ids(
 /// Drops the clusters the graph's joins absorbed and writes the final size and identified flag
 /// of every cluster they changed. Returns how many clusters were written.
 pub(crate) fn write_clusters(c: &mut pgrx::spi::SpiClient<'_>, pid: i32, graph: &mut Graph) -> i64 {
-    let absorbed: Vec<Option<String>> = graph.absorbed_canonicals().into_iter().map(Some).collect();
-    for chunk in absorbed.chunks(CHUNK) {
+    // Names are made a chunk at a time: for a history of millions of joins, all of them at
+    // once would cost more memory than the graph.
+    for chunk in graph.absorbed_nodes().chunks(CHUNK) {
+        let absorbed: Vec<Option<String>> = chunk
+            .iter()
+            .map(|&x| Some(graph.name(x).to_string()))
+            .collect();
         text_array(
             c,
             "DELETE FROM identity_merge.clusters WHERE project_id OPERATOR(pg_catalog.=) $1 \
              AND canonical_id OPERATOR(pg_catalog.=) ANY ($2::text[])",
-            vec![chunk.to_vec()],
+            vec![absorbed],
             pid,
         );
     }
-    let clusters = graph.changed_clusters();
-    for chunk in clusters.chunks(CHUNK) {
-        let canon: Vec<Option<String>> = chunk.iter().map(|(c, _, _)| Some(c.clone())).collect();
-        let sizes: Vec<Option<i32>> = chunk.iter().map(|(_, s, _)| Some(*s as i32)).collect();
-        let ident: Vec<Option<bool>> = chunk.iter().map(|(_, _, i)| Some(*i)).collect();
+    let roots = graph.changed_roots();
+    for chunk in roots.chunks(CHUNK) {
+        let facts: Vec<(&str, i64, bool)> = chunk.iter().map(|&r| graph.root_facts(r)).collect();
+        let canon: Vec<Option<String>> =
+            facts.iter().map(|(c, _, _)| Some(c.to_string())).collect();
+        let sizes: Vec<Option<i32>> = facts.iter().map(|(_, s, _)| Some(*s as i32)).collect();
+        let ident: Vec<Option<bool>> = facts.iter().map(|(_, _, i)| Some(*i)).collect();
         write_chunk(
             c,
             "INSERT INTO identity_merge.clusters (project_id, canonical_id, size, identified) \
@@ -313,7 +338,7 @@ pub(crate) fn write_clusters(c: &mut pgrx::spi::SpiClient<'_>, pid: i32, graph: 
             |args| args.extend([canon.into(), sizes.into(), ident.into()]),
         );
     }
-    clusters.len() as i64
+    roots.len() as i64
 }
 
 #[pg_extern(volatile, parallel_unsafe)]
@@ -461,6 +486,11 @@ fn mp_backfill(
             // The history entry each join came from (its provenance in the merge log).
             if graph.joins.len() > join_ordinals.len() {
                 join_ordinals.push(events);
+            }
+            if graph.joins.len() >= CHUNK {
+                let joins = graph.take_joins();
+                Spi::connect_mut(|c| write_joins(c, pid, &graph, &joins, &join_ordinals, &log));
+                join_ordinals.clear();
             }
             if let Err(err) = result {
                 refusals.push(Refusal {

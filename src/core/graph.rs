@@ -48,7 +48,12 @@ pub struct Graph {
     identified: Vec<bool>,
     /// The canonical each node had when loaded (`NEW`: new in this batch).
     initial: Vec<u32>,
+    /// Joins not written yet (`take_joins` hands them over for writing).
     pub joins: Vec<Join>,
+    /// The kept and the absorbed canonical of every join made, written or not: what the
+    /// clusters' writes need, 8 bytes a join.
+    kept_all: Vec<u32>,
+    absorbed_all: Vec<u32>,
 }
 
 impl Graph {
@@ -206,6 +211,8 @@ impl Graph {
                     absorbed: absorbed_node,
                     moved: plan.absorbed.size as u32,
                 });
+                self.kept_all.push(kept_node);
+                self.absorbed_all.push(absorbed_node);
                 Ok(plan.kept.canonical)
             }
         }
@@ -255,30 +262,59 @@ impl Graph {
         (new, moved)
     }
 
-    /// Final facts of every cluster the batch changed: (canonical, size, identified).
-    pub fn changed_clusters(&mut self) -> Vec<(String, i64, bool)> {
-        let mut seen = std::collections::HashSet::new();
-        let kept: Vec<u32> = self.joins.iter().map(|j| j.kept).collect();
-        let mut out = Vec::new();
-        for i in kept {
-            let root = self.find(i);
-            if seen.insert(root) {
-                let c = self.canonical[root as usize];
-                out.push((
-                    self.name(c).to_string(),
-                    self.size[root as usize] as i64,
-                    self.identified[root as usize],
-                ));
-            }
-        }
-        out
+    /// How many joins were made (written or not).
+    pub fn joins_made(&self) -> usize {
+        self.kept_all.len()
     }
 
-    /// Canonicals that stopped being canonical in this batch (their cluster rows go).
+    /// The joins not written yet, for writing; the graph keeps what the clusters need.
+    pub fn take_joins(&mut self) -> Vec<Join> {
+        std::mem::take(&mut self.joins)
+    }
+
+    /// The root of every cluster the joins changed, once each.
+    pub fn changed_roots(&mut self) -> Vec<u32> {
+        let mut roots: Vec<u32> = (0..self.kept_all.len())
+            .map(|n| self.find(self.kept_all[n]))
+            .collect();
+        roots.sort_unstable();
+        roots.dedup();
+        roots
+    }
+
+    /// A root's cluster: (canonical id, size, identified).
+    pub fn root_facts(&self, root: u32) -> (&str, i64, bool) {
+        let r = root as usize;
+        (
+            self.name(self.canonical[r]),
+            self.size[r] as i64,
+            self.identified[r],
+        )
+    }
+
+    /// Final facts of every cluster the joins changed: (canonical, size, identified).
+    #[cfg(test)]
+    pub fn changed_clusters(&mut self) -> Vec<(String, i64, bool)> {
+        self.changed_roots()
+            .into_iter()
+            .map(|r| {
+                let (c, size, identified) = self.root_facts(r);
+                (c.to_string(), size, identified)
+            })
+            .collect()
+    }
+
+    /// Canonicals that stopped being canonical (their cluster rows go), as nodes.
+    pub fn absorbed_nodes(&self) -> &[u32] {
+        &self.absorbed_all
+    }
+
+    /// `absorbed_nodes` as ids.
+    #[cfg(test)]
     pub fn absorbed_canonicals(&self) -> Vec<String> {
-        self.joins
+        self.absorbed_all
             .iter()
-            .map(|j| self.name(j.absorbed).to_string())
+            .map(|&x| self.name(x).to_string())
             .collect()
     }
 
@@ -300,9 +336,9 @@ impl Graph {
     /// never loaded).
     pub fn absorbed_stored(&mut self) -> Vec<(String, String)> {
         let absorbed: Vec<u32> = self
-            .joins
+            .absorbed_all
             .iter()
-            .map(|j| j.absorbed)
+            .copied()
             .filter(|&x| self.initial[x as usize] == x)
             .collect();
         absorbed
