@@ -380,11 +380,7 @@ fn mp_backfill(
     let mut events: i64 = 0;
 
     if !crate::locks::hold_cluster_wide(pid) {
-        raise(IdentityError::Contention {
-            op: crate::core::Op::Merge,
-            a: project.token.clone(),
-            b: String::new(),
-        });
+        raise(IdentityError::project_contention(&project.token));
     }
     Spi::connect_mut(|c| {
         // On Citus the cluster-wide lock just taken already keeps every other writer out (and

@@ -61,9 +61,9 @@ thread_local! {
     static ACTIVE: Cell<Option<i32>> = const { Cell::new(None) };
     /// (statement, identity events met in it): the threshold's count.
     static MET: Cell<((u32, u32, u32), usize)> = const { Cell::new(((0, 0, 0), 0)) };
-    /// A batch written early from a deeper subtransaction than its statement's:
-    /// (local xid, that subtransaction, the statement's subtransaction, events).
-    static EARLY: Cell<Option<(u32, u32, u32, usize)>> = const { Cell::new(None) };
+    /// Batches written early from a deeper subtransaction than their statement's: (local xid,
+    /// that subtransaction, the statement's subtransaction, events), until the first ends.
+    static EARLY: RefCell<Vec<(u32, u32, u32, usize)>> = const { RefCell::new(Vec::new()) };
     /// That write rolled back while the statement stayed: (local xid, the statement's
     /// subtransaction, events). The commit is refused.
     static LOST: Cell<Option<(u32, u32, usize)>> = const { Cell::new(None) };
@@ -306,7 +306,7 @@ pub fn flush() {
     if here != statement_subxact && lxid == crate::pg::local_xid() {
         // Written from a nested subtransaction: if that one rolls back, the rows stay
         // without their joins (see on_subxact).
-        EARLY.with(|e| e.set(Some((lxid, here, statement_subxact, events))));
+        EARLY.with(|e| e.borrow_mut().push((lxid, here, statement_subxact, events)));
     }
     let pid = batch.project_id;
     crate::store::own_write(pid, || {
@@ -513,7 +513,7 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
         | XACT_EVENT_PARALLEL_COMMIT
         | XACT_EVENT_PREPARE => {
             forget();
-            EARLY.with(|e| e.set(None));
+            EARLY.with(|e| e.borrow_mut().clear());
             LOST.with(|l| l.set(None));
         }
         _ => {}
@@ -535,14 +535,25 @@ unsafe extern "C-unwind" fn on_subxact(
                 // The batch's statement failed: its rows are gone, and so is the batch.
                 forget();
             }
-            if let Some((x, written_in, statement_subxact, events)) = EARLY.with(|e| e.get()) {
-                if x == lxid && written_in == sub {
-                    EARLY.with(|e| e.set(None));
-                    LOST.with(|l| l.set(Some((x, statement_subxact, events))));
-                } else if x == lxid && statement_subxact == sub {
-                    EARLY.with(|e| e.set(None));
-                }
-            }
+            EARLY.with(|e| {
+                e.borrow_mut()
+                    .retain(|&(x, written_in, statement_subxact, events)| {
+                        if x != lxid {
+                            return false;
+                        }
+                        if written_in == sub && statement_subxact != sub {
+                            // The write rolled back, the statement's rows did not.
+                            LOST.with(|l| {
+                                if l.get().is_none() {
+                                    l.set(Some((x, statement_subxact, events)))
+                                }
+                            });
+                            return false;
+                        }
+                        // The statement rolled back too: nothing is lost.
+                        statement_subxact != sub
+                    })
+            });
             if LOST
                 .with(|l| l.get())
                 .is_some_and(|(x, s, _)| x == lxid && s == sub)
@@ -552,19 +563,26 @@ unsafe extern "C-unwind" fn on_subxact(
             }
         }
         SUBXACT_EVENT_COMMIT_SUB => {
-            if let Some((x, written_in, statement_subxact, events)) = EARLY.with(|e| e.get()) {
-                if x == lxid && written_in == sub {
-                    // Now part of the parent's work; safe once that is the statement's own.
-                    EARLY.with(|e| {
-                        e.set((parent != statement_subxact).then_some((
-                            x,
-                            parent,
-                            statement_subxact,
-                            events,
-                        )))
-                    });
+            // What was this subtransaction's is now its parent's.
+            EARLY.with(|e| {
+                for entry in e.borrow_mut().iter_mut() {
+                    if entry.0 == lxid && entry.1 == sub {
+                        entry.1 = parent;
+                    }
+                    if entry.0 == lxid && entry.2 == sub {
+                        entry.2 = parent;
+                    }
                 }
-            }
+                // Written in the statement's own subtransaction after all: safe.
+                e.borrow_mut().retain(|entry| entry.1 != entry.2);
+            });
+            LOST.with(|l| {
+                if let Some((x, s, events)) = l.get() {
+                    if x == lxid && s == sub {
+                        l.set(Some((x, parent, events)));
+                    }
+                }
+            });
             BATCH.with(|b| {
                 if let Ok(mut b) = b.try_borrow_mut() {
                     if let Some(batch) = b.as_mut() {

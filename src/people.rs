@@ -22,11 +22,7 @@ pub fn engage_one(update: &Value) -> Result<(), IdentityError> {
     let project = store::project(Some(&u.token))?;
     // On Citus, update ids follow the order of the writes (sql/scaling.sql).
     if !crate::locks::hold_cluster_wide(project.id) {
-        return Err(IdentityError::Contention {
-            op: crate::core::Op::Merge,
-            a: u.distinct_id.clone(),
-            b: String::new(),
-        });
+        return Err(IdentityError::project_contention(&u.distinct_id));
     }
     as_owner(|| {
         Spi::run_with_args(

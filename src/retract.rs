@@ -117,11 +117,7 @@ fn retract(
         // Serialized with every writer of the project: the cluster is read and rewritten whole.
         let limit = 0;
         if crate::locks::hold_project(project.id, limit).is_none() {
-            return Err(IdentityError::Contention {
-                op: Op::Merge,
-                a: project.token.clone(),
-                b: String::new(),
-            });
+            return Err(IdentityError::project_contention(&project.token));
         }
         let (canonical, target_text) = match target {
             Target::Id(id) => match canonical_of(project.id, id) {

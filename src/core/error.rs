@@ -263,6 +263,16 @@ fn show(v: &str) -> String {
 }
 
 impl IdentityError {
+    /// A whole project's write lock (or, on Citus, every node's) refused to a deadlock's
+    /// victim; `what` names what was being written (the project's token, an id). Retryable.
+    pub fn project_contention(what: &str) -> IdentityError {
+        IdentityError::Contention {
+            op: Op::Merge,
+            a: what.to_string(),
+            b: String::new(),
+        }
+    }
+
     pub fn refused(reason: Reason, op: Op, a: &str, b: &str) -> Self {
         IdentityError::Refused {
             reason,
