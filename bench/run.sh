@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmarks side by side in one throwaway PostgreSQL 15 and prints the figures.
-# Usage: bash bench/run.sh [--no-install] [SECTION...]   sections: stamping online backfill restamp citus
+# Usage: bash bench/run.sh [--no-install] [SECTION...]   sections: stamping streams online backfill restamp citus
 # (default: all). Figures for the README come from a full run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,7 +8,7 @@ if [ "${1:-}" = "--no-install" ]; then shift; else bash tools/install.sh >/dev/n
 # The floor: a C trigger that only copies the row and sets one column (bench/floor).
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 make -s -C bench/floor >/dev/null && $SUDO make -s -C bench/floor install >/dev/null
-sections=("$@"); [ ${#sections[@]} -gt 0 ] || sections=(stamping online backfill restamp)
+sections=("$@"); [ ${#sections[@]} -gt 0 ] || sections=(stamping streams online backfill restamp)
 source tools/pg_cluster.sh
 dir=$(mktemp -d /tmp/identity_merge-bench.XXXXXX)
 trap cluster_stop EXIT
