@@ -611,4 +611,36 @@ mod tests {
             .windows(2)
             .all(|w| g.name(w[0].0).as_bytes() < g.name(w[1].0).as_bytes()));
     }
+
+    #[test]
+    fn absorbed_stored_canonicals_point_at_the_canonical_now_through_chains() {
+        let s = any();
+        let mut g = Graph::new();
+        // Stored: {x1, x2} canonical x1; {y1, y2} canonical y1; z alone is new.
+        g.load("x2", "x1", 2, false);
+        g.load("y2", "y1", 2, false);
+        // y absorbs x, then the new z absorbs y's cluster (merge keeps the first id's canonical).
+        assert_eq!(
+            g.apply(&s, Op::Merge, Some("y2"), Some("x2")).unwrap(),
+            "y1"
+        );
+        assert_eq!(g.apply(&s, Op::Merge, Some("z"), Some("y1")).unwrap(), "z");
+        let mut stored = g.absorbed_stored();
+        stored.sort();
+        assert_eq!(
+            stored,
+            vec![
+                ("x1".to_string(), "z".to_string()),
+                ("y1".to_string(), "z".to_string())
+            ]
+        );
+        // z is the one new id; x1 and y1 are written by re-pointing, not listed as new.
+        let (new, _) = g.new_and_moved_ids();
+        let new: Vec<&str> = new.iter().map(|&(i, _)| g.name(i)).collect();
+        assert_eq!(new, vec!["z"]);
+        assert_eq!(g.changed_clusters(), vec![("z".to_string(), 5, false)]);
+        let mut absorbed = g.absorbed_canonicals();
+        absorbed.sort();
+        assert_eq!(absorbed, vec!["x1".to_string(), "y1".to_string()]);
+    }
 }
