@@ -462,7 +462,8 @@ unsafe extern "C-unwind" fn process_utility(
     dest: *mut pg_sys::DestReceiver,
     qc: *mut pg_sys::QueryCompletion,
 ) {
-    // SAFETY: chains to the previous hook or the standard function with the arguments given.
+    // SAFETY: chains to the previous hook (set once at load) or the standard function (a
+    // Rust wrapper, not of the hook's type: hence the two calls), with the arguments given.
     unsafe {
         match PREV_PROCESS_UTILITY {
             Some(prev) => prev(
