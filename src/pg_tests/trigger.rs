@@ -81,6 +81,65 @@ mod tests {
         mixed_stream_equals_row_by_row(Some(0));
     }
 
+    /// A Simplified project's stream (device and user columns: links, a device met by a second
+    /// user refused, NULL and blocked ids) applied in one statement's batch gives what the same
+    /// rows give one statement each, one event at a time.
+    #[pg_test]
+    fn a_simplified_stream_in_one_batch_equals_row_by_row() {
+        run("SELECT mp_create_project(t, 'simplified') FROM (VALUES ('simp-bulk'), ('simp-rows')) v(t); \
+             CREATE TABLE simp_src (n int, device text, usr text); \
+             INSERT INTO simp_src \
+             SELECT g, CASE WHEN g % 97 = 0 THEN 'undefined' ELSE 'D' || (hashint4(g) & 2147483647) % 300 END, \
+                    CASE WHEN g % 3 = 0 THEN NULL ELSE 'U' || (hashint4(g * 7) & 2147483647) % 120 END \
+               FROM generate_series(1, 3000) g; \
+             CREATE TABLE simp_bulk (n int, \"$device_id\" text, \"$user_id\" text, distinct_id text, event text, properties jsonb, canonical_id text); \
+             CREATE TABLE simp_rows (LIKE simp_bulk); \
+             SELECT mp_attach('simp_bulk', 'simp-bulk'), mp_attach('simp_rows', 'simp-rows')");
+        run("SET LOCAL identity_merge.batch_threshold = 1");
+        run(
+            "INSERT INTO simp_bulk (n, \"$device_id\", \"$user_id\", event, properties) \
+             SELECT n, device, usr, 'Page View', '{}' FROM simp_src ORDER BY n",
+        );
+        assert!(
+            project_lock("simp-bulk").is_some_and(|m| m.contains("ExclusiveLock")),
+            "the bulk statement ran as a batch"
+        );
+        run("SET LOCAL identity_merge.batch_threshold = 0");
+        run("DO $$ DECLARE r record; BEGIN \
+               FOR r IN SELECT * FROM simp_src ORDER BY n LOOP \
+                 INSERT INTO simp_rows (n, \"$device_id\", \"$user_id\", event, properties) \
+                 VALUES (r.n, r.device, r.usr, 'Page View', '{}'); \
+               END LOOP; END $$");
+        let of = |sql: &str, table: &str, token: &str| -> Option<String> {
+            one(&sql.replace("TABLE", table).replace("TOKEN", token))
+        };
+        let checks = [
+            ("stamps", "SELECT string_agg(coalesce(distinct_id, '-') || '>' || coalesce(canonical_id, '-'), ',' ORDER BY n) FROM TABLE"),
+            ("clusters", "SELECT string_agg(canonical_id || ':' || size || ':' || identified, ',' ORDER BY canonical_id) \
+                          FROM identity_merge.clusters WHERE project_id = (SELECT project_id FROM identity_merge.projects WHERE token = 'TOKEN')"),
+            ("merge log", "SELECT string_agg(concat_ws(':', operation, id_a, id_b, kept_canonical, absorbed_canonical, moved_ids), ',' ORDER BY seq) \
+                           FROM identity_merge.merge_log WHERE project_id = (SELECT project_id FROM identity_merge.projects WHERE token = 'TOKEN')"),
+            ("rejections", "SELECT string_agg(concat_ws(':', reason_code, operation, id_a, id_b), ',' ORDER BY rejection_id) \
+                            FROM identity_merge.rejections WHERE project_id = (SELECT project_id FROM identity_merge.projects WHERE token = 'TOKEN')"),
+        ];
+        for (what, sql) in checks {
+            let bulk = of(sql, "simp_bulk", "simp-bulk");
+            assert!(bulk.is_some(), "{what}: the stream produced none");
+            assert_eq!(
+                bulk,
+                of(sql, "simp_rows", "simp-rows"),
+                "{what}: one batch vs row by row"
+            );
+        }
+        for token in ["simp-bulk", "simp-rows"] {
+            assert_eq!(
+                one(&format!("SELECT count(*)::text FROM mp_check('{token}')")).as_deref(),
+                Some("0"),
+                "mp_check({token})"
+            );
+        }
+    }
+
     /// The project's lock mode held by this transaction ('ExclusiveLock' once a batch took it).
     fn project_lock(token: &str) -> Option<String> {
         one(&format!(
