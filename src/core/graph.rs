@@ -38,7 +38,8 @@ pub struct Graph {
     /// Every id's bytes, one after another: node `i` is `bytes[end[i - 1]..end[i]]`.
     bytes: Vec<u8>,
     end: Vec<u64>,
-    /// Node numbers, hashed and compared by their ids' bytes.
+    /// Node numbers, hashed and compared by their ids' bytes. The hasher is hashbrown's default
+    /// (foldhash, seeded at random per table): the ids come from users, so never an unseeded hash.
     index: hashbrown::HashTable<u32>,
     hasher: hashbrown::DefaultHashBuilder,
     parent: Vec<u32>,
