@@ -110,34 +110,12 @@ mod tests {
                  INSERT INTO simp_rows (n, \"$device_id\", \"$user_id\", event, properties) \
                  VALUES (r.n, r.device, r.usr, 'Page View', '{}'); \
                END LOOP; END $$");
-        let of = |sql: &str, table: &str, token: &str| -> Option<String> {
-            one(&sql.replace("TABLE", table).replace("TOKEN", token))
-        };
-        let checks = [
-            ("stamps", "SELECT string_agg(coalesce(distinct_id, '-') || '>' || coalesce(canonical_id, '-'), ',' ORDER BY n) FROM TABLE"),
-            ("clusters", "SELECT string_agg(canonical_id || ':' || size || ':' || identified, ',' ORDER BY canonical_id) \
-                          FROM identity_merge.clusters WHERE project_id = (SELECT project_id FROM identity_merge.projects WHERE token = 'TOKEN')"),
-            ("merge log", "SELECT string_agg(concat_ws(':', operation, id_a, id_b, kept_canonical, absorbed_canonical, moved_ids), ',' ORDER BY seq) \
-                           FROM identity_merge.merge_log WHERE project_id = (SELECT project_id FROM identity_merge.projects WHERE token = 'TOKEN')"),
-            ("rejections", "SELECT string_agg(concat_ws(':', reason_code, operation, id_a, id_b), ',' ORDER BY rejection_id) \
-                            FROM identity_merge.rejections WHERE project_id = (SELECT project_id FROM identity_merge.projects WHERE token = 'TOKEN')"),
-        ];
-        for (what, sql) in checks {
-            let bulk = of(sql, "simp_bulk", "simp-bulk");
-            assert!(bulk.is_some(), "{what}: the stream produced none");
-            assert_eq!(
-                bulk,
-                of(sql, "simp_rows", "simp-rows"),
-                "{what}: one batch vs row by row"
-            );
-        }
-        for token in ["simp-bulk", "simp-rows"] {
-            assert_eq!(
-                one(&format!("SELECT count(*)::text FROM mp_check('{token}')")).as_deref(),
-                Some("0"),
-                "mp_check({token})"
-            );
-        }
+        same_outcome(
+            ("simp_bulk", "simp-bulk"),
+            ("simp_rows", "simp-rows"),
+            "SELECT string_agg(coalesce(distinct_id, '-') || '>' || coalesce(canonical_id, '-'), ',' ORDER BY n) FROM TABLE",
+            "concat_ws(':', reason_code, operation, id_a, id_b)",
+        );
     }
 
     /// The project's lock mode held by this transaction ('ExclusiveLock' once a batch took it).
@@ -147,6 +125,40 @@ mod tests {
               WHERE p.token = '{token}' AND l.locktype = 'advisory' AND l.pid = pg_backend_pid() \
                 AND l.classid = x'49444d47'::int::oid AND l.objid = p.project_id AND l.objsubid = 3"
         ))
+    }
+
+    /// Asserts that the stream loaded into `bulk` (table, project) in one statement left what
+    /// the same rows loaded into `rows` one statement each left: stamps (`stamps`, with TABLE for
+    /// the table), clusters, merge log and rejections (`rejection`, an expression over a row of
+    /// identity_merge.rejections), each non-empty; and mp_check finds nothing in either.
+    fn same_outcome(bulk: (&str, &str), rows: (&str, &str), stamps: &str, rejection: &str) {
+        let of = |sql: &str, (table, token): (&str, &str)| -> Option<String> {
+            one(&sql.replace("TABLE", table).replace("TOKEN", token))
+        };
+        let rejections = format!(
+            "SELECT string_agg({rejection}, ',' ORDER BY rejection_id) \
+             FROM identity_merge.rejections WHERE project_id = (SELECT project_id FROM identity_merge.projects WHERE token = 'TOKEN')"
+        );
+        let checks = [
+            ("stamps", stamps),
+            ("clusters", "SELECT string_agg(canonical_id || ':' || size || ':' || identified, ',' ORDER BY canonical_id) \
+                          FROM identity_merge.clusters WHERE project_id = (SELECT project_id FROM identity_merge.projects WHERE token = 'TOKEN')"),
+            ("merge log", "SELECT string_agg(concat_ws(':', operation, id_a, id_b, kept_canonical, absorbed_canonical, moved_ids), ',' ORDER BY seq) \
+                           FROM identity_merge.merge_log WHERE project_id = (SELECT project_id FROM identity_merge.projects WHERE token = 'TOKEN')"),
+            ("rejections", &rejections),
+        ];
+        for (what, sql) in checks {
+            let loaded = of(sql, bulk);
+            assert!(loaded.is_some(), "{what}: the stream produced none");
+            assert_eq!(loaded, of(sql, rows), "{what}: one statement vs row by row");
+        }
+        for (_, token) in [bulk, rows] {
+            assert_eq!(
+                one(&format!("SELECT count(*)::text FROM mp_check('{token}')")).as_deref(),
+                Some("0"),
+                "mp_check({token})"
+            );
+        }
     }
 
     fn mixed_stream_equals_row_by_row(threshold: Option<i32>) {
@@ -187,27 +199,12 @@ mod tests {
                FOR r IN SELECT * FROM mix_src ORDER BY n LOOP \
                  INSERT INTO mix_rows VALUES (r.n, r.distinct_id, r.event, r.properties); \
                END LOOP; END $$");
-        let of = |sql: &str, table: &str, token: &str| -> Option<String> {
-            one(&sql.replace("TABLE", table).replace("TOKEN", token))
-        };
-        let checks = [
-            ("stamps", "SELECT string_agg(coalesce(canonical_id, '-'), ',' ORDER BY n) FROM TABLE"),
-            ("clusters", "SELECT string_agg(canonical_id || ':' || size || ':' || identified, ',' ORDER BY canonical_id) \
-                          FROM identity_merge.clusters WHERE project_id = (SELECT project_id FROM identity_merge.projects WHERE token = 'TOKEN')"),
-            ("merge log", "SELECT string_agg(concat_ws(':', operation, id_a, id_b, kept_canonical, absorbed_canonical, moved_ids), ',' ORDER BY seq) \
-                           FROM identity_merge.merge_log WHERE project_id = (SELECT project_id FROM identity_merge.projects WHERE token = 'TOKEN')"),
-            ("rejections", "SELECT string_agg(concat_ws(':', reason_code, operation, id_a, id_b, source_row->>'distinct_id'), ',' ORDER BY rejection_id) \
-                            FROM identity_merge.rejections WHERE project_id = (SELECT project_id FROM identity_merge.projects WHERE token = 'TOKEN')"),
-        ];
-        for (what, sql) in checks {
-            let bulk = of(sql, "mix_bulk", "mix-bulk");
-            assert!(bulk.is_some(), "{what}: the stream produced none");
-            assert_eq!(
-                bulk,
-                of(sql, "mix_rows", "mix-rows"),
-                "{what}: one statement vs row by row"
-            );
-        }
+        same_outcome(
+            ("mix_bulk", "mix-bulk"),
+            ("mix_rows", "mix-rows"),
+            "SELECT string_agg(coalesce(canonical_id, '-'), ',' ORDER BY n) FROM TABLE",
+            "concat_ws(':', reason_code, operation, id_a, id_b, source_row->>'distinct_id')",
+        );
         // The stream exercised what it is meant to: joins, every kind of refusal, the limit.
         let counts = one(
             "SELECT (SELECT count(*) FROM identity_merge.merge_log l JOIN identity_merge.projects p USING (project_id) WHERE p.token = 'mix-bulk') || '/' || \
@@ -220,13 +217,6 @@ mod tests {
             reasons.parse::<i64>().unwrap() >= 4,
             "kinds of refusal: {counts}"
         );
-        for token in ["mix-bulk", "mix-rows"] {
-            assert_eq!(
-                one(&format!("SELECT count(*)::text FROM mp_check('{token}')")).as_deref(),
-                Some("0"),
-                "mp_check({token})"
-            );
-        }
     }
 
     /// The statement's AFTER triggers run after its batch was written: they see its joins in
