@@ -53,6 +53,8 @@ struct Batch {
     /// One per `graph.joins`, in order.
     sources: Vec<JoinSource>,
     clusters: crate::probe::ClusterReader,
+    /// Identity events applied (for the message of a lost batch).
+    events: usize,
 }
 
 thread_local! {
@@ -67,8 +69,6 @@ thread_local! {
     /// That write rolled back while the statement stayed: (local xid, the statement's
     /// subtransaction, events). The commit is refused.
     static LOST: Cell<Option<(u32, u32, usize)>> = const { Cell::new(None) };
-    /// Events applied by the batch now pending (for the message of a lost batch).
-    static EVENTS: Cell<usize> = const { Cell::new(0) };
 }
 
 fn current_subxact() -> u32 {
@@ -147,10 +147,10 @@ pub fn take_part(project: &Project, statement: (u32, u32)) -> bool {
             graph: Graph::new(),
             sources: Vec::new(),
             clusters,
+            events: 0,
         })
     });
     ACTIVE.with(|a| a.set(Some(project.id)));
-    EVENTS.with(|e| e.set(0));
     true
 }
 
@@ -259,7 +259,11 @@ pub fn execute(
             }
         }
     }
-    EVENTS.with(|e| e.set(e.get() + 1));
+    BATCH.with(|batch| {
+        if let Some(batch) = batch.borrow_mut().as_mut() {
+            batch.events += 1;
+        }
+    });
     Ok(out)
 }
 
@@ -297,7 +301,6 @@ pub fn flush() {
         return;
     }
     let Some(mut batch) = forget() else { return };
-    let events = EVENTS.with(|e| e.replace(0));
     if batch.graph.joins.is_empty() {
         return;
     }
@@ -306,7 +309,10 @@ pub fn flush() {
     if here != statement_subxact && lxid == crate::pg::local_xid() {
         // Written from a nested subtransaction: if that one rolls back, the rows stay
         // without their joins (see on_subxact).
-        EARLY.with(|e| e.borrow_mut().push((lxid, here, statement_subxact, events)));
+        EARLY.with(|e| {
+            e.borrow_mut()
+                .push((lxid, here, statement_subxact, batch.events))
+        });
     }
     let pid = batch.project_id;
     crate::store::own_write(pid, || {

@@ -489,7 +489,7 @@ pub fn resolve(project_id: i32, id: &str) -> Result<String, IdentityError> {
 }
 
 /// Reads stored clusters' facts by their primary key, for a statement's batch (batch.rs) as
-/// it meets ids: what `store::stored_sides` reads through SPI, at a fraction of its cost. The
+/// it meets ids: what store.rs's `read_sides` reads through SPI, at a fraction of its cost. The
 /// oids and column numbers are looked up once per batch.
 pub struct ClusterReader {
     heap: pg_sys::Oid,
