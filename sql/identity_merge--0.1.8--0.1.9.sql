@@ -1,0 +1,5 @@
+-- identity_merge 0.1.8 -> 0.1.9 (see CHANGELOG.md): a new library and no SQL change. The library
+-- applies a statement's identity events past identity_merge.batch_threshold in memory and writes
+-- them once when the statement ends, and mp_backfill holds about a third of the memory per id.
+-- The version moves so that SELECT extversion FROM pg_extension tells which behaviour a
+-- database runs (docs/upgrading.md). Released upgrade scripts are never edited afterwards.
