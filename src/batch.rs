@@ -513,6 +513,10 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
             // executor, as logical replication's apply does).
             flush();
             refuse_lost();
+            // After the flush, whose joins are the transaction's last.
+            if event == XACT_EVENT_PRE_PREPARE {
+                at_end(crate::ring::pre_prepare());
+            }
         }
         XACT_EVENT_ABORT
         | XACT_EVENT_PARALLEL_ABORT
@@ -522,8 +526,28 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
             forget();
             EARLY.with(|e| e.borrow_mut().clear());
             LOST.with(|l| l.set(None));
+            match event {
+                // Visible to new snapshots now, locks not yet released: other sessions learn
+                // of the joins before they can see or take anything this transaction held.
+                XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => crate::ring::commit(),
+                XACT_EVENT_PREPARE => {}
+                _ => at_end(crate::ring::abort()),
+            }
         }
         _ => {}
+    }
+}
+
+/// What the ring asks of the caches when (part of) a transaction ends.
+fn at_end(what: crate::ring::AtEnd) {
+    use crate::ring::AtEnd::*;
+    match what {
+        Nothing => {}
+        ForgetOwnJoins => crate::cache::clear(),
+        SignalAndForget => {
+            crate::cache::signal();
+            crate::cache::clear();
+        }
     }
 }
 
@@ -538,6 +562,7 @@ unsafe extern "C-unwind" fn on_subxact(
     let lxid = crate::pg::local_xid();
     match event {
         SUBXACT_EVENT_ABORT_SUB => {
+            at_end(crate::ring::abort_sub(sub));
             if pending_statement().is_some_and(|(x, s, _)| x == lxid && s == sub) {
                 // The batch's statement failed: its rows are gone, and so is the batch.
                 forget();

@@ -17,9 +17,15 @@
 //! into another), so it records a redirect and keeps the entries (`OwnChange`). That is only
 //! done when no message from another backend arrived meanwhile (PostgreSQL counts them in
 //! `SharedInvalidMessageCounter`), so every flush another session asked for still happens.
+//!
+//! Joins send no signal at all: they reach other backends through the shared ring of absorbed
+//! canonicals (ring.rs), read at each statement start. An entry whose answer is an absorbed
+//! canonical is poisoned (`IdCache::poisoned`) and probed again when next asked; the rest
+//! stay. Only other changes (splits, settings, backfill, hand edits) empty every cache.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasherDefault;
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -146,6 +152,28 @@ impl Canonical {
     }
 }
 
+/// A hasher for keys that are hashes already (ring.rs's): the key is its own hash.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl std::hash::Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, h: u64) {
+        self.0 = h;
+    }
+}
+
+/// Poisoned entries before the cache starts over rather than probing them one by one (or a
+/// eighth of its entries, when that is more).
+const POISON_MAX: usize = 8192;
+
 /// What a lookup learned: `Some(canonical)` for a known id, `None` for an id never seen
 /// (which resolves to itself).
 type Entry = Option<Canonical>;
@@ -162,6 +190,9 @@ struct IdCache {
     complete: bool,
     /// Lookups that had to probe since this cache started.
     misses: u64,
+    /// Hashes (ring::hash) of canonical ids other sessions' committed joins absorbed since
+    /// this cache started: an answer that is one of them is asked again.
+    poisoned: HashSet<u64, BuildHasherDefault<Prehashed>>,
 }
 
 impl IdCache {
@@ -173,6 +204,7 @@ impl IdCache {
             redirects: HashMap::new(),
             complete: false,
             misses: 0,
+            poisoned: HashSet::default(),
         }
     }
 
@@ -193,6 +225,7 @@ impl IdCache {
             .is_some_and(|cache| cache.is_current(project_id) && !full(cache))
         {
             *slot = Some(IdCache::new(GENERATION.with(|g| g.get()), project_id));
+            STARTED.with(|s| s.set(s.get() + 1));
         }
         slot.as_mut().unwrap()
     }
@@ -211,6 +244,15 @@ impl IdCache {
         }
         current
     }
+
+    /// Whether `answer` (the canonical a lookup of `id` resolved to, None = itself) may have
+    /// been absorbed by another session's join since it was read.
+    fn is_poisoned(&self, id: &[u8], answer: Option<&Canonical>) -> bool {
+        !self.poisoned.is_empty()
+            && self
+                .poisoned
+                .contains(&crate::ring::hash(answer.map_or(id, |c| c.bytes())))
+    }
 }
 
 thread_local! {
@@ -221,6 +263,11 @@ thread_local! {
     static WATCHED: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
     static REGISTERED: Cell<bool> = const { Cell::new(false) };
     static CACHE: RefCell<Option<IdCache>> = const { RefCell::new(None) };
+    /// Bumped by every batch of other sessions' joins taken from the ring: with GENERATION,
+    /// what a probe's answer must be as fresh as (`freshness`).
+    static NEWS: Cell<u64> = const { Cell::new(0) };
+    /// Caches started in this backend (each start is a cold cache).
+    static STARTED: Cell<u64> = const { Cell::new(0) };
     static LOADS: Cell<u64> = const { Cell::new(0) };
     static OWN_WRITES: Cell<u64> = const { Cell::new(0) };
 }
@@ -252,6 +299,7 @@ pub fn epochs() -> (u64, u64) {
 pub fn ensure_registered() {
     REGISTERED.with(|r| {
         if !r.get() {
+            crate::ring::attach();
             // SAFETY: registers a callback that lives as long as the library (it is never
             // unloaded) and only bumps thread-local counters.
             unsafe {
@@ -281,6 +329,31 @@ pub fn accept_invalidations() {
         WATCHED.with(|w| w.set(oid));
         GENERATION.with(|g| g.set(g.get() + 1));
     }
+    receive_joins();
+}
+
+/// Takes other sessions' committed joins from the ring (ring.rs) and poisons what they
+/// absorbed; empties the cache when this backend fell behind the ring or too much is poisoned.
+fn receive_joins() {
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        let mut cache = c.as_mut();
+        let news = crate::ring::receive(|h| {
+            if let Some(cache) = cache.as_mut() {
+                cache.poisoned.insert(h);
+            }
+        });
+        if news == crate::ring::News::Nothing {
+            return;
+        }
+        NEWS.with(|n| n.set(n.get() + 1));
+        let too_much = c
+            .as_ref()
+            .is_some_and(|cache| cache.poisoned.len() > POISON_MAX.max(cache.entries.len() / 8));
+        if news == crate::ring::News::Behind || too_much {
+            *c = None;
+        }
+    })
 }
 
 /// Looks `id` up. When cached, hands `f` its canonical id (`None`: the id resolves to itself)
@@ -289,17 +362,18 @@ pub fn get(project_id: i32, id: &[u8], f: impl FnOnce(Option<&Canonical>)) -> bo
     CACHE.with(|c| {
         let c = c.borrow();
         match c.as_ref() {
-            Some(cache) if cache.is_current(project_id) => match cache.entries.get(id) {
-                Some(e) => {
-                    f(cache.resolve(id, e));
-                    true
+            Some(cache) if cache.is_current(project_id) => {
+                let answer = match cache.entries.get(id) {
+                    Some(e) => cache.resolve(id, e),
+                    None if cache.complete => cache.resolve(id, &None),
+                    None => return false,
+                };
+                if cache.is_poisoned(id, answer) {
+                    return false;
                 }
-                None if cache.complete => {
-                    f(cache.resolve(id, &None));
-                    true
-                }
-                None => false,
-            },
+                f(answer);
+                true
+            }
             _ => false,
         }
     })
@@ -310,20 +384,26 @@ pub fn generation() -> u64 {
     GENERATION.with(|g| g.get())
 }
 
+/// Moves with every change signal and every batch of joins from the ring: an answer read
+/// under a snapshot taken before it last moved may miss one of them (`put` drops it).
+pub fn freshness() -> u64 {
+    GENERATION.with(|g| g.get()) + NEWS.with(|n| n.get())
+}
+
 /// How many identity writes this backend made (its own joins): a probe snapshot taken before
 /// the latest one does not see it.
 pub fn own_writes() -> u64 {
     OWN_WRITES.with(|w| w.get())
 }
 
-/// Remembers what a probe found for `id`. `as_of` is the generation the probe's snapshot was
-/// taken in (after the invalidations of that generation were accepted): an answer read in an
+/// Remembers what a probe found for `id`. `as_of` is the freshness the probe's snapshot was
+/// taken in (after the invalidations and joins of that freshness were accepted): an answer read in an
 /// older generation is not kept, since a change it does not see may be the one that bumped the
 /// generation (invalidations can be accepted in the middle of a statement: the first lock on a
 /// partition, a TOAST fetch).
 pub fn put(project_id: i32, id: &[u8], canonical: Option<&[u8]>, as_of: u64) {
     let cap = capacity();
-    if cap == 0 || as_of != generation() {
+    if cap == 0 || as_of != freshness() {
         return;
     }
     CACHE.with(|c| {
@@ -460,6 +540,30 @@ pub fn loads_completed() -> u64 {
     LOADS.with(|l| l.get())
 }
 
+/// Sends the change signal (at commit): every backend empties its caches.
+pub fn signal() {
+    if let Some(signal) = crate::pg::relation_oid(c"graph_changed") {
+        // SAFETY: registers a relcache invalidation of an existing relation, sent at commit.
+        unsafe { pgrx::pg_sys::CacheInvalidateRelcacheByRelid(signal) };
+    }
+}
+
+/// This backend's stamp cache, for tests: `started=N entries=N poisoned=N complete=B` (how many
+/// caches were started, and the current one's entries, poisoned answers and completeness).
+#[cfg(any(test, feature = "pg_test"))]
+pub fn describe() -> String {
+    CACHE.with(|c| {
+        let c = c.borrow();
+        let (entries, poisoned, complete) = c.as_ref().map_or((0, 0, false), |cache| {
+            (cache.entries.len(), cache.poisoned.len(), cache.complete)
+        });
+        format!(
+            "started={} entries={entries} poisoned={poisoned} complete={complete}",
+            STARTED.with(|s| s.get())
+        )
+    })
+}
+
 /// Forgets everything.
 pub fn clear() {
     GENERATION.with(|g| g.set(g.get() + 1));
@@ -473,14 +577,13 @@ mod identity_merge {
     /// Statement trigger on identity_merge.identities and .projects: tells every backend's
     /// caches that the identity graph or a project changed (a relcache invalidation of
     /// identity_merge.graph_changed, sent when the transaction commits and seen by this backend
-    /// at its next command).
+    /// at its next command). The extension's own joins skip it: the ring carries them.
     #[pg_trigger]
     fn notify_caches<'a>(
         _trigger: &'a pgrx::PgTrigger<'a>,
     ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
-        if let Some(signal) = crate::pg::relation_oid(c"graph_changed") {
-            // SAFETY: registers a relcache invalidation of an existing relation, sent at commit.
-            unsafe { pgrx::pg_sys::CacheInvalidateRelcacheByRelid(signal) };
+        if crate::ring::must_signal() {
+            super::signal();
         }
         Ok(None)
     }

@@ -5,7 +5,8 @@
 //!   ingest, graph); see core/mod.rs. Unit-tested with plain `cargo test`.
 //! - the glue, one module per concern, each thin around the core:
 //!   - `trigger`: the stamping trigger; `probe` and `cache`: its lookups (direct index probes,
-//!     a per-backend cache kept correct by invalidations);
+//!     a per-backend cache kept correct by invalidations); `ring`: other sessions' committed
+//!     joins, told through shared memory so that caches need not empty;
 //!   - `store`: SPI with kept plans, the project cache, the locking protocol of a join, and
 //!     executing an event's plan; `locks`: its locks; `batch`: a statement's identity events
 //!     applied in memory and written once when it ends;
@@ -50,6 +51,7 @@ mod pg;
 mod probe;
 mod records;
 mod retract;
+mod ring;
 mod store;
 mod trigger;
 

@@ -24,7 +24,7 @@ pub struct Probe {
     vmbuffer: pg_sys::Buffer,
     lxid: u32,
     statement: (u32, u32),
-    /// (cache generation, own writes) when the snapshot was taken: the stamping probe takes a
+    /// (cache freshness, own writes) when the snapshot was taken: the stamping probe takes a
     /// new one when either moved, so that an answer is never older than the invalidations
     /// this backend accepted nor than its own joins (cache::put keeps only such answers).
     seen: (u64, u64),
@@ -32,7 +32,7 @@ pub struct Probe {
 }
 
 fn now_seen() -> (u64, u64) {
-    (crate::cache::generation(), crate::cache::own_writes())
+    (crate::cache::freshness(), crate::cache::own_writes())
 }
 
 /// Who is asking: the stamping trigger (snapshot as fresh as the caches, see cache.rs) or

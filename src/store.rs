@@ -360,10 +360,18 @@ fn load_project(token: &str) -> Result<Project, IdentityError> {
 /// made as (absorbed canonical, kept canonical) in order; the stamp cache and the project cache
 /// stay current through them when no other session's change arrived meanwhile (see
 /// `cache::own_change_end`).
+///
+/// Other sessions learn of the joins through the ring (ring.rs) when this transaction
+/// commits; the write sends no change signal unless the transaction outgrew the ring.
 pub fn own_write<R>(project_id: i32, write: impl FnOnce() -> (R, Vec<(String, String)>)) -> R {
     let projects_current = PROJECTS.with(|p| p.borrow().0 == crate::cache::generation());
     let before = crate::cache::own_change_begin();
+    let quiet = crate::ring::QuietWrite::begin(crate::citus::distributed());
     let (result, joins) = write();
+    if quiet.joined(joins.iter().map(|(absorbed, _)| absorbed.as_str())) {
+        crate::cache::signal();
+    }
+    drop(quiet);
     let joined: Vec<(&str, &str)> = joins
         .iter()
         .map(|(x, k)| (x.as_str(), k.as_str()))

@@ -3,7 +3,7 @@
 //! in the SQL schema `tests` the runner calls); `sessions` drives several client connections
 //! at once (concurrency, stress, cache invalidation across sessions), each test on a project
 //! of its own since its data is committed; `batch` does the same for a statement's batch
-//! (batch.rs). User-visible flows are also golden SQL files in
+//! (batch.rs), and `ring` for other sessions' joins reaching a warm cache (ring.rs). User-visible flows are also golden SQL files in
 //! tests/pg_regress; hostile roles and tables are tests/reliability.sh.
 
 pub mod support;
@@ -12,6 +12,7 @@ mod contract;
 mod flows;
 mod json;
 mod model;
+mod ring;
 mod roles;
 mod trigger;
 
