@@ -85,16 +85,10 @@ fn pending_statement() -> Option<(u32, u32, u32)> {
     })
 }
 
-/// Whether a statement of this transaction may apply its events in memory.
+/// Whether a statement of this transaction may apply its events in memory: where the graph
+/// may be read directly with fresh snapshots (READ COMMITTED, one node, not parallel).
 fn eligible() -> bool {
-    // SAFETY: reads the transaction's isolation level and whether it runs in parallel mode.
-    let (read_committed, parallel) = unsafe {
-        (
-            pg_sys::XactIsoLevel < pg_sys::XACT_REPEATABLE_READ as i32,
-            pg_sys::IsInParallelMode(),
-        )
-    };
-    read_committed && !parallel && !crate::citus::distributed()
+    crate::probe::direct_reads_allowed()
 }
 
 /// Whether the identity events of `project` in the statement `(command id, subtransaction)`

@@ -24,7 +24,7 @@
 //! stay. Only other changes (splits, settings, backfill, hand edits) empty every cache.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::hash::BuildHasherDefault;
 
 use pgrx::pg_sys;
@@ -181,10 +181,12 @@ type Entry = Option<Canonical>;
 struct IdCache {
     generation: u64,
     project_id: i32,
-    entries: HashMap<IdKey, Entry>,
+    /// hashbrown's default hasher (foldhash, seeded at random per table: the ids come from
+    /// users): a lookup hashes its id once or twice per row, and SipHash was a fifth of a hit.
+    entries: hashbrown::HashMap<IdKey, Entry>,
     /// Canonical ids this backend's own joins absorbed, to the canonical that kept them:
     /// applied to every answer, so entries read before the join stay usable.
-    redirects: HashMap<IdKey, Canonical>,
+    redirects: hashbrown::HashMap<IdKey, Canonical>,
     /// Every identity of the project is in `entries` (see `should_load`): an id that is not
     /// is unknown, without a probe.
     complete: bool,
@@ -200,8 +202,8 @@ impl IdCache {
         IdCache {
             generation,
             project_id,
-            entries: HashMap::new(),
-            redirects: HashMap::new(),
+            entries: hashbrown::HashMap::new(),
+            redirects: hashbrown::HashMap::new(),
             complete: false,
             misses: 0,
             poisoned: HashSet::default(),
@@ -622,7 +624,7 @@ mod unit {
 
     #[test]
     fn keys_find_by_bytes() {
-        let mut m: HashMap<IdKey, u32> = HashMap::new();
+        let mut m: hashbrown::HashMap<IdKey, u32> = hashbrown::HashMap::new();
         let long = "x".repeat(200);
         for (i, id) in [
             "",

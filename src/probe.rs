@@ -412,6 +412,55 @@ fn with_probe<R>(
     })
 }
 
+/// Whether this transaction may read the graph through direct probes with a snapshot taken
+/// now, as SPI would under READ COMMITTED: not under REPEATABLE READ or SERIALIZABLE (which
+/// read with the transaction's snapshot, and take predicate locks), not in parallel mode, not
+/// on Citus (the replicated tables' rows are in placements the writers reach through Citus).
+pub fn direct_reads_allowed() -> bool {
+    // SAFETY: reads the transaction's isolation level and whether it runs in parallel mode.
+    let (read_committed, parallel) = unsafe {
+        (
+            pg_sys::XactIsoLevel < pg_sys::XACT_REPEATABLE_READ as i32,
+            pg_sys::IsInParallelMode(),
+        )
+    };
+    read_committed && !parallel && !crate::citus::distributed()
+}
+
+/// The canonical ids of `ids` (None: unknown) under a snapshot taken now, after a command
+/// counter increment: every commit so far and this transaction's own changes, as a writer
+/// about to decide a join must see them (store::read_sides). Only where
+/// `direct_reads_allowed`.
+pub fn canonicals_now<const N: usize>(
+    project_id: i32,
+    ids: [&str; N],
+) -> Result<[Option<String>; N], IdentityError> {
+    // SAFETY: reads the current command and subtransaction ids.
+    let statement = unsafe {
+        (
+            pg_sys::GetCurrentCommandId(false),
+            pg_sys::GetCurrentSubTransactionId(),
+        )
+    };
+    with_probe(Use::Stamp, statement, |probe| {
+        // Newer than the stamp probe needs: harmless to the stamps that follow.
+        probe.renew_snapshot(Use::Stamp, true);
+        probe.seen = now_seen();
+        ids.map(|id| {
+            let datum = pgrx::IntoDatum::into_datum(id)?;
+            let mut canonical = None;
+            // SAFETY: `datum` is the text datum of `id`, alive for the call; the probe hands
+            // a text datum valid during the closure, copied there.
+            unsafe {
+                probe.lookup(project_id, datum, |d| {
+                    canonical = d.and_then(|d| <String as pgrx::FromDatum>::from_datum(d, false));
+                })
+            };
+            canonical
+        })
+    })
+}
+
 /// Visits every identity of a project as the stamping trigger sees the graph (see
 /// `canonical`), handing `f` (distinct_id, canonical_id) text datums valid during each call;
 /// stops early when `f` returns false. How many it visited.

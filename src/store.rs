@@ -384,6 +384,9 @@ pub fn own_write<R>(project_id: i32, write: impl FnOnce() -> (R, Vec<(String, St
 
 /// Reads the clusters of `a` and `b` (fresh snapshot).
 fn read_sides(p: &Plans, project_id: i32, a: &str, b: &str) -> (Side, Side) {
+    if let Some(sides) = read_sides_direct(project_id, a, b) {
+        return sides;
+    }
     Spi::connect(|c| {
         let rows = c
             .select(&p.sides, None, &[project_id.into(), a.into(), b.into()])
@@ -410,6 +413,32 @@ fn read_sides(p: &Plans, project_id: i32, a: &str, b: &str) -> (Side, Side) {
         }
         (sa, sb)
     })
+}
+
+/// `read_sides` through the trigger's index probe of `identities` and a primary-key read of
+/// `clusters`, each under a snapshot taken now: what SPI's query reads under READ COMMITTED,
+/// without starting an executor (most of an online identity event's time went there). None
+/// (not READ COMMITTED on one node, or a cluster row missing) sends the caller to SPI.
+fn read_sides_direct(project_id: i32, a: &str, b: &str) -> Option<(Side, Side)> {
+    if !crate::probe::direct_reads_allowed() {
+        return None;
+    }
+    let [ca, cb] = crate::probe::canonicals_now(project_id, [a, b]).ok()?;
+    let clusters = crate::probe::ClusterReader::new().ok()?;
+    let side = |id: &str, canonical: Option<String>| -> Option<Side> {
+        let Some(canonical) = canonical else {
+            return Some(Side::new_id(id));
+        };
+        let (size, identified) = clusters.facts(project_id, &canonical)?;
+        Some(Side {
+            id: id.to_string(),
+            canonical,
+            size,
+            identified,
+            exists: true,
+        })
+    };
+    Some((side(a, ca)?, side(b, cb)?))
 }
 
 /// Where an identity operation came from: recorded with every join it makes (merge_log's
