@@ -1,7 +1,7 @@
 //! Other sessions' committed joins reaching a warm stamp cache through the shared ring
 //! (ring.rs): what they poison is asked again, the rest stays; what is not a join (a split),
 //! a transaction of too many joins, or a reader too far behind empty the cache as before; a
-//! rolled-back join changes nothing. Seen from real sessions, each test on a project of its own.
+//! rolled-back join changes nothing. Seen from real sessions, each test in a database of its own.
 
 #[pgrx::pg_schema]
 mod tests {
@@ -16,9 +16,30 @@ mod tests {
 
 #[cfg(test)]
 mod sessions {
-    fn connect() -> postgres::Client {
+    /// Two sessions on a database of their own, so that no other test's change (whose
+    /// signal would empty every cache of its database) reaches their caches.
+    fn sessions(db: &str) -> (postgres::Client, postgres::Client) {
         pgrx_tests::run_test("smoke", None, crate::pg_test::postgresql_conf_options()).unwrap();
-        pgrx_tests::client().unwrap().0
+        let mut admin = pgrx_tests::client().unwrap().0;
+        let port: String = scalar(&mut admin, "SELECT current_setting('port')");
+        let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db}"));
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .unwrap();
+        let open = || {
+            postgres::Config::new()
+                .host("localhost")
+                .port(port.parse().unwrap())
+                .user(&pgrx_tests::get_pg_user())
+                .dbname(db)
+                .connect(postgres::NoTls)
+                .unwrap()
+        };
+        let mut first = open();
+        first
+            .batch_execute("CREATE EXTENSION identity_merge")
+            .unwrap();
+        (first, open())
     }
 
     fn scalar<T: for<'a> postgres::types::FromSql<'a>>(c: &mut postgres::Client, sql: &str) -> T {
@@ -96,7 +117,7 @@ mod sessions {
 
     #[test]
     fn joins_committed_elsewhere_poison_what_they_absorbed_and_keep_the_rest() {
-        let (mut loader, mut other) = (connect(), pgrx_tests::client().unwrap().0);
+        let (mut loader, mut other) = sessions("ring_poison");
         setup(&mut loader, &mut other, "ringa");
         let (started, _) = cache(&mut loader);
         // Two clusters become one; a new id joins a cluster; both committed elsewhere.
@@ -144,7 +165,7 @@ mod sessions {
 
     #[test]
     fn too_many_joins_or_a_reader_too_far_behind_empty_the_cache() {
-        let (mut loader, mut other) = (connect(), pgrx_tests::client().unwrap().0);
+        let (mut loader, mut other) = sessions("ring_behind");
         setup(&mut loader, &mut other, "ringb");
         let (started, _) = cache(&mut loader);
         // One transaction of more joins than the ring takes from one: it signals instead.
