@@ -30,7 +30,9 @@ mixed() {  # script: rows/s of 4 loaders (500 rows a transaction), and failed tr
 }
 read -r mp mpf <<< "$(mixed mixed_plain.sql)"
 read -r mo mof <<< "$(mixed mixed_ours.sql)"
-mix_wrong=$(cluster_psql -Atc "SELECT count(*) FROM mix_ours WHERE canonical_id IS DISTINCT FROM mp_resolve(distinct_id, 'mixed') AND canonical_id NOT IN (SELECT absorbed_canonical FROM identity_merge.merge_log)")
+# (NOT EXISTS, not NOT IN: a NOT IN over a merge log larger than work_mem is not hashed, and
+# the rows stamped before their device was identified are many.)
+mix_wrong=$(cluster_psql -Atc "SELECT count(*) FROM mix_ours o WHERE canonical_id IS DISTINCT FROM mp_resolve(distinct_id, 'mixed') AND NOT EXISTS (SELECT FROM identity_merge.merge_log m WHERE m.absorbed_canonical = o.canonical_id)")
 mix_rejected=$(cluster_psql -Atc "SELECT count(*) FROM identity_merge.rejections r JOIN identity_merge.projects p USING (project_id) WHERE p.token = 'mixed'")
 clusters=$(cluster_psql -Atc "SELECT count(*) FROM identity_merge.clusters WHERE project_id = (SELECT project_id FROM identity_merge.projects WHERE token = 'pgbench')")
 bad=$(cluster_psql -Atc "SELECT count(*) FROM identity_merge.clusters c WHERE c.size <> (SELECT count(*) FROM identity_merge.identities i WHERE i.project_id = c.project_id AND i.canonical_id = c.canonical_id)")

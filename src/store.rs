@@ -581,6 +581,14 @@ fn join_clusters(
     if sa.canonical == sb.canonical {
         return Ok(Applied::unchanged(sa.canonical));
     }
+    // Neither do refusals, read under a fresh snapshot (READ COMMITTED): what the rules refuse
+    // for (an identified or existing id, a size) only grows as clusters join, so no commit
+    // after the read turns it into a join; only splits and settings changes could, and they
+    // are concurrent with this event whichever order it is given. A cluster that joined
+    // another between the two sides' reads made read_sides fall back to one SPI snapshot.
+    if crate::probe::direct_reads_allowed() {
+        rules::decide(op, &project.settings, &sa, &sb)?;
+    }
     let limit = crate::guc::cluster_locks_per_transaction();
     match crate::locks::hold_project(project.id, limit) {
         None => return Err(contention()),

@@ -372,6 +372,49 @@ fn many_operations_in_one_transaction_lock_the_project_not_every_cluster() {
     assert_eq!(violations, 0);
 }
 
+/// A refusal is decided on a fresh read, without the clusters' locks: joins only make the
+/// reasons for it stronger. So it does not wait for a writer holding one of the clusters, while
+/// a join of that cluster still does.
+#[test]
+fn a_refusal_does_not_wait_for_the_clusters_locks() {
+    let mut a = connect();
+    let mut b = pgrx_tests::client().unwrap().0;
+    a.batch_execute(
+        "SELECT mp_create_project('refusenow'); \
+         SELECT mp_set_project_setting('refusenow', 'anon_id_format', 'any'); \
+         SELECT mp_identify('u1', 'd1', 'refusenow')",
+    )
+    .unwrap();
+    a.batch_execute("BEGIN; SELECT mp_merge('u1', 'x1', 'refusenow')")
+        .unwrap();
+    b.batch_execute("SET lock_timeout = '300ms'").unwrap();
+    let err = b
+        .batch_execute("SELECT mp_identify('u2', 'd1', 'refusenow')")
+        .unwrap_err();
+    let err = err.as_db_error().expect("a database error");
+    assert_ne!(err.code().code(), "55P03", "{err}");
+    assert!(
+        err.message().contains("already merged"),
+        "refused at once: {err}"
+    );
+    let err = b
+        .batch_execute("SELECT mp_identify('u1', 'd9', 'refusenow')")
+        .unwrap_err();
+    assert_eq!(
+        err.code().unwrap().code(),
+        "55P03",
+        "a join of the held cluster waits: {err}"
+    );
+    a.batch_execute("COMMIT").unwrap();
+    b.batch_execute("SELECT mp_identify('u1', 'd9', 'refusenow')")
+        .unwrap();
+    let together: String = scalar(&mut b, "SELECT mp_resolve('d9', 'refusenow')");
+    assert_eq!(
+        together,
+        scalar::<String>(&mut b, "SELECT mp_resolve('x1', 'refusenow')")
+    );
+}
+
 /// The trigger keeps what it worked out about a table from one statement to the next; a
 /// change of the table, of the project or of the session setting must still be seen by the
 /// very next statement.

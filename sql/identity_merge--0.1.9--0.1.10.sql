@@ -1,0 +1,6 @@
+-- identity_merge 0.1.9 -> 0.1.10 (see CHANGELOG.md): a new library and no SQL change. The library
+-- tells other sessions of its committed joins through a ring in shared memory instead of the
+-- change signal that emptied every stamp cache, and an online identity event reads its clusters
+-- through direct index probes. The version moves so that SELECT extversion FROM pg_extension
+-- tells which behaviour a database runs (docs/upgrading.md). Released upgrade scripts are never
+-- edited afterwards.
