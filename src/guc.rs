@@ -30,6 +30,11 @@ pub static CLUSTER_LOCKS_PER_TRANSACTION: GucSetting<i32> = GucSetting::<i32>::n
 /// applies the rest in memory and writes them once (batch.rs); 0: never.
 pub static BATCH_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(16);
 
+/// `identity_merge.publish_joins`: this session's committed joins reach other sessions' stamp
+/// caches through the shared ring (ring.rs); off: they send the change signal, which empties
+/// every cache, as before 0.1.10.
+pub static PUBLISH_JOINS: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 pub fn batch_threshold() -> usize {
     BATCH_THRESHOLD.get().max(0) as usize
 }
@@ -78,10 +83,20 @@ result at once, and writes the joins in bulk at its end. The project's other wri
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_bool_guc(
+        c"identity_merge.publish_joins",
+        c"Whether this session's committed joins reach other sessions' stamp caches through the shared ring (off: they empty every cache).",
+        c"On: a committed join publishes the canonical ids it absorbed in shared memory, and other sessions probe only \
+the answers that named them. Off: the join sends the change signal at commit and every session empties its stamp cache, \
+as before 0.1.10. Superusers only: a session that turns it off slows every other session's stamping.",
+        &PUBLISH_JOINS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"identity_merge.stamp_cache_entries",
         c"How many id -> canonical id answers each backend keeps for the stamping trigger (0 disables).",
-        c"About 100 bytes each. The cache is emptied whenever any session changes the identity graph.",
+        c"About 100 bytes each. Other sessions' joins reach it through the shared ring; their other changes empty it.",
         &STAMP_CACHE_ENTRIES,
         0,
         100_000_000,

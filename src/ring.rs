@@ -32,6 +32,7 @@
 //!   behind, or a ring that cannot be made (no shared memory left): the signal, and empty
 //!   caches, as before.
 //! - On Citus the writes of the replicated tables happen in other backends: they signal.
+//! - `identity_merge.publish_joins = off` (superusers): this session's joins signal.
 //!
 //! The ring lives in the shared memory PostgreSQL leaves for add-ins not in
 //! `shared_preload_libraries` (a few hundred kilobytes at least; 64 KiB are taken). Its name
@@ -231,7 +232,10 @@ pub struct QuietWrite {
 impl QuietWrite {
     /// `distributed`: the identity state is on Citus (its writes run in other backends).
     pub fn begin(distributed: bool) -> QuietWrite {
-        let quiet = shared().is_some() && !distributed && !SIGNALLED.with(|s| s.get());
+        let quiet = shared().is_some()
+            && !distributed
+            && crate::guc::PUBLISH_JOINS.get()
+            && !SIGNALLED.with(|s| s.get());
         if quiet {
             QUIET_WRITES.with(|q| q.set(q.get() + 1));
         }

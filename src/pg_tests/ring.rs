@@ -1,6 +1,7 @@
 //! Other sessions' committed joins reaching a warm stamp cache through the shared ring
 //! (ring.rs): what they poison is asked again, the rest stays; what is not a join (a split),
-//! a transaction of too many joins, or a reader too far behind empty the cache as before; a
+//! a transaction of too many joins, a reader too far behind, or a writer with
+//! `identity_merge.publish_joins` off empty the cache as before; a
 //! rolled-back join changes nothing. Seen from real sessions, each test in a database of its own.
 
 #[pgrx::pg_schema]
@@ -203,5 +204,16 @@ mod sessions {
             .unwrap();
         stamps_right(&mut loader, "ringb", &["z1", "z5", "a3", "b3"]);
         assert_eq!(cache(&mut loader).0, now, "back on the ring");
+        // A session with identity_merge.publish_joins off signals instead.
+        other
+            .batch_execute(
+                "SET identity_merge.publish_joins = off; SELECT mp_merge('a3', 'w1', 'ringb')",
+            )
+            .unwrap();
+        stamps_right(&mut loader, "ringb", &["w1", "z1", "a3"]);
+        assert!(
+            cache(&mut loader).0 > now,
+            "publish_joins = off empties the other sessions' caches"
+        );
     }
 }
