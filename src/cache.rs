@@ -338,7 +338,11 @@ pub fn accept_invalidations() {
 /// absorbed; empties the cache when this backend fell behind the ring or too much is poisoned.
 fn receive_joins() {
     CACHE.with(|c| {
-        let mut c = c.borrow_mut();
+        // Never while a lookup holds the cache (not reached today): the ring is then read at
+        // the next statement start, rather than raising an error in the middle of a row.
+        let Ok(mut c) = c.try_borrow_mut() else {
+            return;
+        };
         let mut cache = c.as_mut();
         let news = crate::ring::receive(|h| {
             if let Some(cache) = cache.as_mut() {

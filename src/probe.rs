@@ -356,6 +356,16 @@ fn with_probe<R>(
     statement: (u32, u32),
     f: impl FnOnce(&mut Probe) -> R,
 ) -> Result<R, IdentityError> {
+    with_probe_as_of(user, statement, false, f)
+}
+
+/// `with_probe`, with a snapshot taken now (after a command counter increment) when `now`.
+fn with_probe_as_of<R>(
+    user: Use,
+    statement: (u32, u32),
+    now: bool,
+    f: impl FnOnce(&mut Probe) -> R,
+) -> Result<R, IdentityError> {
     let slot = match user {
         Use::Stamp => &PROBE,
         Use::Resolve => &RESOLVE_PROBE,
@@ -385,11 +395,11 @@ fn with_probe<R>(
             }
         };
         if user == Use::Stamp {
-            let now = now_seen();
-            if probe.statement != statement || probe.seen != now {
+            let seen = now_seen();
+            if now || probe.statement != statement || probe.seen != seen {
                 // After this backend's own join the new snapshot must see it (a command
                 // counter increment); after invalidations, what they announced.
-                probe.renew_snapshot(user, probe.seen.1 != now.1);
+                probe.renew_snapshot(user, now || probe.seen.1 != seen.1);
                 probe.statement = statement;
                 probe.seen = now_seen();
             }
@@ -442,10 +452,8 @@ pub fn canonicals_now<const N: usize>(
             pg_sys::GetCurrentSubTransactionId(),
         )
     };
-    with_probe(Use::Stamp, statement, |probe| {
-        // Newer than the stamp probe needs: harmless to the stamps that follow.
-        probe.renew_snapshot(Use::Stamp, true);
-        probe.seen = now_seen();
+    // Newer than the stamp probe needs: harmless to the stamps that follow.
+    with_probe_as_of(Use::Stamp, statement, true, |probe| {
         ids.map(|id| {
             let datum = pgrx::IntoDatum::into_datum(id)?;
             let mut canonical = None;

@@ -289,13 +289,7 @@ pub enum AtEnd {
 
 /// Before PREPARE TRANSACTION, after the statement's batch was written.
 pub fn pre_prepare() -> AtEnd {
-    let had = PENDING.with(|p| !p.borrow().is_empty());
-    reset();
-    if had {
-        AtEnd::SignalAndForget
-    } else {
-        AtEnd::Nothing
-    }
+    drop_pending(AtEnd::SignalAndForget)
 }
 
 /// The transaction committed: its joins go to the ring.
@@ -312,10 +306,15 @@ pub fn commit() {
 
 /// The transaction aborted.
 pub fn abort() -> AtEnd {
+    drop_pending(AtEnd::ForgetOwnJoins)
+}
+
+/// Ends the transaction's joins unpublished: `then` when there were any.
+fn drop_pending(then: AtEnd) -> AtEnd {
     let had = PENDING.with(|p| !p.borrow().is_empty());
     reset();
     if had {
-        AtEnd::ForgetOwnJoins
+        then
     } else {
         AtEnd::Nothing
     }
