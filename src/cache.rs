@@ -25,7 +25,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
-use std::hash::BuildHasherDefault;
+use std::hash::{BuildHasher, BuildHasherDefault};
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -174,16 +174,177 @@ impl std::hash::Hasher for Prehashed {
 /// eighth of its entries, when that is more).
 const POISON_MAX: usize = 8192;
 
-/// What a lookup learned: `Some(canonical)` for a known id, `None` for an id never seen
-/// (which resolves to itself).
-type Entry = Option<Canonical>;
+/// A canonical id a lookup found, borrowed from the cache: its bytes and, when it fits a
+/// 1-byte varlena header, that header with the bytes right after it in memory, so the trigger
+/// gets a text datum without a copy.
+#[derive(Clone, Copy)]
+pub struct Answer<'a> {
+    header: Option<&'a u8>,
+    bytes: &'a [u8],
+}
+
+impl<'a> Answer<'a> {
+    fn of(c: &'a Canonical) -> Answer<'a> {
+        let header = match c {
+            Canonical::Inline(v) => Some(&v[0]),
+            Canonical::Short(v) => Some(&v[0]),
+            Canonical::Long(_) => None,
+        };
+        Answer {
+            header,
+            bytes: c.bytes(),
+        }
+    }
+
+    /// The id's bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// A text datum of the id, valid while the cache is not changed: no copy unless the id is
+    /// longer than a 1-byte varlena header allows.
+    pub fn datum(&self) -> pg_sys::Datum {
+        match self.header {
+            Some(h) => pg_sys::Datum::from(h as *const u8),
+            None => {
+                use pgrx::IntoDatum;
+                self.bytes.into_datum().unwrap()
+            }
+        }
+    }
+}
+
+/// The cache's answers: every id and canonical as a string in one byte arena, the hash table
+/// holding only where they are (8 bytes a slot). A table of 80-byte slots with the strings
+/// inside (the layout before) was 40 MB for 300k ids, past this machine's last-level cache,
+/// and a cold stream spent 15% of its time on that table's misses (inserts of a whole-project
+/// load, then lookups).
+///
+/// A string at offset `o`: ids up to 126 bytes as a 1-byte varlena header and the bytes (the
+/// header is what `Answer::datum` hands out); longer ones as a 0 byte, the length in 4 bytes
+/// (little-endian) and the bytes.
+struct Entries {
+    table: hashbrown::HashTable<Slot>,
+    arena: Vec<u8>,
+    /// hashbrown's default (foldhash, seeded at random per table): the ids come from users.
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+#[derive(Clone, Copy)]
+struct Slot {
+    /// Offset of the id.
+    id: u32,
+    /// Offset of its canonical id, or `UNKNOWN` for an id never seen (it resolves to itself).
+    canonical: u32,
+}
+
+const UNKNOWN: u32 = u32::MAX;
+
+/// The string at `at` in `arena`: its 1-byte varlena header when it has one, and its bytes.
+fn stored(arena: &[u8], at: u32) -> (Option<&u8>, &[u8]) {
+    let at = at as usize;
+    let first = &arena[at];
+    if *first == 0 {
+        let len = u32::from_le_bytes(arena[at + 1..at + 5].try_into().expect("4 bytes")) as usize;
+        return (None, &arena[at + 5..at + 5 + len]);
+    }
+    #[cfg(target_endian = "little")]
+    let total = (*first >> 1) as usize;
+    #[cfg(target_endian = "big")]
+    let total = (*first & 0x7f) as usize;
+    (Some(first), &arena[at + 1..at + total])
+}
+
+impl Entries {
+    fn new() -> Entries {
+        Entries {
+            table: hashbrown::HashTable::new(),
+            arena: Vec::new(),
+            hasher: hashbrown::DefaultHashBuilder::default(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    fn reserve(&mut self, more: usize) {
+        let Entries {
+            table,
+            arena,
+            hasher,
+        } = self;
+        table.reserve(more, |s| hasher.hash_one(stored(arena, s.id).1));
+    }
+
+    /// Appends `bytes` to the arena; its offset, or None when the arena would pass 4 GiB.
+    fn push(arena: &mut Vec<u8>, bytes: &[u8]) -> Option<u32> {
+        let at = arena.len();
+        if at + bytes.len() + 5 > UNKNOWN as usize {
+            return None;
+        }
+        if bytes.len() <= SHORT_MAX {
+            arena.push(short_header(bytes.len()));
+        } else {
+            arena.push(0);
+            arena.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        }
+        arena.extend_from_slice(bytes);
+        Some(at as u32)
+    }
+
+    /// What the cache holds for `id`: None when nothing, Some(None) for an id never seen.
+    fn get(&self, id: &[u8]) -> Option<Option<Answer<'_>>> {
+        let hash = self.hasher.hash_one(id);
+        let slot = self
+            .table
+            .find(hash, |s| stored(&self.arena, s.id).1 == id)?;
+        Some((slot.canonical != UNKNOWN).then(|| {
+            let (header, bytes) = stored(&self.arena, slot.canonical);
+            Answer { header, bytes }
+        }))
+    }
+
+    /// Remembers `canonical` for `id` (None: never seen), replacing what was there; false when
+    /// the arena is full.
+    fn insert(&mut self, id: &[u8], canonical: Option<&[u8]>) -> bool {
+        let Entries {
+            table,
+            arena,
+            hasher,
+        } = self;
+        let hash = hasher.hash_one(id);
+        let entry = table.entry(
+            hash,
+            |s| stored(arena, s.id).1 == id,
+            |s| hasher.hash_one(stored(arena, s.id).1),
+        );
+        let canonical = match canonical {
+            None => UNKNOWN,
+            Some(c) => match Entries::push(arena, c) {
+                Some(at) => at,
+                None => return false,
+            },
+        };
+        match entry {
+            hashbrown::hash_table::Entry::Occupied(mut o) => o.get_mut().canonical = canonical,
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                let Some(at) = Entries::push(arena, id) else {
+                    return false;
+                };
+                v.insert(Slot { id: at, canonical });
+            }
+        }
+        true
+    }
+}
 
 struct IdCache {
     generation: u64,
     project_id: i32,
     /// hashbrown's default hasher (foldhash, seeded at random per table: the ids come from
     /// users): a lookup hashes its id once or twice per row, and SipHash was a fifth of a hit.
-    entries: hashbrown::HashMap<IdKey, Entry>,
+    entries: Entries,
     /// Canonical ids this backend's own joins absorbed, to the canonical that kept them:
     /// applied to every answer, so entries read before the join stay usable.
     redirects: hashbrown::HashMap<IdKey, Canonical>,
@@ -202,7 +363,7 @@ impl IdCache {
         IdCache {
             generation,
             project_id,
-            entries: hashbrown::HashMap::new(),
+            entries: Entries::new(),
             redirects: hashbrown::HashMap::new(),
             complete: false,
             misses: 0,
@@ -233,14 +394,14 @@ impl IdCache {
     }
 
     /// The canonical id `id` resolves to: its entry, then any redirects; None = itself.
-    fn resolve<'a>(&'a self, id: &'a [u8], entry: &'a Entry) -> Option<&'a Canonical> {
-        let mut current: Option<&Canonical> = entry.as_ref();
+    fn resolve<'a>(&'a self, id: &'a [u8], entry: Option<Answer<'a>>) -> Option<Answer<'a>> {
+        let mut current = entry;
         // Redirects form chains without cycles (an absorbed canonical never comes back); the
         // bound only guards against a bug turning into a hang.
         for _ in 0..=self.redirects.len() {
             let key = current.map(|c| c.bytes()).unwrap_or(id);
             match self.redirects.get(key) {
-                Some(next) => current = Some(next),
+                Some(next) => current = Some(Answer::of(next)),
                 None => break,
             }
         }
@@ -249,7 +410,7 @@ impl IdCache {
 
     /// Whether `answer` (the canonical a lookup of `id` resolved to, None = itself) may have
     /// been absorbed by another session's join since it was read.
-    fn is_poisoned(&self, id: &[u8], answer: Option<&Canonical>) -> bool {
+    fn is_poisoned(&self, id: &[u8], answer: Option<Answer<'_>>) -> bool {
         !self.poisoned.is_empty()
             && self
                 .poisoned
@@ -364,14 +525,14 @@ fn receive_joins() {
 
 /// Looks `id` up. When cached, hands `f` its canonical id (`None`: the id resolves to itself)
 /// and returns true.
-pub fn get(project_id: i32, id: &[u8], f: impl FnOnce(Option<&Canonical>)) -> bool {
+pub fn get(project_id: i32, id: &[u8], f: impl FnOnce(Option<Answer<'_>>)) -> bool {
     CACHE.with(|c| {
         let c = c.borrow();
         match c.as_ref() {
             Some(cache) if cache.is_current(project_id) => {
                 let answer = match cache.entries.get(id) {
                     Some(e) => cache.resolve(id, e),
-                    None if cache.complete => cache.resolve(id, &None),
+                    None if cache.complete => cache.resolve(id, None),
                     None => return false,
                 };
                 if cache.is_poisoned(id, answer) {
@@ -418,9 +579,7 @@ pub fn put(project_id: i32, id: &[u8], canonical: Option<&[u8]>, as_of: u64) {
             cache.entries.len() + cache.redirects.len() >= cap
         });
         cache.misses += 1;
-        cache
-            .entries
-            .insert(IdKey::new(id), canonical.map(Canonical::new));
+        cache.entries.insert(id, canonical);
     })
 }
 
@@ -470,10 +629,7 @@ pub fn load(
             if read > budget {
                 return false;
             }
-            cache
-                .entries
-                .insert(IdKey::new(id), Some(Canonical::new(canonical)));
-            true
+            cache.entries.insert(id, Some(canonical))
         });
         cache.complete = whole;
         if whole {
@@ -624,6 +780,68 @@ mod unit {
                 assert!(len > SHORT_MAX);
             }
         }
+    }
+
+    #[test]
+    fn entries_keep_every_length_unknowns_and_replacements() {
+        let mut e = Entries::new();
+        let id = |n: usize, len: usize| -> Vec<u8> {
+            let mut v = format!("{n}:").into_bytes();
+            v.resize(len.max(v.len()), b'a' + (n % 26) as u8);
+            v
+        };
+        let lens = [0usize, 1, 7, 38, 39, 126, 127, 300];
+        for (n, len) in lens.iter().enumerate() {
+            let canonical = id(n + 1000, *len);
+            assert!(e.insert(&id(n, *len), Some(&canonical)));
+        }
+        assert!(e.insert(b"never-seen", None));
+        for (n, len) in lens.iter().enumerate() {
+            let got = e.get(&id(n, *len)).expect("held").expect("known");
+            assert_eq!(got.bytes(), &id(n + 1000, *len)[..], "length {len}");
+            // A 1-byte varlena header right before the bytes, when the length allows one.
+            match got.header {
+                Some(h) => {
+                    assert!(got.bytes().len() <= SHORT_MAX);
+                    assert_eq!(*h, short_header(got.bytes().len()));
+                    let p = h as *const u8;
+                    // SAFETY: the header and the bytes are one run of the arena.
+                    let after = unsafe { std::slice::from_raw_parts(p.add(1), got.bytes().len()) };
+                    assert_eq!(after, got.bytes());
+                }
+                None => assert!(got.bytes().len() > SHORT_MAX),
+            }
+        }
+        assert!(matches!(e.get(b"never-seen"), Some(None)));
+        assert!(e.get(b"not-here").is_none());
+        // A newer answer replaces the old one; the count does not grow.
+        let before = e.len();
+        assert!(e.insert(b"never-seen", Some(b"someone")));
+        assert_eq!(e.get(b"never-seen").unwrap().unwrap().bytes(), b"someone");
+        assert_eq!(e.len(), before);
+    }
+
+    #[test]
+    fn entries_find_every_id_after_growing() {
+        let mut e = Entries::new();
+        e.reserve(100);
+        for n in 0..60_000u32 {
+            let id = format!("$device:{n:08x}-6f5c-4a7e-9d2b-1c2d3e4f5a6b");
+            let canonical = (n % 7 != 0).then(|| format!("user-{}", n / 3));
+            assert!(e.insert(id.as_bytes(), canonical.as_deref().map(str::as_bytes)));
+        }
+        assert_eq!(e.len(), 60_000);
+        for n in (0..60_000u32).step_by(13) {
+            let id = format!("$device:{n:08x}-6f5c-4a7e-9d2b-1c2d3e4f5a6b");
+            let got = e.get(id.as_bytes()).expect("held");
+            assert_eq!(
+                got.map(|a| a.bytes().to_vec()),
+                (n % 7 != 0).then(|| format!("user-{}", n / 3).into_bytes())
+            );
+        }
+        assert!(e
+            .get(b"$device:ffffffff-6f5c-4a7e-9d2b-1c2d3e4f5a6b")
+            .is_none());
     }
 
     #[test]

@@ -96,7 +96,7 @@ as before 0.1.10. Superusers only: a session that turns it off slows every other
     GucRegistry::define_int_guc(
         c"identity_merge.stamp_cache_entries",
         c"How many id -> canonical id answers each backend keeps for the stamping trigger (0 disables).",
-        c"About 100 bytes each. Other sessions' joins reach it through the shared ring; their other changes empty it.",
+        c"About 20 bytes each plus the lengths of the id and its canonical id. Other sessions' joins reach it through the shared ring; their other changes empty it.",
         &STAMP_CACHE_ENTRIES,
         0,
         100_000_000,
