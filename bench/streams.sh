@@ -1,8 +1,8 @@
 # Sourced by bench/run.sh (section "streams"): the event streams of the performance issue,
 # measured as a new user would, side by side in one run: 300k-row INSERT ... SELECT and COPY into
 # a plain table, a table with the floor trigger (copies the row, sets one column, no lookup) and
-# an attached table, each run with the stamp cache emptied first (as any other session's merge
-# empties it). Against bench/setup.sql's 200k known ids (100k users, each with a device).
+# an attached table, each run with the stamp cache emptied first (as another session's split or
+# settings change empties it; joins no longer do, since 0.1.10). Against bench/setup.sql's 200k known ids (100k users, each with a device).
 #   1 15 events per id: 20k ids
 #   2 most ids seen once: 250k ids (200k known, 50k new)
 #   3 the same with an index on the stamp column in every table
