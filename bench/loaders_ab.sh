@@ -34,6 +34,8 @@ CREATE TABLE ours$n (LIKE plain$n);
 SELECT mp_attach('ours$n', 'lab$n', create_index => false);
 SQL
     p=$(loaders "plain$n"); o=$(loaders "ours$n")
+    # A round writes gigabytes: drop them before the next.
+    cluster_psql -c "DROP TABLE plain$n, ours$n" >/dev/null
     printf '%-6s %-4s %12s %12s %7s\n' "$r" "$which" "$p" "$o" "$(awk "BEGIN{printf \"%.2f\", $o/$p}")"
   done
 done
