@@ -14,7 +14,8 @@ source tools/pg_cluster.sh
 dir=$(mktemp -d /tmp/identity_merge-reliability.XXXXXX); chmod 755 "$dir"
 trap cluster_stop EXIT
 # autovacuum off: the statistics check must see what mp_backfill did, not the daemon.
-cluster_start "$dir/pg" "$(free_port)" autovacuum=off
+# max_prepared_transactions: check 17 prepares a join.
+cluster_start "$dir/pg" "$(free_port)" autovacuum=off max_prepared_transactions=4
 pass=0; fail=0
 ok() { pass=$((pass+1)); }
 bad() { echo "FAIL: $*"; fail=$((fail+1)); }
@@ -258,6 +259,54 @@ expect "a writer restamps its own table" w "INSERT INTO own_ev (distinct_id) VAL
 SET client_min_messages = warning;
 CALL mp_restamp_all('own_ev');
 SELECT count(*) FROM own_ev WHERE canonical_id IS DISTINCT FROM mp_resolve(distinct_id)" "0"
+
+# 17. A prepared join (two-phase commit) may be committed by another session much later: it does
+# not go through the ring (ring.rs) but sends the change signal with the prepared state, so a
+# session whose stamp cache is warm sees the join from its first statement after COMMIT PREPARED.
+# The loader is one session that stays open (a coprocess), so its cache stays warm.
+as postgres >/dev/null <<'SQL'
+SELECT mp_create_project('tpc'), mp_set_project_setting('tpc', 'anon_id_format', 'any');
+CREATE TABLE tpc_ev (n serial, distinct_id text, canonical_id text);
+SELECT mp_attach('tpc_ev', 'tpc');
+SELECT mp_merge('p1', 'q1', 'tpc'), mp_merge('p2', 'q2', 'tpc');
+SQL
+coproc LOADER { "$PG_BIN/psql" -X -q -A -t -U postgres 2>&1; }
+# loader SQL: runs SQL in the loader session; its output, up to the end of SQL, in $said
+# (coprocess descriptors do not reach a $(...) subshell).
+said=""
+loader() {
+  printf '%s\n%s\n' "$1" '\echo __end__' >&"${LOADER[1]}"
+  local line
+  said=""
+  while IFS= read -r -t 60 line <&"${LOADER[0]}"; do
+    [ "$line" = "__end__" ] && break
+    said+="$line"
+  done
+}
+# stale_since N: the loader's rows after row N stamped other than mp_resolve says now.
+stale_since() {
+  loader "SELECT count(*) FROM tpc_ev WHERE n > $1 AND canonical_id IS DISTINCT FROM mp_resolve(distinct_id, 'tpc');"
+}
+stamp_all="INSERT INTO tpc_ev (distinct_id) SELECT unnest(ARRAY['p1', 'q1', 'p2', 'q2']); SELECT max(n) - 4 FROM tpc_ev;"
+loader "$stamp_all"
+as postgres >/dev/null <<'SQL'
+BEGIN;
+SELECT mp_merge('p1', 'p2', 'tpc');
+PREPARE TRANSACTION 'tpc_join';
+SQL
+loader "$stamp_all"; before=$said
+expect "a prepared join is not seen before it commits" postgres "SELECT count(DISTINCT canonical_id) FROM tpc_ev WHERE n > $before" "2"
+as postgres >/dev/null -c "COMMIT PREPARED 'tpc_join'"
+loader "$stamp_all"; after=$said
+stale_since "$after"
+[ "$said" = "0" ] && ok || bad "a warm cache sees a committed prepared join at its next statement: [$said] stale"
+expect "the four ids are one person" postgres "SELECT count(DISTINCT canonical_id) FROM tpc_ev WHERE n > $after" "1"
+# And a plain join elsewhere, through the ring, the same way.
+as postgres >/dev/null -c "SELECT mp_merge('p1', 'r1', 'tpc')"
+loader "INSERT INTO tpc_ev (distinct_id) VALUES ('r1'), ('q2'); SELECT max(n) - 2 FROM tpc_ev;"; after=$said
+stale_since "$after"
+[ "$said" = "0" ] && ok || bad "a warm cache sees a join committed elsewhere at its next statement: [$said] stale"
+printf '\\q\n' >&"${LOADER[1]}"; wait "$LOADER_PID" 2>/dev/null || true
 
 # No check may have restarted the server.
 [ "$(as postgres -c "SELECT pg_postmaster_start_time()")" = "$started" ] && ok || bad "the server restarted (a backend crashed)"
