@@ -163,23 +163,8 @@ fn meet(a: &str, b: &str) -> Result<(), IdentityError> {
         if held {
             continue;
         }
-        let Some(datum) = pgrx::IntoDatum::into_datum(id) else {
-            continue;
-        };
-        let mut canonical: Option<String> = None;
-        // SAFETY: `datum` is the text datum of `id`, alive for the call; the probe hands a
-        // text datum valid during the closure, copied there.
-        unsafe {
-            crate::probe::canonical(
-                crate::probe::Use::Stamp,
-                statement,
-                project_id,
-                datum,
-                |d| {
-                    canonical = d.and_then(|d| <String as pgrx::FromDatum>::from_datum(d, false));
-                },
-            )
-        }?;
+        let canonical =
+            crate::probe::canonical_string(crate::probe::Use::Stamp, statement, project_id, id)?;
         let Some(canonical) = canonical else {
             // New to the store: the graph makes it when an operation joins it.
             continue;

@@ -225,6 +225,20 @@ impl Probe {
         }
     }
 
+    /// `lookup` of a Rust string, its answer copied out: None when `id` is unknown.
+    fn canonical_string(&mut self, project_id: i32, id: &str) -> Option<String> {
+        let datum = pgrx::IntoDatum::into_datum(id)?;
+        let mut found = None;
+        // SAFETY: `datum` is the text datum of `id`, alive for the call; the probe hands a
+        // text datum valid during the closure, copied there.
+        unsafe {
+            self.lookup(project_id, datum, |d| {
+                found = d.and_then(|d| <String as pgrx::FromDatum>::from_datum(d, false));
+            })
+        };
+        found
+    }
+
     /// Visits the visible identities of a project (all of them, or the one with distinct_id
     /// `id`) in index order, handing `f` (distinct_id, canonical_id) text datums that are valid
     /// only during the call; stops when `f` returns false. How many rows it visited.
@@ -400,7 +414,11 @@ fn with_probe_as_of<R>(
                 // After this backend's own join the new snapshot must see it (a command
                 // counter increment); after invalidations, what they announced.
                 probe.renew_snapshot(user, now || probe.seen.1 != seen.1);
-                probe.statement = statement;
+                if !now {
+                    // A snapshot taken `now` is newer than the statement's: the statement's
+                    // next lookups keep it rather than take another.
+                    probe.statement = statement;
+                }
                 probe.seen = now_seen();
             }
         } else if probe.statement != statement {
@@ -454,18 +472,20 @@ pub fn canonicals_now<const N: usize>(
     };
     // Newer than the stamp probe needs: harmless to the stamps that follow.
     with_probe_as_of(Use::Stamp, statement, true, |probe| {
-        ids.map(|id| {
-            let datum = pgrx::IntoDatum::into_datum(id)?;
-            let mut canonical = None;
-            // SAFETY: `datum` is the text datum of `id`, alive for the call; the probe hands
-            // a text datum valid during the closure, copied there.
-            unsafe {
-                probe.lookup(project_id, datum, |d| {
-                    canonical = d.and_then(|d| <String as pgrx::FromDatum>::from_datum(d, false));
-                })
-            };
-            canonical
-        })
+        ids.map(|id| probe.canonical_string(project_id, id))
+    })
+}
+
+/// `canonical` of a Rust string for `user` and `statement`, its answer copied out: None when
+/// `id` is unknown.
+pub fn canonical_string(
+    user: Use,
+    statement: (u32, u32),
+    project_id: i32,
+    id: &str,
+) -> Result<Option<String>, IdentityError> {
+    with_probe(user, statement, |probe| {
+        probe.canonical_string(project_id, id)
     })
 }
 
@@ -529,25 +549,18 @@ pub fn close_current() {
 /// The canonical id of `id` in `project_id` (itself when never seen), read as mp_resolve reads it:
 /// one probe under the caller's snapshot.
 pub fn resolve(project_id: i32, id: &str) -> Result<String, IdentityError> {
-    use pgrx::IntoDatum;
-    let mut found: Option<String> = None;
-    let datum = id
-        .into_datum()
-        .ok_or_else(|| crate::pg::internal("resolving", "a NULL id"))?;
     // SAFETY: asks for this backend's current subtransaction id.
     let statement = (0, unsafe { pg_sys::GetCurrentSubTransactionId() });
-    // SAFETY: `datum` is the text datum of `id`, alive for the call.
-    unsafe {
-        canonical(Use::Resolve, statement, project_id, datum, |d| {
-            found = d.and_then(|d| <String as pgrx::FromDatum>::from_datum(d, false));
-        })
-    }?;
-    Ok(found.unwrap_or_else(|| id.to_string()))
+    Ok(
+        canonical_string(Use::Resolve, statement, project_id, id)?
+            .unwrap_or_else(|| id.to_string()),
+    )
 }
 
 /// Reads stored clusters' facts by their primary key, for a statement's batch (batch.rs) as
-/// it meets ids: what store.rs's `read_sides` reads through SPI, at a fraction of its cost. The
-/// oids and column numbers are looked up once per batch.
+/// it meets ids and for an online identity event's fresh read (store.rs's
+/// `read_sides_direct`): what `read_sides` reads through SPI, at a fraction of its cost. The
+/// oids and column numbers are looked up once per reader.
 pub struct ClusterReader {
     heap: pg_sys::Oid,
     index: pg_sys::Oid,
