@@ -137,9 +137,6 @@ fn load_graph(c: &pgrx::spi::SpiClient<'_>, pid: i32) -> Graph {
     graph
 }
 
-/// Writes what a batch of history did, in bulk: new and moved ids, absorbed and changed
-/// clusters, one merge-log row per join (with its history ordinal), one rejection per refused
-/// row. Returns (joins, ids written, clusters written).
 /// How the merge log's rows are written: by whom, with the provenance columns when the
 /// installed SQL has them, and with seq taken from the log itself on Citus.
 struct LogRows {
@@ -148,6 +145,9 @@ struct LogRows {
     distributed: bool,
 }
 
+/// Writes what a batch of history did, in bulk: new and moved ids, absorbed and changed
+/// clusters, one merge-log row per join (with its history ordinal), one rejection per refused
+/// row. Returns (joins, ids written, clusters written).
 fn write_batch(
     c: &mut pgrx::spi::SpiClient<'_>,
     pid: i32,

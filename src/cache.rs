@@ -1,6 +1,7 @@
 //! A per-backend cache of id -> canonical id for the stamping trigger, kept correct by
 //! PostgreSQL's relcache invalidation and, for joins, by the ring (ring.rs, below): every
-//! statement that writes `identity_merge.identities` other than a join fires a statement trigger that invalidates the relcache entry of the signal table
+//! statement that writes `identity_merge.identities` other than a join fires a statement
+//! trigger that invalidates the relcache entry of the signal table
 //! `identity_merge.graph_changed` (not of identities itself, whose cached plans would all be
 //! replanned in every backend after every merge); the message reaches
 //! every backend (this one at its next command, others when they next accept invalidations,
@@ -106,6 +107,15 @@ fn short_header(len: usize) -> u8 {
     h
 }
 
+/// The total length (header included) a 1-byte varlena header `h` says: VARSIZE_1B.
+fn short_total(h: u8) -> usize {
+    #[cfg(target_endian = "little")]
+    let total = (h >> 1) as usize;
+    #[cfg(target_endian = "big")]
+    let total = (h & 0x7f) as usize;
+    total
+}
+
 impl Canonical {
     pub fn new(id: &[u8]) -> Canonical {
         if id.len() <= KEY_INLINE {
@@ -126,13 +136,7 @@ impl Canonical {
     /// The id's bytes.
     pub fn bytes(&self) -> &[u8] {
         match self {
-            Canonical::Inline(v) => {
-                #[cfg(target_endian = "little")]
-                let total = (v[0] >> 1) as usize;
-                #[cfg(target_endian = "big")]
-                let total = (v[0] & 0x7f) as usize;
-                &v[1..total]
-            }
+            Canonical::Inline(v) => &v[1..short_total(v[0])],
             Canonical::Short(v) => &v[1..],
             Canonical::Long(v) => v,
         }
@@ -249,11 +253,7 @@ fn stored(arena: &[u8], at: u32) -> (Option<&u8>, &[u8]) {
         let len = u32::from_le_bytes(arena[at + 1..at + 5].try_into().expect("4 bytes")) as usize;
         return (None, &arena[at + 5..at + 5 + len]);
     }
-    #[cfg(target_endian = "little")]
-    let total = (*first >> 1) as usize;
-    #[cfg(target_endian = "big")]
-    let total = (*first & 0x7f) as usize;
-    (Some(first), &arena[at + 1..at + total])
+    (Some(first), &arena[at + 1..at + short_total(*first)])
 }
 
 impl Entries {
@@ -343,8 +343,6 @@ impl Entries {
 struct IdCache {
     generation: u64,
     project_id: i32,
-    /// hashbrown's default hasher (foldhash, seeded at random per table: the ids come from
-    /// users): a lookup hashes its id once or twice per row, and SipHash was a fifth of a hit.
     entries: Entries,
     /// Canonical ids this backend's own joins absorbed, to the canonical that kept them:
     /// applied to every answer, so entries read before the join stay usable.
@@ -565,10 +563,10 @@ pub fn own_writes() -> u64 {
 }
 
 /// Remembers what a probe found for `id`. `as_of` is the freshness the probe's snapshot was
-/// taken in (after the invalidations and joins of that freshness were accepted): an answer read in an
-/// older generation is not kept, since a change it does not see may be the one that bumped the
-/// generation (invalidations can be accepted in the middle of a statement: the first lock on a
-/// partition, a TOAST fetch).
+/// taken in (after the invalidations and joins of that freshness were accepted): an answer
+/// read under an older freshness is not kept, since a change it does not see may be the one
+/// that moved it (invalidations can be accepted in the middle of a statement: the first lock
+/// on a partition, a TOAST fetch).
 pub fn put(project_id: i32, id: &[u8], canonical: Option<&[u8]>, as_of: u64) {
     let cap = capacity();
     if cap == 0 || as_of != freshness() {

@@ -342,12 +342,6 @@ fn reset() {
     QUIET_WRITES.with(|q| q.set(0));
 }
 
-/// How many entries the ring has published (for tests).
-#[cfg(any(test, feature = "pg_test"))]
-pub fn published() -> Option<u64> {
-    shared().map(|r| r.published.load(Ordering::Acquire))
-}
-
 #[cfg(test)]
 mod unit {
     use super::*;
