@@ -602,7 +602,7 @@ pub fn load_budget(project_id: i32, table_rows: impl FnOnce() -> Option<f64>) ->
     }
     let budget = ((misses as f64 / LOAD_COST_IN_PROBES) as usize).min(capacity());
     match table_rows() {
-        Some(rows) if (budget as f64) < rows / 2.0 => None,
+        Some(rows) if (budget as f64) < rows => None,
         _ => Some(budget),
     }
 }

@@ -76,6 +76,38 @@ pub fn local_xid() -> u32 {
     }
 }
 
+/// PostgreSQL functions that only read this backend's state and cannot raise an ERROR (so
+/// cannot longjmp over Rust frames), declared here to be called without pgrx's guard: the
+/// stamping trigger calls them for every row, and the guard (a `sigsetjmp` and a thread
+/// check per call) costs more than they do.
+mod unguarded {
+    use pgrx::pg_sys;
+    extern "C" {
+        pub fn ActiveSnapshotSet() -> bool;
+        pub fn GetActiveSnapshot() -> pg_sys::Snapshot;
+        pub fn GetCurrentSubTransactionId() -> pg_sys::SubTransactionId;
+    }
+}
+
+/// The command id of the active snapshot (the running statement's), 0 when none is set.
+pub fn active_command_id() -> u32 {
+    // SAFETY: both read this backend's snapshot stack and raise nothing; the active snapshot,
+    // when one is set, is valid while it is active.
+    unsafe {
+        if unguarded::ActiveSnapshotSet() {
+            (*unguarded::GetActiveSnapshot()).curcid
+        } else {
+            0
+        }
+    }
+}
+
+/// This backend's current subtransaction id.
+pub fn current_subxact() -> u32 {
+    // SAFETY: reads this backend's transaction state and raises nothing.
+    unsafe { unguarded::GetCurrentSubTransactionId() }
+}
+
 /// The oid of schema identity_merge, if it exists.
 pub fn schema_oid() -> Option<pg_sys::Oid> {
     // SAFETY: a catalog lookup by name; missing_ok = true returns InvalidOid instead of raising.

@@ -67,6 +67,106 @@ struct StatementContext {
 
 thread_local! {
     static CONTEXT: RefCell<Option<StatementContext>> = const { RefCell::new(None) };
+    /// The buffers of `Columns`, kept from one row to the next.
+    static COLUMNS: RefCell<Columns> = const { RefCell::new(Columns { values: Vec::new(), nulls: Vec::new() }) };
+}
+
+/// The row's columns, deformed once: the trigger reads its ids and event name from here and
+/// forms the new row from them with the stamp set. One call into PostgreSQL instead of one per
+/// column read (each through pgrx's guard) plus `heap_modify_tuple_by_cols`, which deforms the
+/// row again and allocates its arrays every time.
+struct Columns {
+    values: Vec<pg_sys::Datum>,
+    nulls: Vec<bool>,
+}
+
+impl Columns {
+    /// The buffers kept from the last row (or new ones, if they are in use or were lost with an
+    /// error).
+    fn take() -> Columns {
+        COLUMNS
+            .with(|c| {
+                c.try_borrow_mut().map(|mut c| {
+                    std::mem::replace(
+                        &mut *c,
+                        Columns {
+                            values: Vec::new(),
+                            nulls: Vec::new(),
+                        },
+                    )
+                })
+            })
+            .unwrap_or(Columns {
+                values: Vec::new(),
+                nulls: Vec::new(),
+            })
+    }
+
+    /// Keeps the buffers for the next row.
+    fn give_back(self) {
+        COLUMNS.with(|c| {
+            if let Ok(mut c) = c.try_borrow_mut() {
+                *c = self;
+            }
+        })
+    }
+
+    /// Reads every column of `tuple`.
+    ///
+    /// # Safety
+    /// `tuple` must be a valid heap tuple of the descriptor `tupdesc`; the datums read stay
+    /// valid as long as the tuple does.
+    unsafe fn deform(&mut self, tuple: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc) {
+        // SAFETY: the caller's contract; natts is the descriptor's column count.
+        unsafe {
+            let natts = (*tupdesc).natts.max(0) as usize;
+            self.values.clear();
+            self.values.resize(natts, pg_sys::Datum::from(0));
+            self.nulls.clear();
+            self.nulls.resize(natts, true);
+            pg_sys::heap_deform_tuple(
+                tuple,
+                tupdesc,
+                self.values.as_mut_ptr(),
+                self.nulls.as_mut_ptr(),
+            );
+        }
+    }
+
+    /// Column `att` (1-based): None when NULL.
+    fn get(&self, att: i32) -> Option<pg_sys::Datum> {
+        let i = att as usize - 1;
+        (!self.nulls[i]).then(|| self.values[i])
+    }
+
+    /// Sets column `att` (1-based) for `form`: None is NULL.
+    fn set(&mut self, att: i32, value: Option<pg_sys::Datum>) {
+        let i = att as usize - 1;
+        self.values[i] = value.unwrap_or(pg_sys::Datum::from(0));
+        self.nulls[i] = value.is_none();
+    }
+
+    /// A new tuple of these columns, with `tuple`'s identity (what `heap_modify_tuple_by_cols`
+    /// copies over: ctid, self pointer, table).
+    ///
+    /// # Safety
+    /// `tuple` must be the tuple these columns were deformed from, `tupdesc` its descriptor,
+    /// and every datum set since valid for its column's type.
+    unsafe fn form(
+        &mut self,
+        tuple: pg_sys::HeapTuple,
+        tupdesc: pg_sys::TupleDesc,
+    ) -> pg_sys::HeapTuple {
+        // SAFETY: the caller's contract; heap_form_tuple copies the datums into a new tuple.
+        unsafe {
+            let formed =
+                pg_sys::heap_form_tuple(tupdesc, self.values.as_mut_ptr(), self.nulls.as_mut_ptr());
+            (*(*formed).t_data).t_ctid = (*(*tuple).t_data).t_ctid;
+            (*formed).t_self = (*tuple).t_self;
+            (*formed).t_tableOid = (*tuple).t_tableOid;
+            formed
+        }
+    }
 }
 
 /// A live column: its 1-based number and its catalog row.
@@ -203,23 +303,6 @@ fn build_context(
     })
 }
 
-/// A text column's value as a String (the column's type was checked to be text or varchar).
-///
-/// # Safety
-/// `att` must be a text or varchar column of `tupdesc`, and `tuple` a tuple of it.
-unsafe fn get_text(
-    tuple: pg_sys::HeapTuple,
-    tupdesc: pg_sys::TupleDesc,
-    att: i32,
-) -> Option<String> {
-    let mut is_null = false;
-    // SAFETY: the caller guarantees the tuple matches the descriptor and the column is text.
-    unsafe {
-        let datum = pg_sys::heap_getattr(tuple, att, tupdesc, &mut is_null);
-        String::from_datum(datum, is_null)
-    }
-}
-
 /// The row's properties as JSON (Null when NULL or absent; JSON text that does not parse is
 /// reported as a string, so the refusal it leads to names the problem).
 ///
@@ -284,14 +367,8 @@ fn stamp<'a>(
         });
     }
     // SAFETY: the trigger manager hands a valid relation, trigger and the row being written
-    // (the new row for an UPDATE); the active snapshot, when set, is valid for the statement.
+    // (the new row for an UPDATE).
     let (relid, tgoid, tupdesc, tuple, statement) = unsafe {
-        let snapshot = pg_sys::GetActiveSnapshot();
-        let curcid = if snapshot.is_null() {
-            0
-        } else {
-            (*snapshot).curcid
-        };
         (
             (*td.tg_relation).rd_id,
             (*td.tg_trigger).tgoid,
@@ -301,7 +378,7 @@ fn stamp<'a>(
             } else {
                 td.tg_trigtuple
             },
-            (curcid, pg_sys::GetCurrentSubTransactionId()),
+            (crate::pg::active_command_id(), crate::pg::current_subxact()),
         )
     };
     // SAFETY: reads MyProc of this backend.
@@ -327,11 +404,15 @@ fn stamp<'a>(
             }
         }
         let ctx = slot.as_mut().unwrap();
+        let mut row = Columns::take();
+        // SAFETY: the row being written, with its relation's descriptor.
+        unsafe { row.deform(tuple, tupdesc) };
 
         // Simplified projects may fill a NULL distinct_id from $user_id / $device_id.
         let filled = if is_insert {
-            // SAFETY: the tuple is this table's, the context's columns checked against it.
-            unsafe { apply_row_event(ctx, tuple, tupdesc, relid, statement)? }
+            // SAFETY: the tuple is this table's, the context's columns checked against it, and
+            // `row` holds its columns.
+            unsafe { apply_row_event(ctx, &row, tuple, tupdesc, relid, statement)? }
         } else {
             None
         };
@@ -340,15 +421,13 @@ fn stamp<'a>(
         }
         let filled_distinct: Option<pg_sys::Datum> = filled.as_deref().and_then(|d| d.into_datum());
 
-        let mut is_null = false;
-        // SAFETY: the distinct_id column was checked to be text or varchar.
-        let mut distinct_datum =
-            unsafe { pg_sys::heap_getattr(tuple, ctx.distinct.att, tupdesc, &mut is_null) };
-        if let Some(d) = filled_distinct {
-            distinct_datum = d;
-            is_null = false;
-        }
+        // The distinct_id column was checked to be text or varchar.
+        let (distinct_datum, is_null) = match (filled_distinct, row.get(ctx.distinct.att)) {
+            (Some(d), _) | (None, Some(d)) => (d, false),
+            (None, None) => (pg_sys::Datum::from(0), true),
+        };
         let ctx = &*ctx;
+        let row = std::cell::RefCell::new(row);
         // Forms the new row from the canonical id's datum (None: a NULL stamp). It runs while
         // the datum is lent (it may point into the cache, see `with_canonical`).
         let form = |canonical: Option<pg_sys::Datum>| -> Result<pg_sys::HeapTuple, IdentityError> {
@@ -357,22 +436,15 @@ fn stamp<'a>(
                 let bytes = unsafe { text_bytes(c) };
                 check_length(ctx, &ctx.canonical_name, bytes, max)?;
             }
-            let mut values = [canonical.unwrap_or(pg_sys::Datum::from(0)), distinct_datum];
-            let mut nulls = [canonical.is_none(), false];
-            let mut cols = [ctx.canonical.att, ctx.distinct.att];
-            let ncols = if filled_distinct.is_some() { 2 } else { 1 };
+            let mut row = row.borrow_mut();
+            row.set(ctx.canonical.att, canonical);
+            if filled_distinct.is_some() {
+                row.set(ctx.distinct.att, Some(distinct_datum));
+            }
             // SAFETY: both columns are text or varchar of this descriptor and the datums are
-            // text values alive during this call, which copies them into the new tuple.
-            Ok(unsafe {
-                pg_sys::heap_modify_tuple_by_cols(
-                    tuple,
-                    tupdesc,
-                    ncols,
-                    cols.as_mut_ptr(),
-                    values.as_mut_ptr(),
-                    nulls.as_mut_ptr(),
-                )
-            })
+            // text values alive during this call, which copies them into the new tuple; the
+            // other columns are the row's own, deformed with this descriptor.
+            Ok(unsafe { row.form(tuple, tupdesc) })
         };
         let new_tuple = if is_null {
             form(None)?
@@ -381,6 +453,7 @@ fn stamp<'a>(
             // returns.
             unsafe { with_canonical(ctx, statement, distinct_datum, |c| form(Some(c))) }??
         };
+        row.into_inner().give_back();
         // SAFETY: the new tuple was formed with this relation's descriptor.
         Ok(Some(unsafe {
             PgHeapTuple::from_heap_tuple(PgTupleDesc::from_pg_unchecked(tupdesc), new_tuple)
@@ -503,6 +576,7 @@ unsafe fn with_canonical<R>(
 /// `tuple` must be a row of the table `ctx` was built for (its columns' types were checked).
 unsafe fn apply_row_event(
     ctx: &mut StatementContext,
+    row: &Columns,
     tuple: pg_sys::HeapTuple,
     tupdesc: pg_sys::TupleDesc,
     relid: pg_sys::Oid,
@@ -513,14 +587,15 @@ unsafe fn apply_row_event(
     // this table (the caller's contract).
     let text = |att: i32| -> Option<String> {
         // SAFETY: a checked text column of this row (see above).
-        unsafe { get_text(tuple, tupdesc, att) }
+        row.get(att)
+            .and_then(|d| unsafe { String::from_datum(d, false) })
     };
     let (device_col, user_col) = match ctx.project.mode {
         Mode::Original | Mode::Legacy => match (ctx.event_att, ctx.properties) {
             // Most rows are ordinary events: tell them by the event name's bytes, without copying.
             (Some(event_att), Some(_))
                 // SAFETY: a checked text column of this row (see above).
-                if unsafe { is_identity_event(tuple, tupdesc, event_att) } =>
+                if unsafe { is_identity_event(row.get(event_att)) } =>
             {
                 (None, None)
             }
@@ -604,12 +679,25 @@ unsafe fn apply_row_event(
 
 /// The bytes of a text datum (valid as long as the datum is).
 ///
+/// A value stored inline, uncompressed (nearly every id: short or 4-byte header) is read in
+/// place; only a compressed or out-of-line one goes through `pg_detoast_datum_packed`. The
+/// trigger reads two or three text datums a row, and each call into PostgreSQL from Rust pays
+/// pgrx's guard (a `sigsetjmp` and a thread check): about 5% of a cold stream's time.
+///
 /// # Safety
 /// `datum` must be a non-NULL text (or varchar, json) datum.
 unsafe fn text_bytes<'a>(datum: pg_sys::Datum) -> &'a [u8] {
-    // SAFETY: the caller guarantees a varlena; detoasting returns one in memory.
+    let ptr = datum.cast_mut_ptr::<pg_sys::varlena>();
+    // SAFETY: the caller guarantees a varlena, whose first byte says how it is stored; one
+    // that is neither compressed nor external is in memory as it is (what
+    // pg_detoast_datum_packed would return unchanged); the others are detoasted into memory.
     unsafe {
-        let text = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
+        use pgrx::varlena::{varatt_is_1b_e, varatt_is_4b_c};
+        let text = if varatt_is_1b_e(ptr) || varatt_is_4b_c(ptr) {
+            pg_sys::pg_detoast_datum_packed(ptr)
+        } else {
+            ptr
+        };
         pgrx::varlena::varlena_to_byte_slice(text)
     }
 }
@@ -617,18 +705,10 @@ unsafe fn text_bytes<'a>(datum: pg_sys::Datum) -> &'a [u8] {
 /// Whether the row's event names an identity operation (`ingest::identity_op`).
 ///
 /// # Safety
-/// `att` must be a text or varchar column of `tupdesc`, `tuple` a row of it.
-unsafe fn is_identity_event(
-    tuple: pg_sys::HeapTuple,
-    tupdesc: pg_sys::TupleDesc,
-    att: i32,
-) -> bool {
-    let mut is_null = false;
-    // SAFETY: the caller guarantees a text column of this descriptor.
-    unsafe {
-        let datum = pg_sys::heap_getattr(tuple, att, tupdesc, &mut is_null);
-        !is_null
-            && std::str::from_utf8(text_bytes(datum))
-                .is_ok_and(|e| ingest::identity_op(e).is_some())
-    }
+/// `event` must be the row's value of a text or varchar column (None when NULL).
+unsafe fn is_identity_event(event: Option<pg_sys::Datum>) -> bool {
+    // SAFETY: the caller guarantees a text datum of this row (or None for NULL).
+    event.is_some_and(|datum| unsafe {
+        std::str::from_utf8(text_bytes(datum)).is_ok_and(|e| ingest::identity_op(e).is_some())
+    })
 }

@@ -324,6 +324,35 @@ mod tests {
         );
     }
 
+    /// The trigger forms the stamped row from the columns it deformed once (trigger.rs's
+    /// `Columns`): every other column, dropped ones, one added with a default after rows were
+    /// written, NULLs and a TOASTed value must come out as they went in, on INSERT and UPDATE.
+    #[pg_test]
+    fn stamped_rows_keep_every_other_column() {
+        run("CREATE TABLE wide (a int, gone text, distinct_id text, b text, event text, properties jsonb, canonical_id text)");
+        run("INSERT INTO wide (a, gone, distinct_id, b) VALUES (0, 'x', 'before', 'old')");
+        run("SELECT mp_attach('wide')");
+        run("ALTER TABLE wide DROP COLUMN gone");
+        run("ALTER TABLE wide ADD COLUMN c int DEFAULT 7, ADD COLUMN d text");
+        run("SELECT mp_set_project_setting('default', 'anon_id_format', 'any')");
+        run("SELECT mp_identify('U1', '$device:D1')");
+        run(
+            "INSERT INTO wide (a, distinct_id, b, event, properties, d) VALUES \
+             (1, '$device:D1', NULL, 'Page View', '{\"k\": 1}', repeat('long', 5000)), \
+             (2, 'nobody', 'b2', NULL, NULL, NULL)",
+        );
+        assert_eq!(
+            one("SELECT string_agg(format('%s|%s|%s|%s|%s|%s|%s|%s', a, distinct_id, b, event, properties, c, length(d), canonical_id), ' ' ORDER BY a) FROM wide WHERE a > 0").as_deref(),
+            Some("1|$device:D1||Page View|{\"k\": 1}|7|20000|U1 2|nobody|b2|||7||nobody")
+        );
+        // An UPDATE of the distinct_id of a row written before the columns changed.
+        run("UPDATE wide SET distinct_id = '$device:D1' WHERE a = 0");
+        assert_eq!(
+            one("SELECT format('%s|%s|%s|%s|%s|%s', a, distinct_id, b, c, d, canonical_id) FROM wide WHERE a = 0").as_deref(),
+            Some("0|$device:D1|old|7||U1")
+        );
+    }
+
     #[pg_test]
     fn trigger_without_event_columns_only_stamps() {
         run("CREATE TABLE plain_ev (user_key text, person text, payload int)");
