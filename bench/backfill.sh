@@ -9,6 +9,8 @@ printf '| %10s | %12s | %14s | %15s | %9s | %10s | %11s | %14s | %10s | %8s |\n'
 for edges in $sizes; do
   cluster_psql -v edges="$edges" -f bench/history.sql >/dev/null
   cluster_psql -Atc "SELECT mp_create_project('bf$edges'), mp_set_project_setting('bf$edges', 'anon_id_format', 'any'), mp_set_project_setting('bf$edges', 'max_cluster_size', '100000000')" >/dev/null
+  # As for the COPY below: start from a checkpoint, not amid the writes of the history just made.
+  cluster_psql -c "CHECKPOINT" >/dev/null
   # one fresh backend for the backfill, so its peak resident memory is the backfill's. Peak RSS
   # counts the shared buffers the backend touched (up to shared_buffers); a sampler reads its
   # private memory (RssAnon) every 0.1 s for the other column.

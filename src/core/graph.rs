@@ -88,13 +88,17 @@ impl Graph {
     }
 
     fn intern(&mut self, id: &str) -> u32 {
-        if let Some(i) = self.find_node(id.as_bytes()) {
+        // Hashed once, for the lookup and the insert.
+        let hash = self.hasher.hash_one(id.as_bytes());
+        if let Some(&i) = self
+            .index
+            .find(hash, |&n| self.bytes_of(n) == id.as_bytes())
+        {
             return i;
         }
         let i = self.parent.len() as u32;
         self.bytes.extend_from_slice(id.as_bytes());
         self.end.push(self.bytes.len() as u64);
-        let hash = self.hasher.hash_one(id.as_bytes());
         let (bytes, end, hasher) = (&self.bytes, &self.end, &self.hasher);
         self.index.insert_unique(hash, i, |&n| {
             let n = n as usize;

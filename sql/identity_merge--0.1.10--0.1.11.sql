@@ -1,0 +1,7 @@
+-- identity_merge 0.1.10 -> 0.1.11 (see CHANGELOG.md): a new library and no SQL change. The
+-- stamping trigger reads each row's columns once and forms the stamped row from them, reads ids
+-- stored inline without a call into PostgreSQL, and a cold stamp cache loads the whole project
+-- only when the probes so far cost as much as reading all of it. Stamps, refusals and joins are
+-- what 0.1.10 gives. The version moves so that SELECT extversion FROM pg_extension tells which
+-- library a database runs (docs/upgrading.md). Released upgrade scripts are never edited
+-- afterwards.
