@@ -13,7 +13,7 @@ libdir=$("$PG_BIN/pg_config" --pkglibdir)
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 keep=$(mktemp -d); cp "$libdir/identity_merge.so" "$keep/installed.so"
 dir=$(mktemp -d /tmp/identity_merge-ab.XXXXXX)
-trap 'cluster_stop; $SUDO cp "$keep/installed.so" "$libdir/.identity_merge.so.ab" && $SUDO mv -f "$libdir/.identity_merge.so.ab" "$libdir/identity_merge.so"' EXIT
+trap 'cluster_discard "$dir"; $SUDO cp "$keep/installed.so" "$libdir/.identity_merge.so.ab" && $SUDO mv -f "$libdir/.identity_merge.so.ab" "$libdir/identity_merge.so"' EXIT
 cluster_start "$dir" "$(free_port)" shared_buffers=1GB max_wal_size=4GB
 cluster_psql -f bench/setup.sql >/dev/null
 run() {

@@ -13,7 +13,7 @@ SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 keep=$(mktemp -d); cp "$libdir/identity_merge.so" "$keep/installed.so"
 dir=$(mktemp -d /tmp/identity_merge-lab.XXXXXX)
 put() { $SUDO cp "$1" "$libdir/.identity_merge.so.ab" && $SUDO mv -f "$libdir/.identity_merge.so.ab" "$libdir/identity_merge.so"; }
-trap 'cluster_stop; put "$keep/installed.so"' EXIT
+trap 'cluster_discard "$dir"; put "$keep/installed.so"' EXIT
 cluster_start "$dir" "$(free_port)" shared_buffers=1GB max_wal_size=4GB synchronous_commit=on
 cluster_psql -c "CREATE EXTENSION identity_merge" >/dev/null
 loaders() {  # table: rows/s of four loaders

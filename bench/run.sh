@@ -11,7 +11,7 @@ make -s -C bench/floor >/dev/null && $SUDO make -s -C bench/floor install >/dev/
 sections=("$@"); [ ${#sections[@]} -gt 0 ] || sections=(stamping streams online backfill restamp)
 source tools/pg_cluster.sh
 dir=$(mktemp -d /tmp/identity_merge-bench.XXXXXX)
-trap cluster_stop EXIT
+trap 'cluster_discard "$dir"' EXIT
 cluster_start "$dir" "$(free_port)" shared_buffers=1GB max_wal_size=4GB synchronous_commit=on
 echo "identity_merge benchmarks: $(nproc) cores, PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}')"
 cluster_psql -f bench/setup.sql >/dev/null

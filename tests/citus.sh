@@ -21,7 +21,7 @@ bash tools/citus_install.sh
 source tools/citus_cluster.sh
 dir=$(mktemp -d /tmp/identity_merge-citus.XXXXXX); chmod 755 "$dir"
 single_dir="$dir/single"
-cleanup() { citus_stop; cluster_stop 2>/dev/null || true; }
+cleanup() { local rc=$?; citus_stop; cluster_stop 2>/dev/null || true; if [ "$rc" = 0 ]; then rm -rf "$dir"; fi; }
 trap cleanup EXIT
 
 passed=0; failed=0

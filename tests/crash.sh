@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 source tools/pg_cluster.sh
 runs=${CRASH_RUNS:-3}
 dir=$(mktemp -d /tmp/identity_merge-crash.XXXXXX); chmod 755 "$dir"
-trap cluster_stop EXIT
+trap 'cluster_discard "$dir"' EXIT
 cluster_start "$dir/pg" "$(free_port)" synchronous_commit=on fsync=on
 cluster_psql >/dev/null <<'SQL'
 CREATE EXTENSION identity_merge;

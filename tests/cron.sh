@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source tools/pg_cluster.sh
 dir=$(mktemp -d /tmp/identity_merge-cron.XXXXXX); chmod 755 "$dir"
-trap cluster_stop EXIT
+trap 'cluster_discard "$dir"' EXIT
 # pg_cron connects to run a job: through this cluster's socket directory (no TCP here).
 cluster_start "$dir/pg" "$(free_port)" shared_preload_libraries=pg_cron cron.database_name=postgres "cron.host=$dir/pg"
 pass=0; fail=0

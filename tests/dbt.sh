@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 source tools/pg_cluster.sh
 dbt=$(bash tools/dbt_python.sh)
 dir=$(mktemp -d /tmp/identity_merge-dbt.XXXXXX); chmod 755 "$dir"
-trap cluster_stop EXIT
+trap 'cluster_discard "$dir"' EXIT
 cluster_start "$dir/pg" "$(free_port)"
 cluster_psql -c "CREATE EXTENSION identity_merge" >/dev/null
 # dbt writes target/, logs/ and dbt_packages/ into the project: run a copy.

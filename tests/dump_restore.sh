@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source tools/pg_cluster.sh
 dir=$(mktemp -d /tmp/identity_merge-dump.XXXXXX)
-trap cluster_stop EXIT
+trap 'cluster_discard "$dir"' EXIT
 cluster_start "$dir" "$(free_port)"
 cluster_psql -d postgres -c "CREATE DATABASE src" -c "CREATE DATABASE dst"
 cluster_psql -d src >/dev/null <<'SQL'

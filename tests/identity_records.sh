@@ -11,7 +11,7 @@ if ! command -v npm >/dev/null; then
   $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
 fi
 dir=$(mktemp -d /tmp/identity_merge-records.XXXXXX); chmod 755 "$dir"
-trap cluster_stop EXIT
+trap 'cluster_discard "$dir"' EXIT
 cluster_start "$dir/pg" "$(free_port)"
 pass=0; fail=0
 ok() { pass=$((pass+1)); }

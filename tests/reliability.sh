@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source tools/pg_cluster.sh
 dir=$(mktemp -d /tmp/identity_merge-reliability.XXXXXX); chmod 755 "$dir"
-trap cluster_stop EXIT
+trap 'cluster_discard "$dir"' EXIT
 # autovacuum off: the statistics check must see what mp_backfill did, not the daemon.
 # max_prepared_transactions: check 17 prepares a join.
 cluster_start "$dir/pg" "$(free_port)" autovacuum=off max_prepared_transactions=4

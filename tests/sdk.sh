@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source tools/pg_cluster.sh
 dir=$(mktemp -d /tmp/identity_merge-sdk.XXXXXX)
-trap cluster_stop EXIT
+trap 'cluster_discard "$dir"' EXIT
 cluster_start "$dir" "$(free_port)"
 py=$(bash tools/sdk_python.sh)
 PATH="$PG_BIN:$PATH" "$py" tests/sdk_test.py

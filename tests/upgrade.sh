@@ -46,7 +46,7 @@ catalog="SELECT md5(string_agg(x, E'\n' ORDER BY x)) FROM (
 older=$(ls sql/released/identity_merge--*.sql 2>/dev/null | sed 's/.*--\(.*\)\.sql/\1/' | grep -vx "$version" || true)
 if [ -n "$older" ]; then
   dir=$(mktemp -d /tmp/identity_merge-upgrade.XXXXXX); chmod 755 "$dir"
-  trap cluster_stop EXIT
+  trap 'cluster_discard "$dir"' EXIT
   cluster_start "$dir/pg" "$(free_port)"
   cluster_psql -c "CREATE DATABASE fresh" >/dev/null
   cluster_psql -d fresh -c "CREATE EXTENSION identity_merge" >/dev/null

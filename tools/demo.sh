@@ -8,6 +8,6 @@ cd "$(dirname "$0")/.."
 bash tools/install.sh
 source tools/pg_cluster.sh
 dir=$(mktemp -d /tmp/identity_merge-demo.XXXXXX)
-trap cluster_stop EXIT
+trap 'cluster_discard "$dir"' EXIT
 cluster_start "$dir" "$(free_port)"
 cluster_psql -f tools/demo.sql

@@ -29,6 +29,18 @@ cluster_stop() {
   [ -n "${CLUSTER_DIR:-}" ] && as_pg "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR/data" -m fast -w stop >/dev/null 2>&1 || true
 }
 
+# For an EXIT trap: stops the cluster and, when the script succeeded, removes DIR (default: the
+# cluster's directory), so that repeated runs do not fill the disk (a benchmark's cluster holds
+# gigabytes); a failed run keeps it, with its server.log, and says where.
+cluster_discard() {
+  local rc=$? target="${1:-${CLUSTER_DIR:-}}"
+  cluster_stop
+  if [ -n "$target" ]; then
+    if [ "$rc" = 0 ]; then rm -rf "$target"; else echo "kept $target (the run failed)" >&2; fi
+  fi
+  return "$rc"
+}
+
 # A free TCP port number for the socket name (nothing listens on TCP).
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
