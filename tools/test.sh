@@ -33,7 +33,7 @@ restore_installed() {
   [ -z "$(ls -A "$saved/lib")" ] || $SUDO cp -p "$saved"/lib/* "$libdir/"
   [ -z "$(ls -A "$saved/ext")" ] || $SUDO cp -p "$saved"/ext/* "$extdir/"
 }
-trap restore_installed EXIT
+trap 'restore_installed; rm -rf "$saved"' EXIT
 
 rm -f target/stress-summary.txt
 cargo pgrx test pg15 "$@"
