@@ -71,11 +71,6 @@ thread_local! {
     static LOST: Cell<Option<(u32, u32, usize)>> = const { Cell::new(None) };
 }
 
-fn current_subxact() -> u32 {
-    // SAFETY: reads this backend's current subtransaction id.
-    unsafe { pg_sys::GetCurrentSubTransactionId() }
-}
-
 /// The statement of a batch waiting to be written, if any.
 fn pending_statement() -> Option<(u32, u32, u32)> {
     BATCH.with(|b| {
@@ -283,7 +278,7 @@ pub fn flush() {
     if batch.graph.joins.is_empty() {
         return;
     }
-    let here = current_subxact();
+    let here = crate::pg::current_subxact();
     let (lxid, statement_subxact, _) = batch.statement;
     if here != statement_subxact && lxid == crate::pg::local_xid() {
         // Written from a nested subtransaction: if that one rolls back, the rows stay
@@ -409,7 +404,7 @@ unsafe extern "C-unwind" fn executor_finish(query: *mut pg_sys::QueryDesc) {
         writes.then(|| {
             (
                 crate::pg::local_xid(),
-                current_subxact(),
+                crate::pg::current_subxact(),
                 (*q.estate).es_output_cid,
             )
         })

@@ -200,10 +200,7 @@ pub fn hold_cluster_wide(project_id: i32) -> bool {
     if !crate::citus::distributed() {
         return true;
     }
-    // SAFETY: reads this backend's current subtransaction id.
-    let key = (crate::pg::local_xid(), unsafe {
-        pg_sys::GetCurrentSubTransactionId()
-    });
+    let key = (crate::pg::local_xid(), crate::pg::current_subxact());
     if CLUSTER_WIDE.with(|c| c.get()) == key {
         return true;
     }

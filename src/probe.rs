@@ -463,13 +463,9 @@ pub fn canonicals_now<const N: usize>(
     project_id: i32,
     ids: [&str; N],
 ) -> Result<[Option<String>; N], IdentityError> {
-    // SAFETY: reads the current command and subtransaction ids.
-    let statement = unsafe {
-        (
-            pg_sys::GetCurrentCommandId(false),
-            pg_sys::GetCurrentSubTransactionId(),
-        )
-    };
+    // SAFETY: reads the current command id.
+    let command = unsafe { pg_sys::GetCurrentCommandId(false) };
+    let statement = (command, crate::pg::current_subxact());
     // Newer than the stamp probe needs: harmless to the stamps that follow.
     with_probe_as_of(Use::Stamp, statement, true, |probe| {
         ids.map(|id| probe.canonical_string(project_id, id))
@@ -549,8 +545,7 @@ pub fn close_current() {
 /// The canonical id of `id` in `project_id` (itself when never seen), read as mp_resolve reads it:
 /// one probe under the caller's snapshot.
 pub fn resolve(project_id: i32, id: &str) -> Result<String, IdentityError> {
-    // SAFETY: asks for this backend's current subtransaction id.
-    let statement = (0, unsafe { pg_sys::GetCurrentSubTransactionId() });
+    let statement = (0, crate::pg::current_subxact());
     Ok(
         canonical_string(Use::Resolve, statement, project_id, id)?
             .unwrap_or_else(|| id.to_string()),

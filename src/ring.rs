@@ -248,8 +248,7 @@ impl QuietWrite {
         if !self.quiet {
             return false;
         }
-        // SAFETY: reads the current subtransaction's id.
-        let sub = unsafe { pg_sys::GetCurrentSubTransactionId() };
+        let sub = crate::pg::current_subxact();
         let too_many = PENDING.with(|p| {
             let mut p = p.borrow_mut();
             p.extend(absorbed.map(|id| (hash(id.as_bytes()), sub)));

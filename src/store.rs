@@ -382,9 +382,13 @@ pub fn own_write<R>(project_id: i32, write: impl FnOnce() -> (R, Vec<(String, St
     result
 }
 
-/// Reads the clusters of `a` and `b` (fresh snapshot).
-fn read_sides(p: &Plans, project_id: i32, a: &str, b: &str) -> (Side, Side) {
-    if let Some(sides) = read_sides_direct(project_id, a, b) {
+/// Reads the clusters of `a` and `b` (fresh snapshot); `direct`: where
+/// `probe::direct_reads_allowed` (asked once per operation), through `read_sides_direct`.
+fn read_sides(p: &Plans, direct: bool, project_id: i32, a: &str, b: &str) -> (Side, Side) {
+    if let Some(sides) = direct
+        .then(|| read_sides_direct(project_id, a, b))
+        .flatten()
+    {
         return sides;
     }
     Spi::connect(|c| {
@@ -417,12 +421,9 @@ fn read_sides(p: &Plans, project_id: i32, a: &str, b: &str) -> (Side, Side) {
 
 /// `read_sides` through the trigger's index probe of `identities` and a primary-key read of
 /// `clusters`, each under a snapshot taken now: what SPI's query reads under READ COMMITTED,
-/// without starting an executor (most of an online identity event's time went there). None
-/// (not READ COMMITTED on one node, or a cluster row missing) sends the caller to SPI.
+/// without starting an executor (most of an online identity event's time went there). Only
+/// where `probe::direct_reads_allowed`; None (a cluster row missing) sends the caller to SPI.
 fn read_sides_direct(project_id: i32, a: &str, b: &str) -> Option<(Side, Side)> {
-    if !crate::probe::direct_reads_allowed() {
-        return None;
-    }
     let [ca, cb] = crate::probe::canonicals_now(project_id, [a, b]).ok()?;
     let clusters = crate::probe::ClusterReader::new().ok()?;
     let side = |id: &str, canonical: Option<String>| -> Option<Side> {
@@ -564,9 +565,10 @@ fn join_clusters(
         b: b.to_string(),
     };
     let p = plans();
+    let direct = crate::probe::direct_reads_allowed();
     // With the project held exclusively no other writer runs: one read, then the write.
     let write_alone = || {
-        let (sa, sb) = read_sides(&p, project.id, a, b);
+        let (sa, sb) = read_sides(&p, direct, project.id, a, b);
         if sa.canonical == sb.canonical {
             return Ok(Applied::unchanged(sa.canonical));
         }
@@ -576,7 +578,7 @@ fn join_clusters(
         // A bulk transaction that already locked its project (skips the read below).
         return write_alone();
     }
-    let (mut sa, mut sb) = read_sides(&p, project.id, a, b);
+    let (mut sa, mut sb) = read_sides(&p, direct, project.id, a, b);
     // Replays change nothing and need no lock.
     if sa.canonical == sb.canonical {
         return Ok(Applied::unchanged(sa.canonical));
@@ -586,7 +588,7 @@ fn join_clusters(
     // after the read turns it into a join; only splits and settings changes could, and they
     // are concurrent with this event whichever order it is given. A cluster that joined
     // another between the two sides' reads made read_sides fall back to one SPI snapshot.
-    if crate::probe::direct_reads_allowed() {
+    if direct {
         rules::decide(op, &project.settings, &sa, &sb)?;
     }
     let limit = crate::guc::cluster_locks_per_transaction();
@@ -609,7 +611,7 @@ fn join_clusters(
         if !crate::locks::try_clusters(keys) && !crate::locks::wait_clusters(keys) {
             return Err(contention());
         }
-        let (na, nb) = read_sides(&p, project.id, a, b);
+        let (na, nb) = read_sides(&p, direct, project.id, a, b);
         if na.canonical != sa.canonical || nb.canonical != sb.canonical {
             // Someone joined one of the clusters before we got the locks: start over.
             crate::locks::release_clusters(keys);

@@ -68,7 +68,7 @@ struct StatementContext {
 thread_local! {
     static CONTEXT: RefCell<Option<StatementContext>> = const { RefCell::new(None) };
     /// The buffers of `Columns`, kept from one row to the next.
-    static COLUMNS: RefCell<Columns> = const { RefCell::new(Columns { values: Vec::new(), nulls: Vec::new() }) };
+    static COLUMNS: RefCell<Columns> = const { RefCell::new(Columns::EMPTY) };
 }
 
 /// The row's columns, deformed once: the trigger reads its ids and event name from here and
@@ -81,25 +81,20 @@ struct Columns {
 }
 
 impl Columns {
+    const EMPTY: Columns = Columns {
+        values: Vec::new(),
+        nulls: Vec::new(),
+    };
+
     /// The buffers kept from the last row (or new ones, if they are in use or were lost with an
     /// error).
     fn take() -> Columns {
         COLUMNS
             .with(|c| {
-                c.try_borrow_mut().map(|mut c| {
-                    std::mem::replace(
-                        &mut *c,
-                        Columns {
-                            values: Vec::new(),
-                            nulls: Vec::new(),
-                        },
-                    )
-                })
+                c.try_borrow_mut()
+                    .map(|mut c| std::mem::replace(&mut *c, Columns::EMPTY))
             })
-            .unwrap_or(Columns {
-                values: Vec::new(),
-                nulls: Vec::new(),
-            })
+            .unwrap_or(Columns::EMPTY)
     }
 
     /// Keeps the buffers for the next row.
@@ -307,22 +302,19 @@ fn build_context(
 /// reported as a string, so the refusal it leads to names the problem).
 ///
 /// # Safety
-/// `properties` must come from this table's checked context.
+/// `properties` must come from this table's checked context, `row` hold a row of that table.
 unsafe fn get_properties(
-    tuple: pg_sys::HeapTuple,
-    tupdesc: pg_sys::TupleDesc,
+    row: &Columns,
     properties: Option<(i32, PropertiesKind)>,
 ) -> serde_json::Value {
     let Some((att, kind)) = properties else {
         return serde_json::Value::Null;
     };
-    let mut is_null = false;
+    let Some(datum) = row.get(att) else {
+        return serde_json::Value::Null;
+    };
     // SAFETY: the column's type was checked to be jsonb (kind Jsonb) or a text type (Text).
     unsafe {
-        let datum = pg_sys::heap_getattr(tuple, att, tupdesc, &mut is_null);
-        if is_null {
-            return serde_json::Value::Null;
-        }
         match kind {
             PropertiesKind::Jsonb => pgrx::JsonB::from_datum(datum, false)
                 .map(|j| j.0)
@@ -410,9 +402,8 @@ fn stamp<'a>(
 
         // Simplified projects may fill a NULL distinct_id from $user_id / $device_id.
         let filled = if is_insert {
-            // SAFETY: the tuple is this table's, the context's columns checked against it, and
-            // `row` holds its columns.
-            unsafe { apply_row_event(ctx, &row, tuple, tupdesc, relid, statement)? }
+            // SAFETY: `row` holds this table's row, the context's columns checked against it.
+            unsafe { apply_row_event(ctx, &row, relid, statement)? }
         } else {
             None
         };
@@ -573,12 +564,10 @@ unsafe fn with_canonical<R>(
 /// ones. Records refusals with the row; returns the distinct_id to fill in when the row's is NULL.
 ///
 /// # Safety
-/// `tuple` must be a row of the table `ctx` was built for (its columns' types were checked).
+/// `row` must hold a row of the table `ctx` was built for (its columns' types were checked).
 unsafe fn apply_row_event(
     ctx: &mut StatementContext,
     row: &Columns,
-    tuple: pg_sys::HeapTuple,
-    tupdesc: pg_sys::TupleDesc,
     relid: pg_sys::Oid,
     statement: (u32, u32),
 ) -> Result<Option<String>, IdentityError> {
@@ -607,7 +596,7 @@ unsafe fn apply_row_event(
     let properties_col = ctx.properties;
     let properties = || -> serde_json::Value {
         // SAFETY: the checked properties column of this row (see above).
-        unsafe { get_properties(tuple, tupdesc, properties_col) }
+        unsafe { get_properties(row, properties_col) }
     };
     // Read only when a refusal is recorded or a Simplified row may need its distinct_id filled.
     let distinct_att = ctx.distinct.att;

@@ -83,17 +83,17 @@ impl Graph {
     }
 
     fn find_node(&self, id: &[u8]) -> Option<u32> {
-        let hash = self.hasher.hash_one(id);
+        self.find_hashed(self.hasher.hash_one(id), id)
+    }
+
+    fn find_hashed(&self, hash: u64, id: &[u8]) -> Option<u32> {
         self.index.find(hash, |&n| self.bytes_of(n) == id).copied()
     }
 
     fn intern(&mut self, id: &str) -> u32 {
         // Hashed once, for the lookup and the insert.
         let hash = self.hasher.hash_one(id.as_bytes());
-        if let Some(&i) = self
-            .index
-            .find(hash, |&n| self.bytes_of(n) == id.as_bytes())
-        {
+        if let Some(i) = self.find_hashed(hash, id.as_bytes()) {
             return i;
         }
         let i = self.parent.len() as u32;

@@ -83,10 +83,11 @@ impl RuleSettings {
     /// char by char without building lowercased copies (this runs for every id of a backfill).
     fn is_blocked(&self, id: &str) -> bool {
         let id = id.trim();
+        let ascii = id.is_ascii();
         let folded = || id.chars().flat_map(char::to_lowercase);
         self.blocked_ids.iter().any(|b| {
             let b = b.trim();
-            if id.is_ascii() && b.is_ascii() {
+            if ascii && b.is_ascii() {
                 // ASCII folds byte for byte: no iterator of folded chars for nearly every id.
                 return b.len() == id.len() && b.eq_ignore_ascii_case(id);
             }
