@@ -303,12 +303,23 @@ pub(crate) fn insert_new_ids(
     }
 }
 
-/// Drops the clusters the graph's joins absorbed and writes the final size and identified flag
-/// of every cluster they changed. Returns how many clusters were written.
+/// Drops the stored clusters the graph's joins absorbed and writes the final size and identified
+/// flag of every cluster they changed. Returns how many clusters were written.
+///
+/// Only a stored canonical has a cluster row (`Graph::is_stored_canonical`), as the online
+/// path's join assumes too: an absorbed canonical that was new to the store has no row to
+/// delete, and a cluster whose canonical is new is inserted without a conflict check (a
+/// history's new clusters are most of them; the check costs about a third of the insert).
 pub(crate) fn write_clusters(c: &mut pgrx::spi::SpiClient<'_>, pid: i32, graph: &mut Graph) -> i64 {
     // Names are made a chunk at a time: for a history of millions of joins, all of them at
     // once would cost more memory than the graph.
-    for chunk in graph.absorbed_nodes().chunks(CHUNK) {
+    let absorbed: Vec<u32> = graph
+        .absorbed_nodes()
+        .iter()
+        .copied()
+        .filter(|&x| graph.is_stored_canonical(x))
+        .collect();
+    for chunk in absorbed.chunks(CHUNK) {
         let absorbed: Vec<Option<String>> = chunk
             .iter()
             .map(|&x| Some(graph.name(x).to_string()))
@@ -322,21 +333,26 @@ pub(crate) fn write_clusters(c: &mut pgrx::spi::SpiClient<'_>, pid: i32, graph: 
         );
     }
     let roots = graph.changed_roots();
-    for chunk in roots.chunks(CHUNK) {
-        let facts: Vec<(&str, i64, bool)> = chunk.iter().map(|&r| graph.root_facts(r)).collect();
-        let canon: Vec<Option<String>> =
-            facts.iter().map(|(c, _, _)| Some(c.to_string())).collect();
-        let sizes: Vec<Option<i32>> = facts.iter().map(|(_, s, _)| Some(*s as i32)).collect();
-        let ident: Vec<Option<bool>> = facts.iter().map(|(_, _, i)| Some(*i)).collect();
-        write_chunk(
-            c,
-            "INSERT INTO identity_merge.clusters (project_id, canonical_id, size, identified) \
-             SELECT $1, u.c, u.s, u.i FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::int4[]), pg_catalog.unnest($4::bool[])) u(c, s, i) \
-             ON CONFLICT (project_id, canonical_id) DO UPDATE \
-             SET size = EXCLUDED.size, identified = EXCLUDED.identified, updated_at = EXCLUDED.updated_at",
-            pid,
-            |args| args.extend([canon.into(), sizes.into(), ident.into()]),
-        );
+    let (stored, new): (Vec<u32>, Vec<u32>) = roots
+        .iter()
+        .partition(|&&r| graph.is_stored_canonical(graph.root_canonical(r)));
+    let insert = "INSERT INTO identity_merge.clusters (project_id, canonical_id, size, identified) \
+         SELECT $1, u.c, u.s, u.i FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::int4[]), pg_catalog.unnest($4::bool[])) u(c, s, i)";
+    let upsert = format!(
+        "{insert} ON CONFLICT (project_id, canonical_id) DO UPDATE \
+         SET size = EXCLUDED.size, identified = EXCLUDED.identified, updated_at = EXCLUDED.updated_at"
+    );
+    for (sql, roots) in [(upsert.as_str(), stored), (insert, new)] {
+        for chunk in roots.chunks(CHUNK) {
+            let facts: Vec<(&str, i64, bool)> = chunk.iter().map(|&r| graph.root_facts(r)).collect();
+            let canon: Vec<Option<String>> =
+                facts.iter().map(|(c, _, _)| Some(c.to_string())).collect();
+            let sizes: Vec<Option<i32>> = facts.iter().map(|(_, s, _)| Some(*s as i32)).collect();
+            let ident: Vec<Option<bool>> = facts.iter().map(|(_, _, i)| Some(*i)).collect();
+            write_chunk(c, sql, pid, |args| {
+                args.extend([canon.into(), sizes.into(), ident.into()])
+            });
+        }
     }
     roots.len() as i64
 }

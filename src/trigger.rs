@@ -594,9 +594,13 @@ unsafe fn apply_row_event(
     };
     let event: Option<String> = ctx.event_att.and_then(text);
     let properties_col = ctx.properties;
+    // Read once: the plan reads them, and a refused event's recorded row holds them again.
+    let properties_read = std::cell::OnceCell::new();
     let properties = || -> serde_json::Value {
-        // SAFETY: the checked properties column of this row (see above).
-        unsafe { get_properties(row, properties_col) }
+        properties_read
+            // SAFETY: the checked properties column of this row (see above).
+            .get_or_init(|| unsafe { get_properties(row, properties_col) })
+            .clone()
     };
     // Read only when a refusal is recorded or a Simplified row may need its distinct_id filled.
     let distinct_att = ctx.distinct.att;

@@ -287,6 +287,11 @@ impl Graph {
         roots
     }
 
+    /// A root's canonical id, as a node.
+    pub fn root_canonical(&self, root: u32) -> u32 {
+        self.canonical[root as usize]
+    }
+
     /// A root's cluster: (canonical id, size, identified).
     pub fn root_facts(&self, root: u32) -> (&str, i64, bool) {
         let r = root as usize;
@@ -312,6 +317,14 @@ impl Graph {
     /// Canonicals that stopped being canonical (their cluster rows go), as nodes.
     pub fn absorbed_nodes(&self) -> &[u32] {
         &self.absorbed_all
+    }
+
+    /// Whether a node was loaded as a stored cluster's canonical: only such a node has a
+    /// cluster row in the store (every loaded id's canonical is loaded with it, and a canonical
+    /// is a member of its own cluster, which `mp_check` verifies). Any other canonical a join
+    /// keeps or absorbs is an id new to the store.
+    pub fn is_stored_canonical(&self, node: u32) -> bool {
+        self.initial[node as usize] == node
     }
 
     /// `absorbed_nodes` as ids.
@@ -647,5 +660,36 @@ mod tests {
         let mut absorbed = g.absorbed_canonicals();
         absorbed.sort();
         assert_eq!(absorbed, vec!["x1".to_string(), "y1".to_string()]);
+    }
+
+    #[test]
+    fn only_loaded_canonicals_count_as_stored_clusters() {
+        let s = any();
+        let mut g = Graph::new();
+        // Stored: {x1, x2} canonical x1 (x2 loaded); n1, n2, m are new.
+        g.load("x2", "x1", 2, false);
+        g.apply(&s, Op::Merge, Some("n1"), Some("n2")).unwrap();
+        g.apply(&s, Op::Merge, Some("m"), Some("n1")).unwrap();
+        g.apply(&s, Op::Merge, Some("x2"), Some("m")).unwrap();
+        let node = |g: &Graph, id: &str| g.find_node(id.as_bytes()).unwrap();
+        assert!(g.is_stored_canonical(node(&g, "x1")));
+        for id in ["x2", "n1", "n2", "m"] {
+            assert!(!g.is_stored_canonical(node(&g, id)), "{id}");
+        }
+        // The three absorbed canonicals were new: no stored cluster row is theirs.
+        let stored: Vec<&str> = g
+            .absorbed_nodes()
+            .iter()
+            .filter(|&&x| g.is_stored_canonical(x))
+            .map(|&x| g.name(x))
+            .collect();
+        assert!(stored.is_empty(), "{stored:?}");
+        assert_eq!(g.absorbed_canonicals(), vec!["n2", "n1", "m"]);
+        // The one changed cluster keeps the stored canonical: its row is updated, not inserted.
+        let roots = g.changed_roots();
+        assert_eq!(roots.len(), 1);
+        let kept = g.root_canonical(roots[0]);
+        assert_eq!(g.name(kept), "x1");
+        assert!(g.is_stored_canonical(kept));
     }
 }
