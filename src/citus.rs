@@ -59,6 +59,38 @@ fn first_shard(table: pg_sys::Oid) -> Option<i64> {
     .or_bug("reading pg_dist_shard")
 }
 
+/// The shard id of the replicated table whose shell (the table as named in identity_merge) is
+/// `shell`; None on one server. Asked of the catalog once per relations epoch (Citus's metadata
+/// changes invalidate the table, and move the epoch).
+fn shard_of_shell(shell: pg_sys::Oid) -> Option<i64> {
+    crate::cache::ensure_registered();
+    let epoch = crate::cache::epochs().1;
+    let known = SHARDS.with(|s| {
+        s.borrow()
+            .as_ref()
+            .filter(|(e, _)| *e == epoch)
+            .and_then(|(_, shards)| shards.get(&shell).copied())
+    });
+    if let Some(shard) = known {
+        return shard;
+    }
+    let shard = first_shard(shell);
+    SHARDS.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            *s = Some((epoch, std::collections::HashMap::new()));
+        }
+        s.as_mut().expect("set above").1.insert(shell, shard);
+    });
+    shard
+}
+
+thread_local! {
+    /// (relations epoch, replicated table's shell oid -> its shard id, None on one server).
+    static SHARDS: RefCell<Option<(u64, std::collections::HashMap<pg_sys::Oid, Option<i64>>)>> =
+        const { RefCell::new(None) };
+}
+
 /// Which relations hold `identity_merge.identities` on this node.
 pub fn identities() -> Result<Identities, IdentityError> {
     crate::cache::ensure_registered();
@@ -72,7 +104,7 @@ pub fn identities() -> Result<Identities, IdentityError> {
     }) {
         return Ok(found);
     }
-    let found = match first_shard(shell) {
+    let found = match shard_of_shell(shell) {
         None => Identities {
             heap: shell,
             index: crate::pg::required_relation(c"identities_pkey")?,
@@ -110,33 +142,10 @@ pub fn placement(table: &str) -> Result<Option<String>, IdentityError> {
     }
     let name = std::ffi::CString::new(table).or_bug("naming a table");
     let shell = crate::pg::required_relation(&name)?;
-    let epoch = crate::cache::epochs().1;
-    if let Some(found) = PLACEMENTS.with(|p| {
-        p.borrow()
-            .as_ref()
-            .filter(|(e, _)| *e == epoch)
-            .and_then(|(_, names)| names.get(&shell).cloned())
-    }) {
-        return Ok(Some(found));
-    }
-    let shard = first_shard(shell).ok_or_else(|| IdentityError::MissingObject {
+    let shard = shard_of_shell(shell).ok_or_else(|| IdentityError::MissingObject {
         what: format!("the shard of replicated table identity_merge.{table}"),
     })?;
-    let found = format!("identity_merge.{table}_{shard}");
-    PLACEMENTS.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            *p = Some((epoch, std::collections::HashMap::new()));
-        }
-        p.as_mut().unwrap().1.insert(shell, found.clone());
-    });
-    Ok(Some(found))
-}
-
-thread_local! {
-    /// (relations epoch, replicated table's shell oid -> its placement's qualified name).
-    static PLACEMENTS: RefCell<Option<(u64, std::collections::HashMap<pg_sys::Oid, String>)>> =
-        const { RefCell::new(None) };
+    Ok(Some(format!("identity_merge.{table}_{shard}")))
 }
 
 /// Whether the identity state is distributed (false when Citus is absent).

@@ -556,6 +556,7 @@ pub fn resolve(project_id: i32, id: &str) -> Result<String, IdentityError> {
 /// it meets ids and for an online identity event's fresh read (store.rs's
 /// `read_sides_direct`): what `read_sides` reads through SPI, at a fraction of its cost. The
 /// oids and column numbers are looked up once per reader.
+#[derive(Clone, Copy)]
 pub struct ClusterReader {
     heap: pg_sys::Oid,
     index: pg_sys::Oid,
@@ -563,8 +564,31 @@ pub struct ClusterReader {
     identified_attno: i32,
 }
 
+thread_local! {
+    /// (relations epoch, the reader worked out under it): an online identity event asks for a
+    /// reader each time, and the catalog's answer holds until a relation changes.
+    static CLUSTER_READER: std::cell::Cell<Option<(u64, ClusterReader)>> =
+        const { std::cell::Cell::new(None) };
+}
+
 impl ClusterReader {
+    /// The reader of `identity_merge.clusters`, looked up in the catalog once per relations
+    /// epoch (cache.rs: any relation's invalidation moves it, a dropped or re-created table's
+    /// too).
     pub fn new() -> Result<ClusterReader, IdentityError> {
+        crate::cache::ensure_registered();
+        let epoch = crate::cache::epochs().1;
+        if let Some((e, reader)) = CLUSTER_READER.with(|c| c.get()) {
+            if e == epoch {
+                return Ok(reader);
+            }
+        }
+        let reader = ClusterReader::look_up()?;
+        CLUSTER_READER.with(|c| c.set(Some((epoch, reader))));
+        Ok(reader)
+    }
+
+    fn look_up() -> Result<ClusterReader, IdentityError> {
         let heap = crate::pg::required_relation(c"clusters")?;
         let index = crate::pg::required_relation(c"clusters_pkey")?;
         let column = |name: &std::ffi::CStr| {
