@@ -1,0 +1,7 @@
+-- identity_merge 0.1.11 -> 0.1.12 (see CHANGELOG.md): a new library and no SQL change. A bulk
+-- write of clusters (mp_backfill, a statement's batch) deletes only the stored clusters its joins
+-- absorbed and inserts new clusters without a conflict check, as an online join does; a refused
+-- row's properties are read once; the catalog lookups of an online identity event and of the
+-- Citus placements are kept per relations epoch. Stamps, refusals and joins are what 0.1.11
+-- gives. The version moves so that SELECT extversion FROM pg_extension tells which library a
+-- database runs (docs/upgrading.md). Released upgrade scripts are never edited afterwards.
