@@ -17,8 +17,10 @@ keep=$(mktemp -d); cp "$libdir/identity_merge.so" "$keep/installed.so"
 dir=$(mktemp -d /tmp/identity_merge-ab.XXXXXX)
 trap 'cluster_discard "$dir"; $SUDO cp "$keep/installed.so" "$libdir/.identity_merge.so.ab" && $SUDO mv -f "$libdir/.identity_merge.so.ab" "$libdir/identity_merge.so"' EXIT
 cluster_start "$dir" "$(free_port)" shared_buffers=1GB max_wal_size=4GB
-cluster_psql -f bench/setup.sql >/dev/null
-if [ "${AB_CASE:-warm}" = backfill ]; then
+if [ "${AB_CASE:-warm}" != backfill ]; then
+  cluster_psql -f bench/setup.sql >/dev/null
+else
+  cluster_psql -c "CREATE EXTENSION identity_merge" >/dev/null
   cluster_psql -v edges="${AB_EDGES:-1000000}" -f bench/history.sql >/dev/null 2>&1
   cluster_psql -Atc "SELECT mp_create_project('bf'), mp_set_project_setting('bf', 'anon_id_format', 'any'), mp_set_project_setting('bf', 'max_cluster_size', '100000000')" >/dev/null
 fi

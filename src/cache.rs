@@ -145,14 +145,7 @@ impl Canonical {
     /// A text datum of the id, valid while this value stays where it is (read it from the
     /// cache and use it before the cache changes): no copy unless the id is long.
     pub fn datum(&self) -> pg_sys::Datum {
-        match self {
-            Canonical::Inline(v) => pg_sys::Datum::from(v.as_ptr()),
-            Canonical::Short(v) => pg_sys::Datum::from(v.as_ptr()),
-            Canonical::Long(v) => {
-                use pgrx::IntoDatum;
-                (&**v).into_datum().unwrap()
-            }
-        }
+        Answer::of(self).datum()
     }
 }
 

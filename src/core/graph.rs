@@ -57,6 +57,13 @@ pub struct Graph {
     absorbed_all: Vec<u32>,
 }
 
+/// The bytes of node `node` in the ids' buffer `bytes`, whose ends are `end`.
+fn node_bytes<'a>(bytes: &'a [u8], end: &[u64], node: u32) -> &'a [u8] {
+    let i = node as usize;
+    let start = if i == 0 { 0 } else { end[i - 1] as usize };
+    &bytes[start..end[i] as usize]
+}
+
 impl Graph {
     pub fn new() -> Graph {
         Graph::default()
@@ -71,9 +78,7 @@ impl Graph {
     }
 
     fn bytes_of(&self, node: u32) -> &[u8] {
-        let i = node as usize;
-        let start = if i == 0 { 0 } else { self.end[i - 1] as usize };
-        &self.bytes[start..self.end[i] as usize]
+        node_bytes(&self.bytes, &self.end, node)
     }
 
     /// The id of a node.
@@ -100,11 +105,10 @@ impl Graph {
         self.bytes.extend_from_slice(id.as_bytes());
         self.end.push(self.bytes.len() as u64);
         let (bytes, end, hasher) = (&self.bytes, &self.end, &self.hasher);
-        self.index.insert_unique(hash, i, |&n| {
-            let n = n as usize;
-            let start = if n == 0 { 0 } else { end[n - 1] as usize };
-            hasher.hash_one(&bytes[start..end[n] as usize])
-        });
+        // (The table may rehash while `self.index` is borrowed: the closure reads the ids'
+        // buffer through the other fields.)
+        self.index
+            .insert_unique(hash, i, |&n| hasher.hash_one(node_bytes(bytes, end, n)));
         self.parent.push(i);
         self.canonical.push(i);
         self.size.push(1);
