@@ -3,8 +3,9 @@
 -- Each pins its search_path and qualifies what it uses.
 
 CREATE FUNCTION mp_create_project(token text, mode text DEFAULT 'original') RETURNS void
-LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    PERFORM identity_merge._no_nulls('mp_create_project', '{token,mode}', ARRAY[token IS NULL, mode IS NULL]);
     IF mode NOT IN ('original', 'simplified', 'legacy') THEN
         RAISE EXCEPTION 'invalid mode: %', quote_literal(mode) USING ERRCODE = '22023',
             HINT = 'mode is ''original'', ''simplified'' or ''legacy''.';
@@ -21,10 +22,11 @@ BEGIN
 END $$;
 
 CREATE FUNCTION mp_set_project_mode(token text, mode text) RETURNS void
-LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     p identity_merge.projects;
 BEGIN
+    PERFORM identity_merge._no_nulls('mp_set_project_mode', '{token,mode}', ARRAY[token IS NULL, mode IS NULL]);
     IF mode NOT IN ('original', 'simplified', 'legacy') THEN
         RAISE EXCEPTION 'invalid mode: %', quote_literal(mode) USING ERRCODE = '22023',
             HINT = 'mode is ''original'', ''simplified'' or ''legacy''.';
@@ -56,13 +58,19 @@ END $$;
 
 -- Changes one setting: max_cluster_size (integer >= 2), anon_id_format ('uuid' | 'any'),
 -- blocked_ids (a text[] literal; compared case-insensitively after trimming),
--- carry_device_profile ('on' | 'off').
+-- carry_device_profile ('on' | 'off'). A NULL value resets the setting to its default.
 CREATE FUNCTION mp_set_project_setting(token text, setting text, value text) RETURNS void
-LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     p identity_merge.projects;
+    blocked text[];
 BEGIN
+    PERFORM identity_merge._no_nulls('mp_set_project_setting', '{token,setting}', ARRAY[token IS NULL, setting IS NULL]);
     p := identity_merge._project(token);
+    IF value IS NULL AND setting IN ('max_cluster_size', 'anon_id_format', 'blocked_ids', 'carry_device_profile') THEN
+        EXECUTE format('UPDATE identity_merge.projects SET %I = DEFAULT WHERE project_id = $1', setting) USING p.project_id;
+        RETURN;
+    END IF;
     CASE setting
     WHEN 'max_cluster_size' THEN
         IF value !~ '^[0-9]{1,9}$' OR value::integer < 2 THEN
@@ -77,8 +85,14 @@ BEGIN
         END IF;
         UPDATE identity_merge.projects SET anon_id_format = value WHERE project_id = p.project_id;
     WHEN 'blocked_ids' THEN
+        BEGIN
+            blocked := value::text[];
+        EXCEPTION WHEN invalid_text_representation THEN
+            RAISE EXCEPTION 'invalid blocked_ids: %', quote_literal(value) USING ERRCODE = '22P02',
+                HINT = 'A text[] literal, such as ''{anonymous,"not set"}'' (or NULL for the default list).';
+        END;
         UPDATE identity_merge.projects
-           SET blocked_ids = ARRAY(SELECT DISTINCT lower(btrim(b)) FROM unnest(value::text[]) b WHERE b IS NOT NULL)
+           SET blocked_ids = ARRAY(SELECT DISTINCT lower(btrim(b)) FROM unnest(blocked) b WHERE b IS NOT NULL)
          WHERE project_id = p.project_id;
     WHEN 'carry_device_profile' THEN
         IF value NOT IN ('on', 'off') THEN
@@ -117,6 +131,58 @@ CREATE FUNCTION identity_merge._register_attachment(p_events regclass, p_project
                                                     p_distinct name, p_canonical name) RETURNS void
 LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE AS 'MODULE_PATHNAME', '_register_attachment_wrapper';
 
+-- Administrators' functions given a NULL argument say so (22004) instead of silently doing
+-- nothing; `names` and `is_null` are the arguments in order.
+CREATE FUNCTION identity_merge._no_nulls(fn text, names text[], is_null boolean[]) RETURNS void
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    k integer;
+BEGIN
+    FOR k IN 1 .. cardinality(names) LOOP
+        IF is_null[k] THEN
+            RAISE EXCEPTION '%: argument % is NULL', fn, names[k] USING ERRCODE = '22004',
+                HINT = format('Pass a value for %s (NULL is not a default).', names[k]);
+        END IF;
+    END LOOP;
+END $$;
+
+-- The arguments of a table's stamping trigger (project, distinct_id column, canonical column
+-- and, when given at attach, the device and user id columns), or NULL without one: the one
+-- place SQL reads them.
+CREATE FUNCTION identity_merge._trigger_args(p_events regclass) RETURNS text[]
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rest bytea;
+    args text[] := '{}';
+    k integer;
+BEGIN
+    SELECT t.tgargs INTO rest FROM pg_trigger t WHERE t.tgrelid = p_events AND t.tgname = 'identity_merge_stamp';
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    LOOP
+        k := position('\x00'::bytea IN rest);
+        EXIT WHEN k IS NULL OR k = 0;
+        args := args || convert_from(substring(rest FROM 1 FOR k - 1), getdatabaseencoding());
+        rest := substring(rest FROM k + 1);
+    END LOOP;
+    RETURN args;
+END $$;
+
+-- Work on a user's table done on another role's behalf runs as the table's owner in a
+-- security-restricted operation (src/owner.rs, docs/security.md): mp_restamp's statements...
+CREATE FUNCTION identity_merge._exec_as_owner(p_events regclass, p_sql text) RETURNS bigint
+LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE AS 'MODULE_PATHNAME', '_exec_as_owner_wrapper';
+
+-- ... and mp_backfill_from's read of the history.
+CREATE FUNCTION identity_merge._backfill_from_table(source text, project text, p_events regclass)
+RETURNS TABLE (events bigint, joins bigint, refused bigint, ids_written bigint, clusters_written bigint)
+LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE AS 'MODULE_PATHNAME', '_backfill_from_table_wrapper';
+
+-- Waits for the transactions writing these tables to end (mp_refresh_people's consistent point).
+CREATE FUNCTION identity_merge._wait_for_writers(tables regclass[]) RETURNS void
+LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE AS 'MODULE_PATHNAME', '_wait_for_writers_wrapper';
+
 -- What keeps the stamping trigger from working on a table, one row per problem (none when it
 -- can work): the columns it reads and writes must exist with types it handles. Ids (the
 -- distinct_id and canonical columns, "event", "$device_id", "$user_id") are text or varchar, the
@@ -129,18 +195,23 @@ RETURNS TABLE (code text, problem text, hint text)
 LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c record;
+    targs text[] := identity_merge._trigger_args(p_events);
 BEGIN
-    FOR c IN SELECT n.col, n.kind, n.required, a.atttypid, a.atttypmod, a.attgenerated, a.attnum IS NOT NULL AS present
+    -- The device and user id columns named at attach (the trigger's 4th and 5th arguments) are
+    -- required: one renamed or dropped would silently stop linking.
+    FOR c IN SELECT n.ord, n.col, n.kind, n.required, a.atttypid, a.atttypmod, a.attgenerated, a.attnum IS NOT NULL AS present
                FROM (VALUES (1, p_distinct, 'id', true), (2, p_canonical, 'stamp', true),
                             (3, 'event'::name, 'id', false), (4, 'properties'::name, 'json', false),
-                            (5, '$device_id'::name, 'id', false), (6, '$user_id'::name, 'id', false)) n(ord, col, kind, required)
+                            (5, coalesce(nullif(targs[4], ''), '$device_id')::name, 'id', coalesce(targs[4], '') <> ''),
+                            (6, coalesce(nullif(targs[5], ''), '$user_id')::name, 'id', coalesce(targs[5], '') <> '')) n(ord, col, kind, required)
                LEFT JOIN pg_attribute a ON a.attrelid = p_events AND a.attname = n.col AND a.attnum > 0 AND NOT a.attisdropped
               ORDER BY NOT n.required OR a.attnum IS NOT NULL, n.ord
     LOOP
         IF NOT c.present THEN
             IF c.required THEN
                 RETURN QUERY SELECT '42703'::text, format('column %s does not exist', quote_ident(c.col)),
-                    'Name the distinct_id and canonical columns: mp_attach(table, project, distinct_id_column, canonical_column).'::text;
+                    CASE WHEN c.ord <= 2 THEN 'Name the distinct_id and canonical columns: mp_attach(table, project, distinct_id_column, canonical_column).'
+                         ELSE 'It was named at attach as the device or user id column: re-attach with mp_attach naming the current device_id_column and user_id_column.' END;
             END IF;
             CONTINUE;
         END IF;
@@ -156,7 +227,7 @@ BEGIN
             RETURN QUERY SELECT '42804'::text, format('column %s is %s, shorter than the 255 characters a canonical id may have', quote_ident(c.col), format_type(c.atttypid, c.atttypmod)),
                 'Use text or varchar(255) or longer for the canonical column.'::text;
         END IF;
-        IF c.required AND c.attgenerated <> '' THEN
+        IF c.ord <= 2 AND c.attgenerated <> '' THEN
             RETURN QUERY SELECT '0A000'::text, format('column %s is a generated column', quote_ident(c.col)),
                 'The trigger writes the canonical column and reads the distinct_id before generated columns are computed: use plain columns.'::text;
         END IF;
@@ -187,7 +258,7 @@ CREATE FUNCTION mp_attach(events regclass, project text DEFAULT 'default',
                           create_index boolean DEFAULT true,
                           device_id_column name DEFAULT '',
                           user_id_column name DEFAULT '') RETURNS void
-LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     p identity_merge.projects;
     bad record;
@@ -195,10 +266,24 @@ DECLARE
     typ regtype;
     unsafe_triggers text;
 BEGIN
+    PERFORM identity_merge._no_nulls('mp_attach', '{events,project,distinct_id_column,canonical_column,create_index,device_id_column,user_id_column}',
+        ARRAY[events IS NULL, project IS NULL, distinct_id_column IS NULL, canonical_column IS NULL, create_index IS NULL,
+              device_id_column IS NULL, user_id_column IS NULL]);
     p := identity_merge._project(project);
     IF distinct_id_column = canonical_column THEN
         RAISE EXCEPTION 'the canonical column must differ from the distinct_id column (%)', quote_ident(distinct_id_column)
             USING ERRCODE = '22023', HINT = 'The trigger keeps the distinct_id as sent and writes the canonical id beside it.';
+    END IF;
+    -- Citus takes triggers on its tables only with citus.enable_unsafe_triggers on (for the DDL
+    -- alone): the trigger is this function's, so is the setting (docs/scaling.md).
+    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        unsafe_triggers := current_setting('citus.enable_unsafe_triggers', true);
+        PERFORM set_config('citus.enable_unsafe_triggers', 'on', true);
+    END IF;
+    -- The previous trigger goes first: the columns are checked as this call names them (a
+    -- refusal below rolls the drop back).
+    IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = events AND t.tgname = 'identity_merge_stamp') THEN
+        EXECUTE format('DROP TRIGGER identity_merge_stamp ON %s', events);
     END IF;
     SELECT * INTO bad FROM identity_merge._column_problems(events, distinct_id_column, canonical_column) LIMIT 1;
     IF FOUND THEN
@@ -218,15 +303,6 @@ BEGIN
                 USING ERRCODE = '42804', HINT = 'Ids are text; use a text or varchar column.';
         END IF;
     END LOOP;
-    -- Citus takes triggers on its tables only with citus.enable_unsafe_triggers on (for the DDL
-    -- alone): the trigger is this function's, so is the setting (docs/scaling.md).
-    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
-        unsafe_triggers := current_setting('citus.enable_unsafe_triggers', true);
-        PERFORM set_config('citus.enable_unsafe_triggers', 'on', true);
-    END IF;
-    IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = events AND t.tgname = 'identity_merge_stamp') THEN
-        EXECUTE format('DROP TRIGGER identity_merge_stamp ON %s', events);
-    END IF;
     -- UPDATE OF the distinct_id too (also INSERT ... ON CONFLICT DO UPDATE): a changed
     -- distinct_id gets its stamp, so no row keeps a stamp mp_restamp could not fix.
     EXECUTE format('CREATE TRIGGER identity_merge_stamp BEFORE INSERT OR UPDATE OF %I ON %s FOR EACH ROW '
@@ -246,10 +322,11 @@ BEGIN
 END $$;
 
 CREATE FUNCTION mp_detach(events regclass) RETURNS void
-LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     unsafe_triggers text;
 BEGIN
+    PERFORM identity_merge._no_nulls('mp_detach', '{events}', ARRAY[events IS NULL]);
     IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = events AND t.tgname = 'identity_merge_stamp') THEN
         IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
             unsafe_triggers := current_setting('citus.enable_unsafe_triggers', true);
@@ -267,13 +344,14 @@ END $$;
 -- mp_resolve(distinct_id). The cost follows the stale rows, the merges and the splits, not the
 -- table size (see below).
 CREATE FUNCTION mp_restamp(events regclass) RETURNS bigint
-LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a identity_merge.attachments;
     n bigint;
     coll text;
     bad record;
 BEGIN
+    PERFORM identity_merge._no_nulls('mp_restamp', '{events}', ARRAY[events IS NULL]);
     SELECT * INTO a FROM identity_merge.attachments x WHERE x.events = mp_restamp.events;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'table % is not attached to identity_merge', events USING ERRCODE = '55000',
@@ -290,6 +368,9 @@ BEGIN
         RAISE EXCEPTION 'cannot restamp %: %', events, bad.problem USING ERRCODE = '55000',
             HINT = 'Re-attach the table with mp_attach naming its current columns, or mp_detach it.';
     END IF;
+    -- One restamp of a table at a time (mp_restamp and mp_restamp_all's batches): two would
+    -- update the same stale rows in different orders and deadlock.
+    PERFORM pg_advisory_xact_lock(hashtextextended('identity_merge restamp ' || events::oid::text, 0));
     -- Compare in the canonical column's own collation so its index serves the lookups, and
     -- again bytewise ("C"): under a nondeterministic collation 'keep' would match 'KEEP'.
     SELECT format('%I.%I', cn.nspname, c.collname) INTO coll
@@ -300,40 +381,37 @@ BEGIN
     -- state (Citus would send the join to a worker, which has no such table): the stale ids
     -- are read first, and each row's id resolved by mp_resolve (this node's copy, read directly).
     IF identity_merge._distributed() AND NOT identity_merge._is_citus_table(events) THEN
-        EXECUTE format(
-            'UPDATE %1$s e SET %2$I = %5$I.mp_resolve(e.%4$I::text, $2) '
-            'WHERE e.%2$I OPERATOR(pg_catalog.=) ANY ($3::text[] COLLATE %3$s) '
-            '  AND (e.%2$I)::text COLLATE "C" OPERATOR(pg_catalog.=) ANY ($3) '
-            '  AND (e.%2$I)::text COLLATE "C" OPERATOR(pg_catalog.<>) %5$I.mp_resolve(e.%4$I::text, $2)',
+        -- Run as the table's owner (src/owner.rs): the values are literals of the statement.
+        RETURN identity_merge._exec_as_owner(events, format(
+            'UPDATE %1$s e SET %2$I = %5$I.mp_resolve(e.%4$I::text, %6$L) '
+            'WHERE e.%2$I OPERATOR(pg_catalog.=) ANY (%7$L::text[] COLLATE %3$s) '
+            '  AND (e.%2$I)::text COLLATE "C" OPERATOR(pg_catalog.=) ANY (%7$L::text[]) '
+            '  AND (e.%2$I)::text COLLATE "C" OPERATOR(pg_catalog.<>) %5$I.mp_resolve(e.%4$I::text, %6$L)',
             events, a.canonical_column, coll, a.distinct_id_column,
-            (SELECT n.nspname FROM pg_extension x JOIN pg_namespace n ON n.oid = x.extnamespace WHERE x.extname = 'identity_merge'))
-        USING a.project_id, (SELECT p.token FROM identity_merge.projects p WHERE p.project_id = a.project_id),
-              (SELECT array_agg(DISTINCT x.stale) FROM (
-                   SELECT l.absorbed_canonical AS stale FROM identity_merge.merge_log l WHERE l.project_id = a.project_id
-                   UNION ALL
-                   SELECT r.old_canonical FROM identity_merge.retractions r WHERE r.project_id = a.project_id) x);
-        GET DIAGNOSTICS n = ROW_COUNT;
-        RETURN n;
+            (SELECT n.nspname FROM pg_extension x JOIN pg_namespace n ON n.oid = x.extnamespace WHERE x.extname = 'identity_merge'),
+            (SELECT p.token FROM identity_merge.projects p WHERE p.project_id = a.project_id),
+            (SELECT array_agg(DISTINCT x.stale) FROM (
+                 SELECT l.absorbed_canonical AS stale FROM identity_merge.merge_log l WHERE l.project_id = a.project_id
+                 UNION ALL
+                 SELECT r.old_canonical FROM identity_merge.retractions r WHERE r.project_id = a.project_id) x)));
     END IF;
     -- A stale stamp is a canonical id that stopped being one: absorbed by a join
     -- (merge_log.absorbed_canonical), or the canonical of a cluster that was split
     -- (retractions.old_canonical), whose rows may now belong to other people. Each row stamped
     -- with one is set to what its own distinct_id resolves to now (one primary-key probe per
     -- row), found through the index on the canonical column: the cost follows the stale rows.
-    EXECUTE format(
+    RETURN identity_merge._exec_as_owner(events, format(
         'UPDATE %1$s e SET %2$I = coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
-        '    WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.distinct_id OPERATOR(pg_catalog.=) (e.%4$I::text COLLATE "C")), e.%4$I::text) '
+        '    WHERE i.project_id OPERATOR(pg_catalog.=) %5$s AND i.distinct_id OPERATOR(pg_catalog.=) (e.%4$I::text COLLATE "C")), e.%4$I::text) '
         'FROM (SELECT DISTINCT x.stale FROM ('
-        '        SELECT l.absorbed_canonical AS stale FROM identity_merge.merge_log l WHERE l.project_id OPERATOR(pg_catalog.=) $1 '
+        '        SELECT l.absorbed_canonical AS stale FROM identity_merge.merge_log l WHERE l.project_id OPERATOR(pg_catalog.=) %5$s '
         '        UNION ALL '
-        '        SELECT r.old_canonical FROM identity_merge.retractions r WHERE r.project_id OPERATOR(pg_catalog.=) $1) x) d '
+        '        SELECT r.old_canonical FROM identity_merge.retractions r WHERE r.project_id OPERATOR(pg_catalog.=) %5$s) x) d '
         'WHERE e.%2$I OPERATOR(pg_catalog.=) (d.stale COLLATE %3$s) '
         '  AND (e.%2$I)::text COLLATE "C" OPERATOR(pg_catalog.=) d.stale '
         '  AND (e.%2$I)::text COLLATE "C" OPERATOR(pg_catalog.<>) coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
-        '    WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.distinct_id OPERATOR(pg_catalog.=) (e.%4$I::text COLLATE "C")), e.%4$I::text)',
-        events, a.canonical_column, coll, a.distinct_id_column) USING a.project_id;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    RETURN n;
+        '    WHERE i.project_id OPERATOR(pg_catalog.=) %5$s AND i.distinct_id OPERATOR(pg_catalog.=) (e.%4$I::text COLLATE "C")), e.%4$I::text)',
+        events, a.canonical_column, coll, a.distinct_id_column, a.project_id));
 END $$;
 
 -- Stamps every row of an attached table, also rows loaded before it was attached (NULL stamps),
@@ -347,12 +425,24 @@ CREATE PROCEDURE mp_restamp_all(events regclass, batch_blocks integer DEFAULT 10
 LANGUAGE plpgsql AS $$
 DECLARE
     a identity_merge.attachments;
+    p identity_merge.projects;
     bad record;
     total bigint;
     b bigint;
     n bigint;
     done bigint;
+    filenode oid;
+    saved record;
+    targs text[];
+    device text;
+    usr text;
+    fill text := '';
+    stamp text;
 BEGIN
+    IF events IS NULL THEN
+        RAISE EXCEPTION 'mp_restamp_all: argument events is NULL' USING ERRCODE = '22004',
+            HINT = 'Name an attached event table.';
+    END IF;
     IF batch_blocks IS NULL OR batch_blocks < 1 THEN
         RAISE EXCEPTION 'invalid batch_blocks: %', coalesce(batch_blocks::pg_catalog.text, 'NULL') USING ERRCODE = '22023',
             HINT = 'A positive number of heap blocks per batch (1000 blocks are about 8 MB).';
@@ -362,58 +452,97 @@ BEGIN
         RAISE EXCEPTION 'table % is not attached to identity_merge', events USING ERRCODE = '55000',
             HINT = 'Attach it with mp_attach first.';
     END IF;
-    IF (SELECT p.mode FROM identity_merge.projects p WHERE p.project_id = a.project_id) = 'legacy' THEN
-        RAISE NOTICE 'table % belongs to a legacy project: its stamps are final (aliases are not retroactive); nothing to restamp', events;
-        RETURN;
-    END IF;
+    SELECT * INTO p FROM identity_merge.projects x WHERE x.project_id = a.project_id;
     SELECT * INTO bad FROM identity_merge._column_problems(events, a.distinct_id_column, a.canonical_column) x
      WHERE x.code IN ('42703', '42804') LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'cannot restamp %: %', events, bad.problem USING ERRCODE = '55000',
             HINT = 'Re-attach the table with mp_attach naming its current columns, or mp_detach it.';
     END IF;
+    -- Rows loaded before mp_attach into a Simplified project's table may have no distinct_id:
+    -- each gets the one the trigger would have given it (identity_merge._row_distinct_id, the
+    -- trigger's rule), and the trigger (UPDATE OF the distinct_id) stamps it.
+    IF p.mode = 'simplified' THEN
+        targs := identity_merge._trigger_args(events);
+        device := coalesce(nullif(targs[4], ''), '$device_id');
+        usr := coalesce(nullif(targs[5], ''), '$user_id');
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute t WHERE t.attrelid = events AND t.attname = device AND t.attnum > 0 AND NOT t.attisdropped) THEN
+            device := NULL;
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute t WHERE t.attrelid = events AND t.attname = usr AND t.attnum > 0 AND NOT t.attisdropped) THEN
+            usr := NULL;
+        END IF;
+        IF device IS NOT NULL OR usr IS NOT NULL THEN
+            fill := pg_catalog.format(
+                'UPDATE %1$s e SET %2$I = identity_merge._row_distinct_id(%3$L, %4$s, %5$s) '
+                'WHERE e.%2$I IS NULL AND identity_merge._row_distinct_id(%3$L, %4$s, %5$s) IS NOT NULL',
+                events, a.distinct_id_column, p.token,
+                CASE WHEN device IS NULL THEN 'NULL' ELSE pg_catalog.format('e.%I::pg_catalog.text', device) END,
+                CASE WHEN usr IS NULL THEN 'NULL' ELSE pg_catalog.format('e.%I::pg_catalog.text', usr) END);
+        END IF;
+    END IF;
+    -- Legacy aliases are not retroactive (Mixpanel's pre-ID-Merge rule): a stamp is final, but a
+    -- row that has none yet (loaded before mp_attach) gets its first one.
+    stamp := pg_catalog.format(
+        'UPDATE %1$s e SET %2$I = coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
+        '    WHERE i.project_id OPERATOR(pg_catalog.=) %4$s AND i.distinct_id OPERATOR(pg_catalog.=) (e.%3$I::pg_catalog.text COLLATE "C")), e.%3$I::pg_catalog.text) '
+        'WHERE %5$s',
+        events, a.canonical_column, a.distinct_id_column, a.project_id,
+        CASE WHEN p.mode = 'legacy' THEN pg_catalog.format('e.%I IS NULL AND e.%I IS NOT NULL', a.canonical_column, a.distinct_id_column)
+             ELSE pg_catalog.format('(e.%1$I)::pg_catalog.text COLLATE "C" IS DISTINCT FROM coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
+                  '    WHERE i.project_id OPERATOR(pg_catalog.=) %3$s AND i.distinct_id OPERATOR(pg_catalog.=) (e.%2$I::pg_catalog.text COLLATE "C")), e.%2$I::pg_catalog.text)',
+                  a.canonical_column, a.distinct_id_column, a.project_id) END);
     -- A Citus table is an empty shell whose rows are in its shards, where a TID range finds
     -- nothing (since 0.1.8): every row is stamped by one UPDATE, which Citus runs on each shard,
     -- beside that node's copy of the identity state.
     IF identity_merge._is_citus_table(events) THEN
-        EXECUTE pg_catalog.format(
-            'UPDATE %1$s e SET %2$I = coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
-            '    WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.distinct_id OPERATOR(pg_catalog.=) (e.%3$I::pg_catalog.text COLLATE "C")), e.%3$I::pg_catalog.text) '
-            'WHERE (e.%2$I)::pg_catalog.text COLLATE "C" IS DISTINCT FROM coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
-            '    WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.distinct_id OPERATOR(pg_catalog.=) (e.%3$I::pg_catalog.text COLLATE "C")), e.%3$I::pg_catalog.text)',
-            events, a.canonical_column, a.distinct_id_column) USING a.project_id;
-        GET DIAGNOSTICS n = ROW_COUNT;
+        n := 0;
+        IF fill <> '' THEN
+            n := identity_merge._exec_as_owner(events, fill);
+        END IF;
+        n := n + identity_merge._exec_as_owner(events, stamp);
         RAISE NOTICE 'restamp of % (a Citus table, one UPDATE over its shards): % rows changed', events, n;
         RETURN;
     END IF;
     total := pg_catalog.pg_relation_size(events) / pg_catalog.current_setting('block_size')::pg_catalog.int8;
-    INSERT INTO identity_merge.restamp_progress AS p (events, next_block, blocks)
-    VALUES (mp_restamp_all.events, 0, total)
+    filenode := pg_catalog.pg_relation_filenode(events);
+    -- Saved progress is of one physical table and one attachment: after a TRUNCATE, a rewrite
+    -- (VACUUM FULL, CLUSTER, ALTER TABLE ... TYPE) or a detach and attach it means nothing, and
+    -- the run starts over.
+    SELECT * INTO saved FROM identity_merge.restamp_progress r WHERE r.events = mp_restamp_all.events;
+    IF FOUND AND (saved.filenode IS DISTINCT FROM filenode OR saved.attached_at IS DISTINCT FROM a.attached_at) THEN
+        RAISE NOTICE 'the saved progress of % is of an earlier table (truncated, rewritten or attached again since): starting over', events;
+        DELETE FROM identity_merge.restamp_progress r WHERE r.events = mp_restamp_all.events;
+    END IF;
+    INSERT INTO identity_merge.restamp_progress AS r (events, next_block, blocks, filenode, attached_at)
+    VALUES (mp_restamp_all.events, 0, total, filenode, a.attached_at)
     ON CONFLICT ON CONSTRAINT restamp_progress_pkey
-    DO UPDATE SET blocks = greatest(p.blocks, EXCLUDED.blocks), updated_at = pg_catalog.now();
-    SELECT p.next_block, p.rows_done INTO b, done FROM identity_merge.restamp_progress p WHERE p.events = mp_restamp_all.events;
+    DO UPDATE SET blocks = greatest(r.blocks, EXCLUDED.blocks), updated_at = pg_catalog.now();
+    SELECT r.next_block, r.rows_done INTO b, done FROM identity_merge.restamp_progress r WHERE r.events = mp_restamp_all.events;
     IF b > 0 THEN
         RAISE NOTICE 'resuming the restamp of % at block % of %', events, b, total;
     END IF;
     COMMIT;
     WHILE b < total LOOP
-        EXECUTE pg_catalog.format(
-            'UPDATE %1$s e SET %2$I = coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
-            '    WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.distinct_id OPERATOR(pg_catalog.=) (e.%3$I::pg_catalog.text COLLATE "C")), e.%3$I::pg_catalog.text) '
-            'WHERE e.ctid OPERATOR(pg_catalog.>=) pg_catalog.format(''(%%s,0)'', $2)::pg_catalog.tid '
-            '  AND e.ctid OPERATOR(pg_catalog.<) pg_catalog.format(''(%%s,0)'', $3)::pg_catalog.tid '
-            '  AND (e.%2$I)::pg_catalog.text COLLATE "C" IS DISTINCT FROM coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
-            '    WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.distinct_id OPERATOR(pg_catalog.=) (e.%3$I::pg_catalog.text COLLATE "C")), e.%3$I::pg_catalog.text)',
-            events, a.canonical_column, a.distinct_id_column) USING a.project_id, b, b + batch_blocks;
-        GET DIAGNOSTICS n = ROW_COUNT;
+        -- One restamp of the table at a time (see mp_restamp).
+        PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('identity_merge restamp ' OPERATOR(pg_catalog.||) events::pg_catalog.oid::pg_catalog.text, 0));
+        n := 0;
+        IF fill <> '' THEN
+            n := identity_merge._exec_as_owner(events, pg_catalog.format(
+                '%s AND e.ctid OPERATOR(pg_catalog.>=) ''(%s,0)''::pg_catalog.tid AND e.ctid OPERATOR(pg_catalog.<) ''(%s,0)''::pg_catalog.tid',
+                fill, b, b + batch_blocks));
+        END IF;
+        n := n + identity_merge._exec_as_owner(events, pg_catalog.format(
+            '%s AND e.ctid OPERATOR(pg_catalog.>=) ''(%s,0)''::pg_catalog.tid AND e.ctid OPERATOR(pg_catalog.<) ''(%s,0)''::pg_catalog.tid',
+            stamp, b, b + batch_blocks));
         b := b + batch_blocks;
         done := done + n;
-        UPDATE identity_merge.restamp_progress p SET next_block = b, rows_done = done, updated_at = pg_catalog.now()
-         WHERE p.events = mp_restamp_all.events;
+        UPDATE identity_merge.restamp_progress r SET next_block = b, rows_done = done, updated_at = pg_catalog.now()
+         WHERE r.events = mp_restamp_all.events;
         RAISE NOTICE 'restamp of %: blocks % of % done, % rows changed', events, least(b, total), total, done;
         COMMIT;
     END LOOP;
-    DELETE FROM identity_merge.restamp_progress p WHERE p.events = mp_restamp_all.events;
+    DELETE FROM identity_merge.restamp_progress r WHERE r.events = mp_restamp_all.events;
     COMMIT;
 END $$;
 
@@ -487,14 +616,12 @@ DECLARE
     a identity_merge.attachments;
     p identity_merge.projects;
     args text[];
-    rest bytea;
-    k integer;
+    bad record;
     ord name;
+    typ oid;
     device name;
     usr name;
     src text;
-    s text := (SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
-                WHERE e.extname = 'identity_merge');
 BEGIN
     IF events IS NULL THEN
         RAISE EXCEPTION 'events is NULL' USING ERRCODE = '22004', HINT = 'Name an attached event table.';
@@ -505,31 +632,45 @@ BEGIN
             HINT = 'Attach it with mp_attach (which names its project), or pass Segment''s identifies and aliases tables with a project.';
     END IF;
     SELECT * INTO p FROM identity_merge.projects x WHERE x.project_id = a.project_id;
+    -- The columns are checked again now (a table's owner may have changed them since attach):
+    -- the history is read only from columns of the built-in types the trigger reads.
+    SELECT * INTO bad FROM identity_merge._column_problems(events, a.distinct_id_column, a.canonical_column) LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'cannot read the history of %: %', events, bad.problem USING ERRCODE = bad.code, HINT = bad.hint;
+    END IF;
     ord := coalesce(order_by, (SELECT u.c FROM unnest(ARRAY['time', 'timestamp', 'received_at', 'created_at']::name[]) WITH ORDINALITY u(c, i)
                                 WHERE EXISTS (SELECT 1 FROM pg_attribute t WHERE t.attrelid = events AND t.attname = u.c
                                                 AND t.attnum > 0 AND NOT t.attisdropped)
                                 ORDER BY u.i LIMIT 1));
-    IF ord IS NULL OR NOT EXISTS (SELECT 1 FROM pg_attribute t WHERE t.attrelid = events AND t.attname = ord
-                                    AND t.attnum > 0 AND NOT t.attisdropped) THEN
+    SELECT t.atttypid INTO typ FROM pg_attribute t WHERE t.attrelid = events AND t.attname = ord AND t.attnum > 0 AND NOT t.attisdropped;
+    IF ord IS NULL OR typ IS NULL THEN
         RAISE EXCEPTION 'no column gives % a time order: %', events,
               coalesce(quote_ident(order_by), 'none of time, timestamp, received_at, created_at')
             USING ERRCODE = '42703', HINT = 'Pass order_by => the column holding each event''s time.';
     END IF;
+    IF typ >= 16384 THEN
+        RAISE EXCEPTION 'cannot order the history of % by column %: its type % is not a built-in type', events, quote_ident(ord), typ::regtype
+            USING ERRCODE = '42804', HINT = 'Order by a timestamp, date, number or text column.';
+    END IF;
     IF p.mode = 'simplified' THEN
         -- The device and user id columns the stamping trigger reads (its 4th and 5th arguments).
-        SELECT t.tgargs INTO rest FROM pg_trigger t WHERE t.tgrelid = events AND t.tgname = 'identity_merge_stamp';
-        args := '{}';
-        LOOP
-            k := position('\x00'::bytea IN rest);
-            EXIT WHEN k IS NULL OR k = 0;
-            args := args || convert_from(substring(rest FROM 1 FOR k - 1), getdatabaseencoding());
-            rest := substring(rest FROM k + 1);
-        END LOOP;
+        args := identity_merge._trigger_args(events);
         device := coalesce(nullif(args[4], ''), '$device_id');
         usr := coalesce(nullif(args[5], ''), '$user_id');
+        IF (SELECT count(*) FROM pg_attribute t WHERE t.attrelid = events AND t.attname IN (device, usr)
+               AND t.attnum > 0 AND NOT t.attisdropped) < 2 THEN
+            RAISE EXCEPTION 'cannot read the history of %: it has no column % or %', events, quote_ident(device), quote_ident(usr)
+                USING ERRCODE = '42703',
+                      HINT = 'A Simplified project''s history is the rows carrying both a device id and a user id: attach the table with device_id_column and user_id_column.';
+        END IF;
         src := format('SELECT ''link'', %1$I::text, %2$I::text FROM %3$s WHERE %1$I IS NOT NULL AND %2$I IS NOT NULL ORDER BY %4$I',
                       usr, device, events, ord);
     ELSE
+        IF (SELECT count(*) FROM pg_attribute t WHERE t.attrelid = events AND t.attname IN ('event', 'properties')
+               AND t.attnum > 0 AND NOT t.attisdropped) < 2 THEN
+            RAISE EXCEPTION 'cannot read the history of %: it has no column event or properties', events USING ERRCODE = '42703',
+                HINT = 'The identity events of an Original or Legacy project are rows with an event name and properties.';
+        END IF;
         src := format('SELECT CASE event WHEN ''$identify'' THEN ''identify'' WHEN ''$create_alias'' THEN ''alias'' ELSE ''merge'' END, '
                       '  CASE event WHEN ''$identify'' THEN properties::jsonb->>''$identified_id'' '
                       '             WHEN ''$create_alias'' THEN properties::jsonb->>''alias'' '
@@ -541,7 +682,8 @@ BEGIN
                       events, ord,
                       CASE p.mode WHEN 'legacy' THEN '{$create_alias}' ELSE '{$identify,$create_alias,$merge}' END);
     END IF;
-    RETURN QUERY EXECUTE format('SELECT * FROM %I.mp_backfill($1, $2)', s) USING src, p.token;
+    -- Read as the table's owner (src/owner.rs): its policies and types are its owner's code.
+    RETURN QUERY SELECT * FROM identity_merge._backfill_from_table(src, p.token, events);
 END $$;
 
 -- The same from Segment / RudderStack warehouse tables: identifies (anonymous_id, user_id) and
@@ -553,10 +695,42 @@ LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp 
 DECLARE
     p identity_merge.projects;
     parts text[] := '{}';
-    s text := (SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
-                WHERE e.extname = 'identity_merge');
+    t regclass;
+    col name;
+    typ oid;
+    owners oid[];
 BEGIN
+    PERFORM identity_merge._no_nulls('mp_backfill_from', '{project,order_by}', ARRAY[project IS NULL, order_by IS NULL]);
     p := identity_merge._project(project);
+    IF identifies IS NULL AND aliases IS NULL THEN
+        RAISE EXCEPTION 'no table to read' USING ERRCODE = '22004', HINT = 'Pass Segment''s identifies table, its aliases table, or both.';
+    END IF;
+    -- Every column read must exist with a built-in type (ids text or varchar): a column of a
+    -- type its owner made would run its owner's code.
+    FOR t, col IN SELECT x.t, x.c FROM (VALUES (identifies, 'user_id'::name), (identifies, 'anonymous_id'), (identifies, order_by),
+                                               (aliases, 'user_id'), (aliases, 'previous_id'), (aliases, order_by)) x(t, c)
+                   WHERE x.t IS NOT NULL LOOP
+        SELECT a.atttypid INTO typ FROM pg_attribute a WHERE a.attrelid = t AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'table % has no column %', t, quote_ident(col) USING ERRCODE = '42703',
+                HINT = CASE WHEN col = order_by THEN 'Pass order_by => the column holding each call''s time (Segment''s is timestamp).'
+                            ELSE 'Segment''s identifies table has user_id and anonymous_id, its aliases table user_id and previous_id.' END;
+        END IF;
+        IF col <> order_by AND typ NOT IN ('text'::regtype, 'character varying'::regtype) THEN
+            RAISE EXCEPTION 'column % of % is of type %, not text', quote_ident(col), t, typ::regtype USING ERRCODE = '42804',
+                HINT = 'Ids are text; use a text or varchar column.';
+        END IF;
+        IF typ >= 16384 THEN
+            RAISE EXCEPTION 'cannot order the history of % by column %: its type % is not a built-in type', t, quote_ident(col), typ::regtype
+                USING ERRCODE = '42804', HINT = 'Order by a timestamp, date, number or text column.';
+        END IF;
+    END LOOP;
+    -- Both tables are read in one query, as their owner (src/owner.rs): one owner.
+    owners := ARRAY(SELECT DISTINCT c.relowner FROM pg_class c WHERE c.oid IN (identifies, aliases));
+    IF cardinality(owners) > 1 THEN
+        RAISE EXCEPTION 'tables % and % have different owners', identifies, aliases USING ERRCODE = '42501',
+            HINT = 'The history is read as the tables'' owner: give both tables the same owner.';
+    END IF;
     IF identifies IS NOT NULL THEN
         parts := parts || format('SELECT %1$L::text AS op, user_id::text AS a, anonymous_id::text AS b, %3$I AS t FROM %2$s '
                                  'WHERE user_id IS NOT NULL AND anonymous_id IS NOT NULL',
@@ -567,11 +741,8 @@ BEGIN
                                  'WHERE user_id IS NOT NULL AND previous_id IS NOT NULL',
                                  CASE p.mode WHEN 'simplified' THEN 'link' ELSE 'alias' END, aliases, order_by);
     END IF;
-    IF cardinality(parts) = 0 THEN
-        RAISE EXCEPTION 'no table to read' USING ERRCODE = '22004', HINT = 'Pass Segment''s identifies table, its aliases table, or both.';
-    END IF;
-    RETURN QUERY EXECUTE format('SELECT * FROM %I.mp_backfill($1, $2)', s)
-        USING format('SELECT op, a, b FROM (%s) h ORDER BY t', array_to_string(parts, ' UNION ALL ')), p.token;
+    RETURN QUERY SELECT * FROM identity_merge._backfill_from_table(
+        format('SELECT op, a, b FROM (%s) h ORDER BY t', array_to_string(parts, ' UNION ALL ')), p.token, coalesce(identifies, aliases));
 END $$;
 
 -- Brings identity_merge.people up to date for one project: recomputes the profile of every person
@@ -596,10 +767,28 @@ BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('identity_merge people ' || p.project_id));
     INSERT INTO identity_merge.people_refreshed (project_id) VALUES (p.project_id) ON CONFLICT DO NOTHING;
     SELECT * INTO w FROM identity_merge.people_refreshed x WHERE x.project_id = p.project_id;
-    SELECT (SELECT coalesce(max(seq), 0) FROM identity_merge.merge_log WHERE project_id = p.project_id) AS merge_seq,
-           (SELECT coalesce(max(retraction_id), 0) FROM identity_merge.retractions WHERE project_id = p.project_id) AS retraction_id,
-           (SELECT coalesce(max(update_id), 0) FROM identity_merge.profile_updates WHERE project_id = p.project_id) AS update_id
-      INTO top;
+    IF identity_merge._distributed() THEN
+        -- On Citus the ids come from the coordinator in write order (sql/scaling.sql).
+        SELECT (SELECT coalesce(max(seq), 0) FROM identity_merge.merge_log WHERE project_id = p.project_id) AS merge_seq,
+               (SELECT coalesce(max(retraction_id), 0) FROM identity_merge.retractions WHERE project_id = p.project_id) AS retraction_id,
+               (SELECT coalesce(max(update_id), 0) FROM identity_merge.profile_updates WHERE project_id = p.project_id) AS update_id
+          INTO top;
+    ELSE
+        -- Ids are handed out at insert, not at commit: the highest id read could be followed by a
+        -- lower one committed later. So: the ids handed out so far (the sequences), then a wait
+        -- for every transaction writing these tables; each row with an id up to those is then
+        -- committed, and seen by the statements below, or gone.
+        IF current_setting('transaction_isolation') <> 'read committed' THEN
+            RAISE EXCEPTION 'mp_refresh_people needs READ COMMITTED, not %', current_setting('transaction_isolation')
+                USING ERRCODE = '0A000', HINT = 'Call it in its own transaction: it must see what commits while it waits.';
+        END IF;
+        SELECT (SELECT CASE WHEN q.is_called THEN q.last_value ELSE q.last_value - 1 END FROM identity_merge.merge_log_seq_seq q) AS merge_seq,
+               (SELECT CASE WHEN q.is_called THEN q.last_value ELSE q.last_value - 1 END FROM identity_merge.retractions_retraction_id_seq q) AS retraction_id,
+               (SELECT CASE WHEN q.is_called THEN q.last_value ELSE q.last_value - 1 END FROM identity_merge.profile_updates_update_id_seq q) AS update_id
+          INTO top;
+        PERFORM identity_merge._wait_for_writers(ARRAY['identity_merge.merge_log', 'identity_merge.retractions',
+                                                       'identity_merge.profile_updates']::regclass[]);
+    END IF;
     -- Every id whose person may have changed: both sides of new joins, the ids of retracted
     -- joins and the split clusters' old canonicals, the ids that received updates. (An array,
     -- not a temporary table: on Citus a temporary table cannot meet the replicated ones.)
@@ -692,6 +881,9 @@ DECLARE
     a identity_merge.attachments;
     bad record;
     broken boolean;
+    targs text[];
+    fillable text;
+    token text := (identity_merge._project(project)).token;
 BEGIN
     RETURN QUERY
     SELECT 'id_without_cluster', format('id %s points at canonical %s, which has no cluster', i.distinct_id, i.canonical_id)
@@ -755,6 +947,32 @@ BEGIN
             RETURN NEXT;
             CONTINUE;
         END IF;
+        -- Row-level security policies are the table owner's code and run as whoever reads the
+        -- table: only the owner (or a role that may act as it) has its stamps checked.
+        IF EXISTS (SELECT 1 FROM pg_partition_tree(a.events) pt JOIN pg_class c ON c.oid = pt.relid
+                    WHERE c.relrowsecurity)
+           AND NOT pg_has_role((SELECT c.relowner FROM pg_class c WHERE c.oid = a.events), 'MEMBER') THEN
+            check_name := 'stamps_not_checked';
+            detail := format('table %s: its stamps were not checked, it has row-level security and role %s is not its owner %s',
+                             a.events, current_user, (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = a.events));
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        -- Rows without a stamp that the trigger would have stamped (loaded before mp_attach, or
+        -- with the trigger disabled): CALL mp_restamp_all stamps them.
+        fillable := '';
+        IF NOT legacy AND (SELECT x.mode FROM identity_merge.projects x WHERE x.project_id = pid) = 'simplified' THEN
+            targs := identity_merge._trigger_args(a.events);
+            SELECT format(' OR identity_merge._row_distinct_id(%L, %s, %s) IS NOT NULL', token,
+                          coalesce(max(format('e.%I::text', t.attname)) FILTER (WHERE t.attname = coalesce(nullif(targs[4], ''), '$device_id')), 'NULL'),
+                          coalesce(max(format('e.%I::text', t.attname)) FILTER (WHERE t.attname = coalesce(nullif(targs[5], ''), '$user_id')), 'NULL'))
+              INTO fillable
+              FROM pg_attribute t WHERE t.attrelid = a.events AND t.attnum > 0 AND NOT t.attisdropped;
+        END IF;
+        RETURN QUERY EXECUTE format(
+            'SELECT ''unstamped_rows''::text, format(''table %%s: %%s rows have no stamp (loaded before mp_attach, or with its trigger disabled): CALL mp_restamp_all(%%L)'', %1$L, c.n, %1$L) '
+            'FROM (SELECT count(*) AS n FROM %1$s e WHERE e.%3$I IS NULL AND (e.%2$I IS NOT NULL%4$s)) c WHERE c.n > 0',
+            a.events, a.distinct_id_column, a.canonical_column, fillable);
         IF legacy THEN
             -- Legacy stamps are final: right when the row's own id (stored before its alias) or
             -- the person it maps to (an original never stops being canonical).
@@ -828,11 +1046,12 @@ END $$;
 
 -- Rights to read: resolve ids, list clusters, read settings and the state tables, run mp_check.
 CREATE FUNCTION mp_grant_reader(role regrole) RETURNS void
-LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE s text := (SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
                     WHERE e.extname = 'identity_merge');
         propagation text := identity_merge._grant_on_workers('mp_grant_reader', role);
 BEGIN
+    PERFORM identity_merge._no_nulls('mp_grant_reader', '{role}', ARRAY[role IS NULL]);
     EXECUTE format('GRANT USAGE ON SCHEMA identity_merge TO %s', role);
     EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA identity_merge TO %s', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION %1$I.mp_resolve(text, text), %1$I.mp_cluster(text, text), '
@@ -847,11 +1066,12 @@ END $$;
 -- Rights to change identities through the functions (never the tables directly), to feed the
 -- JSON API, and to attach event tables the role owns.
 CREATE FUNCTION mp_grant_writer(role regrole) RETURNS void
-LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE s text := (SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
                     WHERE e.extname = 'identity_merge');
         propagation text := identity_merge._grant_on_workers('mp_grant_writer', role);
 BEGIN
+    PERFORM identity_merge._no_nulls('mp_grant_writer', '{role}', ARRAY[role IS NULL]);
     EXECUTE format('SELECT %I.mp_grant_reader(%L::regrole)', s, role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION %1$I.mp_identify(text, text, text), %1$I.mp_alias(text, text, text), '
                    '%1$I.mp_merge(text, text, text), %1$I.mp_merge(text[], text), '
@@ -950,5 +1170,10 @@ BEGIN
 END $$;
 -- Catalog reads only (see its definition): every role may run it.
 GRANT EXECUTE ON FUNCTION identity_merge._column_problems(regclass, name, name) TO PUBLIC;
+-- Argument checks, the trigger's arguments and its rule for a row's missing distinct_id: no
+-- rights of their own. _exec_as_owner runs a statement as a table's owner only for a caller
+-- who may act as that owner (src/owner.rs), so it gives no role a right it did not have.
+GRANT EXECUTE ON FUNCTION identity_merge._no_nulls(text, text[], boolean[]), identity_merge._trigger_args(regclass),
+    identity_merge._row_distinct_id(text, text, text), identity_merge._exec_as_owner(regclass, text) TO PUBLIC;
 -- Catalog reads only: where the identity state is (mp_check asks, as any role).
 GRANT EXECUTE ON FUNCTION identity_merge._distributed(), identity_merge._on_coordinator(), identity_merge._is_citus_table(regclass) TO PUBLIC;

@@ -141,7 +141,11 @@ CREATE TABLE identity_merge.restamp_progress (
     blocks      bigint NOT NULL,
     rows_done   bigint NOT NULL DEFAULT 0,
     started_at  timestamptz NOT NULL DEFAULT now(),
-    updated_at  timestamptz NOT NULL DEFAULT now()
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    -- Which physical table and which attachment the progress is of (since 0.1.13): a TRUNCATE,
+    -- a rewrite or a new attach makes it void.
+    filenode    oid,
+    attached_at timestamptz
 );
 COMMENT ON TABLE identity_merge.restamp_progress IS 'Progress of CALL mp_restamp_all runs (a row while one runs or was interrupted)';
 

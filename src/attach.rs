@@ -17,11 +17,11 @@ fn caller_owns(relid: pg_sys::Oid) -> bool {
     // SAFETY: plain catalog checks on this backend; the relation's existence is checked by
     // the caller (an unknown oid raises 42P01 inside, never reads freed memory).
     unsafe {
-        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+        #[cfg(feature = "pg15")]
         {
             pg_sys::pg_class_ownercheck(relid, pg_sys::GetUserId())
         }
-        #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+        #[cfg(not(feature = "pg15"))]
         {
             pg_sys::object_ownercheck(pg_sys::RelationRelationId, relid, pg_sys::GetUserId())
         }

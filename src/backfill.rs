@@ -28,16 +28,24 @@ struct Refusal {
 }
 
 /// Runs `sql` through a cursor and hands every row to `f`, freeing each fetched batch (a history
-/// may hold millions of rows).
+/// may hold millions of rows). With `reader` (a user's table, for mp_backfill_from), the cursor
+/// is opened and every batch fetched as that table's owner (src/owner.rs); `f` runs as the caller.
 fn for_each_row(
     c: &pgrx::spi::SpiClient<'_>,
     sql: &str,
     args: &[pgrx::datum::DatumWithOid],
+    reader: Option<pg_sys::Oid>,
     mut f: impl FnMut(pgrx::spi::SpiHeapTupleData<'_>),
 ) -> Result<(), pgrx::spi::SpiError> {
-    let mut cursor = c.try_open_cursor(sql, args)?;
+    fn as_reader<R>(reader: Option<pg_sys::Oid>, f: impl FnOnce() -> R) -> R {
+        match reader {
+            Some(rel) => crate::owner::as_table_owner(rel, "mp_backfill_from", f),
+            None => f(),
+        }
+    }
+    let mut cursor = as_reader(reader, || c.try_open_cursor(sql, args))?;
     loop {
-        let rows = cursor.fetch(FETCH)?;
+        let rows = as_reader(reader, || cursor.fetch(FETCH))?;
         if rows.is_empty() {
             return Ok(());
         }
@@ -95,6 +103,7 @@ fn load_graph(c: &pgrx::spi::SpiClient<'_>, pid: i32) -> Graph {
         "SELECT canonical_id::text, size, identified FROM identity_merge.clusters \
          WHERE project_id OPERATOR(pg_catalog.=) $1",
         &[pid.into()],
+        None,
         |r| {
             let canonical: String = r
                 .get(1)
@@ -119,6 +128,7 @@ fn load_graph(c: &pgrx::spi::SpiClient<'_>, pid: i32) -> Graph {
         "SELECT distinct_id::text, canonical_id::text FROM identity_merge.identities \
          WHERE project_id OPERATOR(pg_catalog.=) $1",
         &[pid.into()],
+        None,
         |r| {
             let id: String = r
                 .get(1)
@@ -344,7 +354,8 @@ pub(crate) fn write_clusters(c: &mut pgrx::spi::SpiClient<'_>, pid: i32, graph: 
     );
     for (sql, roots) in [(upsert.as_str(), stored), (insert, new)] {
         for chunk in roots.chunks(CHUNK) {
-            let facts: Vec<(&str, i64, bool)> = chunk.iter().map(|&r| graph.root_facts(r)).collect();
+            let facts: Vec<(&str, i64, bool)> =
+                chunk.iter().map(|&r| graph.root_facts(r)).collect();
             let canon: Vec<Option<String>> =
                 facts.iter().map(|(c, _, _)| Some(c.to_string())).collect();
             let sizes: Vec<Option<i32>> = facts.iter().map(|(_, s, _)| Some(*s as i32)).collect();
@@ -359,8 +370,8 @@ pub(crate) fn write_clusters(c: &mut pgrx::spi::SpiClient<'_>, pid: i32, graph: 
 
 #[pg_extern(volatile, parallel_unsafe)]
 fn mp_backfill(
-    source: &str,
-    project: default!(&str, "'default'"),
+    source: Option<&str>,
+    project: default!(Option<&str>, "'default'"),
 ) -> TableIterator<
     'static,
     (
@@ -371,6 +382,58 @@ fn mp_backfill(
         name!(clusters_written, i64),
     ),
 > {
+    let null = |argument| {
+        raise(IdentityError::NullArgument {
+            function: "mp_backfill",
+            argument,
+        })
+    };
+    let source = source.unwrap_or_else(|| null("source"));
+    backfill(source, project.unwrap_or_else(|| null("project")), None)
+}
+
+/// `identity_merge._backfill_from_table(source text, project text, events regclass)`, declared
+/// in sql/api.sql: mp_backfill_from's history query, read as the owner of `events`.
+#[pg_extern(sql = false)]
+fn _backfill_from_table(
+    source: &str,
+    project: &str,
+    events: pg_sys::Oid,
+) -> TableIterator<
+    'static,
+    (
+        name!(events, i64),
+        name!(joins, i64),
+        name!(refused, i64),
+        name!(ids_written, i64),
+        name!(clusters_written, i64),
+    ),
+> {
+    backfill(source, project, Some(events))
+}
+
+/// mp_backfill's work, reading the history as the owner of `reader` when given.
+fn backfill(
+    source: &str,
+    project: &str,
+    reader: Option<pg_sys::Oid>,
+) -> TableIterator<
+    'static,
+    (
+        name!(events, i64),
+        name!(joins, i64),
+        name!(refused, i64),
+        name!(ids_written, i64),
+        name!(clusters_written, i64),
+    ),
+> {
+    if source.trim().is_empty() {
+        raise(IdentityError::InvalidArgument {
+            what: "backfill source query",
+            value: source.to_string(),
+            hint: "Pass a query returning (operation text, id_a text, id_b text) in time order, e.g. SELECT op, a, b FROM history ORDER BY t.",
+        });
+    }
     let distributed = crate::citus::distributed();
     if distributed {
         // Bulk writes to the replicated tables go to every node at once, which Citus refuses in
@@ -408,7 +471,7 @@ fn mp_backfill(
         let mut graph = load_graph(c, pid);
 
         // The history, in the order the query gives.
-        for_each_row(c, source, &[], |r| {
+        for_each_row(c, source, &[], reader, |r| {
             if r.columns() < 3 {
                 raise(IdentityError::InvalidArgument {
                     what: "backfill source query",
@@ -420,10 +483,14 @@ fn mp_backfill(
             // Each column is read as text only when it is text (pgrx checks the type): another
             // type is the caller's mistake, named, not a value read as something it is not.
             let text = |n: usize| -> Option<String> {
-                r.get::<String>(n).unwrap_or_else(|e| {
+                r.get::<String>(n).unwrap_or_else(|_| {
+                    let found = r
+                        .get_datum_by_ordinal(n)
+                        .map(|d| crate::pg::type_name(d.oid()))
+                        .unwrap_or_else(|_| "unknown".into());
                     raise(IdentityError::InvalidArgument {
                         what: "backfill source query",
-                        value: format!("{source} (column {n}: {e})"),
+                        value: format!("column {n} is of type {found}, not text"),
                         hint: "Its three columns (operation, id_a, id_b) must be text: cast them with ::text.",
                     })
                 })
@@ -525,7 +592,7 @@ fn mp_backfill(
         .unwrap_or_else(|e| {
             raise(IdentityError::InvalidArgument {
                 what: "backfill source query",
-                value: format!("{source} ({e})"),
+                value: format!("{e}: {source}"),
                 hint:
                     "Pass a query returning (operation text, id_a text, id_b text) in time order.",
             })

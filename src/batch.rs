@@ -378,7 +378,6 @@ pub fn init() {
     unsafe {
         PREV_EXECUTOR_FINISH = pg_sys::ExecutorFinish_hook;
         pg_sys::ExecutorFinish_hook = Some(executor_finish);
-        #[cfg(not(feature = "pg13"))]
         {
             PREV_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
             pg_sys::ProcessUtility_hook = Some(process_utility);
@@ -389,14 +388,50 @@ pub fn init() {
 }
 
 static mut PREV_EXECUTOR_FINISH: pg_sys::ExecutorFinish_hook_type = None;
-#[cfg(not(feature = "pg13"))]
 static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
+
+// The previous hooks' and the standard functions are called without pgrx's guard, from hook
+// frames that hold nothing to drop (raw pointers only): an ERROR raised inside (a DDL error, a
+// foreign-key violation in an AFTER trigger, anything in the database) then travels as
+// PostgreSQL's own longjmp, untouched, instead of being turned into a Rust panic and back (which
+// added a Rust backtrace to its DETAIL when RUST_BACKTRACE was set). Our own work before and
+// after the call is in guarded functions of its own.
+extern "C-unwind" {
+    #[link_name = "standard_ExecutorFinish"]
+    fn standard_executor_finish_unguarded(query: *mut pg_sys::QueryDesc);
+    #[link_name = "standard_ProcessUtility"]
+    #[allow(clippy::too_many_arguments)]
+    fn standard_process_utility_unguarded(
+        pstmt: *mut pg_sys::PlannedStmt,
+        query_string: *const std::ffi::c_char,
+        read_only_tree: bool,
+        context: pg_sys::ProcessUtilityContext::Type,
+        params: pg_sys::ParamListInfo,
+        query_env: *mut pg_sys::QueryEnvironment,
+        dest: *mut pg_sys::DestReceiver,
+        qc: *mut pg_sys::QueryCompletion,
+    );
+}
 
 /// At the end of a statement that writes, when it is the batch's: the batch is written before
 /// the statement's AFTER triggers run (they see the graph as the rows left it), and again
 /// after them for rows that data-modifying CTEs finish only then.
-#[pg_guard]
 unsafe extern "C-unwind" fn executor_finish(query: *mut pg_sys::QueryDesc) {
+    // SAFETY: the QueryDesc is valid (the hook's contract); this frame holds only pointers, so
+    // an ERROR's longjmp through it skips nothing (see above); the chained call is the previous
+    // hook (set once at load) or the standard function, as every ExecutorFinish hook must.
+    unsafe {
+        flush_if_ours(query);
+        match PREV_EXECUTOR_FINISH {
+            Some(prev) => prev(query),
+            None => standard_executor_finish_unguarded(query),
+        }
+        flush_if_ours(query);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn flush_if_ours(query: *mut pg_sys::QueryDesc) {
     // SAFETY: the QueryDesc and its EState stay valid until ExecutorEnd.
     let statement_of = |query: *mut pg_sys::QueryDesc| unsafe {
         let q = &*query;
@@ -409,28 +444,12 @@ unsafe extern "C-unwind" fn executor_finish(query: *mut pg_sys::QueryDesc) {
             )
         })
     };
-    let ours = |query| pending_statement().is_some_and(|s| Some(s) == statement_of(query));
-    if ours(query) {
-        flush();
-    }
-    // SAFETY: the hook is called with a valid QueryDesc and chains to the previous hook (set
-    // once at load) or the standard function, as every ExecutorFinish hook must.
-    unsafe {
-        match PREV_EXECUTOR_FINISH {
-            Some(prev) => prev(query),
-            None => pg_sys::standard_ExecutorFinish(query),
-        }
-    }
-    if ours(query) {
+    if pending_statement().is_some_and(|s| Some(s) == statement_of(query)) {
         flush();
     }
 }
 
 /// COPY (a utility statement) has no ExecutorFinish: its batch is written when it returns.
-/// (Not on PostgreSQL 13, whose hook has another signature: there a COPY's batch is written
-/// by the next reader or the commit.)
-#[cfg(not(feature = "pg13"))]
-#[pg_guard]
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C-unwind" fn process_utility(
     pstmt: *mut pg_sys::PlannedStmt,
@@ -442,8 +461,9 @@ unsafe extern "C-unwind" fn process_utility(
     dest: *mut pg_sys::DestReceiver,
     qc: *mut pg_sys::QueryCompletion,
 ) {
-    // SAFETY: chains to the previous hook (set once at load) or the standard function (a
-    // Rust wrapper, not of the hook's type: hence the two calls), with the arguments given.
+    // SAFETY: chains to the previous hook (set once at load) or the standard function with the
+    // arguments given; this frame holds only pointers, so an ERROR's longjmp through it skips
+    // nothing (see above).
     unsafe {
         match PREV_PROCESS_UTILITY {
             Some(prev) => prev(
@@ -456,7 +476,7 @@ unsafe extern "C-unwind" fn process_utility(
                 dest,
                 qc,
             ),
-            None => pg_sys::standard_ProcessUtility(
+            None => standard_process_utility_unguarded(
                 pstmt,
                 query_string,
                 read_only_tree,
@@ -467,7 +487,12 @@ unsafe extern "C-unwind" fn process_utility(
                 qc,
             ),
         }
+        after_utility(pstmt);
     }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn after_utility(pstmt: *mut pg_sys::PlannedStmt) {
     // SAFETY: the planned statement of a utility command holds its parse node.
     let is_copy = unsafe {
         let node = (*pstmt).utilityStmt;

@@ -142,7 +142,14 @@ fn mp_explain(
         name!(transaction_id, Option<i64>),
     ),
 > {
-    let project_id = store::project_id(project).or_raise();
+    let project_id = store::project_id(project)
+        .map_err(|e| match e {
+            IdentityError::UnknownProject { token } => {
+                IdentityError::UnknownExplainProject { token }
+            }
+            other => other,
+        })
+        .or_raise();
     let canonical = canonical_of(project_id, distinct_id)
         .ok_or_else(|| IdentityError::UnknownId {
             id: distinct_id.to_string(),

@@ -47,15 +47,7 @@ pub fn init() {
     define();
     // No other identity_merge.* name can be set (a typo is an error, not a silent placeholder).
     // SAFETY: called once, at library load, with a static C string.
-    #[cfg(any(feature = "pg13", feature = "pg14"))]
-    unsafe {
-        pgrx::pg_sys::EmitWarningsOnPlaceholders(c"identity_merge".as_ptr())
-    };
-    // SAFETY: as above.
-    #[cfg(not(any(feature = "pg13", feature = "pg14")))]
-    unsafe {
-        pgrx::pg_sys::MarkGUCPrefixReserved(c"identity_merge".as_ptr())
-    };
+    unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"identity_merge".as_ptr()) };
 }
 
 fn define() {

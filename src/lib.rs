@@ -17,6 +17,8 @@
 //!     `attach`: the registry
 //!     of attached tables; `guc`: settings; `citus`: what changes on a Citus cluster (where
 //!     the replicated rows are, shards, the queue of their identity events);
+//!   - `owner`: work on a user's table done on another role's behalf, as the table's owner in a
+//!     security-restricted operation (mp_restamp, mp_backfill_from);
 //!   - `pg`: PostgreSQL plumbing shared by all of them (raising errors, running as the
 //!     extension owner or under another resource owner, the local xid, the schema's oids).
 //!
@@ -46,6 +48,7 @@ mod explain;
 mod guc;
 mod json_api;
 mod locks;
+mod owner;
 mod people;
 mod pg;
 mod probe;

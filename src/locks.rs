@@ -131,7 +131,7 @@ fn wait_take(tags: &[pg_sys::LOCKTAG], mode: pg_sys::LOCKMODE) -> bool {
 
 fn held_by_me(tag: &pg_sys::LOCKTAG, mode: pg_sys::LOCKMODE) -> bool {
     // SAFETY: looks the tag up in this backend's local lock table.
-    #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16"))]
+    #[cfg(feature = "pg15")]
     unsafe {
         pg_sys::LockHeldByMe(tag, mode)
     }

@@ -65,7 +65,7 @@ pub fn internal(what: &str, err: impl std::fmt::Display) -> IdentityError {
 pub fn local_xid() -> u32 {
     // SAFETY: MyProc is this backend's PGPROC, set up before any SQL function runs.
     unsafe {
-        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16"))]
+        #[cfg(feature = "pg15")]
         {
             (*pg_sys::MyProc).lxid
         }
@@ -254,4 +254,14 @@ pub fn current_role_name() -> String {
     unsafe { CStr::from_ptr(name) }
         .to_string_lossy()
         .into_owned()
+}
+
+/// The SQL name of a type, for messages.
+pub fn type_name(typid: pg_sys::Oid) -> String {
+    // SAFETY: format_type_be returns a palloc'd C string for any oid (unknown ones as "???").
+    unsafe {
+        CStr::from_ptr(pg_sys::format_type_be(typid))
+            .to_string_lossy()
+            .into_owned()
+    }
 }

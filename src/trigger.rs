@@ -15,7 +15,6 @@
 //! is refused with 42804 (mp_attach refuses it up front), never read as something it is not.
 
 use std::cell::RefCell;
-use std::ffi::CStr;
 
 use pgrx::prelude::*;
 use pgrx::{FromDatum, IntoDatum, PgTupleDesc};
@@ -175,15 +174,6 @@ fn column<'a>(
         .map(|(i, att)| (i as i32 + 1, att))
 }
 
-fn type_name(typid: pg_sys::Oid) -> String {
-    // SAFETY: format_type_be returns a palloc'd C string for any oid (unknown ones as "???").
-    unsafe {
-        CStr::from_ptr(pg_sys::format_type_be(typid))
-            .to_string_lossy()
-            .into_owned()
-    }
-}
-
 /// A column that must hold ids: text or varchar (not a domain: the trigger writes stamps
 /// without running a domain's checks).
 fn text_column(
@@ -198,7 +188,7 @@ fn text_column(
         return Err(IdentityError::WrongColumnType {
             table: table.to_string(),
             column: name.to_string(),
-            found: type_name(form.atttypid),
+            found: crate::pg::type_name(form.atttypid),
             expected: "text or varchar",
         });
     }
@@ -262,6 +252,16 @@ fn build_context(
     }
     let optional =
         |name: &str| text_column(&table, name, column(&desc, name)).map(|c| c.map(|c| c.att));
+    // Device and user columns named at attach must still be there: one renamed or dropped would
+    // otherwise silently stop linking (the default names are optional).
+    for (i, name) in [(3, &device_name), (4, &user_name)] {
+        if args.get(i).is_some_and(|a| !a.is_empty()) && column(&desc, name).is_none() {
+            return Err(IdentityError::MissingColumn {
+                table: table.clone(),
+                column: name.clone(),
+            });
+        }
+    }
     let properties = match column(&desc, "properties") {
         None => None,
         Some((att, form)) => Some((
@@ -273,7 +273,7 @@ fn build_context(
                     return Err(IdentityError::WrongColumnType {
                         table: table.clone(),
                         column: "properties".into(),
-                        found: type_name(other),
+                        found: crate::pg::type_name(other),
                         expected: "jsonb, json or text",
                     })
                 }
@@ -332,6 +332,27 @@ unsafe fn get_properties(
 #[pg_schema]
 mod identity_merge {
     use super::*;
+
+    /// The distinct_id the trigger gives a Simplified project's row that has none (its user id,
+    /// else `$device:` and its device id, each only when valid: `core::ingest`), NULL in other
+    /// modes. `CALL mp_restamp_all` fills rows loaded before `mp_attach` with it, by this one rule.
+    #[pg_extern(stable, parallel_safe)]
+    fn _row_distinct_id(
+        project: &str,
+        device_id: Option<&str>,
+        user_id: Option<&str>,
+    ) -> Option<String> {
+        let project = store::project(Some(project)).unwrap_or_else(|e| crate::pg::raise(e));
+        if project.mode != Mode::Simplified {
+            return None;
+        }
+        ingest::simplified_event(
+            &project.settings,
+            device_id.map(str::to_string),
+            user_id.map(str::to_string),
+        )
+        .distinct_id
+    }
 
     /// BEFORE INSERT OR UPDATE row trigger; arguments: project token, distinct_id column,
     /// canonical column. Errors are raised with their SQLSTATE (error.rs), never as a panic.

@@ -15,7 +15,8 @@ dir=$(mktemp -d /tmp/identity_merge-reliability.XXXXXX); chmod 755 "$dir"
 trap 'cluster_discard "$dir"' EXIT
 # autovacuum off: the statistics check must see what mp_backfill did, not the daemon.
 # max_prepared_transactions: check 17 prepares a join.
-cluster_start "$dir/pg" "$(free_port)" autovacuum=off max_prepared_transactions=4
+# RUST_BACKTRACE=1 in the server's environment: no error may carry a Rust backtrace (round 3).
+RUST_BACKTRACE=1 cluster_start "$dir/pg" "$(free_port)" autovacuum=off max_prepared_transactions=4
 pass=0; fail=0
 ok() { pass=$((pass+1)); }
 bad() { echo "FAIL: $*"; fail=$((fail+1)); }
@@ -307,6 +308,147 @@ loader "INSERT INTO tpc_ev (distinct_id) VALUES ('r1'), ('q2'); SELECT max(n) - 
 stale_since "$after"
 [ "$said" = "0" ] && ok || bad "a warm cache sees a join committed elsewhere at its next statement: [$said] stale"
 printf '\\q\n' >&"${LOADER[1]}"; wait "$LOADER_PID" 2>/dev/null || true
+
+
+# ---- Round 3 (issue 25): administrators' functions on a writer's table, and the new surface ----
+# 1. A writer retypes its attached table's properties to a type of its own whose cast to jsonb
+#    makes it superuser; the administrator's mp_backfill_from must not run it (the columns are
+#    checked again, and the history is read as the table's owner).
+as w >/dev/null <<'SQL'
+CREATE TABLE esc_ev (distinct_id text, event text, properties jsonb, canonical_id text, "time" timestamptz DEFAULT now());
+SELECT mp_attach('esc_ev');
+INSERT INTO esc_ev (distinct_id, event, properties) VALUES ('esc-u', '$identify', '{"$identified_id": "esc-u", "$anon_id": "esc-a"}');
+CREATE TYPE esc_t AS (v text);
+CREATE FUNCTION esc_cast(esc_t) RETURNS jsonb LANGUAGE plpgsql AS $f$
+BEGIN EXECUTE 'ALTER ROLE w SUPERUSER'; RETURN '{}'::jsonb; EXCEPTION WHEN OTHERS THEN RETURN '{}'::jsonb; END $f$;
+CREATE CAST (esc_t AS jsonb) WITH FUNCTION esc_cast(esc_t);
+ALTER TABLE esc_ev ALTER properties TYPE esc_t USING ROW(properties::text)::esc_t;
+SQL
+expect_err "backfill_from refuses a properties column of a writer's type" postgres "SELECT * FROM mp_backfill_from('esc_ev')" 42804
+expect "and the writer did not become superuser" postgres "SELECT rolsuper FROM pg_roles WHERE rolname = 'w'" "f"
+# The time order column and a Simplified table's device column, of a writer's type, likewise.
+as w >/dev/null <<'SQL'
+CREATE TYPE esc_ts AS (v timestamptz);
+CREATE TABLE esc_ord (distinct_id text, event text, properties jsonb, canonical_id text, t esc_ts);
+SELECT mp_attach('esc_ord');
+CREATE TABLE esc_simp (distinct_id text, canonical_id text, anonymous_id text, user_id text, "timestamp" timestamptz);
+SELECT mp_attach('esc_simp', 'simp', device_id_column => 'anonymous_id', user_id_column => 'user_id');
+CREATE DOMAIN esc_dom AS text;
+ALTER TABLE esc_simp ALTER anonymous_id TYPE esc_dom;
+SQL
+expect_err "backfill_from refuses to order by a writer's type" postgres "SELECT * FROM mp_backfill_from('esc_ord', order_by => 't')" 42804
+expect_err "backfill_from refuses a device column of a writer's type" postgres "SELECT * FROM mp_backfill_from('esc_simp')" 42804
+# An administrator's mp_restamp runs the writer's own UPDATE trigger as the writer (as its
+# owner, in a security-restricted operation), never as the administrator.
+as w >/dev/null <<'SQL'
+CREATE TABLE esc_rs (distinct_id text, canonical_id text);
+SELECT mp_attach('esc_rs');
+INSERT INTO esc_rs VALUES ('rs-a'), ('rs-b');
+CREATE FUNCTION esc_upd() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN EXECUTE 'ALTER ROLE w SUPERUSER'; RETURN NEW; EXCEPTION WHEN OTHERS THEN RETURN NEW; END $f$;
+CREATE TRIGGER esc_upd BEFORE UPDATE ON esc_rs FOR EACH ROW EXECUTE FUNCTION esc_upd();
+SELECT mp_merge('rs-a', 'rs-b');
+SQL
+expect "an administrator's restamp of a writer's table" postgres "SELECT mp_restamp('esc_rs')" "1"
+expect "runs the writer's trigger without the administrator's rights" postgres "SELECT rolsuper FROM pg_roles WHERE rolname = 'w'" "f"
+expect "the restamp did its work" postgres "SELECT count(DISTINCT canonical_id) FROM esc_rs" "1"
+# A writer's mp_backfill_from of its own history still works for the administrator (read as its owner).
+as w >/dev/null <<'SQL'
+CREATE TABLE bf_own (distinct_id text, event text, properties jsonb, canonical_id text, "time" timestamptz DEFAULT now());
+ALTER TABLE bf_own ENABLE ROW LEVEL SECURITY;
+CREATE POLICY bf_all ON bf_own USING (true);
+INSERT INTO bf_own (distinct_id, event, properties) VALUES ('bf-u', '$identify', '{"$identified_id": "bf-u", "$anon_id": "bf-a"}');
+SELECT mp_attach('bf_own');
+SQL
+expect "an administrator's backfill_from reads a writer's table as its owner" postgres "SELECT events_read, joins FROM mp_backfill_from('bf_own')" "1|1"
+# A role that may not act as the table's owner is refused: w2 may not act as w.
+as postgres >/dev/null -c "CREATE ROLE w2 LOGIN; SELECT mp_grant_writer('w2'); GRANT UPDATE ON esc_rs TO w2;"
+expect_err "a role that may not act as the owner cannot restamp its table" w2 "SELECT mp_restamp('esc_rs')" 42501
+
+# 2. mp_refresh_people reads an update committed after a later one (ids are handed out at
+#    insert, not at commit): the refresh waits for the writers in flight.
+( printf '%s\n' "BEGIN;" "SELECT mp_engage('{\"\$token\": \"default\", \"\$distinct_id\": \"rp-1\", \"\$set\": {\"first\": 1}}');" \
+    "SELECT pg_sleep(2);" "COMMIT;" | as w -f - >/dev/null ) &
+slow=$!
+sleep 0.7
+as w >/dev/null -c "SELECT mp_engage('{\"\$token\": \"default\", \"\$distinct_id\": \"rp-1\", \"\$set\": {\"second\": 2}}')"
+as w >/dev/null -c "SELECT mp_refresh_people('default')"
+wait "$slow"
+as w >/dev/null -c "SELECT mp_refresh_people('default')"
+expect "a refresh sees an update committed after a later one" r "SELECT properties->>'first', properties->>'second' FROM identity_merge.people WHERE canonical_id = 'rp-1'" "1|2"
+
+# 4. mp_restamp_all's saved progress is void after TRUNCATE and reload; 5. rows loaded before
+#    mp_attach (Segment-shaped, NULL distinct_id) are stamped by the documented workflow, and
+#    mp_check reports them until then.
+as w >/dev/null <<'SQL'
+CREATE TABLE ra_ev (distinct_id text, canonical_id text, n int);
+SELECT mp_attach('ra_ev');
+INSERT INTO ra_ev (distinct_id, n) SELECT 'ra-' || g, g FROM generate_series(1, 2000) g;
+SQL
+as postgres >/dev/null -c "INSERT INTO identity_merge.restamp_progress (events, next_block, blocks, filenode, attached_at)
+  SELECT 'ra_ev', 1000, 1000, pg_relation_filenode('ra_ev'), attached_at FROM identity_merge.attachments WHERE events = 'ra_ev'::regclass"
+as w >/dev/null <<'SQL'
+TRUNCATE ra_ev;
+ALTER TABLE ra_ev DISABLE TRIGGER identity_merge_stamp;
+INSERT INTO ra_ev (distinct_id, n) SELECT 'ra-' || g, g FROM generate_series(1, 2000) g;
+ALTER TABLE ra_ev ENABLE TRIGGER identity_merge_stamp;
+SQL
+expect "mp_check reports rows without a stamp" w "SELECT check_name FROM mp_check() WHERE detail LIKE 'table public.ra_ev:%'" "unstamped_rows"
+as w >/dev/null -c "CALL mp_restamp_all('ra_ev', 1)" 2>/dev/null
+expect "a restamp after TRUNCATE and reload stamps every row" w "SELECT count(*) FROM ra_ev WHERE canonical_id IS NULL" "0"
+as w >/dev/null <<'SQL'
+CREATE TABLE seg_ev (distinct_id text, canonical_id text, anonymous_id text, user_id text, "timestamp" timestamptz DEFAULT now());
+INSERT INTO seg_ev (anonymous_id, user_id) VALUES ('4f0c1d2e-0000-4000-8000-000000000001', NULL),
+    ('4f0c1d2e-0000-4000-8000-000000000001', 'seg-user'), (NULL, 'seg-user');
+SELECT mp_attach('seg_ev', 'simp', device_id_column => 'anonymous_id', user_id_column => 'user_id');
+SQL
+expect "mp_check reports Segment rows loaded before attach" w "SELECT check_name FROM mp_check('simp') WHERE detail LIKE 'table public.seg_ev:%'" "unstamped_rows"
+as postgres >/dev/null -c "SELECT * FROM mp_backfill_from('seg_ev')"
+as w >/dev/null -c "CALL mp_restamp_all('seg_ev')" 2>/dev/null
+expect "rows loaded before attach get the trigger's distinct_id and stamp" w "SELECT count(*) FILTER (WHERE distinct_id IS NULL OR canonical_id IS NULL), count(DISTINCT canonical_id) FROM seg_ev" "0|1"
+expect "and mp_check is clean" w "SELECT count(*) FROM mp_check('simp') WHERE detail LIKE 'table public.seg_ev:%'" "0"
+
+# 8. A registered device or user column renamed after attach: inserts refused, mp_check reports it.
+as w >/dev/null -c "ALTER TABLE seg_ev RENAME anonymous_id TO anon"
+expect_err "an insert after renaming the registered device column is refused" w "INSERT INTO seg_ev (anon, user_id) VALUES ('4f0c1d2e-0000-4000-8000-000000000002', 'x')" 42703
+expect "mp_check reports the broken attachment" w "SELECT check_name FROM mp_check('simp') WHERE detail LIKE 'table public.seg_ev:%'" "attachment_broken"
+as w >/dev/null -c "SELECT mp_attach('seg_ev', 'simp', device_id_column => 'anon', user_id_column => 'user_id')"
+expect "re-attaching with the new name mends it" w "SELECT count(*) FROM mp_check('simp') WHERE detail LIKE 'table public.seg_ev:%'" "0"
+
+# 9. Two restamps of one table take turns (a table's lock) instead of deadlocking.
+( printf '%s\n' "BEGIN;" "SELECT mp_restamp('esc_rs');" "SELECT pg_sleep(2);" "COMMIT;" | as w -f - >/dev/null ) &
+first=$!
+sleep 0.5
+( as w -c "SELECT mp_restamp('esc_rs')" >/dev/null ) &
+second=$!
+sleep 0.5
+expect "the second restamp waits for the first on the table's lock" postgres "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted" "1"
+wait "$first" "$second"
+
+# Administrators' functions given NULL: an error naming the argument, or a reset.
+for call in "mp_create_project(NULL)" "mp_attach(NULL)" "mp_restamp(NULL)" "mp_grant_writer(NULL)" "mp_backfill(NULL)" \
+            "mp_set_project_setting('default', NULL, 'x')"; do
+  expect_err "$call is an error" postgres "SELECT $call" 22004
+done
+as postgres >/dev/null -c "SELECT mp_create_project('nullreset'); SELECT mp_set_project_setting('nullreset', 'max_cluster_size', '5')"
+as postgres >/dev/null -c "SELECT mp_set_project_setting('nullreset', 'max_cluster_size', NULL)"
+expect "a NULL value resets a setting to its default" postgres "SELECT (SELECT value FROM mp_project_settings('nullreset') WHERE setting = 'max_cluster_size') = (SELECT value FROM mp_project_settings('simp') WHERE setting = 'max_cluster_size')" "t"
+# Clear errors on history loading.
+expect_err "an empty backfill source" postgres "SELECT * FROM mp_backfill('')" 22023
+expect "a backfill source of the wrong types names the column and type" postgres "SELECT count(*) FROM mp_backfill('SELECT 1, 2, 3')" "$(printf 'psql:<stdin>:1: ERROR:  22023: invalid backfill source query: "column 1 is of type integer, not text"\nHINT:  Its three columns (operation, id_a, id_b) must be text: cast them with ::text.')"
+as postgres >/dev/null -c "CREATE TABLE seg_identifies (anonymous_id text, \"timestamp\" timestamptz)"
+expect_err "identifies without user_id" postgres "SELECT * FROM mp_backfill_from('seg_identifies', NULL, 'default')" 42703
+expect_err "a malformed blocked_ids value" postgres "SELECT mp_set_project_setting('nullreset', 'blocked_ids', '{\"a')" 22P02
+expect_err "mp_explain(a, b) is the one-id form" r "SELECT * FROM mp_explain('a', 'b')" 42704
+got=$(as r -c "SELECT * FROM mp_explain('a', 'b')")
+printf '%s' "$got" | grep -q "mp_explain(id_a, 'b', project)" && ok || bad "mp_explain(a, b)'s hint names the two-id form: [$got]"
+# No Rust backtrace on errors the extension's hooks pass through (the server has RUST_BACKTRACE=1).
+got=$(as w -c "SELECT mp_resolve('x')" -c "CREATE TABLE bt_dup (a int primary key)" -c "CREATE TABLE bt_dup (a int)")
+printf '%s' "$got" | grep -q "42P07" && ! printf '%s' "$got" | grep -qiE "backtrace|identity_merge::|DETAIL" && ok \
+  || bad "a failing DDL statement carries no Rust backtrace: [$got]"
+got=$(as w -c "SELECT mp_resolve('x')" -c "CREATE TABLE bt_fk (a int REFERENCES bt_dup)" -c "INSERT INTO bt_fk VALUES (1)")
+printf '%s' "$got" | grep -q "23503" && ! printf '%s' "$got" | grep -qiE "backtrace|identity_merge::" && ok \
+  || bad "a foreign-key violation carries no Rust backtrace: [$got]"
 
 # No check may have restarted the server.
 [ "$(as postgres -c "SELECT pg_postmaster_start_time()")" = "$started" ] && ok || bad "the server restarted (a backend crashed)"

@@ -155,6 +155,10 @@ pub enum IdentityError {
     UnknownProject {
         token: String,
     },
+    /// `mp_explain(id, project)` whose project is unknown: likely meant as the two-id form.
+    UnknownExplainProject {
+        token: String,
+    },
     ProjectExists {
         token: String,
     },
@@ -228,6 +232,19 @@ pub enum IdentityError {
     NotOwner {
         table: String,
     },
+    /// A function given NULL where it needs a value (never a silent no-op).
+    NullArgument {
+        function: &'static str,
+        argument: &'static str,
+    },
+    /// An administrator's function that works on a user's table as the table's owner
+    /// (src/owner.rs) called by a role that may not act as that owner.
+    CannotActAsOwner {
+        function: &'static str,
+        table: String,
+        owner: String,
+        role: String,
+    },
     /// A registration that does not match the table's stamping trigger.
     AttachmentMismatch {
         table: String,
@@ -251,6 +268,12 @@ pub enum IdentityError {
     Internal {
         what: String,
     },
+}
+
+/// A value as a SQL literal, for hints.
+pub fn quote(v: &str) -> String {
+    let short: String = v.chars().take(80).collect();
+    format!("'{}'", short.replace('\'', "''"))
 }
 
 /// Shortens a value for a message: ids may be 255 characters, junk may be longer.
@@ -313,6 +336,7 @@ impl IdentityError {
             | IdentityError::AttachmentMismatch { .. } => S::ObjectNotInPrerequisiteState,
             IdentityError::ManyIds { .. } => S::ProgramLimitExceeded,
             IdentityError::UnknownProject { .. }
+            | IdentityError::UnknownExplainProject { .. }
             | IdentityError::UnknownId { .. }
             | IdentityError::UnknownJoin { .. } => S::UndefinedObject,
             IdentityError::ProjectExists { .. } => S::DuplicateObject,
@@ -327,6 +351,8 @@ impl IdentityError {
             IdentityError::MissingColumn { .. } => S::UndefinedColumn,
             IdentityError::ValueTooLong { .. } => S::StringDataRightTruncation,
             IdentityError::NotOwner { .. } => S::InsufficientPrivilege,
+            IdentityError::CannotActAsOwner { .. } => S::InsufficientPrivilege,
+            IdentityError::NullArgument { .. } => S::NullValueNotAllowed,
             IdentityError::MissingObject { .. } => S::UndefinedTable,
             IdentityError::Internal { .. } => S::InternalError,
         }
@@ -374,7 +400,9 @@ impl IdentityError {
                     show(b)
                 )
             }
-            IdentityError::UnknownProject { token } => format!("unknown project token {}", show(token)),
+            IdentityError::UnknownProject { token } | IdentityError::UnknownExplainProject { token } => {
+                format!("unknown project token {}", show(token))
+            }
             IdentityError::ProjectExists { token } => format!("project {} already exists", show(token)),
             IdentityError::ProjectHasData { token } => {
                 format!("project {} already holds identities; its mode can no longer change", show(token))
@@ -417,6 +445,12 @@ impl IdentityError {
                 show(column)
             ),
             IdentityError::NotOwner { table } => format!("must be owner of table {table}"),
+            IdentityError::NullArgument { function, argument } => {
+                format!("{function}: argument {argument} is NULL")
+            }
+            IdentityError::CannotActAsOwner { function, table, owner, role } => format!(
+                "{function} works on table {table} as its owner {owner}, and role {role} may not act as {owner}"
+            ),
             IdentityError::AttachmentMismatch { table, problem } => format!("table {table}: {problem}"),
             IdentityError::MissingObject { what } => format!("{what} is missing"),
             IdentityError::UnknownJoin { seq } => format!("no logged join has seq {seq}"),
@@ -455,6 +489,10 @@ impl IdentityError {
                 "A cluster holds at most max_cluster_size ids (see mp_project_settings); this join was not made.".into()
             }
             IdentityError::UnknownProject { .. } => "Create it with mp_create_project(token, mode).".into(),
+            IdentityError::UnknownExplainProject { token } => format!(
+                "mp_explain(id, project) explains one id in a project; to explain how two ids are joined, name the project too: mp_explain(id_a, {}, project).",
+                crate::core::error::quote(token)
+            ),
             IdentityError::ProjectExists { .. } => "Pick another token or use the existing project.".into(),
             IdentityError::ProjectHasData { .. } => "Create a new project for the other mode.".into(),
             IdentityError::WrongMode { mode: crate::core::model::Mode::Legacy, .. } => {
@@ -486,6 +524,12 @@ impl IdentityError {
             IdentityError::ValueTooLong { .. } => {
                 "Ids may be 255 characters: use text or varchar(255) or longer.".into()
             }
+            IdentityError::NullArgument { argument, .. } => {
+                format!("Pass a value for {argument} (NULL is not a default).")
+            }
+            IdentityError::CannotActAsOwner { owner, .. } => format!(
+                "The table's triggers, indexes and policies are its owner's code and run with its owner's rights: run this as {owner}, as a member of {owner}, or as a superuser."
+            ),
             IdentityError::NotOwner { .. } => {
                 "Only the table's owner (or a member of the owning role) may attach or register it.".into()
             }

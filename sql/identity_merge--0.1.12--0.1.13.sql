@@ -1,0 +1,944 @@
+-- identity_merge 0.1.12 -> 0.1.13 (see CHANGELOG.md): the reliability round of issue 25.
+-- Administrators' functions that read or write a user's event table (mp_restamp,
+-- mp_restamp_all, mp_backfill_from) do it as the table's owner in a security-restricted
+-- operation, and check its columns again; mp_refresh_people waits for the writers in flight;
+-- mp_restamp_all's progress is void after a TRUNCATE, rewrite or new attach, and it fills the
+-- distinct_id of rows loaded before attach; mp_check reports unstamped rows and renamed device
+-- and user columns; one restamp of a table at a time; NULL arguments are errors (or a reset).
+-- Released upgrade scripts are never edited afterwards.
+
+-- The progress of CALL mp_restamp_all names the physical table and the attachment it is of.
+ALTER TABLE identity_merge.restamp_progress ADD COLUMN filenode oid, ADD COLUMN attached_at timestamptz;
+
+-- Administrators' functions given a NULL argument say so (22004) instead of silently doing
+-- nothing; `names` and `is_null` are the arguments in order.
+CREATE FUNCTION identity_merge._no_nulls(fn text, names text[], is_null boolean[]) RETURNS void
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    k integer;
+BEGIN
+    FOR k IN 1 .. cardinality(names) LOOP
+        IF is_null[k] THEN
+            RAISE EXCEPTION '%: argument % is NULL', fn, names[k] USING ERRCODE = '22004',
+                HINT = format('Pass a value for %s (NULL is not a default).', names[k]);
+        END IF;
+    END LOOP;
+END $$;
+
+-- The arguments of a table's stamping trigger (project, distinct_id column, canonical column
+-- and, when given at attach, the device and user id columns), or NULL without one: the one
+-- place SQL reads them.
+CREATE FUNCTION identity_merge._trigger_args(p_events regclass) RETURNS text[]
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rest bytea;
+    args text[] := '{}';
+    k integer;
+BEGIN
+    SELECT t.tgargs INTO rest FROM pg_trigger t WHERE t.tgrelid = p_events AND t.tgname = 'identity_merge_stamp';
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    LOOP
+        k := position('\x00'::bytea IN rest);
+        EXIT WHEN k IS NULL OR k = 0;
+        args := args || convert_from(substring(rest FROM 1 FOR k - 1), getdatabaseencoding());
+        rest := substring(rest FROM k + 1);
+    END LOOP;
+    RETURN args;
+END $$;
+
+-- Work on a user's table done on another role's behalf runs as the table's owner in a
+-- security-restricted operation (src/owner.rs, docs/security.md): mp_restamp's statements...
+CREATE FUNCTION identity_merge._exec_as_owner(p_events regclass, p_sql text) RETURNS bigint
+LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE AS 'MODULE_PATHNAME', '_exec_as_owner_wrapper';
+
+-- ... and mp_backfill_from's read of the history.
+CREATE FUNCTION identity_merge._backfill_from_table(source text, project text, p_events regclass)
+RETURNS TABLE (events bigint, joins bigint, refused bigint, ids_written bigint, clusters_written bigint)
+LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE AS 'MODULE_PATHNAME', '_backfill_from_table_wrapper';
+
+-- Waits for the transactions writing these tables to end (mp_refresh_people's consistent point).
+CREATE FUNCTION identity_merge._wait_for_writers(tables regclass[]) RETURNS void
+LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE AS 'MODULE_PATHNAME', '_wait_for_writers_wrapper';
+
+CREATE FUNCTION identity_merge."_row_distinct_id"(
+	"project" TEXT, /* & str */
+	"device_id" TEXT, /* Option < & str > */
+	"user_id" TEXT /* Option < & str > */
+) RETURNS TEXT /* Option < String > */
+STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_row_distinct_id_wrapper';
+
+-- mp_backfill: NULL arguments are an error (no longer STRICT).
+ALTER FUNCTION mp_backfill(text, text) CALLED ON NULL INPUT;
+
+-- What keeps the stamping trigger from working on a table, one row per problem (none when it
+-- can work): the columns it reads and writes must exist with types it handles. Ids (the
+-- distinct_id and canonical columns, "event", "$device_id", "$user_id") are text or varchar, the
+-- canonical column holds 255 characters and is not generated, "properties" is jsonb, json or
+-- text; a table with INHERITS children is refused (their rows would not be stamped). mp_attach
+-- raises the first problem, mp_restamp refuses a table whose columns no longer fit, mp_check
+-- reports them all. Reads only catalogs, so it is executable by every role (granted below).
+CREATE OR REPLACE FUNCTION identity_merge._column_problems(p_events regclass, p_distinct name, p_canonical name)
+RETURNS TABLE (code text, problem text, hint text)
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c record;
+    targs text[] := identity_merge._trigger_args(p_events);
+BEGIN
+    -- The device and user id columns named at attach (the trigger's 4th and 5th arguments) are
+    -- required: one renamed or dropped would silently stop linking.
+    FOR c IN SELECT n.ord, n.col, n.kind, n.required, a.atttypid, a.atttypmod, a.attgenerated, a.attnum IS NOT NULL AS present
+               FROM (VALUES (1, p_distinct, 'id', true), (2, p_canonical, 'stamp', true),
+                            (3, 'event'::name, 'id', false), (4, 'properties'::name, 'json', false),
+                            (5, coalesce(nullif(targs[4], ''), '$device_id')::name, 'id', coalesce(targs[4], '') <> ''),
+                            (6, coalesce(nullif(targs[5], ''), '$user_id')::name, 'id', coalesce(targs[5], '') <> '')) n(ord, col, kind, required)
+               LEFT JOIN pg_attribute a ON a.attrelid = p_events AND a.attname = n.col AND a.attnum > 0 AND NOT a.attisdropped
+              ORDER BY NOT n.required OR a.attnum IS NOT NULL, n.ord
+    LOOP
+        IF NOT c.present THEN
+            IF c.required THEN
+                RETURN QUERY SELECT '42703'::text, format('column %s does not exist', quote_ident(c.col)),
+                    CASE WHEN c.ord <= 2 THEN 'Name the distinct_id and canonical columns: mp_attach(table, project, distinct_id_column, canonical_column).'
+                         ELSE 'It was named at attach as the device or user id column: re-attach with mp_attach naming the current device_id_column and user_id_column.' END;
+            END IF;
+            CONTINUE;
+        END IF;
+        IF c.kind = 'json' THEN
+            IF c.atttypid NOT IN ('jsonb'::regtype, 'json'::regtype, 'text'::regtype, 'character varying'::regtype) THEN
+                RETURN QUERY SELECT '42804'::text, format('column properties is of type %s, not jsonb, json or text', format_type(c.atttypid, c.atttypmod)),
+                    'The trigger reads identity events from properties: make it jsonb (or json, text), or rename it.'::text;
+            END IF;
+        ELSIF c.atttypid NOT IN ('text'::regtype, 'character varying'::regtype) THEN
+            RETURN QUERY SELECT '42804'::text, format('column %s is of type %s, not text', quote_ident(c.col), format_type(c.atttypid, c.atttypmod)),
+                'Ids are text; use a text or varchar column (or rename a column that does not hold ids).'::text;
+        ELSIF c.kind = 'stamp' AND c.atttypmod >= 0 AND c.atttypmod - 4 < 255 THEN
+            RETURN QUERY SELECT '42804'::text, format('column %s is %s, shorter than the 255 characters a canonical id may have', quote_ident(c.col), format_type(c.atttypid, c.atttypmod)),
+                'Use text or varchar(255) or longer for the canonical column.'::text;
+        END IF;
+        IF c.ord <= 2 AND c.attgenerated <> '' THEN
+            RETURN QUERY SELECT '0A000'::text, format('column %s is a generated column', quote_ident(c.col)),
+                'The trigger writes the canonical column and reads the distinct_id before generated columns are computed: use plain columns.'::text;
+        END IF;
+    END LOOP;
+    IF EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class k ON k.oid = i.inhrelid
+                WHERE i.inhparent = p_events AND NOT k.relispartition) THEN
+        RETURN QUERY SELECT '0A000'::text, 'it has INHERITS children, whose rows the trigger would not stamp'::text,
+            'Attach each child table with mp_attach (partitioned tables are supported: their partitions get the trigger).'::text;
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION mp_create_project(token text, mode text DEFAULT 'original') RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM identity_merge._no_nulls('mp_create_project', '{token,mode}', ARRAY[token IS NULL, mode IS NULL]);
+    IF mode NOT IN ('original', 'simplified', 'legacy') THEN
+        RAISE EXCEPTION 'invalid mode: %', quote_literal(mode) USING ERRCODE = '22023',
+            HINT = 'mode is ''original'', ''simplified'' or ''legacy''.';
+    END IF;
+    IF btrim(token) = '' OR length(token) > 255 THEN
+        RAISE EXCEPTION 'invalid project token: %', quote_literal(token) USING ERRCODE = '22023',
+            HINT = 'A token is 1 to 255 characters, not blank.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM identity_merge.projects p WHERE p.token = mp_create_project.token) THEN
+        RAISE EXCEPTION 'project % already exists', quote_literal(token) USING ERRCODE = '42710',
+            HINT = 'Pick another token or use the existing project.';
+    END IF;
+    INSERT INTO identity_merge.projects (token, mode) VALUES (token, mode);
+END $$;
+
+CREATE OR REPLACE FUNCTION mp_set_project_mode(token text, mode text) RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p identity_merge.projects;
+BEGIN
+    PERFORM identity_merge._no_nulls('mp_set_project_mode', '{token,mode}', ARRAY[token IS NULL, mode IS NULL]);
+    IF mode NOT IN ('original', 'simplified', 'legacy') THEN
+        RAISE EXCEPTION 'invalid mode: %', quote_literal(mode) USING ERRCODE = '22023',
+            HINT = 'mode is ''original'', ''simplified'' or ''legacy''.';
+    END IF;
+    p := identity_merge._project(token);
+    -- Lock the project row so no identity can be written between the check and the switch.
+    PERFORM 1 FROM identity_merge.projects WHERE project_id = p.project_id FOR UPDATE;
+    IF EXISTS (SELECT 1 FROM identity_merge.identities i WHERE i.project_id = p.project_id) THEN
+        RAISE EXCEPTION 'project % already holds identities; its mode can no longer change', quote_literal(token)
+            USING ERRCODE = '55000', HINT = 'Create a new project for the other mode.';
+    END IF;
+    UPDATE identity_merge.projects SET mode = mp_set_project_mode.mode WHERE project_id = p.project_id;
+END $$;
+
+-- Changes one setting: max_cluster_size (integer >= 2), anon_id_format ('uuid' | 'any'),
+-- blocked_ids (a text[] literal; compared case-insensitively after trimming),
+-- carry_device_profile ('on' | 'off'). A NULL value resets the setting to its default.
+CREATE OR REPLACE FUNCTION mp_set_project_setting(token text, setting text, value text) RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p identity_merge.projects;
+    blocked text[];
+BEGIN
+    PERFORM identity_merge._no_nulls('mp_set_project_setting', '{token,setting}', ARRAY[token IS NULL, setting IS NULL]);
+    p := identity_merge._project(token);
+    IF value IS NULL AND setting IN ('max_cluster_size', 'anon_id_format', 'blocked_ids', 'carry_device_profile') THEN
+        EXECUTE format('UPDATE identity_merge.projects SET %I = DEFAULT WHERE project_id = $1', setting) USING p.project_id;
+        RETURN;
+    END IF;
+    CASE setting
+    WHEN 'max_cluster_size' THEN
+        IF value !~ '^[0-9]{1,9}$' OR value::integer < 2 THEN
+            RAISE EXCEPTION 'invalid max_cluster_size: %', quote_literal(value) USING ERRCODE = '22023',
+                HINT = 'An integer of at least 2.';
+        END IF;
+        UPDATE identity_merge.projects SET max_cluster_size = value::integer WHERE project_id = p.project_id;
+    WHEN 'anon_id_format' THEN
+        IF value NOT IN ('uuid', 'any') THEN
+            RAISE EXCEPTION 'invalid anon_id_format: %', quote_literal(value) USING ERRCODE = '22023',
+                HINT = '''uuid'' or ''any''.';
+        END IF;
+        UPDATE identity_merge.projects SET anon_id_format = value WHERE project_id = p.project_id;
+    WHEN 'blocked_ids' THEN
+        BEGIN
+            blocked := value::text[];
+        EXCEPTION WHEN invalid_text_representation THEN
+            RAISE EXCEPTION 'invalid blocked_ids: %', quote_literal(value) USING ERRCODE = '22P02',
+                HINT = 'A text[] literal, such as ''{anonymous,"not set"}'' (or NULL for the default list).';
+        END;
+        UPDATE identity_merge.projects
+           SET blocked_ids = ARRAY(SELECT DISTINCT lower(btrim(b)) FROM unnest(blocked) b WHERE b IS NOT NULL)
+         WHERE project_id = p.project_id;
+    WHEN 'carry_device_profile' THEN
+        IF value NOT IN ('on', 'off') THEN
+            RAISE EXCEPTION 'invalid carry_device_profile: %', quote_literal(value) USING ERRCODE = '22023',
+                HINT = '''on'' or ''off''.';
+        END IF;
+        UPDATE identity_merge.projects SET carry_device_profile = (value = 'on') WHERE project_id = p.project_id;
+    ELSE
+        RAISE EXCEPTION 'unknown setting: %', quote_literal(setting) USING ERRCODE = '22023',
+            HINT = 'Settings are max_cluster_size, anon_id_format, blocked_ids and carry_device_profile.';
+    END CASE;
+END $$;
+
+-- Puts the stamping trigger on an event table and registers it. Unless create_index is false,
+-- creates an index on the canonical column when none leads with it (mp_restamp needs one to
+-- stay proportional to the rows it changes).
+CREATE OR REPLACE FUNCTION mp_attach(events regclass, project text DEFAULT 'default',
+                          distinct_id_column name DEFAULT 'distinct_id',
+                          canonical_column name DEFAULT 'canonical_id',
+                          create_index boolean DEFAULT true,
+                          device_id_column name DEFAULT '',
+                          user_id_column name DEFAULT '') RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p identity_merge.projects;
+    bad record;
+    col name;
+    typ regtype;
+    unsafe_triggers text;
+BEGIN
+    PERFORM identity_merge._no_nulls('mp_attach', '{events,project,distinct_id_column,canonical_column,create_index,device_id_column,user_id_column}',
+        ARRAY[events IS NULL, project IS NULL, distinct_id_column IS NULL, canonical_column IS NULL, create_index IS NULL,
+              device_id_column IS NULL, user_id_column IS NULL]);
+    p := identity_merge._project(project);
+    IF distinct_id_column = canonical_column THEN
+        RAISE EXCEPTION 'the canonical column must differ from the distinct_id column (%)', quote_ident(distinct_id_column)
+            USING ERRCODE = '22023', HINT = 'The trigger keeps the distinct_id as sent and writes the canonical id beside it.';
+    END IF;
+    -- Citus takes triggers on its tables only with citus.enable_unsafe_triggers on (for the DDL
+    -- alone): the trigger is this function's, so is the setting (docs/scaling.md).
+    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        unsafe_triggers := current_setting('citus.enable_unsafe_triggers', true);
+        PERFORM set_config('citus.enable_unsafe_triggers', 'on', true);
+    END IF;
+    -- The previous trigger goes first: the columns are checked as this call names them (a
+    -- refusal below rolls the drop back).
+    IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = events AND t.tgname = 'identity_merge_stamp') THEN
+        EXECUTE format('DROP TRIGGER identity_merge_stamp ON %s', events);
+    END IF;
+    SELECT * INTO bad FROM identity_merge._column_problems(events, distinct_id_column, canonical_column) LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'cannot attach %: %', events, bad.problem USING ERRCODE = bad.code, HINT = bad.hint;
+    END IF;
+    -- Columns holding the device and the user id under other names (a Segment / RudderStack
+    -- table's anonymous_id and user_id): text, and present.
+    FOR col IN SELECT c FROM unnest(ARRAY[device_id_column, user_id_column]) c WHERE c <> '' LOOP
+        SELECT a.atttypid::regtype INTO typ FROM pg_attribute a
+         WHERE a.attrelid = events AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'cannot attach %: column % does not exist', events, quote_ident(col) USING ERRCODE = '42703',
+                HINT = 'device_id_column and user_id_column name the columns holding the device id and the user id.';
+        END IF;
+        IF typ NOT IN ('text'::regtype, 'character varying'::regtype) THEN
+            RAISE EXCEPTION 'cannot attach %: column % is of type %, not text', events, quote_ident(col), typ
+                USING ERRCODE = '42804', HINT = 'Ids are text; use a text or varchar column.';
+        END IF;
+    END LOOP;
+    -- UPDATE OF the distinct_id too (also INSERT ... ON CONFLICT DO UPDATE): a changed
+    -- distinct_id gets its stamp, so no row keeps a stamp mp_restamp could not fix.
+    EXECUTE format('CREATE TRIGGER identity_merge_stamp BEFORE INSERT OR UPDATE OF %I ON %s FOR EACH ROW '
+                   'EXECUTE FUNCTION identity_merge.stamp_event(%L, %L, %L%s)',
+                   distinct_id_column, events, p.token, distinct_id_column, canonical_column,
+                   CASE WHEN device_id_column = '' AND user_id_column = '' THEN ''
+                        ELSE format(', %L, %L', device_id_column, user_id_column) END);
+    IF create_index AND NOT EXISTS (SELECT 1 FROM pg_index x JOIN pg_attribute a
+                     ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0]
+                    WHERE x.indrelid = events AND a.attname = canonical_column) THEN
+        EXECUTE format('CREATE INDEX ON %s (%I)', events, canonical_column);
+    END IF;
+    IF unsafe_triggers IS NOT NULL THEN
+        PERFORM set_config('citus.enable_unsafe_triggers', unsafe_triggers, true);
+    END IF;
+    PERFORM identity_merge._register_attachment(events, p.project_id, distinct_id_column, canonical_column);
+END $$;
+
+CREATE OR REPLACE FUNCTION mp_detach(events regclass) RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    unsafe_triggers text;
+BEGIN
+    PERFORM identity_merge._no_nulls('mp_detach', '{events}', ARRAY[events IS NULL]);
+    IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = events AND t.tgname = 'identity_merge_stamp') THEN
+        IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+            unsafe_triggers := current_setting('citus.enable_unsafe_triggers', true);
+            PERFORM set_config('citus.enable_unsafe_triggers', 'on', true);
+        END IF;
+        EXECUTE format('DROP TRIGGER identity_merge_stamp ON %s', events);
+        IF unsafe_triggers IS NOT NULL THEN
+            PERFORM set_config('citus.enable_unsafe_triggers', unsafe_triggers, true);
+        END IF;
+    END IF;
+    PERFORM identity_merge._unregister_attachment(events);
+END $$;
+
+-- Brings stamped rows up to date after later merges and splits: afterwards every stamp equals
+-- mp_resolve(distinct_id). The cost follows the stale rows, the merges and the splits, not the
+-- table size (see below).
+CREATE OR REPLACE FUNCTION mp_restamp(events regclass) RETURNS bigint
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a identity_merge.attachments;
+    n bigint;
+    coll text;
+    bad record;
+BEGIN
+    PERFORM identity_merge._no_nulls('mp_restamp', '{events}', ARRAY[events IS NULL]);
+    SELECT * INTO a FROM identity_merge.attachments x WHERE x.events = mp_restamp.events;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table % is not attached to identity_merge', events USING ERRCODE = '55000',
+            HINT = 'Attach it with mp_attach first.';
+    END IF;
+    -- Legacy aliases are not retroactive (Mixpanel's pre-ID-Merge rule): a stamp is final.
+    IF (SELECT p.mode FROM identity_merge.projects p WHERE p.project_id = a.project_id) = 'legacy' THEN
+        RAISE NOTICE 'table % belongs to a legacy project: its stamps are final (aliases are not retroactive); nothing to restamp', events;
+        RETURN 0;
+    END IF;
+    SELECT * INTO bad FROM identity_merge._column_problems(events, a.distinct_id_column, a.canonical_column) x
+     WHERE x.code IN ('42703', '42804') LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'cannot restamp %: %', events, bad.problem USING ERRCODE = '55000',
+            HINT = 'Re-attach the table with mp_attach naming its current columns, or mp_detach it.';
+    END IF;
+    -- One restamp of a table at a time (mp_restamp and mp_restamp_all's batches): two would
+    -- update the same stale rows in different orders and deadlock.
+    PERFORM pg_advisory_xact_lock(hashtextextended('identity_merge restamp ' || events::oid::text, 0));
+    -- Compare in the canonical column's own collation so its index serves the lookups, and
+    -- again bytewise ("C"): under a nondeterministic collation 'keep' would match 'KEEP'.
+    SELECT format('%I.%I', cn.nspname, c.collname) INTO coll
+      FROM pg_attribute t JOIN pg_collation c ON c.oid = t.attcollation
+      JOIN pg_namespace cn ON cn.oid = c.collnamespace
+     WHERE t.attrelid = events AND t.attname = a.canonical_column;
+    -- On Citus, a plain table of the coordinator cannot be updated joined with the replicated
+    -- state (Citus would send the join to a worker, which has no such table): the stale ids
+    -- are read first, and each row's id resolved by mp_resolve (this node's copy, read directly).
+    IF identity_merge._distributed() AND NOT identity_merge._is_citus_table(events) THEN
+        -- Run as the table's owner (src/owner.rs): the values are literals of the statement.
+        RETURN identity_merge._exec_as_owner(events, format(
+            'UPDATE %1$s e SET %2$I = %5$I.mp_resolve(e.%4$I::text, %6$L) '
+            'WHERE e.%2$I OPERATOR(pg_catalog.=) ANY (%7$L::text[] COLLATE %3$s) '
+            '  AND (e.%2$I)::text COLLATE "C" OPERATOR(pg_catalog.=) ANY (%7$L::text[]) '
+            '  AND (e.%2$I)::text COLLATE "C" OPERATOR(pg_catalog.<>) %5$I.mp_resolve(e.%4$I::text, %6$L)',
+            events, a.canonical_column, coll, a.distinct_id_column,
+            (SELECT n.nspname FROM pg_extension x JOIN pg_namespace n ON n.oid = x.extnamespace WHERE x.extname = 'identity_merge'),
+            (SELECT p.token FROM identity_merge.projects p WHERE p.project_id = a.project_id),
+            (SELECT array_agg(DISTINCT x.stale) FROM (
+                 SELECT l.absorbed_canonical AS stale FROM identity_merge.merge_log l WHERE l.project_id = a.project_id
+                 UNION ALL
+                 SELECT r.old_canonical FROM identity_merge.retractions r WHERE r.project_id = a.project_id) x)));
+    END IF;
+    -- A stale stamp is a canonical id that stopped being one: absorbed by a join
+    -- (merge_log.absorbed_canonical), or the canonical of a cluster that was split
+    -- (retractions.old_canonical), whose rows may now belong to other people. Each row stamped
+    -- with one is set to what its own distinct_id resolves to now (one primary-key probe per
+    -- row), found through the index on the canonical column: the cost follows the stale rows.
+    RETURN identity_merge._exec_as_owner(events, format(
+        'UPDATE %1$s e SET %2$I = coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
+        '    WHERE i.project_id OPERATOR(pg_catalog.=) %5$s AND i.distinct_id OPERATOR(pg_catalog.=) (e.%4$I::text COLLATE "C")), e.%4$I::text) '
+        'FROM (SELECT DISTINCT x.stale FROM ('
+        '        SELECT l.absorbed_canonical AS stale FROM identity_merge.merge_log l WHERE l.project_id OPERATOR(pg_catalog.=) %5$s '
+        '        UNION ALL '
+        '        SELECT r.old_canonical FROM identity_merge.retractions r WHERE r.project_id OPERATOR(pg_catalog.=) %5$s) x) d '
+        'WHERE e.%2$I OPERATOR(pg_catalog.=) (d.stale COLLATE %3$s) '
+        '  AND (e.%2$I)::text COLLATE "C" OPERATOR(pg_catalog.=) d.stale '
+        '  AND (e.%2$I)::text COLLATE "C" OPERATOR(pg_catalog.<>) coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
+        '    WHERE i.project_id OPERATOR(pg_catalog.=) %5$s AND i.distinct_id OPERATOR(pg_catalog.=) (e.%4$I::text COLLATE "C")), e.%4$I::text)',
+        events, a.canonical_column, coll, a.distinct_id_column, a.project_id));
+END $$;
+
+-- Stamps every row of an attached table, also rows loaded before it was attached (NULL stamps),
+-- in batches of `batch_blocks` heap blocks, each committed on its own (a TID range scan per
+-- batch: no transaction spans the table). Progress is in identity_merge.restamp_progress and a
+-- NOTICE per batch; an interrupted run resumes where it stopped. A procedure: CALL it outside a
+-- transaction block. Rows whose stamp is already current are not written. (A procedure that
+-- commits may not pin its search_path with SET: it qualifies what it calls instead, and runs
+-- with the caller's rights, so a caller's search_path can only affect the caller.)
+CREATE OR REPLACE PROCEDURE mp_restamp_all(events regclass, batch_blocks integer DEFAULT 1000)
+LANGUAGE plpgsql AS $$
+DECLARE
+    a identity_merge.attachments;
+    p identity_merge.projects;
+    bad record;
+    total bigint;
+    b bigint;
+    n bigint;
+    done bigint;
+    filenode oid;
+    saved record;
+    targs text[];
+    device text;
+    usr text;
+    fill text := '';
+    stamp text;
+BEGIN
+    IF events IS NULL THEN
+        RAISE EXCEPTION 'mp_restamp_all: argument events is NULL' USING ERRCODE = '22004',
+            HINT = 'Name an attached event table.';
+    END IF;
+    IF batch_blocks IS NULL OR batch_blocks < 1 THEN
+        RAISE EXCEPTION 'invalid batch_blocks: %', coalesce(batch_blocks::pg_catalog.text, 'NULL') USING ERRCODE = '22023',
+            HINT = 'A positive number of heap blocks per batch (1000 blocks are about 8 MB).';
+    END IF;
+    SELECT * INTO a FROM identity_merge.attachments x WHERE x.events = mp_restamp_all.events;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table % is not attached to identity_merge', events USING ERRCODE = '55000',
+            HINT = 'Attach it with mp_attach first.';
+    END IF;
+    SELECT * INTO p FROM identity_merge.projects x WHERE x.project_id = a.project_id;
+    SELECT * INTO bad FROM identity_merge._column_problems(events, a.distinct_id_column, a.canonical_column) x
+     WHERE x.code IN ('42703', '42804') LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'cannot restamp %: %', events, bad.problem USING ERRCODE = '55000',
+            HINT = 'Re-attach the table with mp_attach naming its current columns, or mp_detach it.';
+    END IF;
+    -- Rows loaded before mp_attach into a Simplified project's table may have no distinct_id:
+    -- each gets the one the trigger would have given it (identity_merge._row_distinct_id, the
+    -- trigger's rule), and the trigger (UPDATE OF the distinct_id) stamps it.
+    IF p.mode = 'simplified' THEN
+        targs := identity_merge._trigger_args(events);
+        device := coalesce(nullif(targs[4], ''), '$device_id');
+        usr := coalesce(nullif(targs[5], ''), '$user_id');
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute t WHERE t.attrelid = events AND t.attname = device AND t.attnum > 0 AND NOT t.attisdropped) THEN
+            device := NULL;
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute t WHERE t.attrelid = events AND t.attname = usr AND t.attnum > 0 AND NOT t.attisdropped) THEN
+            usr := NULL;
+        END IF;
+        IF device IS NOT NULL OR usr IS NOT NULL THEN
+            fill := pg_catalog.format(
+                'UPDATE %1$s e SET %2$I = identity_merge._row_distinct_id(%3$L, %4$s, %5$s) '
+                'WHERE e.%2$I IS NULL AND identity_merge._row_distinct_id(%3$L, %4$s, %5$s) IS NOT NULL',
+                events, a.distinct_id_column, p.token,
+                CASE WHEN device IS NULL THEN 'NULL' ELSE pg_catalog.format('e.%I::pg_catalog.text', device) END,
+                CASE WHEN usr IS NULL THEN 'NULL' ELSE pg_catalog.format('e.%I::pg_catalog.text', usr) END);
+        END IF;
+    END IF;
+    -- Legacy aliases are not retroactive (Mixpanel's pre-ID-Merge rule): a stamp is final, but a
+    -- row that has none yet (loaded before mp_attach) gets its first one.
+    stamp := pg_catalog.format(
+        'UPDATE %1$s e SET %2$I = coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
+        '    WHERE i.project_id OPERATOR(pg_catalog.=) %4$s AND i.distinct_id OPERATOR(pg_catalog.=) (e.%3$I::pg_catalog.text COLLATE "C")), e.%3$I::pg_catalog.text) '
+        'WHERE %5$s',
+        events, a.canonical_column, a.distinct_id_column, a.project_id,
+        CASE WHEN p.mode = 'legacy' THEN pg_catalog.format('e.%I IS NULL AND e.%I IS NOT NULL', a.canonical_column, a.distinct_id_column)
+             ELSE pg_catalog.format('(e.%1$I)::pg_catalog.text COLLATE "C" IS DISTINCT FROM coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
+                  '    WHERE i.project_id OPERATOR(pg_catalog.=) %3$s AND i.distinct_id OPERATOR(pg_catalog.=) (e.%2$I::pg_catalog.text COLLATE "C")), e.%2$I::pg_catalog.text)',
+                  a.canonical_column, a.distinct_id_column, a.project_id) END);
+    -- A Citus table is an empty shell whose rows are in its shards, where a TID range finds
+    -- nothing (since 0.1.8): every row is stamped by one UPDATE, which Citus runs on each shard,
+    -- beside that node's copy of the identity state.
+    IF identity_merge._is_citus_table(events) THEN
+        n := 0;
+        IF fill <> '' THEN
+            n := identity_merge._exec_as_owner(events, fill);
+        END IF;
+        n := n + identity_merge._exec_as_owner(events, stamp);
+        RAISE NOTICE 'restamp of % (a Citus table, one UPDATE over its shards): % rows changed', events, n;
+        RETURN;
+    END IF;
+    total := pg_catalog.pg_relation_size(events) / pg_catalog.current_setting('block_size')::pg_catalog.int8;
+    filenode := pg_catalog.pg_relation_filenode(events);
+    -- Saved progress is of one physical table and one attachment: after a TRUNCATE, a rewrite
+    -- (VACUUM FULL, CLUSTER, ALTER TABLE ... TYPE) or a detach and attach it means nothing, and
+    -- the run starts over.
+    SELECT * INTO saved FROM identity_merge.restamp_progress r WHERE r.events = mp_restamp_all.events;
+    IF FOUND AND (saved.filenode IS DISTINCT FROM filenode OR saved.attached_at IS DISTINCT FROM a.attached_at) THEN
+        RAISE NOTICE 'the saved progress of % is of an earlier table (truncated, rewritten or attached again since): starting over', events;
+        DELETE FROM identity_merge.restamp_progress r WHERE r.events = mp_restamp_all.events;
+    END IF;
+    INSERT INTO identity_merge.restamp_progress AS r (events, next_block, blocks, filenode, attached_at)
+    VALUES (mp_restamp_all.events, 0, total, filenode, a.attached_at)
+    ON CONFLICT ON CONSTRAINT restamp_progress_pkey
+    DO UPDATE SET blocks = greatest(r.blocks, EXCLUDED.blocks), updated_at = pg_catalog.now();
+    SELECT r.next_block, r.rows_done INTO b, done FROM identity_merge.restamp_progress r WHERE r.events = mp_restamp_all.events;
+    IF b > 0 THEN
+        RAISE NOTICE 'resuming the restamp of % at block % of %', events, b, total;
+    END IF;
+    COMMIT;
+    WHILE b < total LOOP
+        -- One restamp of the table at a time (see mp_restamp).
+        PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('identity_merge restamp ' OPERATOR(pg_catalog.||) events::pg_catalog.oid::pg_catalog.text, 0));
+        n := 0;
+        IF fill <> '' THEN
+            n := identity_merge._exec_as_owner(events, pg_catalog.format(
+                '%s AND e.ctid OPERATOR(pg_catalog.>=) ''(%s,0)''::pg_catalog.tid AND e.ctid OPERATOR(pg_catalog.<) ''(%s,0)''::pg_catalog.tid',
+                fill, b, b + batch_blocks));
+        END IF;
+        n := n + identity_merge._exec_as_owner(events, pg_catalog.format(
+            '%s AND e.ctid OPERATOR(pg_catalog.>=) ''(%s,0)''::pg_catalog.tid AND e.ctid OPERATOR(pg_catalog.<) ''(%s,0)''::pg_catalog.tid',
+            stamp, b, b + batch_blocks));
+        b := b + batch_blocks;
+        done := done + n;
+        UPDATE identity_merge.restamp_progress r SET next_block = b, rows_done = done, updated_at = pg_catalog.now()
+         WHERE r.events = mp_restamp_all.events;
+        RAISE NOTICE 'restamp of %: blocks % of % done, % rows changed', events, least(b, total), total, done;
+        COMMIT;
+    END LOOP;
+    DELETE FROM identity_merge.restamp_progress r WHERE r.events = mp_restamp_all.events;
+    COMMIT;
+END $$;
+
+-- History from the tables a user already has (since 0.1.5): builds mp_backfill's source query
+-- (operation, id_a, id_b in time order) from an attached event table, by the project's mode:
+-- Original reads the $identify / $create_alias / $merge rows' properties, Legacy the
+-- $create_alias rows, Simplified links the device and user id columns of rows carrying both.
+-- `order_by` names the column giving time order (default: time, timestamp, received_at or
+-- created_at, the first the table has). Administrators, as mp_backfill.
+CREATE OR REPLACE FUNCTION mp_backfill_from(events regclass, order_by name DEFAULT NULL)
+RETURNS TABLE (events_read bigint, joins bigint, refused bigint, ids_written bigint, clusters_written bigint)
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a identity_merge.attachments;
+    p identity_merge.projects;
+    args text[];
+    bad record;
+    ord name;
+    typ oid;
+    device name;
+    usr name;
+    src text;
+BEGIN
+    IF events IS NULL THEN
+        RAISE EXCEPTION 'events is NULL' USING ERRCODE = '22004', HINT = 'Name an attached event table.';
+    END IF;
+    SELECT * INTO a FROM identity_merge.attachments x WHERE x.events = mp_backfill_from.events;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table % is not attached to identity_merge', events USING ERRCODE = '55000',
+            HINT = 'Attach it with mp_attach (which names its project), or pass Segment''s identifies and aliases tables with a project.';
+    END IF;
+    SELECT * INTO p FROM identity_merge.projects x WHERE x.project_id = a.project_id;
+    -- The columns are checked again now (a table's owner may have changed them since attach):
+    -- the history is read only from columns of the built-in types the trigger reads.
+    SELECT * INTO bad FROM identity_merge._column_problems(events, a.distinct_id_column, a.canonical_column) LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'cannot read the history of %: %', events, bad.problem USING ERRCODE = bad.code, HINT = bad.hint;
+    END IF;
+    ord := coalesce(order_by, (SELECT u.c FROM unnest(ARRAY['time', 'timestamp', 'received_at', 'created_at']::name[]) WITH ORDINALITY u(c, i)
+                                WHERE EXISTS (SELECT 1 FROM pg_attribute t WHERE t.attrelid = events AND t.attname = u.c
+                                                AND t.attnum > 0 AND NOT t.attisdropped)
+                                ORDER BY u.i LIMIT 1));
+    SELECT t.atttypid INTO typ FROM pg_attribute t WHERE t.attrelid = events AND t.attname = ord AND t.attnum > 0 AND NOT t.attisdropped;
+    IF ord IS NULL OR typ IS NULL THEN
+        RAISE EXCEPTION 'no column gives % a time order: %', events,
+              coalesce(quote_ident(order_by), 'none of time, timestamp, received_at, created_at')
+            USING ERRCODE = '42703', HINT = 'Pass order_by => the column holding each event''s time.';
+    END IF;
+    IF typ >= 16384 THEN
+        RAISE EXCEPTION 'cannot order the history of % by column %: its type % is not a built-in type', events, quote_ident(ord), typ::regtype
+            USING ERRCODE = '42804', HINT = 'Order by a timestamp, date, number or text column.';
+    END IF;
+    IF p.mode = 'simplified' THEN
+        -- The device and user id columns the stamping trigger reads (its 4th and 5th arguments).
+        args := identity_merge._trigger_args(events);
+        device := coalesce(nullif(args[4], ''), '$device_id');
+        usr := coalesce(nullif(args[5], ''), '$user_id');
+        IF (SELECT count(*) FROM pg_attribute t WHERE t.attrelid = events AND t.attname IN (device, usr)
+               AND t.attnum > 0 AND NOT t.attisdropped) < 2 THEN
+            RAISE EXCEPTION 'cannot read the history of %: it has no column % or %', events, quote_ident(device), quote_ident(usr)
+                USING ERRCODE = '42703',
+                      HINT = 'A Simplified project''s history is the rows carrying both a device id and a user id: attach the table with device_id_column and user_id_column.';
+        END IF;
+        src := format('SELECT ''link'', %1$I::text, %2$I::text FROM %3$s WHERE %1$I IS NOT NULL AND %2$I IS NOT NULL ORDER BY %4$I',
+                      usr, device, events, ord);
+    ELSE
+        IF (SELECT count(*) FROM pg_attribute t WHERE t.attrelid = events AND t.attname IN ('event', 'properties')
+               AND t.attnum > 0 AND NOT t.attisdropped) < 2 THEN
+            RAISE EXCEPTION 'cannot read the history of %: it has no column event or properties', events USING ERRCODE = '42703',
+                HINT = 'The identity events of an Original or Legacy project are rows with an event name and properties.';
+        END IF;
+        src := format('SELECT CASE event WHEN ''$identify'' THEN ''identify'' WHEN ''$create_alias'' THEN ''alias'' ELSE ''merge'' END, '
+                      '  CASE event WHEN ''$identify'' THEN properties::jsonb->>''$identified_id'' '
+                      '             WHEN ''$create_alias'' THEN properties::jsonb->>''alias'' '
+                      '             ELSE properties::jsonb->''$distinct_ids''->>0 END, '
+                      '  CASE event WHEN ''$identify'' THEN properties::jsonb->>''$anon_id'' '
+                      '             WHEN ''$create_alias'' THEN properties::jsonb->>''distinct_id'' '
+                      '             ELSE properties::jsonb->''$distinct_ids''->>1 END '
+                      'FROM %1$s WHERE event::text = ANY (%3$L::text[]) ORDER BY %2$I',
+                      events, ord,
+                      CASE p.mode WHEN 'legacy' THEN '{$create_alias}' ELSE '{$identify,$create_alias,$merge}' END);
+    END IF;
+    -- Read as the table's owner (src/owner.rs): its policies and types are its owner's code.
+    RETURN QUERY SELECT * FROM identity_merge._backfill_from_table(src, p.token, events);
+END $$;
+
+-- The same from Segment / RudderStack warehouse tables: identifies (anonymous_id, user_id) and
+-- aliases (previous_id, user_id), merged in time order into project's history: Simplified links
+-- the devices, Original makes identifies $identify and aliases $create_alias.
+CREATE OR REPLACE FUNCTION mp_backfill_from(identifies regclass, aliases regclass, project text, order_by name DEFAULT 'timestamp')
+RETURNS TABLE (events_read bigint, joins bigint, refused bigint, ids_written bigint, clusters_written bigint)
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p identity_merge.projects;
+    parts text[] := '{}';
+    t regclass;
+    col name;
+    typ oid;
+    owners oid[];
+BEGIN
+    PERFORM identity_merge._no_nulls('mp_backfill_from', '{project,order_by}', ARRAY[project IS NULL, order_by IS NULL]);
+    p := identity_merge._project(project);
+    IF identifies IS NULL AND aliases IS NULL THEN
+        RAISE EXCEPTION 'no table to read' USING ERRCODE = '22004', HINT = 'Pass Segment''s identifies table, its aliases table, or both.';
+    END IF;
+    -- Every column read must exist with a built-in type (ids text or varchar): a column of a
+    -- type its owner made would run its owner's code.
+    FOR t, col IN SELECT x.t, x.c FROM (VALUES (identifies, 'user_id'::name), (identifies, 'anonymous_id'), (identifies, order_by),
+                                               (aliases, 'user_id'), (aliases, 'previous_id'), (aliases, order_by)) x(t, c)
+                   WHERE x.t IS NOT NULL LOOP
+        SELECT a.atttypid INTO typ FROM pg_attribute a WHERE a.attrelid = t AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'table % has no column %', t, quote_ident(col) USING ERRCODE = '42703',
+                HINT = CASE WHEN col = order_by THEN 'Pass order_by => the column holding each call''s time (Segment''s is timestamp).'
+                            ELSE 'Segment''s identifies table has user_id and anonymous_id, its aliases table user_id and previous_id.' END;
+        END IF;
+        IF col <> order_by AND typ NOT IN ('text'::regtype, 'character varying'::regtype) THEN
+            RAISE EXCEPTION 'column % of % is of type %, not text', quote_ident(col), t, typ::regtype USING ERRCODE = '42804',
+                HINT = 'Ids are text; use a text or varchar column.';
+        END IF;
+        IF typ >= 16384 THEN
+            RAISE EXCEPTION 'cannot order the history of % by column %: its type % is not a built-in type', t, quote_ident(col), typ::regtype
+                USING ERRCODE = '42804', HINT = 'Order by a timestamp, date, number or text column.';
+        END IF;
+    END LOOP;
+    -- Both tables are read in one query, as their owner (src/owner.rs): one owner.
+    owners := ARRAY(SELECT DISTINCT c.relowner FROM pg_class c WHERE c.oid IN (identifies, aliases));
+    IF cardinality(owners) > 1 THEN
+        RAISE EXCEPTION 'tables % and % have different owners', identifies, aliases USING ERRCODE = '42501',
+            HINT = 'The history is read as the tables'' owner: give both tables the same owner.';
+    END IF;
+    IF identifies IS NOT NULL THEN
+        parts := parts || format('SELECT %1$L::text AS op, user_id::text AS a, anonymous_id::text AS b, %3$I AS t FROM %2$s '
+                                 'WHERE user_id IS NOT NULL AND anonymous_id IS NOT NULL',
+                                 CASE p.mode WHEN 'simplified' THEN 'link' ELSE 'identify' END, identifies, order_by);
+    END IF;
+    IF aliases IS NOT NULL THEN
+        parts := parts || format('SELECT %1$L::text, user_id::text, previous_id::text, %3$I FROM %2$s '
+                                 'WHERE user_id IS NOT NULL AND previous_id IS NOT NULL',
+                                 CASE p.mode WHEN 'simplified' THEN 'link' ELSE 'alias' END, aliases, order_by);
+    END IF;
+    RETURN QUERY SELECT * FROM identity_merge._backfill_from_table(
+        format('SELECT op, a, b FROM (%s) h ORDER BY t', array_to_string(parts, ' UNION ALL ')), p.token, coalesce(identifies, aliases));
+END $$;
+
+-- Brings identity_merge.people up to date for one project: recomputes the profile of every person
+-- whose ids or updates changed since the last refresh (joins, retractions and Engage updates
+-- since then), and removes rows of canonical ids that stopped being one. The cost follows what
+-- changed, not the project. Returns how many rows it wrote or removed.
+CREATE OR REPLACE FUNCTION mp_refresh_people(project text DEFAULT 'default') RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p identity_merge.projects := identity_merge._project(project);
+    w identity_merge.people_refreshed;
+    top record;
+    n bigint := 0;
+    k bigint;
+    touched text[] COLLATE "C";
+    persons text[] COLLATE "C";
+    profiles jsonb[];
+    s text := (SELECT ns.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace ns ON ns.oid = e.extnamespace
+                WHERE e.extname = 'identity_merge');
+BEGIN
+    -- One refresh of a project at a time.
+    PERFORM pg_advisory_xact_lock(hashtext('identity_merge people ' || p.project_id));
+    INSERT INTO identity_merge.people_refreshed (project_id) VALUES (p.project_id) ON CONFLICT DO NOTHING;
+    SELECT * INTO w FROM identity_merge.people_refreshed x WHERE x.project_id = p.project_id;
+    IF identity_merge._distributed() THEN
+        -- On Citus the ids come from the coordinator in write order (sql/scaling.sql).
+        SELECT (SELECT coalesce(max(seq), 0) FROM identity_merge.merge_log WHERE project_id = p.project_id) AS merge_seq,
+               (SELECT coalesce(max(retraction_id), 0) FROM identity_merge.retractions WHERE project_id = p.project_id) AS retraction_id,
+               (SELECT coalesce(max(update_id), 0) FROM identity_merge.profile_updates WHERE project_id = p.project_id) AS update_id
+          INTO top;
+    ELSE
+        -- Ids are handed out at insert, not at commit: the highest id read could be followed by a
+        -- lower one committed later. So: the ids handed out so far (the sequences), then a wait
+        -- for every transaction writing these tables; each row with an id up to those is then
+        -- committed, and seen by the statements below, or gone.
+        IF current_setting('transaction_isolation') <> 'read committed' THEN
+            RAISE EXCEPTION 'mp_refresh_people needs READ COMMITTED, not %', current_setting('transaction_isolation')
+                USING ERRCODE = '0A000', HINT = 'Call it in its own transaction: it must see what commits while it waits.';
+        END IF;
+        SELECT (SELECT CASE WHEN q.is_called THEN q.last_value ELSE q.last_value - 1 END FROM identity_merge.merge_log_seq_seq q) AS merge_seq,
+               (SELECT CASE WHEN q.is_called THEN q.last_value ELSE q.last_value - 1 END FROM identity_merge.retractions_retraction_id_seq q) AS retraction_id,
+               (SELECT CASE WHEN q.is_called THEN q.last_value ELSE q.last_value - 1 END FROM identity_merge.profile_updates_update_id_seq q) AS update_id
+          INTO top;
+        PERFORM identity_merge._wait_for_writers(ARRAY['identity_merge.merge_log', 'identity_merge.retractions',
+                                                       'identity_merge.profile_updates']::regclass[]);
+    END IF;
+    -- Every id whose person may have changed: both sides of new joins, the ids of retracted
+    -- joins and the split clusters' old canonicals, the ids that received updates. (An array,
+    -- not a temporary table: on Citus a temporary table cannot meet the replicated ones.)
+    touched := ARRAY(
+        SELECT unnest(ARRAY[l.id_a, l.id_b, l.kept_canonical, l.absorbed_canonical]) FROM identity_merge.merge_log l
+         WHERE l.project_id = p.project_id AND l.seq > w.merge_seq AND l.seq <= top.merge_seq
+        UNION
+        SELECT unnest(ARRAY[l.id_a, l.id_b, r.old_canonical]) FROM identity_merge.retractions r
+          JOIN identity_merge.merge_log l ON l.seq = ANY (r.retracted)
+         WHERE r.project_id = p.project_id AND r.retraction_id > w.retraction_id AND r.retraction_id <= top.retraction_id
+        UNION
+        SELECT u.distinct_id FROM identity_merge.profile_updates u
+         WHERE u.project_id = p.project_id AND u.update_id > w.update_id AND u.update_id <= top.update_id);
+    -- Rows of ids that are no longer a canonical id (absorbed, or joined under another).
+    DELETE FROM identity_merge.people pe
+     WHERE pe.project_id = p.project_id AND pe.canonical_id = ANY (touched)
+       AND EXISTS (SELECT 1 FROM identity_merge.identities i WHERE i.project_id = p.project_id
+                     AND i.distinct_id = pe.canonical_id AND i.canonical_id <> pe.canonical_id);
+    GET DIAGNOSTICS k = ROW_COUNT;
+    n := n + k;
+    -- The current people of those ids: their profile, or no row when they have none.
+    persons := ARRAY(SELECT DISTINCT coalesce(i.canonical_id, t.id) FROM unnest(touched) t(id)
+                       LEFT JOIN identity_merge.identities i ON i.project_id = p.project_id AND i.distinct_id = t.id);
+    EXECUTE format('SELECT array_agg(%I.mp_profile(u.c, $2) ORDER BY u.n) FROM unnest($1) WITH ORDINALITY u(c, n)', s)
+       INTO profiles USING persons, p.token;
+    DELETE FROM identity_merge.people pe
+     WHERE pe.project_id = p.project_id
+       AND pe.canonical_id = ANY (ARRAY(SELECT c FROM unnest(persons, profiles) u(c, props) WHERE props = '{}'::jsonb));
+    GET DIAGNOSTICS k = ROW_COUNT;
+    n := n + k;
+    INSERT INTO identity_merge.people (project_id, canonical_id, properties)
+    SELECT p.project_id, u.c, u.props FROM unnest(persons, profiles) u(c, props) WHERE u.props <> '{}'::jsonb
+    ON CONFLICT (project_id, canonical_id) DO UPDATE SET properties = EXCLUDED.properties, refreshed_at = EXCLUDED.refreshed_at;
+    GET DIAGNOSTICS k = ROW_COUNT;
+    n := n + k;
+    UPDATE identity_merge.people_refreshed x
+       SET merge_seq = top.merge_seq, retraction_id = top.retraction_id, update_id = top.update_id
+     WHERE x.project_id = p.project_id;
+    RETURN n;
+END $$;
+
+-- Every violation of the identity invariants in a project, one row each; no rows when all hold.
+-- Structural checks here, the merge-log replay in Rust (identity_merge._check_log).
+CREATE OR REPLACE FUNCTION mp_check(project text DEFAULT 'default') RETURNS TABLE (check_name text, detail text)
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer := (identity_merge._project(project)).project_id;
+    legacy boolean := (identity_merge._project(project)).mode = 'legacy';
+    a identity_merge.attachments;
+    bad record;
+    broken boolean;
+    targs text[];
+    fillable text;
+    token text := (identity_merge._project(project)).token;
+BEGIN
+    RETURN QUERY
+    SELECT 'id_without_cluster', format('id %s points at canonical %s, which has no cluster', i.distinct_id, i.canonical_id)
+      FROM identity_merge.identities i
+     WHERE i.project_id = pid AND NOT EXISTS (SELECT 1 FROM identity_merge.clusters c
+                                               WHERE c.project_id = pid AND c.canonical_id = i.canonical_id);
+    RETURN QUERY
+    SELECT CASE WHEN i.distinct_id IS NULL THEN 'canonical_not_member' ELSE 'id_in_two_clusters' END,
+           format('cluster %s: its canonical id %s', c.canonical_id,
+                  CASE WHEN i.distinct_id IS NULL THEN 'is not one of its ids'
+                       ELSE 'belongs to the cluster of ' || i.canonical_id END)
+      FROM identity_merge.clusters c
+      LEFT JOIN identity_merge.identities i ON i.project_id = pid AND i.distinct_id = c.canonical_id
+     WHERE c.project_id = pid AND (i.distinct_id IS NULL OR i.canonical_id <> c.canonical_id);
+    RETURN QUERY
+    SELECT 'size_mismatch', format('cluster %s says size %s, has %s ids', c.canonical_id, c.size, m.n)
+      FROM identity_merge.clusters c
+      JOIN (SELECT canonical_id, count(*) AS n FROM identity_merge.identities WHERE project_id = pid GROUP BY 1) m
+        ON m.canonical_id = c.canonical_id
+     WHERE c.project_id = pid AND c.size <> m.n;
+    RETURN QUERY SELECT l.check_name, l.detail FROM identity_merge._check_log(pid) l;
+    -- Stamped rows: stale ones are fine (mp_restamp fixes them: a stamp that is an absorbed
+    -- canonical or a split cluster's old one); one mp_restamp would not fix is not.
+    -- On Citus: identity events that rows brought to shards, not applied yet (every node's
+    -- queue when asked on the coordinator, this node's on a worker).
+    IF identity_merge._distributed() AND identity_merge._on_coordinator() THEN
+        RETURN QUERY SELECT 'identity_events_pending'::text,
+            CASE WHEN r.success THEN format('%s identity events queued on node %s: run SELECT mp_apply_pending()', r.result, r.nodeid)
+                 ELSE format('the queue of node %s could not be read: %s', r.nodeid, r.result) END
+          FROM pg_catalog.run_command_on_all_nodes(format(
+                 'SELECT count(*) FROM identity_merge.pending_events WHERE project_id = %s', pid)) r
+         WHERE NOT r.success OR r.result <> '0';
+    ELSIF has_table_privilege('identity_merge.pending_events', 'SELECT') THEN
+        RETURN QUERY SELECT 'identity_events_pending'::text,
+            format('%s identity events queued on this node since %s: run SELECT mp_apply_pending()', count(*), min(q.queued_at))
+          FROM identity_merge.pending_events q WHERE q.project_id = pid HAVING count(*) > 0;
+    END IF;
+    -- A table whose columns no longer fit is reported, as is one the caller may not read.
+    FOR a IN SELECT * FROM identity_merge.attachments x WHERE x.project_id = pid LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = a.events) THEN
+            check_name := 'attachment_broken';
+            detail := format('table %s: no longer exists; mp_detach it', a.events::oid);
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        broken := false;
+        FOR bad IN SELECT * FROM identity_merge._column_problems(a.events, a.distinct_id_column, a.canonical_column) LOOP
+            check_name := 'attachment_broken';
+            detail := format('table %s: %s', a.events, bad.problem);
+            broken := true;
+            RETURN NEXT;
+        END LOOP;
+        IF broken THEN
+            CONTINUE;
+        END IF;
+        IF NOT (has_column_privilege(a.events, a.distinct_id_column, 'SELECT')
+                AND has_column_privilege(a.events, a.canonical_column, 'SELECT')) THEN
+            check_name := 'stamps_not_checked';
+            detail := format('table %s: its stamps were not checked, role %s may not read columns %I and %I',
+                             a.events, current_user, a.distinct_id_column, a.canonical_column);
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        -- Row-level security policies are the table owner's code and run as whoever reads the
+        -- table: only the owner (or a role that may act as it) has its stamps checked.
+        IF EXISTS (SELECT 1 FROM pg_partition_tree(a.events) pt JOIN pg_class c ON c.oid = pt.relid
+                    WHERE c.relrowsecurity)
+           AND NOT pg_has_role((SELECT c.relowner FROM pg_class c WHERE c.oid = a.events), 'MEMBER') THEN
+            check_name := 'stamps_not_checked';
+            detail := format('table %s: its stamps were not checked, it has row-level security and role %s is not its owner %s',
+                             a.events, current_user, (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = a.events));
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        -- Rows without a stamp that the trigger would have stamped (loaded before mp_attach, or
+        -- with the trigger disabled): CALL mp_restamp_all stamps them.
+        fillable := '';
+        IF NOT legacy AND (SELECT x.mode FROM identity_merge.projects x WHERE x.project_id = pid) = 'simplified' THEN
+            targs := identity_merge._trigger_args(a.events);
+            SELECT format(' OR identity_merge._row_distinct_id(%L, %s, %s) IS NOT NULL', token,
+                          coalesce(max(format('e.%I::text', t.attname)) FILTER (WHERE t.attname = coalesce(nullif(targs[4], ''), '$device_id')), 'NULL'),
+                          coalesce(max(format('e.%I::text', t.attname)) FILTER (WHERE t.attname = coalesce(nullif(targs[5], ''), '$user_id')), 'NULL'))
+              INTO fillable
+              FROM pg_attribute t WHERE t.attrelid = a.events AND t.attnum > 0 AND NOT t.attisdropped;
+        END IF;
+        RETURN QUERY EXECUTE format(
+            'SELECT ''unstamped_rows''::text, format(''table %%s: %%s rows have no stamp (loaded before mp_attach, or with its trigger disabled): CALL mp_restamp_all(%%L)'', %1$L, c.n, %1$L) '
+            'FROM (SELECT count(*) AS n FROM %1$s e WHERE e.%3$I IS NULL AND (e.%2$I IS NOT NULL%4$s)) c WHERE c.n > 0',
+            a.events, a.distinct_id_column, a.canonical_column, fillable);
+        IF legacy THEN
+            -- Legacy stamps are final: right when the row's own id (stored before its alias) or
+            -- the person it maps to (an original never stops being canonical).
+            RETURN QUERY EXECUTE format(
+                'SELECT ''unfixable_stamp''::text, format(''%%s row distinct_id %%s stamped %%s, which is neither itself nor %%s'', %1$L, e.%2$I, e.%3$I, coalesce(i.canonical_id, e.%2$I::text)) '
+                'FROM %1$s e LEFT JOIN identity_merge.identities i '
+                '  ON i.project_id = $1 AND i.distinct_id = e.%2$I::text COLLATE "C" '
+                'WHERE e.%3$I IS NOT NULL AND e.%3$I::text COLLATE "C" <> coalesce(i.canonical_id, e.%2$I::text) AND e.%3$I::text COLLATE "C" <> e.%2$I::text',
+                a.events, a.distinct_id_column, a.canonical_column) USING pid;
+            CONTINUE;
+        END IF;
+        IF identity_merge._distributed() AND NOT identity_merge._is_citus_table(a.events) THEN
+            -- A plain table beside the replicated state (see mp_restamp): ids resolved one by one.
+            RETURN QUERY EXECUTE format(
+                'SELECT ''unfixable_stamp''::text, format(''%%s row distinct_id %%s stamped %%s, resolves to %%s'', %1$L, e.%2$I, e.%3$I, r.c) '
+                'FROM %1$s e CROSS JOIN LATERAL (SELECT %4$I.mp_resolve(e.%2$I::text, $2) AS c) r '
+                'WHERE e.%3$I IS NOT NULL AND e.%3$I::text COLLATE "C" <> r.c '
+                '  AND NOT (e.%3$I::text COLLATE "C" = ANY ($3))',
+                a.events, a.distinct_id_column, a.canonical_column,
+                (SELECT n.nspname FROM pg_extension x JOIN pg_namespace n ON n.oid = x.extnamespace WHERE x.extname = 'identity_merge'))
+            USING pid, project,
+                  (SELECT coalesce(array_agg(x.stale), '{}') FROM (
+                       SELECT l.absorbed_canonical AS stale FROM identity_merge.merge_log l WHERE l.project_id = pid
+                       UNION ALL
+                       SELECT r.old_canonical FROM identity_merge.retractions r WHERE r.project_id = pid) x);
+            CONTINUE;
+        END IF;
+        RETURN QUERY EXECUTE format(
+            'SELECT ''unfixable_stamp''::text, format(''%%s row distinct_id %%s stamped %%s, resolves to %%s'', %1$L, e.%2$I, e.%3$I, coalesce(i.canonical_id, e.%2$I::text)) '
+            'FROM %1$s e LEFT JOIN identity_merge.identities i '
+            '  ON i.project_id = $1 AND i.distinct_id = e.%2$I::text COLLATE "C" '
+            'WHERE e.%3$I IS NOT NULL AND e.%3$I::text COLLATE "C" <> coalesce(i.canonical_id, e.%2$I::text) '
+            '  AND NOT EXISTS (SELECT 1 FROM identity_merge.merge_log l WHERE l.project_id = $1 '
+            '                  AND l.absorbed_canonical = e.%3$I::text COLLATE "C") '
+            '  AND NOT EXISTS (SELECT 1 FROM identity_merge.retractions x WHERE x.project_id = $1 '
+            '                  AND x.old_canonical = e.%3$I::text COLLATE "C")',
+            a.events, a.distinct_id_column, a.canonical_column) USING pid;
+    END LOOP;
+END $$;
+
+-- Rights to read: resolve ids, list clusters, read settings and the state tables, run mp_check.
+CREATE OR REPLACE FUNCTION mp_grant_reader(role regrole) RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE s text := (SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+                    WHERE e.extname = 'identity_merge');
+        propagation text := identity_merge._grant_on_workers('mp_grant_reader', role);
+BEGIN
+    PERFORM identity_merge._no_nulls('mp_grant_reader', '{role}', ARRAY[role IS NULL]);
+    EXECUTE format('GRANT USAGE ON SCHEMA identity_merge TO %s', role);
+    EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA identity_merge TO %s', role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION %1$I.mp_resolve(text, text), %1$I.mp_cluster(text, text), '
+                   '%1$I.mp_project_settings(text), %1$I.mp_check(text), identity_merge._check_log(integer), '
+                   'identity_merge._project(text), %1$I.mp_explain(text, text), %1$I.mp_explain(text, text, text), '
+                   '%1$I.mp_profile(text, text) TO %2$s', s, role);
+    IF propagation IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', propagation, true);
+    END IF;
+END $$;
+
+-- Rights to change identities through the functions (never the tables directly), to feed the
+-- JSON API, and to attach event tables the role owns.
+CREATE OR REPLACE FUNCTION mp_grant_writer(role regrole) RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE s text := (SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+                    WHERE e.extname = 'identity_merge');
+        propagation text := identity_merge._grant_on_workers('mp_grant_writer', role);
+BEGIN
+    PERFORM identity_merge._no_nulls('mp_grant_writer', '{role}', ARRAY[role IS NULL]);
+    EXECUTE format('SELECT %I.mp_grant_reader(%L::regrole)', s, role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION %1$I.mp_identify(text, text, text), %1$I.mp_alias(text, text, text), '
+                   '%1$I.mp_merge(text, text, text), %1$I.mp_merge(text[], text), '
+                   '%1$I.mp_identity_create(jsonb), %1$I.mp_identity_create_alias(jsonb), %1$I.mp_identity_merge(jsonb), '
+                   '%1$I.mp_track(jsonb), %1$I.mp_segment(jsonb, text), identity_merge._segment(text, text), '
+                   '%1$I.mp_engage(jsonb), identity_merge._engage(text), %1$I.mp_refresh_people(text), '
+                   '%1$I.mp_identity_record_create(jsonb), identity_merge._identity_record_create(text), '
+                   'identity_merge._identity_create(text), identity_merge._identity_create_alias(text), '
+                   'identity_merge._identity_merge(text), identity_merge._track(text), '
+                   '%1$I.mp_attach(regclass, text, name, name, boolean, name, name), %1$I.mp_detach(regclass), %1$I.mp_restamp(regclass), '
+                   '%1$I.mp_split(text, text), %1$I.mp_unjoin(bigint), '
+                   'identity_merge.stamp_event(), identity_merge._register_attachment(regclass, integer, name, name), '
+                   'identity_merge._unregister_attachment(regclass) TO %2$s', s, role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION %1$I.mp_schedule_restamp(regclass, interval), '
+                   '%1$I.mp_unschedule_restamp(regclass) TO %2$s', s, role);
+    -- The restamp of every row commits per batch, so it runs as the caller, who keeps its
+    -- progress (row-level security limits that to tables the caller owns).
+    EXECUTE format('GRANT EXECUTE ON PROCEDURE %1$I.mp_restamp_all(regclass, integer) TO %2$s', s, role);
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON identity_merge.restamp_progress TO %s', role);
+    IF propagation IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', propagation, true);
+    END IF;
+END $$;
+
+REVOKE ALL ON FUNCTION identity_merge._no_nulls(text, text[], boolean[]), identity_merge._trigger_args(regclass),
+    identity_merge._exec_as_owner(regclass, text), identity_merge._backfill_from_table(text, text, regclass),
+    identity_merge._wait_for_writers(regclass[]), identity_merge._row_distinct_id(text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION identity_merge._no_nulls(text, text[], boolean[]), identity_merge._trigger_args(regclass),
+    identity_merge._row_distinct_id(text, text, text), identity_merge._exec_as_owner(regclass, text) TO PUBLIC;
