@@ -14,8 +14,9 @@ SELECT mp_attach('loaded_events', 'history-load');
 SELECT count(*) AS unstamped FROM loaded_events WHERE canonical_id IS NULL;
 SELECT pg_relation_size('loaded_events') / current_setting('block_size')::int > 20 AS several_batches;
 
--- An interrupted run: progress says the first 20 blocks are done.
-INSERT INTO identity_merge.restamp_progress (events, next_block, blocks) VALUES ('loaded_events', 20, 0);
+-- An interrupted run: progress says the first 20 blocks of this table and attachment are done.
+INSERT INTO identity_merge.restamp_progress (events, next_block, blocks, filenode, attached_at)
+SELECT 'loaded_events', 20, 0, pg_relation_filenode('loaded_events'), attached_at FROM identity_merge.attachments WHERE events = 'loaded_events'::regclass;
 CALL mp_restamp_all('loaded_events', 20);
 SELECT count(*) FILTER (WHERE canonical_id IS NULL) AS still_unstamped,
        count(*) FILTER (WHERE ctid >= '(20,0)' AND canonical_id IS NULL) AS unstamped_after_block_20
