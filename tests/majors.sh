@@ -84,6 +84,7 @@ expect "mp_check is clean after MERGE" w "SELECT count(*) FROM mp_check();" "0"
 if [ "$major" -ge 17 ]; then
   expect "COPY ON_ERROR ignore: skipped rows have no identity effect" w "CREATE TABLE c_ev (n int, distinct_id text, event text, properties jsonb, canonical_id text);
 SELECT mp_attach('c_ev');
+SET client_min_messages = warning;
 COPY c_ev (n, distinct_id, event, properties) FROM STDIN WITH (FORMAT csv, ON_ERROR ignore);
 1,anon-c,view,{}
 oops,user-skip,\$identify,\"{\"\"\$identified_id\"\": \"\"user-skip\"\", \"\"\$anon_id\"\": \"\"anon-c\"\"}\"
