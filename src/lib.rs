@@ -38,25 +38,10 @@ use pgrx::prelude::*;
 pub mod core;
 
 mod api;
-mod attach;
-mod backfill;
-mod batch;
-mod cache;
-mod check;
-mod citus;
-mod explain;
-mod guc;
-mod json_api;
-mod locks;
-mod owner;
-mod people;
+mod engine;
 mod pg;
-mod probe;
-mod records;
-mod retract;
-mod ring;
 mod store;
-mod trigger;
+mod sync;
 
 ::pgrx::pg_module_magic!();
 
@@ -70,8 +55,8 @@ extension_sql_file!("../sql/api.sql", name = "api", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    guc::init();
-    batch::init();
+    pg::guc::init();
+    engine::batch::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

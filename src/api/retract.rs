@@ -116,7 +116,7 @@ fn retract(
     as_owner(|| {
         // Serialized with every writer of the project: the cluster is read and rewritten whole.
         let limit = 0;
-        if crate::locks::hold_project(project.id, limit).is_none() {
+        if crate::sync::locks::hold_project(project.id, limit).is_none() {
             return Err(IdentityError::project_contention(&project.token));
         }
         let (canonical, target_text) = match target {
@@ -269,7 +269,7 @@ fn retract(
         })
         .or_bug("writing a retraction");
         // This backend's stamp cache: emptied (other backends hear of it at commit).
-        crate::cache::clear();
+        crate::sync::cache::clear();
 
         let mut changed: Changed = gone
             .iter()

@@ -32,7 +32,7 @@ pub struct Probe {
 }
 
 fn now_seen() -> (u64, u64) {
-    (crate::cache::freshness(), crate::cache::own_writes())
+    (crate::sync::cache::freshness(), crate::sync::cache::own_writes())
 }
 
 /// Who is asking: the stamping trigger (snapshot as fresh as the caches, see cache.rs) or
@@ -113,7 +113,7 @@ fn current_snapshot(user: Use, after_own_changes: bool) -> pg_sys::Snapshot {
 impl Probe {
     fn open(user: Use, statement: (u32, u32)) -> Result<Probe, IdentityError> {
         // On Citus, this node's placement of the replicated table (citus.rs).
-        let identities = crate::citus::identities()?;
+        let identities = crate::api::queue::identities()?;
         let (heap_oid, index_oid) = (identities.heap, identities.index);
         in_transaction_scope(|| {
             let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
@@ -452,7 +452,7 @@ pub fn direct_reads_allowed() -> bool {
             pg_sys::IsInParallelMode(),
         )
     };
-    read_committed && !parallel && !crate::citus::distributed()
+    read_committed && !parallel && !crate::api::queue::distributed()
 }
 
 /// The canonical ids of `ids` (None: unknown) under a snapshot taken now, after a command
@@ -576,8 +576,8 @@ impl ClusterReader {
     /// epoch (cache.rs: any relation's invalidation moves it, a dropped or re-created table's
     /// too).
     pub fn new() -> Result<ClusterReader, IdentityError> {
-        crate::cache::ensure_registered();
-        let epoch = crate::cache::epochs().1;
+        crate::sync::cache::ensure_registered();
+        let epoch = crate::sync::cache::epochs().1;
         if let Some((e, reader)) = CLUSTER_READER.with(|c| c.get()) {
             if e == epoch {
                 return Ok(reader);

@@ -52,7 +52,7 @@ struct Batch {
     graph: Graph,
     /// One per `graph.joins`, in order.
     sources: Vec<JoinSource>,
-    clusters: crate::probe::ClusterReader,
+    clusters: crate::store::probe::ClusterReader,
     /// Identity events applied (for the message of a lost batch).
     events: usize,
 }
@@ -83,7 +83,7 @@ fn pending_statement() -> Option<(u32, u32, u32)> {
 /// Whether a statement of this transaction may apply its events in memory: where the graph
 /// may be read directly with fresh snapshots (READ COMMITTED, one node, not parallel).
 fn eligible() -> bool {
-    crate::probe::direct_reads_allowed()
+    crate::store::probe::direct_reads_allowed()
 }
 
 /// Whether the identity events of `project` in the statement `(command id, subtransaction)`
@@ -104,12 +104,12 @@ pub fn take_part(project: &Project, statement: (u32, u32)) -> bool {
         m.set((key, n));
         n
     });
-    let threshold = crate::guc::batch_threshold();
+    let threshold = crate::pg::guc::batch_threshold();
     if threshold == 0 || !eligible() {
         return false;
     }
-    let held = crate::locks::holds_project_exclusively(project.id);
-    if !held && (met < threshold || !crate::locks::try_hold_project_exclusively(project.id)) {
+    let held = crate::sync::locks::holds_project_exclusively(project.id);
+    if !held && (met < threshold || !crate::sync::locks::try_hold_project_exclusively(project.id)) {
         return false;
     }
     // The tables the batch writes when the statement ends, locked for writing now: a running
@@ -124,9 +124,9 @@ pub fn take_part(project: &Project, statement: (u32, u32)) -> bool {
     if !held {
         // What other sessions committed before the lock was granted: the stamp cache must not
         // answer from before it (nothing changes the project now but this batch).
-        crate::cache::accept_invalidations();
+        crate::sync::cache::accept_invalidations();
     }
-    let Ok(clusters) = crate::probe::ClusterReader::new() else {
+    let Ok(clusters) = crate::store::probe::ClusterReader::new() else {
         return false;
     };
     BATCH.with(|b| {
@@ -159,7 +159,7 @@ fn meet(a: &str, b: &str) -> Result<(), IdentityError> {
             continue;
         }
         let canonical =
-            crate::probe::canonical_string(crate::probe::Use::Stamp, statement, project_id, id)?;
+            crate::store::probe::canonical_string(crate::store::probe::Use::Stamp, statement, project_id, id)?;
         let Some(canonical) = canonical else {
             // New to the store: the graph makes it when an operation joins it.
             continue;
@@ -244,7 +244,7 @@ pub fn execute(
 /// The canonical id, as the batch has it now, of the stored answer `stored` (an id's stored
 /// canonical, or the id itself when unknown) in `project_id`; None when the batch did not
 /// change it. Asked by the trigger for every row it stamps while a batch runs.
-pub fn canonical_now(project_id: i32, stored: &[u8]) -> Option<crate::cache::Canonical> {
+pub fn canonical_now(project_id: i32, stored: &[u8]) -> Option<crate::sync::cache::Canonical> {
     if ACTIVE.with(|a| a.get()) != Some(project_id) {
         return None;
     }
@@ -252,7 +252,7 @@ pub fn canonical_now(project_id: i32, stored: &[u8]) -> Option<crate::cache::Can
         let mut batch = batch.try_borrow_mut().ok()?;
         let batch = batch.as_mut()?;
         let now = batch.graph.canonical_of(stored)?;
-        (now.as_bytes() != stored).then(|| crate::cache::Canonical::new(now.as_bytes()))
+        (now.as_bytes() != stored).then(|| crate::sync::cache::Canonical::new(now.as_bytes()))
     })
 }
 
@@ -302,7 +302,7 @@ pub fn flush() {
 }
 
 fn write(c: &mut pgrx::spi::SpiClient<'_>, batch: &mut Batch) {
-    use crate::backfill::{insert_new_ids, text_array, write_chunk, write_clusters};
+    use crate::api::backfill::{insert_new_ids, text_array, write_chunk, write_clusters};
     let pid = batch.project_id;
     let graph = &mut batch.graph;
     // Every stored id of an absorbed cluster, loaded by the batch or not, goes to its cluster's
@@ -514,7 +514,7 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
             refuse_lost();
             // After the flush, whose joins are the transaction's last.
             if event == XACT_EVENT_PRE_PREPARE {
-                at_end(crate::ring::pre_prepare());
+                at_end(crate::sync::ring::pre_prepare());
             }
         }
         XACT_EVENT_ABORT
@@ -528,9 +528,9 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
             match event {
                 // Visible to new snapshots now, locks not yet released: other sessions learn
                 // of the joins before they can see or take anything this transaction held.
-                XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => crate::ring::commit(),
+                XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => crate::sync::ring::commit(),
                 XACT_EVENT_PREPARE => {}
-                _ => at_end(crate::ring::abort()),
+                _ => at_end(crate::sync::ring::abort()),
             }
         }
         _ => {}
@@ -538,14 +538,14 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
 }
 
 /// What the ring asks of the caches when (part of) a transaction ends.
-fn at_end(what: crate::ring::AtEnd) {
-    use crate::ring::AtEnd::*;
+fn at_end(what: crate::sync::ring::AtEnd) {
+    use crate::sync::ring::AtEnd::*;
     match what {
         Nothing => {}
-        ForgetOwnJoins => crate::cache::clear(),
+        ForgetOwnJoins => crate::sync::cache::clear(),
         SignalAndForget => {
-            crate::cache::signal();
-            crate::cache::clear();
+            crate::sync::cache::signal();
+            crate::sync::cache::clear();
         }
     }
 }
@@ -561,7 +561,7 @@ unsafe extern "C-unwind" fn on_subxact(
     let lxid = crate::pg::local_xid();
     match event {
         SUBXACT_EVENT_ABORT_SUB => {
-            at_end(crate::ring::abort_sub(sub));
+            at_end(crate::sync::ring::abort_sub(sub));
             if pending_statement().is_some_and(|(x, s, _)| x == lxid && s == sub) {
                 // The batch's statement failed: its rows are gone, and so is the batch.
                 forget();

@@ -290,8 +290,8 @@ fn build_context(
         properties,
         device_att: optional(&device_name)?,
         user_att: optional(&user_name)?,
-        shard_of: crate::citus::shard_of(key.0, &table),
-        epochs: crate::cache::epochs(),
+        shard_of: crate::api::queue::shard_of(key.0, &table),
+        epochs: crate::sync::cache::epochs(),
         qualified_table: format!("{}.{}", trigger.table_schema().unwrap_or_default(), table),
         project,
         table,
@@ -401,15 +401,15 @@ fn stamp<'a>(
         let mut slot = slot.borrow_mut();
         if slot.as_ref().map(|c| c.key) != Some(key) {
             // A new statement: see what other sessions changed before it started.
-            crate::cache::accept_invalidations();
+            crate::sync::cache::accept_invalidations();
             let reusable = slot.as_ref().is_some_and(|c| {
-                (c.key.0, c.key.1) == (key.0, key.1) && c.epochs == crate::cache::epochs()
+                (c.key.0, c.key.1) == (key.0, key.1) && c.epochs == crate::sync::cache::epochs()
             });
             if reusable {
                 let ctx = slot.as_mut().unwrap();
                 ctx.key = key;
                 // The session's anon_id_format may have changed since.
-                ctx.project.refresh(crate::guc::anon_id_format_any());
+                ctx.project.refresh(crate::pg::guc::anon_id_format_any());
             } else {
                 // Dropped first: a failed set-up must not leave the previous table's in place.
                 *slot = None;
@@ -517,7 +517,7 @@ unsafe fn with_canonical<R>(
     // While the statement's batch runs, the stored answer may be one the batch changed.
     let use_it = move |d: pg_sys::Datum| -> R {
         // SAFETY: `d` is a text datum: the row's own, the cache's or the probe's.
-        match crate::batch::canonical_now(project_id, unsafe { text_bytes(d) }) {
+        match crate::engine::batch::canonical_now(project_id, unsafe { text_bytes(d) }) {
             Some(now) => use_it(now.datum()),
             None => use_it(d),
         }
@@ -525,7 +525,7 @@ unsafe fn with_canonical<R>(
     let mut use_it = Some(use_it);
     let mut out: Option<R> = None;
     let mut cached = || {
-        crate::cache::get(project_id, id, |c| {
+        crate::sync::cache::get(project_id, id, |c| {
             if let Some(f) = use_it.take() {
                 out = Some(f(c.map_or(distinct, |c| c.datum())));
             }
@@ -535,17 +535,17 @@ unsafe fn with_canonical<R>(
         return Ok(out.take().expect("a cache hit lends the datum once"));
     }
     let mut estimate = Ok(None);
-    let budget = crate::cache::load_budget(project_id, || {
-        estimate = crate::probe::identities_estimate(statement);
+    let budget = crate::sync::cache::load_budget(project_id, || {
+        estimate = crate::store::probe::identities_estimate(statement);
         estimate.clone().ok().flatten()
     });
     estimate?;
     if let Some(budget) = budget {
         // Many ids missed: reading the whole project may cost less than probing on.
         let mut scanned = Ok(0);
-        crate::cache::load(project_id, budget, |put| {
+        crate::sync::cache::load(project_id, budget, |put| {
             let mut whole = true;
-            scanned = crate::probe::each_identity(statement, project_id, |id, canonical| {
+            scanned = crate::store::probe::each_identity(statement, project_id, |id, canonical| {
                 // SAFETY: the scan hands over text datums valid during each call.
                 whole = put(unsafe { text_bytes(id) }, unsafe { text_bytes(canonical) });
                 whole
@@ -557,21 +557,21 @@ unsafe fn with_canonical<R>(
             return Ok(out.take().expect("a cache hit lends the datum once"));
         }
     }
-    let mut found: Option<crate::cache::Canonical> = None;
+    let mut found: Option<crate::sync::cache::Canonical> = None;
     // SAFETY: `distinct` is a valid text datum; the probe hands a text datum of the index or
     // heap tuple, valid during the closure, whose bytes are copied there.
     let as_of = unsafe {
-        crate::probe::canonical(
-            crate::probe::Use::Stamp,
+        crate::store::probe::canonical(
+            crate::store::probe::Use::Stamp,
             statement,
             project_id,
             distinct,
             |d| {
-                found = d.map(|d| crate::cache::Canonical::new(text_bytes(d)));
+                found = d.map(|d| crate::sync::cache::Canonical::new(text_bytes(d)));
             },
         )
     }?;
-    crate::cache::put(project_id, id, found.as_ref().map(|c| c.bytes()), as_of);
+    crate::sync::cache::put(project_id, id, found.as_ref().map(|c| c.bytes()), as_of);
     let use_it = use_it.take().expect("not lent yet");
     Ok(match &found {
         // `found` owns its bytes (a copy), alive during the call.
@@ -640,9 +640,9 @@ unsafe fn apply_row_event(
         // in this node's queue, committed with the row, for mp_apply_pending.
         if !plan.refusals.is_empty()
             || plan.ignored.is_some()
-            || !crate::citus::all_together(project, &plan.ops)
+            || !crate::api::queue::all_together(project, &plan.ops)
         {
-            crate::citus::queue(crate::citus::Queued {
+            crate::api::queue::queue(crate::api::queue::Queued {
                 project_id: project.id,
                 events: table,
                 distinct_id: distinct(),
@@ -667,16 +667,16 @@ unsafe fn apply_row_event(
         }),
     };
     // Past the statement's first identity events, the rest may go to its batch (batch.rs).
-    let done = if !plan.ops.is_empty() && crate::batch::take_part(project, statement) {
-        crate::batch::execute(project, plan, &source)?
+    let done = if !plan.ops.is_empty() && crate::engine::batch::take_part(project, statement) {
+        crate::engine::batch::execute(project, plan, &source)?
     } else {
         store::with_source(source, || store::execute(project, plan))?
     };
     if !done.refusals.is_empty() {
-        let (table, row) = if crate::citus::distributed() {
+        let (table, row) = if crate::api::queue::distributed() {
             // The rejections are replicated: this node's oid would name another table, or
             // none, on the others, where row-level security reads it (see citus::row_of).
-            let row = crate::citus::row_of(&ctx.qualified_table, distinct(), event.as_deref());
+            let row = crate::api::queue::row_of(&ctx.qualified_table, distinct(), event.as_deref());
             (None, row)
         } else {
             let row = serde_json::json!({

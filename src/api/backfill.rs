@@ -39,7 +39,7 @@ fn for_each_row(
 ) -> Result<(), pgrx::spi::SpiError> {
     fn as_reader<R>(reader: Option<pg_sys::Oid>, f: impl FnOnce() -> R) -> R {
         match reader {
-            Some(rel) => crate::owner::as_table_owner(rel, "mp_backfill_from", f),
+            Some(rel) => crate::pg::owner::as_table_owner(rel, "mp_backfill_from", f),
             None => f(),
         }
     }
@@ -434,7 +434,7 @@ fn backfill(
             hint: "Pass a query returning (operation text, id_a text, id_b text) in time order, e.g. SELECT op, a, b FROM history ORDER BY t.",
         });
     }
-    let distributed = crate::citus::distributed();
+    let distributed = crate::api::queue::distributed();
     if distributed {
         // Bulk writes to the replicated tables go to every node at once, which Citus refuses in
         // a transaction that already read a placement in this backend: none is, from here.
@@ -458,7 +458,7 @@ fn backfill(
     };
     let mut events: i64 = 0;
 
-    if !crate::locks::hold_cluster_wide(pid) {
+    if !crate::sync::locks::hold_cluster_wide(pid) {
         raise(IdentityError::project_contention(&project.token));
     }
     Spi::connect_mut(|c| {
@@ -515,7 +515,7 @@ fn backfill(
                 };
                 let result = match a.as_deref() {
                     None => Err(IdentityError::NullId { field: "distinct_id" }),
-                    Some(id) => crate::retract::split(&project, id, &source).map(|_| ()),
+                    Some(id) => crate::api::retract::split(&project, id, &source).map(|_| ()),
                 };
                 graph = Spi::connect(|c| load_graph(c, pid));
                 if let Err(err) = result {

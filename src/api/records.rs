@@ -150,7 +150,7 @@ mod identity_merge {
     #[pg_extern(volatile, parallel_unsafe)]
     fn _identity_record_create(body: Option<&str>) -> pgrx::JsonB {
         // Parsed as every JSON API body is; its refusals name the field like a 400 does.
-        let parsed = crate::json_api::parse(body, "body").map_err(|e| match e {
+        let parsed = crate::api::http::parse(body, "body").map_err(|e| match e {
             IdentityError::MalformedEvent { field, problem } => BadRequest { field, problem },
             other => BadRequest {
                 field: "body".into(),

@@ -234,7 +234,7 @@ impl QuietWrite {
     pub fn begin(distributed: bool) -> QuietWrite {
         let quiet = shared().is_some()
             && !distributed
-            && crate::guc::PUBLISH_JOINS.get()
+            && crate::pg::guc::PUBLISH_JOINS.get()
             && !SIGNALLED.with(|s| s.get());
         if quiet {
             QUIET_WRITES.with(|q| q.set(q.get() + 1));

@@ -82,5 +82,5 @@ fn mp_merge_array(
 #[pg_extern(stable, strict, parallel_safe)]
 fn mp_resolve(distinct_id: &str, project: default!(&str, "'default'")) -> String {
     let project_id = store::project_id(project).or_raise();
-    crate::probe::resolve(project_id, distinct_id).or_raise()
+    crate::store::probe::resolve(project_id, distinct_id).or_raise()
 }

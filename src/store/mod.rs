@@ -15,6 +15,8 @@
 //! if PostgreSQL finds a deadlock; no id can end in two clusters because re-pointing happens
 //! only under both clusters' locks (or the project's exclusive one).
 
+pub mod probe;
+
 use std::cell::RefCell;
 
 use pgrx::prelude::*;
@@ -237,7 +239,7 @@ thread_local! {
 
 /// Whether the session lifts the anon id format (`identity_merge.anon_id_format = 'any'`).
 fn session_any() -> bool {
-    crate::guc::anon_id_format_any()
+    crate::pg::guc::anon_id_format_any()
 }
 
 /// A project by token (from the backend's cache when it is current), or `UnknownProject`.
@@ -247,9 +249,9 @@ pub fn project(token: Option<&str>) -> Result<Project, IdentityError> {
     let token = token.ok_or(IdentityError::NullId { field: "project" })?;
     // Every function that reads or writes the graph asks for its project first: a statement's
     // identity events still held in memory (batch.rs) are written before it reads.
-    crate::batch::flush();
-    crate::cache::accept_invalidations();
-    let generation = crate::cache::generation();
+    crate::engine::batch::flush();
+    crate::sync::cache::accept_invalidations();
+    let generation = crate::sync::cache::generation();
     let hit = PROJECTS.with(|p| {
         let p = p.borrow();
         (p.0 == generation)
@@ -275,9 +277,9 @@ pub fn project(token: Option<&str>) -> Result<Project, IdentityError> {
 
 /// Only the id of a project by token (the `mp_resolve` path: no settings cloned on a hit).
 pub fn project_id(token: &str) -> Result<i32, IdentityError> {
-    crate::batch::flush();
-    crate::cache::accept_invalidations();
-    let generation = crate::cache::generation();
+    crate::engine::batch::flush();
+    crate::sync::cache::accept_invalidations();
+    let generation = crate::sync::cache::generation();
     let hit = PROJECTS.with(|p| {
         let p = p.borrow();
         (p.0 == generation)
@@ -310,7 +312,7 @@ fn load_fresh<R>(load: impl FnOnce() -> R) -> R {
 /// Loads a project by token from the projects table.
 fn load_project(token: &str) -> Result<Project, IdentityError> {
     // On Citus, this node's copy of projects (also from inside a query on a shard).
-    let placement = crate::citus::placement("projects")?;
+    let placement = crate::api::queue::placement("projects")?;
     let p = plans();
     Spi::connect(|c| {
         let rows = match &placement {
@@ -364,20 +366,20 @@ fn load_project(token: &str) -> Result<Project, IdentityError> {
 /// Other sessions learn of the joins through the ring (ring.rs) when this transaction
 /// commits; the write sends no change signal unless the transaction outgrew the ring.
 pub fn own_write<R>(project_id: i32, write: impl FnOnce() -> (R, Vec<(String, String)>)) -> R {
-    let projects_current = PROJECTS.with(|p| p.borrow().0 == crate::cache::generation());
-    let before = crate::cache::own_change_begin();
-    let quiet = crate::ring::QuietWrite::begin(crate::citus::distributed());
+    let projects_current = PROJECTS.with(|p| p.borrow().0 == crate::sync::cache::generation());
+    let before = crate::sync::cache::own_change_begin();
+    let quiet = crate::sync::ring::QuietWrite::begin(crate::api::queue::distributed());
     let (result, joins) = write();
     if quiet.joined(joins.iter().map(|(absorbed, _)| absorbed.as_str())) {
-        crate::cache::signal();
+        crate::sync::cache::signal();
     }
     drop(quiet);
     let joined: Vec<(&str, &str)> = joins
         .iter()
         .map(|(x, k)| (x.as_str(), k.as_str()))
         .collect();
-    if crate::cache::own_change_end(before, project_id, &joined) && projects_current {
-        PROJECTS.with(|p| p.borrow_mut().0 = crate::cache::generation());
+    if crate::sync::cache::own_change_end(before, project_id, &joined) && projects_current {
+        PROJECTS.with(|p| p.borrow_mut().0 = crate::sync::cache::generation());
     }
     result
 }
@@ -424,8 +426,8 @@ fn read_sides(p: &Plans, direct: bool, project_id: i32, a: &str, b: &str) -> (Si
 /// without starting an executor (most of an online identity event's time went there). Only
 /// where `probe::direct_reads_allowed`; None (a cluster row missing) sends the caller to SPI.
 fn read_sides_direct(project_id: i32, a: &str, b: &str) -> Option<(Side, Side)> {
-    let [ca, cb] = crate::probe::canonicals_now(project_id, [a, b]).ok()?;
-    let clusters = crate::probe::ClusterReader::new().ok()?;
+    let [ca, cb] = crate::store::probe::canonicals_now(project_id, [a, b]).ok()?;
+    let clusters = crate::store::probe::ClusterReader::new().ok()?;
     let side = |id: &str, canonical: Option<String>| -> Option<Side> {
         let Some(canonical) = canonical else {
             return Some(Side::new_id(id));
@@ -519,7 +521,7 @@ fn apply_checked(
 ) -> Result<String, IdentityError> {
     // A statement's identity events held in memory (batch.rs) are written first: this
     // operation reads and writes the stored graph.
-    crate::batch::flush();
+    crate::engine::batch::flush();
     // The stamp caches learn of this backend's own joins from here; the project cache stays
     // current through them by the same rule.
     own_write(project.id, || {
@@ -565,7 +567,7 @@ fn join_clusters(
         b: b.to_string(),
     };
     let p = plans();
-    let direct = crate::probe::direct_reads_allowed();
+    let direct = crate::store::probe::direct_reads_allowed();
     // With the project held exclusively no other writer runs: one read, then the write.
     let write_alone = || {
         let (sa, sb) = read_sides(&p, direct, project.id, a, b);
@@ -574,7 +576,7 @@ fn join_clusters(
         }
         decide_and_write(&p, project, op, &sa, &sb, provenance)
     };
-    if crate::locks::holds_project_exclusively(project.id) {
+    if crate::sync::locks::holds_project_exclusively(project.id) {
         // A bulk transaction that already locked its project (skips the read below).
         return write_alone();
     }
@@ -591,12 +593,12 @@ fn join_clusters(
     if direct {
         rules::decide(op, &project.settings, &sa, &sb)?;
     }
-    let limit = crate::guc::cluster_locks_per_transaction();
-    match crate::locks::hold_project(project.id, limit) {
+    let limit = crate::pg::guc::cluster_locks_per_transaction();
+    match crate::sync::locks::hold_project(project.id, limit) {
         None => return Err(contention()),
         // Read again: the first read may predate the lock.
-        Some(crate::locks::ProjectHold::Exclusive) => return write_alone(),
-        Some(crate::locks::ProjectHold::Shared) => {}
+        Some(crate::sync::locks::ProjectHold::Exclusive) => return write_alone(),
+        Some(crate::sync::locks::ProjectHold::Shared) => {}
     }
     for _ in 0..MAX_ATTEMPTS {
         if sa.canonical == sb.canonical {
@@ -608,20 +610,20 @@ fn join_clusters(
         ];
         keys.sort_unstable();
         // Free locks are taken at once; otherwise wait (a deadlock's victim is refused).
-        if !crate::locks::try_clusters(keys) && !crate::locks::wait_clusters(keys) {
+        if !crate::sync::locks::try_clusters(keys) && !crate::sync::locks::wait_clusters(keys) {
             return Err(contention());
         }
         let (na, nb) = read_sides(&p, direct, project.id, a, b);
         if na.canonical != sa.canonical || nb.canonical != sb.canonical {
             // Someone joined one of the clusters before we got the locks: start over.
-            crate::locks::release_clusters(keys);
+            crate::sync::locks::release_clusters(keys);
             sa = na;
             sb = nb;
             continue;
         }
         let result = decide_and_write(&p, project, op, &na, &nb, provenance);
         if result.is_err() {
-            crate::locks::release_clusters(keys);
+            crate::sync::locks::release_clusters(keys);
         }
         return result;
     }

@@ -63,8 +63,8 @@ fn first_shard(table: pg_sys::Oid) -> Option<i64> {
 /// `shell`; None on one server. Asked of the catalog once per relations epoch (Citus's metadata
 /// changes invalidate the table, and move the epoch).
 fn shard_of_shell(shell: pg_sys::Oid) -> Option<i64> {
-    crate::cache::ensure_registered();
-    let epoch = crate::cache::epochs().1;
+    crate::sync::cache::ensure_registered();
+    let epoch = crate::sync::cache::epochs().1;
     let known = SHARDS.with(|s| {
         s.borrow()
             .as_ref()
@@ -93,9 +93,9 @@ thread_local! {
 
 /// Which relations hold `identity_merge.identities` on this node.
 pub fn identities() -> Result<Identities, IdentityError> {
-    crate::cache::ensure_registered();
+    crate::sync::cache::ensure_registered();
     let shell = crate::pg::required_relation(c"identities")?;
-    let epoch = crate::cache::epochs().1;
+    let epoch = crate::sync::cache::epochs().1;
     if let Some(found) = LAYOUT.with(|l| {
         l.borrow()
             .as_ref()
@@ -220,7 +220,7 @@ pub fn all_together(project: &crate::core::rules::Project, ops: &[ingest::Planne
         a != b
             && crate::core::rules::precheck(planned.op, &project.settings, Some(a), Some(b)).is_ok()
             && matches!(
-                (crate::probe::resolve(project.id, a), crate::probe::resolve(project.id, b)),
+                (crate::store::probe::resolve(project.id, a), crate::store::probe::resolve(project.id, b)),
                 (Ok(x), Ok(y)) if x == y
             )
     })

@@ -21,7 +21,7 @@ pub fn engage_one(update: &Value) -> Result<(), IdentityError> {
     let u = crate::core::profile::engage_update(update)?;
     let project = store::project(Some(&u.token))?;
     // On Citus, update ids follow the order of the writes (sql/scaling.sql).
-    if !crate::locks::hold_cluster_wide(project.id) {
+    if !crate::sync::locks::hold_cluster_wide(project.id) {
         return Err(IdentityError::project_contention(&u.distinct_id));
     }
     as_owner(|| {
@@ -119,7 +119,7 @@ pub fn profile_of(project: &crate::core::rules::Project, distinct_id: &str) -> V
         });
     let mut profile = fold(updates);
     // Identity records describing any id of the person follow it like its properties.
-    let records = crate::records::records_of(project.id, &ids);
+    let records = crate::api::records::records_of(project.id, &ids);
     if !records.is_empty() {
         profile.insert("$identity_records".into(), Value::from(records));
     }
@@ -141,6 +141,6 @@ mod identity_merge {
     /// Mixpanel `/engage` bodies: one update or an array of them (mp_engage).
     #[pg_extern(volatile, parallel_unsafe)]
     fn _engage(payload: Option<&str>) -> pgrx::JsonB {
-        crate::json_api::answer(payload, "payload", engage_one)
+        crate::api::http::answer(payload, "payload", engage_one)
     }
 }

@@ -1,0 +1,3 @@
+//! The engine: executing identity events.
+
+pub mod batch;
