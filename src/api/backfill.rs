@@ -434,7 +434,7 @@ fn backfill(
             hint: "Pass a query returning (operation text, id_a text, id_b text) in time order, e.g. SELECT op, a, b FROM history ORDER BY t.",
         });
     }
-    let distributed = crate::api::queue::distributed();
+    let distributed = crate::sync::placement::distributed();
     if distributed {
         // Bulk writes to the replicated tables go to every node at once, which Citus refuses in
         // a transaction that already read a placement in this backend: none is, from here.

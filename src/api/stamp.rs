@@ -290,7 +290,7 @@ fn build_context(
         properties,
         device_att: optional(&device_name)?,
         user_att: optional(&user_name)?,
-        shard_of: crate::api::queue::shard_of(key.0, &table),
+        shard_of: crate::sync::placement::shard_of(key.0, &table),
         epochs: crate::sync::cache::epochs(),
         qualified_table: format!("{}.{}", trigger.table_schema().unwrap_or_default(), table),
         project,
@@ -640,9 +640,9 @@ unsafe fn apply_row_event(
         // in this node's queue, committed with the row, for mp_apply_pending.
         if !plan.refusals.is_empty()
             || plan.ignored.is_some()
-            || !crate::api::queue::all_together(project, &plan.ops)
+            || !crate::store::queue::all_together(project, &plan.ops)
         {
-            crate::api::queue::queue(crate::api::queue::Queued {
+            crate::store::queue::queue(crate::store::queue::Queued {
                 project_id: project.id,
                 events: table,
                 distinct_id: distinct(),
@@ -673,7 +673,7 @@ unsafe fn apply_row_event(
         store::with_source(source, || store::execute(project, plan))?
     };
     if !done.refusals.is_empty() {
-        let (table, row) = if crate::api::queue::distributed() {
+        let (table, row) = if crate::sync::placement::distributed() {
             // The rejections are replicated: this node's oid would name another table, or
             // none, on the others, where row-level security reads it (see citus::row_of).
             let row = crate::api::queue::row_of(&ctx.qualified_table, distinct(), event.as_deref());

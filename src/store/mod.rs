@@ -16,6 +16,7 @@
 //! only under both clusters' locks (or the project's exclusive one).
 
 pub mod probe;
+pub mod queue;
 
 use std::cell::RefCell;
 
@@ -312,7 +313,7 @@ fn load_fresh<R>(load: impl FnOnce() -> R) -> R {
 /// Loads a project by token from the projects table.
 fn load_project(token: &str) -> Result<Project, IdentityError> {
     // On Citus, this node's copy of projects (also from inside a query on a shard).
-    let placement = crate::api::queue::placement("projects")?;
+    let placement = crate::sync::placement::placement("projects")?;
     let p = plans();
     Spi::connect(|c| {
         let rows = match &placement {
@@ -368,7 +369,7 @@ fn load_project(token: &str) -> Result<Project, IdentityError> {
 pub fn own_write<R>(project_id: i32, write: impl FnOnce() -> (R, Vec<(String, String)>)) -> R {
     let projects_current = PROJECTS.with(|p| p.borrow().0 == crate::sync::cache::generation());
     let before = crate::sync::cache::own_change_begin();
-    let quiet = crate::sync::ring::QuietWrite::begin(crate::api::queue::distributed());
+    let quiet = crate::sync::ring::QuietWrite::begin(crate::sync::placement::distributed());
     let (result, joins) = write();
     if quiet.joined(joins.iter().map(|(absorbed, _)| absorbed.as_str())) {
         crate::sync::cache::signal();

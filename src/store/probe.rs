@@ -113,7 +113,7 @@ fn current_snapshot(user: Use, after_own_changes: bool) -> pg_sys::Snapshot {
 impl Probe {
     fn open(user: Use, statement: (u32, u32)) -> Result<Probe, IdentityError> {
         // On Citus, this node's placement of the replicated table (citus.rs).
-        let identities = crate::api::queue::identities()?;
+        let identities = crate::sync::placement::identities()?;
         let (heap_oid, index_oid) = (identities.heap, identities.index);
         in_transaction_scope(|| {
             let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
@@ -452,7 +452,7 @@ pub fn direct_reads_allowed() -> bool {
             pg_sys::IsInParallelMode(),
         )
     };
-    read_committed && !parallel && !crate::api::queue::distributed()
+    read_committed && !parallel && !crate::sync::placement::distributed()
 }
 
 /// The canonical ids of `ids` (None: unknown) under a snapshot taken now, after a command

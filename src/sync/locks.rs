@@ -197,7 +197,7 @@ thread_local! {
 /// is rewritten as the error is reported, after this catch). Also makes the
 /// merge-log order the order of the joins (`_next_merge_seq`, sql/scaling.sql). False: refuse.
 pub fn hold_cluster_wide(project_id: i32) -> bool {
-    if !crate::api::queue::distributed() {
+    if !crate::sync::placement::distributed() {
         return true;
     }
     let key = (crate::pg::local_xid(), crate::pg::current_subxact());

@@ -2,4 +2,5 @@
 
 pub mod cache;
 pub mod locks;
+pub mod placement;
 pub mod ring;
