@@ -36,14 +36,8 @@ use crate::core::graph::Graph;
 use crate::core::ingest::{EventPlan, Refusal};
 use crate::core::rules::{self, Project};
 use crate::pg::as_owner;
+use crate::store::bulk::{write_statement_batch, JoinSource};
 use crate::store::{Executed, Source};
-
-/// Where one join of the batch came from: merge_log's provenance columns.
-struct JoinSource {
-    kind: &'static str,
-    detail: String,
-    role: String,
-}
 
 struct Batch {
     /// The statement: local transaction id, subtransaction id, command id.
@@ -262,10 +256,6 @@ fn forget() -> Option<Batch> {
     BATCH.with(|b| b.try_borrow_mut().ok().and_then(|mut b| b.take()))
 }
 
-const SQL_REPOINT: &str = "UPDATE identity_merge.identities i SET canonical_id = u.k \
-     FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) u(x, k) \
-     WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.canonical_id OPERATOR(pg_catalog.=) u.x";
-
 /// Writes the batch waiting to be written, if any (the store then holds what the batch
 /// decided, and the stamp cache redirects what it absorbed).
 pub fn flush() {
@@ -290,7 +280,11 @@ pub fn flush() {
     }
     let pid = batch.project_id;
     crate::store::own_write(pid, || {
-        as_owner(|| Spi::connect_mut(|c| write(c, &mut batch)));
+        as_owner(|| {
+            Spi::connect_mut(|c| {
+                write_statement_batch(c, batch.project_id, &mut batch.graph, &batch.sources)
+            })
+        });
         let g = &batch.graph;
         let redirects = g
             .joins
@@ -299,66 +293,6 @@ pub fn flush() {
             .collect();
         ((), redirects)
     });
-}
-
-fn write(c: &mut pgrx::spi::SpiClient<'_>, batch: &mut Batch) {
-    use crate::api::backfill::{insert_new_ids, text_array, write_chunk, write_clusters};
-    let pid = batch.project_id;
-    let graph = &mut batch.graph;
-    // Every stored id of an absorbed cluster, loaded by the batch or not, goes to its cluster's
-    // canonical now.
-    let (absorbed, kept): (Vec<Option<String>>, Vec<Option<String>>) = graph
-        .absorbed_stored()
-        .into_iter()
-        .map(|(x, k)| (Some(x), Some(k)))
-        .unzip();
-    if !absorbed.is_empty() {
-        text_array(c, SQL_REPOINT, vec![absorbed, kept], pid);
-    }
-    let (new_ids, _) = graph.new_and_moved_ids();
-    insert_new_ids(c, pid, graph, &new_ids);
-    write_clusters(c, pid, graph);
-    let g = &*graph;
-    let text = |f: &dyn Fn(usize) -> String| -> Vec<Option<String>> {
-        (0..g.joins.len()).map(|n| Some(f(n))).collect()
-    };
-    let operation = text(&|n| g.joins[n].op.as_str().to_string());
-    let id_a = text(&|n| g.name(g.joins[n].a).to_string());
-    let id_b = text(&|n| g.name(g.joins[n].b).to_string());
-    let kept = text(&|n| g.name(g.joins[n].kept).to_string());
-    let absorbed = text(&|n| g.name(g.joins[n].absorbed).to_string());
-    let moved: Vec<Option<i32>> = g.joins.iter().map(|j| Some(j.moved as i32)).collect();
-    let mut args: Vec<pgrx::datum::DatumWithOid> = vec![
-        operation.into(),
-        id_a.into(),
-        id_b.into(),
-        kept.into(),
-        absorbed.into(),
-        moved.into(),
-    ];
-    let sql = if crate::store::merge_log_has_provenance() {
-        let sources = &batch.sources;
-        let kind: Vec<Option<String>> = sources.iter().map(|s| Some(s.kind.to_string())).collect();
-        let detail: Vec<Option<String>> = sources.iter().map(|s| Some(s.detail.clone())).collect();
-        let role: Vec<Option<String>> = sources.iter().map(|s| Some(s.role.clone())).collect();
-        args.extend([kind.into(), detail.into(), role.into()]);
-        "INSERT INTO identity_merge.merge_log (project_id, operation, id_a, id_b, kept_canonical, absorbed_canonical, moved_ids, \
-                                               source, source_detail, role_name, transaction_id) \
-         SELECT $1, u.o, u.a, u.b, u.k, u.x, u.m, u.s, u.d::pg_catalog.jsonb, u.r, pg_catalog.pg_current_xact_id() \
-         FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[]), \
-                         pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::text[]), pg_catalog.unnest($7::int4[]), \
-                         pg_catalog.unnest($8::text[]), pg_catalog.unnest($9::text[]), pg_catalog.unnest($10::text[])) \
-              WITH ORDINALITY u(o, a, b, k, x, m, s, d, r, n) \
-         ORDER BY u.n"
-    } else {
-        "INSERT INTO identity_merge.merge_log (project_id, operation, id_a, id_b, kept_canonical, absorbed_canonical, moved_ids) \
-         SELECT $1, u.o, u.a, u.b, u.k, u.x, u.m \
-         FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[]), \
-                         pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::text[]), pg_catalog.unnest($7::int4[])) \
-              WITH ORDINALITY u(o, a, b, k, x, m, n) \
-         ORDER BY u.n"
-    };
-    write_chunk(c, sql, pid, |all| all.extend(args));
 }
 
 /// Refuses the commit of a transaction whose early-written batch rolled back (see EARLY).

@@ -15,6 +15,7 @@
 //! if PostgreSQL finds a deadlock; no id can end in two clusters because re-pointing happens
 //! only under both clusters' locks (or the project's exclusive one).
 
+pub mod bulk;
 pub mod probe;
 pub mod queue;
 
