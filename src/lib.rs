@@ -43,6 +43,9 @@ mod pg;
 mod store;
 mod sync;
 
+#[cfg(test)]
+mod layers;
+
 ::pgrx::pg_module_magic!();
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);

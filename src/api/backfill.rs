@@ -85,7 +85,7 @@ fn backfill(
         Spi::run("SELECT pg_catalog.set_config('citus.enable_local_execution', 'off', true)")
             .or_bug("setting citus.enable_local_execution");
     }
-    let project = store::project(Some(project)).or_raise();
+    let project = crate::engine::project(Some(project)).or_raise();
     let settings = project.settings.clone();
     let pid = project.id;
     let mut refusals: Vec<Refusal> = Vec::new();
@@ -153,7 +153,7 @@ fn backfill(
                 refused += refusals.len() as i64;
                 refusals.clear();
                 join_ordinals.clear();
-                let source = store::Source {
+                let source = crate::engine::Source {
                     kind: "backfill",
                     detail: serde_json::json!({ "backfill_ordinal": events }),
                 };

@@ -50,7 +50,7 @@ fn identity_call(op: Op, endpoint: &'static str, body: Option<&str>) -> pgrx::Js
     respond((|| {
         let v = parse(body, "body")?;
         let (token, a, b) = ingest::identity_request(op, &v)?;
-        let project = store::project(Some(&token))?;
+        let project = crate::engine::project(Some(&token))?;
         if !project.mode.allows(op) {
             return Err(IdentityError::WrongMode {
                 op: endpoint,
@@ -58,12 +58,12 @@ fn identity_call(op: Op, endpoint: &'static str, body: Option<&str>) -> pgrx::Js
                 mode: project.mode,
             });
         }
-        let source = store::Source {
+        let source = crate::engine::Source {
             kind: "identity_api",
             detail: json!({ "endpoint": endpoint }),
         };
-        store::with_source(source, || {
-            store::apply(&project, op, a.as_deref(), b.as_deref())
+        crate::engine::with_source(source, || {
+            crate::engine::apply(&project, op, a.as_deref(), b.as_deref())
         })
         .map(|_| ())
     })())
@@ -165,16 +165,16 @@ fn segment_one(message: &Value, token: Option<&str>) -> Result<(), IdentityError
             },
         );
     };
-    let project = match store::project(Some(&token)) {
+    let project = match crate::engine::project(Some(&token)) {
         Ok(p) => p,
         Err(err) => return fail(None, err),
     };
     let plan = ingest::plan_segment(&project, &msg);
-    let source = store::Source {
+    let source = crate::engine::Source {
         kind: "segment",
         detail: json!({ "type": msg.kind, "messageId": message.get("messageId") }),
     };
-    let done = store::with_source(source, || store::execute(&project, plan))?;
+    let done = crate::engine::with_source(source, || crate::engine::execute(&project, plan))?;
     store::record_refusals(Some(project.id), &done.refusals, None, message);
     done.failed.map_or(Ok(()), Err)
 }
@@ -195,7 +195,7 @@ fn track_one(event: &Value) -> Result<(), IdentityError> {
         Ok(ev) => ev,
         Err(err) => return fail(None, err, None, None, None),
     };
-    let project = match store::project(Some(&ev.token)) {
+    let project = match crate::engine::project(Some(&ev.token)) {
         Ok(p) => p,
         Err(err) => return fail(None, err, None, None, None),
     };
@@ -206,11 +206,11 @@ fn track_one(event: &Value) -> Result<(), IdentityError> {
         None,
         None,
     );
-    let source = store::Source {
+    let source = crate::engine::Source {
         kind: "track",
         detail: json!({ "event": ev.name, "distinct_id": ev.properties.get("distinct_id") }),
     };
-    let done = store::with_source(source, || store::execute(&project, plan))?;
+    let done = crate::engine::with_source(source, || crate::engine::execute(&project, plan))?;
     store::record_refusals(Some(project.id), &done.refusals, None, event);
     done.failed.map_or(Ok(()), Err)
 }

@@ -14,12 +14,11 @@ use crate::core::error::IdentityError;
 use crate::core::profile::{fold, ProfileOp};
 use crate::core::Mode;
 use crate::pg::{as_owner, OrBug, OrRaise};
-use crate::store;
 
 /// Stores one update for its project. The refusal, when there is one, names the field.
 pub fn engage_one(update: &Value) -> Result<(), IdentityError> {
     let u = crate::core::profile::engage_update(update)?;
-    let project = store::project(Some(&u.token))?;
+    let project = crate::engine::project(Some(&u.token))?;
     // On Citus, update ids follow the order of the writes (sql/scaling.sql).
     if !crate::sync::locks::hold_cluster_wide(project.id) {
         return Err(IdentityError::project_contention(&u.distinct_id));
@@ -130,7 +129,7 @@ pub fn profile_of(project: &crate::core::rules::Project, distinct_id: &str) -> V
 /// `{}` for a person with none.
 #[pg_extern(stable, strict, parallel_safe)]
 fn mp_profile(distinct_id: &str, project: default!(&str, "'default'")) -> pgrx::JsonB {
-    let project = store::project(Some(project)).or_raise();
+    let project = crate::engine::project(Some(project)).or_raise();
     pgrx::JsonB(profile_of(&project, distinct_id))
 }
 

@@ -32,7 +32,7 @@ fn apply_one(p: Pending) -> Result<(), IdentityError> {
         // The project was dropped since: nothing to join into.
         return Ok(());
     };
-    let project = store::project(Some(&token))?;
+    let project = crate::engine::project(Some(&token))?;
     let properties = p.properties.clone();
     let plan = ingest::plan_event(
         &project,
@@ -41,7 +41,7 @@ fn apply_one(p: Pending) -> Result<(), IdentityError> {
         p.device_id.clone(),
         p.user_id.clone(),
     );
-    let source = store::Source {
+    let source = crate::engine::Source {
         kind: "trigger",
         detail: json!({
             "table": p.events,
@@ -50,7 +50,7 @@ fn apply_one(p: Pending) -> Result<(), IdentityError> {
             "queued_by": p.role,
         }),
     };
-    let done = store::with_source(source, || store::execute(&project, plan))?;
+    let done = crate::engine::with_source(source, || crate::engine::execute(&project, plan))?;
     if !done.refusals.is_empty() {
         let row = row_of(&p.events, p.distinct_id, p.event.as_deref());
         store::record_refusals(Some(project.id), &done.refusals, None, &row);

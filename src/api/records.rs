@@ -10,7 +10,6 @@ use crate::core::record::{
     canonical_content, record_body, uuid_from_digest, BadRequest, RecordBody,
 };
 use crate::pg::{as_owner, OrBug};
-use crate::store;
 
 fn bad_request(b: &BadRequest) -> Value {
     json!({
@@ -64,7 +63,7 @@ fn identity_object(row: &Value, created: bool) -> Value {
 fn create(body: &RecordBody) -> Result<Value, BadRequest> {
     let project_id = match &body.token {
         Some(t) => Some(
-            store::project(Some(t))
+            crate::engine::project(Some(t))
                 .map_err(|e| BadRequest {
                     field: "$token".into(),
                     problem: e.message(),

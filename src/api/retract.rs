@@ -15,7 +15,6 @@ use crate::core::graph::replay;
 use crate::core::rules::{Project, RuleSettings};
 use crate::core::Op;
 use crate::pg::{as_owner, OrBug, OrRaise};
-use crate::store;
 
 /// What to retract.
 #[derive(Clone, Copy)]
@@ -110,7 +109,7 @@ fn cluster(project_id: i32, canonical: &str) -> (Vec<String>, Vec<Join>) {
 fn retract(
     project: &Project,
     target: Target,
-    provenance: &store::Source,
+    provenance: &crate::engine::Source,
 ) -> Result<Changed, IdentityError> {
     let role = crate::pg::current_role_name();
     as_owner(|| {
@@ -303,7 +302,7 @@ fn rows(
 pub(crate) fn split(
     project: &Project,
     id: &str,
-    source: &store::Source,
+    source: &crate::engine::Source,
 ) -> Result<Changed, IdentityError> {
     retract(project, Target::Id(id), source)
 }
@@ -322,8 +321,8 @@ fn mp_split(
         name!(new_canonical, String),
     ),
 > {
-    let project = store::project(Some(project)).or_raise();
-    let source = store::Source {
+    let project = crate::engine::project(Some(project)).or_raise();
+    let source = crate::engine::Source {
         kind: "function",
         detail: serde_json::json!({ "function": "mp_split" }),
     };
@@ -351,8 +350,8 @@ fn mp_unjoin(
     })
     .ok_or(IdentityError::UnknownJoin { seq })
     .or_raise();
-    let project = store::project(Some(&token)).or_raise();
-    let source = store::Source {
+    let project = crate::engine::project(Some(&token)).or_raise();
+    let source = crate::engine::Source {
         kind: "function",
         detail: serde_json::json!({ "function": "mp_unjoin" }),
     };

@@ -223,7 +223,7 @@ fn build_context(
             .unwrap_or_else(|| default.to_string())
     };
     let (device_name, user_name) = (named(3, "$device_id"), named(4, "$user_id"));
-    let project = store::project(Some(&args[0]))?;
+    let project = crate::engine::project(Some(&args[0]))?;
     let table = trigger
         .table_name()
         .unwrap_or_else(|_| format!("{:?}", key.0));
@@ -342,7 +342,7 @@ mod identity_merge {
         device_id: Option<&str>,
         user_id: Option<&str>,
     ) -> Option<String> {
-        let project = store::project(Some(project)).unwrap_or_else(|e| crate::pg::raise(e));
+        let project = crate::engine::project(Some(project)).unwrap_or_else(|e| crate::pg::raise(e));
         if project.mode != Mode::Simplified {
             return None;
         }
@@ -658,7 +658,7 @@ unsafe fn apply_row_event(
     // to raise (40001), so the loader retries the INSERT rather than the event being refused.
     // The join's provenance: the table and enough of the row to find it (its ids and event; the
     // properties stay in the table, where only its readers see them).
-    let source = store::Source {
+    let source = crate::engine::Source {
         kind: "trigger",
         detail: serde_json::json!({
             "table": ctx.qualified_table,
@@ -670,7 +670,7 @@ unsafe fn apply_row_event(
     let done = if !plan.ops.is_empty() && crate::engine::batch::take_part(project, statement) {
         crate::engine::batch::execute(project, plan, &source)?
     } else {
-        store::with_source(source, || store::execute(project, plan))?
+        crate::engine::with_source(source, || crate::engine::execute(project, plan))?
     };
     if !done.refusals.is_empty() {
         let (table, row) = if crate::sync::placement::distributed() {

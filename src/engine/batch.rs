@@ -37,7 +37,7 @@ use crate::core::ingest::{EventPlan, Refusal};
 use crate::core::rules::{self, Project};
 use crate::pg::as_owner;
 use crate::store::bulk::{write_statement_batch, JoinSource};
-use crate::store::{Executed, Source};
+use super::{Executed, Source};
 
 struct Batch {
     /// The statement: local transaction id, subtransaction id, command id.
