@@ -59,7 +59,7 @@ extension_sql_file!("../sql/api.sql", name = "api", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     pg::guc::init();
-    engine::batch::init();
+    api::hooks::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -3,6 +3,7 @@
 pub mod attach;
 pub mod backfill;
 pub mod check;
+pub mod hooks;
 pub mod explain;
 pub mod http;
 pub mod identity;

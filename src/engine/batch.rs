@@ -66,7 +66,7 @@ thread_local! {
 }
 
 /// The statement of a batch waiting to be written, if any.
-fn pending_statement() -> Option<(u32, u32, u32)> {
+pub fn pending_statement() -> Option<(u32, u32, u32)> {
     BATCH.with(|b| {
         b.try_borrow()
             .ok()
@@ -306,258 +306,91 @@ fn refuse_lost() {
     }
 }
 
-/// Installs the hooks and callbacks (once, when the library loads).
-pub fn init() {
-    // SAFETY: called once from _PG_init; saves the previous hooks and chains to them.
-    unsafe {
-        PREV_EXECUTOR_FINISH = pg_sys::ExecutorFinish_hook;
-        pg_sys::ExecutorFinish_hook = Some(executor_finish);
-        {
-            PREV_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
-            pg_sys::ProcessUtility_hook = Some(process_utility);
-        }
-        pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
-        pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
+/// Before a commit or prepare (the xact callback, api/hooks.rs): the batch is written at the
+/// latest (a statement whose end was not seen: a trigger fired outside the executor, as
+/// logical replication's apply does), and a transaction whose early-written batch rolled back
+/// is refused.
+pub fn before_commit() {
+    flush();
+    refuse_lost();
+}
+
+/// When the transaction ends (commit, abort or prepare): the batch and the record of early
+/// writes are forgotten.
+pub fn at_transaction_end() {
+    forget();
+    EARLY.with(|e| e.borrow_mut().clear());
+    LOST.with(|l| l.set(None));
+}
+
+/// When subtransaction `sub` of local transaction `lxid` aborts: its statement's batch goes
+/// with it, and an early write it rolled back is noticed (see EARLY and LOST).
+pub fn at_subtransaction_abort(lxid: u32, sub: pg_sys::SubTransactionId) {
+    if pending_statement().is_some_and(|(x, s, _)| x == lxid && s == sub) {
+        // The batch's statement failed: its rows are gone, and so is the batch.
+        forget();
+    }
+    EARLY.with(|e| {
+        e.borrow_mut()
+            .retain(|&(x, written_in, statement_subxact, events)| {
+                if x != lxid {
+                    return false;
+                }
+                if written_in == sub && statement_subxact != sub {
+                    // The write rolled back, the statement's rows did not.
+                    LOST.with(|l| {
+                        if l.get().is_none() {
+                            l.set(Some((x, statement_subxact, events)))
+                        }
+                    });
+                    return false;
+                }
+                // The statement rolled back too: nothing is lost.
+                statement_subxact != sub
+            })
+    });
+    if LOST
+        .with(|l| l.get())
+        .is_some_and(|(x, s, _)| x == lxid && s == sub)
+    {
+        // The statement whose joins were lost rolled back too: nothing is lost.
+        LOST.with(|l| l.set(None));
     }
 }
 
-static mut PREV_EXECUTOR_FINISH: pg_sys::ExecutorFinish_hook_type = None;
-static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
-
-// The previous hooks' and the standard functions are called without pgrx's guard, from hook
-// frames that hold nothing to drop (raw pointers only): an ERROR raised inside (a DDL error, a
-// foreign-key violation in an AFTER trigger, anything in the database) then travels as
-// PostgreSQL's own longjmp, untouched, instead of being turned into a Rust panic and back (which
-// added a Rust backtrace to its DETAIL when RUST_BACKTRACE was set). Our own work before and
-// after the call is in guarded functions of its own.
-extern "C-unwind" {
-    #[link_name = "standard_ExecutorFinish"]
-    fn standard_executor_finish_unguarded(query: *mut pg_sys::QueryDesc);
-    #[link_name = "standard_ProcessUtility"]
-    #[allow(clippy::too_many_arguments)]
-    fn standard_process_utility_unguarded(
-        pstmt: *mut pg_sys::PlannedStmt,
-        query_string: *const std::ffi::c_char,
-        read_only_tree: bool,
-        context: pg_sys::ProcessUtilityContext::Type,
-        params: pg_sys::ParamListInfo,
-        query_env: *mut pg_sys::QueryEnvironment,
-        dest: *mut pg_sys::DestReceiver,
-        qc: *mut pg_sys::QueryCompletion,
-    );
-}
-
-/// At the end of a statement that writes, when it is the batch's: the batch is written before
-/// the statement's AFTER triggers run (they see the graph as the rows left it), and again
-/// after them for rows that data-modifying CTEs finish only then.
-unsafe extern "C-unwind" fn executor_finish(query: *mut pg_sys::QueryDesc) {
-    // SAFETY: the QueryDesc is valid (the hook's contract); this frame holds only pointers, so
-    // an ERROR's longjmp through it skips nothing (see above); the chained call is the previous
-    // hook (set once at load) or the standard function, as every ExecutorFinish hook must.
-    unsafe {
-        flush_if_ours(query);
-        match PREV_EXECUTOR_FINISH {
-            Some(prev) => prev(query),
-            None => standard_executor_finish_unguarded(query),
-        }
-        flush_if_ours(query);
-    }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn flush_if_ours(query: *mut pg_sys::QueryDesc) {
-    // SAFETY: the QueryDesc and its EState stay valid until ExecutorEnd.
-    let statement_of = |query: *mut pg_sys::QueryDesc| unsafe {
-        let q = &*query;
-        let writes = q.operation != pg_sys::CmdType::CMD_SELECT || (*q.plannedstmt).hasModifyingCTE;
-        writes.then(|| {
-            (
-                crate::pg::local_xid(),
-                crate::pg::current_subxact(),
-                (*q.estate).es_output_cid,
-            )
-        })
-    };
-    if pending_statement().is_some_and(|s| Some(s) == statement_of(query)) {
-        flush();
-    }
-}
-
-/// COPY (a utility statement) has no ExecutorFinish: its batch is written when it returns.
-#[allow(clippy::too_many_arguments)]
-unsafe extern "C-unwind" fn process_utility(
-    pstmt: *mut pg_sys::PlannedStmt,
-    query_string: *const std::ffi::c_char,
-    read_only_tree: bool,
-    context: pg_sys::ProcessUtilityContext::Type,
-    params: pg_sys::ParamListInfo,
-    query_env: *mut pg_sys::QueryEnvironment,
-    dest: *mut pg_sys::DestReceiver,
-    qc: *mut pg_sys::QueryCompletion,
-) {
-    // SAFETY: chains to the previous hook (set once at load) or the standard function with the
-    // arguments given; this frame holds only pointers, so an ERROR's longjmp through it skips
-    // nothing (see above).
-    unsafe {
-        match PREV_PROCESS_UTILITY {
-            Some(prev) => prev(
-                pstmt,
-                query_string,
-                read_only_tree,
-                context,
-                params,
-                query_env,
-                dest,
-                qc,
-            ),
-            None => standard_process_utility_unguarded(
-                pstmt,
-                query_string,
-                read_only_tree,
-                context,
-                params,
-                query_env,
-                dest,
-                qc,
-            ),
-        }
-        after_utility(pstmt);
-    }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn after_utility(pstmt: *mut pg_sys::PlannedStmt) {
-    // SAFETY: the planned statement of a utility command holds its parse node.
-    let is_copy = unsafe {
-        let node = (*pstmt).utilityStmt;
-        !node.is_null() && (*node).type_ == pg_sys::NodeTag::T_CopyStmt
-    };
-    if is_copy && pending_statement().is_some() {
-        flush();
-    }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
-    use pg_sys::XactEvent::*;
-    match event {
-        XACT_EVENT_PRE_COMMIT | XACT_EVENT_PRE_PREPARE => {
-            // At the latest: a statement whose end was not seen (a trigger fired outside the
-            // executor, as logical replication's apply does).
-            flush();
-            refuse_lost();
-            // After the flush, whose joins are the transaction's last.
-            if event == XACT_EVENT_PRE_PREPARE {
-                at_end(crate::sync::ring::pre_prepare());
-            }
-        }
-        XACT_EVENT_ABORT
-        | XACT_EVENT_PARALLEL_ABORT
-        | XACT_EVENT_COMMIT
-        | XACT_EVENT_PARALLEL_COMMIT
-        | XACT_EVENT_PREPARE => {
-            forget();
-            EARLY.with(|e| e.borrow_mut().clear());
-            LOST.with(|l| l.set(None));
-            match event {
-                // Visible to new snapshots now, locks not yet released: other sessions learn
-                // of the joins before they can see or take anything this transaction held.
-                XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => crate::sync::ring::commit(),
-                XACT_EVENT_PREPARE => {}
-                _ => at_end(crate::sync::ring::abort()),
-            }
-        }
-        _ => {}
-    }
-}
-
-/// What the ring asks of the caches when (part of) a transaction ends.
-fn at_end(what: crate::sync::ring::AtEnd) {
-    use crate::sync::ring::AtEnd::*;
-    match what {
-        Nothing => {}
-        ForgetOwnJoins => crate::sync::cache::clear(),
-        SignalAndForget => {
-            crate::sync::cache::signal();
-            crate::sync::cache::clear();
-        }
-    }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn on_subxact(
-    event: pg_sys::SubXactEvent::Type,
+/// When subtransaction `sub` of local transaction `lxid` commits into `parent`.
+pub fn at_subtransaction_commit(
+    lxid: u32,
     sub: pg_sys::SubTransactionId,
     parent: pg_sys::SubTransactionId,
-    _arg: *mut std::ffi::c_void,
 ) {
-    use pg_sys::SubXactEvent::*;
-    let lxid = crate::pg::local_xid();
-    match event {
-        SUBXACT_EVENT_ABORT_SUB => {
-            at_end(crate::sync::ring::abort_sub(sub));
-            if pending_statement().is_some_and(|(x, s, _)| x == lxid && s == sub) {
-                // The batch's statement failed: its rows are gone, and so is the batch.
-                forget();
+    // What was this subtransaction's is now its parent's.
+    EARLY.with(|e| {
+        for entry in e.borrow_mut().iter_mut() {
+            if entry.0 == lxid && entry.1 == sub {
+                entry.1 = parent;
             }
-            EARLY.with(|e| {
-                e.borrow_mut()
-                    .retain(|&(x, written_in, statement_subxact, events)| {
-                        if x != lxid {
-                            return false;
-                        }
-                        if written_in == sub && statement_subxact != sub {
-                            // The write rolled back, the statement's rows did not.
-                            LOST.with(|l| {
-                                if l.get().is_none() {
-                                    l.set(Some((x, statement_subxact, events)))
-                                }
-                            });
-                            return false;
-                        }
-                        // The statement rolled back too: nothing is lost.
-                        statement_subxact != sub
-                    })
-            });
-            if LOST
-                .with(|l| l.get())
-                .is_some_and(|(x, s, _)| x == lxid && s == sub)
-            {
-                // The statement whose joins were lost rolled back too: nothing is lost.
-                LOST.with(|l| l.set(None));
+            if entry.0 == lxid && entry.2 == sub {
+                entry.2 = parent;
             }
         }
-        SUBXACT_EVENT_COMMIT_SUB => {
-            // What was this subtransaction's is now its parent's.
-            EARLY.with(|e| {
-                for entry in e.borrow_mut().iter_mut() {
-                    if entry.0 == lxid && entry.1 == sub {
-                        entry.1 = parent;
-                    }
-                    if entry.0 == lxid && entry.2 == sub {
-                        entry.2 = parent;
-                    }
-                }
-                // Written in the statement's own subtransaction after all: safe.
-                e.borrow_mut().retain(|entry| entry.1 != entry.2);
-            });
-            LOST.with(|l| {
-                if let Some((x, s, events)) = l.get() {
-                    if x == lxid && s == sub {
-                        l.set(Some((x, parent, events)));
-                    }
-                }
-            });
-            BATCH.with(|b| {
-                if let Ok(mut b) = b.try_borrow_mut() {
-                    if let Some(batch) = b.as_mut() {
-                        if batch.statement.0 == lxid && batch.statement.1 == sub {
-                            batch.statement.1 = parent;
-                        }
-                    }
-                }
-            });
+        // Written in the statement's own subtransaction after all: safe.
+        e.borrow_mut().retain(|entry| entry.1 != entry.2);
+    });
+    LOST.with(|l| {
+        if let Some((x, s, events)) = l.get() {
+            if x == lxid && s == sub {
+                l.set(Some((x, parent, events)));
+            }
         }
-        _ => {}
-    }
+    });
+    BATCH.with(|b| {
+        if let Ok(mut b) = b.try_borrow_mut() {
+            if let Some(batch) = b.as_mut() {
+                if batch.statement.0 == lxid && batch.statement.1 == sub {
+                    batch.statement.1 = parent;
+                }
+            }
+        }
+    });
 }
