@@ -7,7 +7,7 @@
 //!
 //! Hot path: everything that does not change per row (trigger arguments, column numbers and
 //! types, the project) is worked out once per statement; ids are answered from the backend's
-//! cache (cache.rs) or, on a miss, by a direct index probe (probe.rs): no SPI, no planning per row.
+//! cache (sync/cache.rs) or, on a miss, by a direct index probe (store/probe.rs): no SPI, no planning per row.
 //!
 //! Every column is read only after its type was checked when the per-table set-up was built
 //! (and that set-up is rebuilt after any relcache invalidation, so an `ALTER TABLE ... TYPE` is
@@ -57,7 +57,7 @@ struct StatementContext {
     device_att: Option<i32>,
     user_att: Option<i32>,
     /// On a Citus shard: the distributed table's name. Identity events are then queued on this
-    /// node (citus.rs), not applied here.
+    /// node (store/queue.rs, applied by api/queue.rs), not applied here.
     shard_of: Option<String>,
     /// `cache::epochs()` when the context was built: a later statement on the same table and
     /// trigger reuses it while they are unchanged (single-row INSERTs pay no set-up).

@@ -1,6 +1,6 @@
 //! A statement's identity events applied in memory and written once, when the statement ends
 //! (docs/design/batch-apply.md). Online, every identity event is its own locked, logged write
-//! (store.rs), about 100 µs. A statement that meets `identity_merge.batch_threshold` of them (a
+//! (engine/join.rs), about 100 µs. A statement that meets `identity_merge.batch_threshold` of them (a
 //! bulk INSERT or COPY with logins in it) takes its project exclusively, when no other
 //! transaction writes the project (it never waits for that: it goes on online instead), and
 //! from then on, for the rest of the statement:

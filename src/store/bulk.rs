@@ -27,7 +27,7 @@ pub struct Refusal {
 
 /// Runs `sql` through a cursor and hands every row to `f`, freeing each fetched batch (a history
 /// may hold millions of rows). With `reader` (a user's table, for mp_backfill_from), the cursor
-/// is opened and every batch fetched as that table's owner (src/owner.rs); `f` runs as the caller.
+/// is opened and every batch fetched as that table's owner (pg/owner.rs); `f` runs as the caller.
 pub fn for_each_row(
     c: &pgrx::spi::SpiClient<'_>,
     sql: &str,

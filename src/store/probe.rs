@@ -112,7 +112,7 @@ fn current_snapshot(user: Use, after_own_changes: bool) -> pg_sys::Snapshot {
 
 impl Probe {
     fn open(user: Use, statement: (u32, u32)) -> Result<Probe, IdentityError> {
-        // On Citus, this node's placement of the replicated table (citus.rs).
+        // On Citus, this node's placement of the replicated table (sync/placement.rs).
         let identities = crate::sync::placement::identities()?;
         let (heap_oid, index_oid) = (identities.heap, identities.index);
         in_transaction_scope(|| {
@@ -553,7 +553,7 @@ pub fn resolve(project_id: i32, id: &str) -> Result<String, IdentityError> {
 }
 
 /// Reads stored clusters' facts by their primary key, for a statement's batch (batch.rs) as
-/// it meets ids and for an online identity event's fresh read (store.rs's
+/// it meets ids and for an online identity event's fresh read (store/mod.rs's
 /// `read_sides_direct`): what `read_sides` reads through SPI, at a fraction of its cost. The
 /// oids and column numbers are looked up once per reader.
 #[derive(Clone, Copy)]

@@ -656,7 +656,7 @@ pub fn own_change_begin() -> OwnChange {
 /// arrived meanwhile, the only invalidations processed were this write's own, so the cache
 /// stays, with the joins as redirects; otherwise it is dropped.
 /// Returns whether it was quiet (what was current before still is: the project cache, in
-/// store.rs, follows the same rule).
+/// store/mod.rs, follows the same rule).
 pub fn own_change_end(before: OwnChange, project_id: i32, joined: &[(&str, &str)]) -> bool {
     OWN_WRITES.with(|w| w.set(w.get() + 1));
     // SAFETY: reads a counter of this backend.

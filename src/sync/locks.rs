@@ -1,4 +1,4 @@
-//! The locks of the identity write protocol (store.rs), taken with PostgreSQL's lock manager
+//! The locks of the identity write protocol (engine/join.rs), taken with PostgreSQL's lock manager
 //! directly (no SPI):
 //!
 //! - a lock per cluster, the one `pg_advisory_xact_lock(rules::cluster_lock_key(..))` takes,

@@ -146,7 +146,7 @@ pub fn distributed() -> bool {
 }
 
 /// When `table` (named `name`) is a shard of a distributed table: that table's qualified name.
-/// Asked once per trigger set-up (trigger.rs caches it with the rest of the table's facts).
+/// Asked once per trigger set-up (api/stamp.rs caches it with the rest of the table's facts).
 pub fn shard_of(table: pg_sys::Oid, name: &str) -> Option<String> {
     if !distributed() {
         return None;
