@@ -7,6 +7,7 @@ pub mod hooks;
 pub mod explain;
 pub mod http;
 pub mod identity;
+pub mod owner;
 pub mod people;
 pub mod queue;
 pub mod records;
