@@ -153,7 +153,7 @@ fn backfill(
                 refused += refusals.len() as i64;
                 refusals.clear();
                 join_ordinals.clear();
-                let source = crate::engine::Source {
+                let source = crate::store::Source {
                     kind: "backfill",
                     detail: serde_json::json!({ "backfill_ordinal": events }),
                 };

@@ -58,14 +58,11 @@ fn identity_call(op: Op, endpoint: &'static str, body: Option<&str>) -> pgrx::Js
                 mode: project.mode,
             });
         }
-        let source = crate::engine::Source {
+        let source = crate::store::Source {
             kind: "identity_api",
             detail: json!({ "endpoint": endpoint }),
         };
-        crate::engine::with_source(source, || {
-            crate::engine::apply(&project, op, a.as_deref(), b.as_deref())
-        })
-        .map(|_| ())
+        crate::engine::apply(&project, op, a.as_deref(), b.as_deref(), &source).map(|_| ())
     })())
 }
 
@@ -170,11 +167,11 @@ fn segment_one(message: &Value, token: Option<&str>) -> Result<(), IdentityError
         Err(err) => return fail(None, err),
     };
     let plan = ingest::plan_segment(&project, &msg);
-    let source = crate::engine::Source {
+    let source = crate::store::Source {
         kind: "segment",
         detail: json!({ "type": msg.kind, "messageId": message.get("messageId") }),
     };
-    let done = crate::engine::with_source(source, || crate::engine::execute(&project, plan))?;
+    let done = crate::engine::execute(&project, plan, &source)?;
     store::record_refusals(Some(project.id), &done.refusals, None, message);
     done.failed.map_or(Ok(()), Err)
 }
@@ -206,11 +203,11 @@ fn track_one(event: &Value) -> Result<(), IdentityError> {
         None,
         None,
     );
-    let source = crate::engine::Source {
+    let source = crate::store::Source {
         kind: "track",
         detail: json!({ "event": ev.name, "distinct_id": ev.properties.get("distinct_id") }),
     };
-    let done = crate::engine::with_source(source, || crate::engine::execute(&project, plan))?;
+    let done = crate::engine::execute(&project, plan, &source)?;
     store::record_refusals(Some(project.id), &done.refusals, None, event);
     done.failed.map_or(Ok(()), Err)
 }

@@ -18,11 +18,11 @@ fn run(op: Op, a: Option<&str>, b: Option<&str>, project: Option<&str>) -> Strin
             mode: project.mode,
         });
     }
-    let source = crate::engine::Source {
+    let source = crate::store::Source {
         kind: "function",
         detail: serde_json::json!({ "function": op.function_name() }),
     };
-    crate::engine::with_source(source, || crate::engine::apply(&project, op, a, b)).or_raise()
+    crate::engine::apply(&project, op, a, b, &source).or_raise()
 }
 
 /// `$identify`: joins anon_id's cluster to identified_id's; returns the canonical id.

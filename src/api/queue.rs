@@ -41,7 +41,7 @@ fn apply_one(p: Pending) -> Result<(), IdentityError> {
         p.device_id.clone(),
         p.user_id.clone(),
     );
-    let source = crate::engine::Source {
+    let source = crate::store::Source {
         kind: "trigger",
         detail: json!({
             "table": p.events,
@@ -50,7 +50,7 @@ fn apply_one(p: Pending) -> Result<(), IdentityError> {
             "queued_by": p.role,
         }),
     };
-    let done = crate::engine::with_source(source, || crate::engine::execute(&project, plan))?;
+    let done = crate::engine::execute(&project, plan, &source)?;
     if !done.refusals.is_empty() {
         let row = row_of(&p.events, p.distinct_id, p.event.as_deref());
         store::record_refusals(Some(project.id), &done.refusals, None, &row);

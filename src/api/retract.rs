@@ -109,7 +109,7 @@ fn cluster(project_id: i32, canonical: &str) -> (Vec<String>, Vec<Join>) {
 fn retract(
     project: &Project,
     target: Target,
-    provenance: &crate::engine::Source,
+    provenance: &crate::store::Source,
 ) -> Result<Changed, IdentityError> {
     let role = crate::pg::current_role_name();
     as_owner(|| {
@@ -302,7 +302,7 @@ fn rows(
 pub(crate) fn split(
     project: &Project,
     id: &str,
-    source: &crate::engine::Source,
+    source: &crate::store::Source,
 ) -> Result<Changed, IdentityError> {
     retract(project, Target::Id(id), source)
 }
@@ -322,7 +322,7 @@ fn mp_split(
     ),
 > {
     let project = crate::engine::project(Some(project)).or_raise();
-    let source = crate::engine::Source {
+    let source = crate::store::Source {
         kind: "function",
         detail: serde_json::json!({ "function": "mp_split" }),
     };
@@ -351,7 +351,7 @@ fn mp_unjoin(
     .ok_or(IdentityError::UnknownJoin { seq })
     .or_raise();
     let project = crate::engine::project(Some(&token)).or_raise();
-    let source = crate::engine::Source {
+    let source = crate::store::Source {
         kind: "function",
         detail: serde_json::json!({ "function": "mp_unjoin" }),
     };

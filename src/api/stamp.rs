@@ -658,7 +658,7 @@ unsafe fn apply_row_event(
     // to raise (40001), so the loader retries the INSERT rather than the event being refused.
     // The join's provenance: the table and enough of the row to find it (its ids and event; the
     // properties stay in the table, where only its readers see them).
-    let source = crate::engine::Source {
+    let source = crate::store::Source {
         kind: "trigger",
         detail: serde_json::json!({
             "table": ctx.qualified_table,
@@ -670,7 +670,7 @@ unsafe fn apply_row_event(
     let done = if !plan.ops.is_empty() && crate::engine::batch::take_part(project, statement) {
         crate::engine::batch::execute(project, plan, &source)?
     } else {
-        crate::engine::with_source(source, || crate::engine::execute(project, plan))?
+        crate::engine::execute(project, plan, &source)?
     };
     if !done.refusals.is_empty() {
         let (table, row) = if crate::sync::placement::distributed() {

@@ -36,8 +36,9 @@ use crate::core::graph::Graph;
 use crate::core::ingest::{EventPlan, Refusal};
 use crate::core::rules::{self, Project};
 use crate::pg::as_owner;
-use crate::store::bulk::{write_statement_batch, JoinSource};
-use super::{Executed, Source};
+use super::Executed;
+use crate::store::bulk::write_statement_batch;
+use crate::store::{Provenance, Source};
 
 struct Batch {
     /// The statement: local transaction id, subtransaction id, command id.
@@ -45,7 +46,7 @@ struct Batch {
     project_id: i32,
     graph: Graph,
     /// One per `graph.joins`, in order.
-    sources: Vec<JoinSource>,
+    sources: Vec<Provenance>,
     clusters: crate::store::probe::ClusterReader,
     /// Identity events applied (for the message of a lost batch).
     events: usize,
@@ -204,11 +205,7 @@ pub fn execute(
                     let joins = batch.graph.joins.len();
                     let result = batch.graph.apply(settings, op, Some(a), Some(b));
                     if batch.graph.joins.len() > joins {
-                        batch.sources.push(JoinSource {
-                            kind: source.kind,
-                            detail: source.detail.to_string(),
-                            role: crate::pg::current_role_name(),
-                        });
+                        batch.sources.push(Provenance::of(source));
                     }
                     result
                 })

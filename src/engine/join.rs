@@ -14,10 +14,8 @@
 //! if PostgreSQL finds a deadlock; no id can end in two clusters because re-pointing happens
 //! only under both clusters' locks (or the project's exclusive one).
 //!
-//! Also here: `execute`, an event's plan applied online, and the provenance (`Source`) of the
-//! joins it makes.
-
-use std::cell::RefCell;
+//! Also here: `execute`, an event's plan applied online, with the `Source` of its joins passed
+//! as an argument.
 
 use pgrx::prelude::*;
 
@@ -26,56 +24,7 @@ use crate::core::ingest::{EventPlan, Refusal};
 use crate::core::rules::{self, Op, Outcome, Project, Side};
 use crate::pg::{as_owner, OrBug};
 use crate::store;
-
-/// Where an identity operation came from: recorded with every join it makes (merge_log's
-/// provenance columns, shown by mp_explain). `kind` is 'function', 'trigger', 'track',
-/// 'identity_api' or 'backfill'; `detail` identifies the call, row or history entry there.
-#[derive(Clone, Debug)]
-pub struct Source {
-    pub kind: &'static str,
-    pub detail: serde_json::Value,
-}
-
-thread_local! {
-    static SOURCE: RefCell<Option<Source>> = const { RefCell::new(None) };
-}
-
-/// Puts the previous source back when dropped (also when an ERROR unwinds through it).
-struct SourceGuard(Option<Source>);
-
-impl Drop for SourceGuard {
-    fn drop(&mut self) {
-        let previous = self.0.take();
-        SOURCE.with(|s| *s.borrow_mut() = previous);
-    }
-}
-
-/// Runs `f` with `source` as the provenance of the joins it makes.
-pub fn with_source<R>(source: Source, f: impl FnOnce() -> R) -> R {
-    let _guard = SourceGuard(SOURCE.with(|s| s.replace(Some(source))));
-    f()
-}
-
-/// A source and the role that made the operation.
-struct Provenance {
-    kind: &'static str,
-    detail: serde_json::Value,
-    role: String,
-}
-
-impl Provenance {
-    fn current() -> Provenance {
-        let source = SOURCE.with(|s| s.borrow().clone()).unwrap_or(Source {
-            kind: "function",
-            detail: serde_json::json!({}),
-        });
-        Provenance {
-            kind: source.kind,
-            detail: source.detail,
-            role: crate::pg::current_role_name(),
-        }
-    }
-}
+use crate::store::{Provenance, Source};
 
 const MAX_ATTEMPTS: usize = 1000;
 
@@ -88,10 +37,11 @@ pub fn apply(
     op: Op,
     a: Option<&str>,
     b: Option<&str>,
+    source: &Source,
 ) -> Result<String, IdentityError> {
     rules::precheck(op, &project.settings, a, b)?;
     // Who asks, read before the functions switch to the extension owner.
-    let provenance = Provenance::current();
+    let provenance = Provenance::of(source);
     as_owner(|| apply_checked(project, op, a.unwrap(), b.unwrap(), &provenance))
 }
 
@@ -299,7 +249,7 @@ pub struct Executed {
 /// returns every refusal as data, for the caller to record with its source (`record_refusals`).
 /// Only a retryable error (`IdentityError::is_retryable`) is returned as an error: the caller
 /// raises it, so that the transaction is retried rather than the event recorded as refused.
-pub fn execute(project: &Project, plan: EventPlan) -> Result<Executed, IdentityError> {
+pub fn execute(project: &Project, plan: EventPlan, source: &Source) -> Result<Executed, IdentityError> {
     let mut out = Executed::default();
     out.refusals.extend(plan.ignored);
     for refusal in plan.refusals {
@@ -312,6 +262,7 @@ pub fn execute(project: &Project, plan: EventPlan) -> Result<Executed, IdentityE
             planned.op,
             planned.a.as_deref(),
             planned.b.as_deref(),
+            source,
         ) {
             Ok(_) => out.changed = true,
             Err(err) if err.is_retryable() => return Err(err),

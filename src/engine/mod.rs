@@ -7,7 +7,7 @@ use crate::core::rules::Project;
 pub mod batch;
 pub mod join;
 
-pub use join::{apply, execute, with_source, Executed, Source};
+pub use join::{apply, execute, Executed};
 
 /// A project by token, or `UnknownProject`. Every function that reads or writes the graph asks
 /// for its project first: a statement's identity events still held in memory (batch.rs) are

@@ -366,12 +366,6 @@ pub fn write_clusters(c: &mut pgrx::spi::SpiClient<'_>, pid: i32, graph: &mut Gr
     roots.len() as i64
 }
 
-/// Where one join of the batch came from: merge_log's provenance columns.
-pub struct JoinSource {
-    pub kind: &'static str,
-    pub detail: String,
-    pub role: String,
-}
 
 const SQL_REPOINT: &str = "UPDATE identity_merge.identities i SET canonical_id = u.k \
      FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) u(x, k) \
@@ -383,7 +377,7 @@ pub fn write_statement_batch(
     c: &mut pgrx::spi::SpiClient<'_>,
     pid: i32,
     graph: &mut Graph,
-    sources: &[JoinSource],
+    sources: &[crate::store::Provenance],
 ) {
     // Every stored id of an absorbed cluster, loaded by the batch or not, goes to its cluster's
     // canonical now.
@@ -418,7 +412,7 @@ pub fn write_statement_batch(
     ];
     let sql = if crate::store::merge_log_has_provenance() {
         let kind: Vec<Option<String>> = sources.iter().map(|s| Some(s.kind.to_string())).collect();
-        let detail: Vec<Option<String>> = sources.iter().map(|s| Some(s.detail.clone())).collect();
+        let detail: Vec<Option<String>> = sources.iter().map(|s| Some(s.detail.to_string())).collect();
         let role: Vec<Option<String>> = sources.iter().map(|s| Some(s.role.clone())).collect();
         args.extend([kind.into(), detail.into(), role.into()]);
         "INSERT INTO identity_merge.merge_log (project_id, operation, id_a, id_b, kept_canonical, absorbed_canonical, moved_ids, \

@@ -432,6 +432,35 @@ fn read_sides_direct(project_id: i32, a: &str, b: &str) -> Option<(Side, Side)> 
     Some((side(a, ca)?, side(b, cb)?))
 }
 
+/// Where an identity operation came from: recorded with every join it makes (merge_log's
+/// provenance columns, shown by mp_explain). `kind` is 'function', 'trigger', 'track',
+/// 'identity_api', 'segment', 'backfill'...; `detail` identifies the call, row or history entry.
+/// Passed as an argument to whatever writes joins (engine::apply, engine::execute,
+/// engine::batch::execute, retract, backfill).
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub kind: &'static str,
+    pub detail: serde_json::Value,
+}
+
+/// A source and the role that made the operation: what a merge-log row records.
+pub struct Provenance {
+    pub kind: &'static str,
+    pub detail: serde_json::Value,
+    pub role: String,
+}
+
+impl Provenance {
+    /// `source`, made by the current role.
+    pub fn of(source: &Source) -> Provenance {
+        Provenance {
+            kind: source.kind,
+            detail: source.detail.clone(),
+            role: crate::pg::current_role_name(),
+        }
+    }
+}
+
 /// Records refusals of one event, each with the event as its source: `source_table` and the
 /// row (trigger) or the payload (`mp_track`).
 pub fn record_refusals(
