@@ -17,9 +17,9 @@
 //! The import rule: `api -> engine -> store -> sync -> pg -> core` (a module uses its siblings
 //! and the layers below it); `layers.rs` is the unit test that keeps it.
 //!
-//! An identity event runs one way: trigger / `mp_track` → `core::ingest::plan_event` →
-//! `engine::execute` → `core::rules` and `sync::locks` → refusals back as data →
-//! `store::record_refusals` (or, for a statement past `identity_merge.batch_threshold`
+//! An identity event runs one way: trigger / Citus queue / Segment / `mp_track` →
+//! `core::ingest::plan_event` → `engine::ingest` → `engine::execute` → `core::rules` and
+//! `sync::locks` → refusals back as data → `store::record_refusals` (or, for a statement past `identity_merge.batch_threshold`
 //! identity events, `engine::batch::execute` → `core::graph`, written by `engine::batch::flush`
 //! when the statement ends, from api/hooks.rs).
 //!

@@ -171,8 +171,7 @@ fn segment_one(message: &Value, token: Option<&str>) -> Result<(), IdentityError
         kind: "segment",
         detail: json!({ "type": msg.kind, "messageId": message.get("messageId") }),
     };
-    let done = crate::engine::execute(&project, plan, &source)?;
-    store::record_refusals(Some(project.id), &done.refusals, None, message);
+    let done = crate::engine::ingest(&project, plan, &source, None, || (None, message.clone()))?;
     done.failed.map_or(Ok(()), Err)
 }
 
@@ -207,8 +206,7 @@ fn track_one(event: &Value) -> Result<(), IdentityError> {
         kind: "track",
         detail: json!({ "event": ev.name, "distinct_id": ev.properties.get("distinct_id") }),
     };
-    let done = crate::engine::execute(&project, plan, &source)?;
-    store::record_refusals(Some(project.id), &done.refusals, None, event);
+    let done = crate::engine::ingest(&project, plan, &source, None, || (None, event.clone()))?;
     done.failed.map_or(Ok(()), Err)
 }
 

@@ -8,7 +8,6 @@ use serde_json::json;
 use crate::core::error::IdentityError;
 use crate::core::ingest;
 use crate::pg::as_owner;
-use crate::store;
 use crate::store::queue::{project_token, take_batch, Pending};
 
 /// What a refused row's rejection keeps on Citus. The rejections are replicated, and their
@@ -50,11 +49,9 @@ fn apply_one(p: Pending) -> Result<(), IdentityError> {
             "queued_by": p.role,
         }),
     };
-    let done = crate::engine::execute(&project, plan, &source)?;
-    if !done.refusals.is_empty() {
-        let row = row_of(&p.events, p.distinct_id, p.event.as_deref());
-        store::record_refusals(Some(project.id), &done.refusals, None, &row);
-    }
+    crate::engine::ingest(&project, plan, &source, None, || {
+        (None, row_of(&p.events, p.distinct_id, p.event.as_deref()))
+    })?;
     Ok(())
 }
 

@@ -23,7 +23,6 @@ use crate::core::error::IdentityError;
 use crate::core::ingest;
 use crate::core::rules::Project;
 use crate::core::Mode;
-use crate::store;
 
 /// How the `properties` column holds its JSON.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -667,15 +666,10 @@ unsafe fn apply_row_event(
         }),
     };
     // Past the statement's first identity events, the rest may go to its batch (batch.rs).
-    let done = if !plan.ops.is_empty() && crate::engine::batch::take_part(project, statement) {
-        crate::engine::batch::execute(project, plan, &source)?
-    } else {
-        crate::engine::execute(project, plan, &source)?
-    };
-    if !done.refusals.is_empty() {
-        let (table, row) = if crate::sync::placement::distributed() {
+    crate::engine::ingest(project, plan, &source, Some(statement), || {
+        if crate::sync::placement::distributed() {
             // The rejections are replicated: this node's oid would name another table, or
-            // none, on the others, where row-level security reads it (see citus::row_of).
+            // none, on the others, where row-level security reads it (see api::queue::row_of).
             let row = crate::api::queue::row_of(&ctx.qualified_table, distinct(), event.as_deref());
             (None, row)
         } else {
@@ -685,9 +679,8 @@ unsafe fn apply_row_event(
                 "properties": properties(),
             });
             (Some(relid), row)
-        };
-        store::record_refusals(Some(project.id), &done.refusals, table, &row);
-    }
+        }
+    })?;
     Ok(fill.filter(|_| distinct().is_none()))
 }
 

@@ -33,7 +33,7 @@ use pgrx::prelude::*;
 
 use crate::core::error::IdentityError;
 use crate::core::graph::Graph;
-use crate::core::ingest::{EventPlan, Refusal};
+use crate::core::ingest::EventPlan;
 use crate::core::rules::{self, Project};
 use crate::pg::as_owner;
 use super::Executed;
@@ -184,16 +184,10 @@ pub fn execute(
     plan: EventPlan,
     source: &Source,
 ) -> Result<Executed, IdentityError> {
-    let mut out = Executed::default();
-    out.refusals.extend(plan.ignored);
-    for refusal in plan.refusals {
-        out.failed.get_or_insert_with(|| refusal.error.clone());
-        out.refusals.push(refusal);
-    }
     let settings = &project.settings;
-    for planned in plan.ops {
+    let out = super::execute_with(plan, |planned| {
         let (op, a, b) = (planned.op, planned.a.as_deref(), planned.b.as_deref());
-        let result = match rules::precheck(op, settings, a, b) {
+        Ok(match rules::precheck(op, settings, a, b) {
             Err(refused) => Err(refused),
             Ok(()) => {
                 let (a, b) = (a.unwrap_or_default(), b.unwrap_or_default());
@@ -207,23 +201,11 @@ pub fn execute(
                     if batch.graph.joins.len() > joins {
                         batch.sources.push(Provenance::of(source));
                     }
-                    result
+                    result.map(|_| ())
                 })
             }
-        };
-        match result {
-            Ok(_) => out.changed = true,
-            Err(err) => {
-                out.failed.get_or_insert_with(|| err.clone());
-                out.refusals.push(Refusal {
-                    error: err,
-                    operation: op.as_str(),
-                    a: planned.a,
-                    b: planned.b,
-                });
-            }
-        }
-    }
+        })
+    })?;
     BATCH.with(|batch| {
         if let Some(batch) = batch.borrow_mut().as_mut() {
             batch.events += 1;

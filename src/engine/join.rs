@@ -250,13 +250,7 @@ pub struct Executed {
 /// Only a retryable error (`IdentityError::is_retryable`) is returned as an error: the caller
 /// raises it, so that the transaction is retried rather than the event recorded as refused.
 pub fn execute(project: &Project, plan: EventPlan, source: &Source) -> Result<Executed, IdentityError> {
-    let mut out = Executed::default();
-    out.refusals.extend(plan.ignored);
-    for refusal in plan.refusals {
-        out.failed.get_or_insert_with(|| refusal.error.clone());
-        out.refusals.push(refusal);
-    }
-    for planned in plan.ops {
+    super::execute_with(plan, |planned| {
         match apply(
             project,
             planned.op,
@@ -264,18 +258,9 @@ pub fn execute(project: &Project, plan: EventPlan, source: &Source) -> Result<Ex
             planned.b.as_deref(),
             source,
         ) {
-            Ok(_) => out.changed = true,
-            Err(err) if err.is_retryable() => return Err(err),
-            Err(err) => {
-                out.failed.get_or_insert_with(|| err.clone());
-                out.refusals.push(Refusal {
-                    error: err,
-                    operation: planned.op.as_str(),
-                    a: planned.a,
-                    b: planned.b,
-                });
-            }
+            Ok(_) => Ok(Ok(())),
+            Err(err) if err.is_retryable() => Err(err),
+            Err(err) => Ok(Err(err)),
         }
-    }
-    Ok(out)
+    })
 }
