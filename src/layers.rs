@@ -58,7 +58,9 @@ pub fn upward_imports(src: &std::path::Path) -> Vec<String> {
     all.sort();
     let mut wrong = Vec::new();
     for path in all {
-        let Some(own) = layer_of(&path, src) else { continue };
+        let Some(own) = layer_of(&path, src) else {
+            continue;
+        };
         let text = std::fs::read_to_string(&path).expect("reading a source file");
         let code = code_of(&text);
         for (line, used) in used_layers(&code) {
@@ -89,7 +91,11 @@ mod tests {
     #[test]
     fn no_import_runs_upward() {
         let wrong = upward_imports(&src());
-        assert!(wrong.is_empty(), "imports against api -> engine -> store -> sync -> pg -> core:\n{}", wrong.join("\n"));
+        assert!(
+            wrong.is_empty(),
+            "imports against api -> engine -> store -> sync -> pg -> core:\n{}",
+            wrong.join("\n")
+        );
     }
 
     #[test]
@@ -97,14 +103,20 @@ mod tests {
         for entry in std::fs::read_dir(src()).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() && !path.ends_with("pg_tests") {
-                assert!(layer_of(&path.join("mod.rs"), &src()).is_some(), "{} is no layer", path.display());
+                assert!(
+                    layer_of(&path.join("mod.rs"), &src()).is_some(),
+                    "{} is no layer",
+                    path.display()
+                );
             }
         }
     }
 
     #[test]
     fn the_check_sees_an_upward_import() {
-        let code = code_of("use crate::engine::batch; // crate::api in a comment\nfn f() { crate::pg::raise(e) }");
+        let code = code_of(
+            "use crate::engine::batch; // crate::api in a comment\nfn f() { crate::pg::raise(e) }",
+        );
         assert_eq!(used_layers(&code), vec![(1, 4), (2, 1)]);
     }
 }

@@ -11,7 +11,6 @@ use crate::pg::{raise, OrBug, OrRaise};
 use crate::store;
 use crate::store::bulk::*;
 
-
 #[pg_extern(volatile, parallel_unsafe)]
 fn mp_backfill(
     source: Option<&str>,

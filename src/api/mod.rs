@@ -3,8 +3,8 @@
 pub mod attach;
 pub mod backfill;
 pub mod check;
-pub mod hooks;
 pub mod explain;
+pub mod hooks;
 pub mod http;
 pub mod identity;
 pub mod owner;

@@ -31,12 +31,12 @@ use std::cell::{Cell, RefCell};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
+use super::Executed;
 use crate::core::error::IdentityError;
 use crate::core::graph::Graph;
 use crate::core::ingest::EventPlan;
 use crate::core::rules::{self, Project};
 use crate::pg::as_owner;
-use super::Executed;
 use crate::store::bulk::write_statement_batch;
 use crate::store::{Provenance, Source};
 
@@ -153,8 +153,12 @@ fn meet(a: &str, b: &str) -> Result<(), IdentityError> {
         if held {
             continue;
         }
-        let canonical =
-            crate::store::probe::canonical_string(crate::store::probe::Use::Stamp, statement, project_id, id)?;
+        let canonical = crate::store::probe::canonical_string(
+            crate::store::probe::Use::Stamp,
+            statement,
+            project_id,
+            id,
+        )?;
         let Some(canonical) = canonical else {
             // New to the store: the graph makes it when an operation joins it.
             continue;

@@ -249,7 +249,11 @@ pub struct Executed {
 /// returns every refusal as data, for the caller to record with its source (`record_refusals`).
 /// Only a retryable error (`IdentityError::is_retryable`) is returned as an error: the caller
 /// raises it, so that the transaction is retried rather than the event recorded as refused.
-pub fn execute(project: &Project, plan: EventPlan, source: &Source) -> Result<Executed, IdentityError> {
+pub fn execute(
+    project: &Project,
+    plan: EventPlan,
+    source: &Source,
+) -> Result<Executed, IdentityError> {
     super::execute_with(plan, |planned| {
         match apply(
             project,

@@ -278,7 +278,10 @@ pub fn write_refusals(c: &mut pgrx::spi::SpiClient<'_>, pid: i32, refusals: &[Re
 }
 
 /// (id, canonical) nodes as the two text arrays a bulk write of identities takes.
-pub fn id_columns(graph: &Graph, chunk: &[crate::core::graph::IdNodes]) -> Vec<Vec<Option<String>>> {
+pub fn id_columns(
+    graph: &Graph,
+    chunk: &[crate::core::graph::IdNodes],
+) -> Vec<Vec<Option<String>>> {
     let (ids, canon): (Vec<Option<String>>, Vec<Option<String>>) = chunk
         .iter()
         .map(|&(i, c)| {
@@ -366,7 +369,6 @@ pub fn write_clusters(c: &mut pgrx::spi::SpiClient<'_>, pid: i32, graph: &mut Gr
     roots.len() as i64
 }
 
-
 const SQL_REPOINT: &str = "UPDATE identity_merge.identities i SET canonical_id = u.k \
      FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) u(x, k) \
      WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.canonical_id OPERATOR(pg_catalog.=) u.x";
@@ -412,7 +414,8 @@ pub fn write_statement_batch(
     ];
     let sql = if crate::store::merge_log_has_provenance() {
         let kind: Vec<Option<String>> = sources.iter().map(|s| Some(s.kind.to_string())).collect();
-        let detail: Vec<Option<String>> = sources.iter().map(|s| Some(s.detail.to_string())).collect();
+        let detail: Vec<Option<String>> =
+            sources.iter().map(|s| Some(s.detail.to_string())).collect();
         let role: Vec<Option<String>> = sources.iter().map(|s| Some(s.role.clone())).collect();
         args.extend([kind.into(), detail.into(), role.into()]);
         "INSERT INTO identity_merge.merge_log (project_id, operation, id_a, id_b, kept_canonical, absorbed_canonical, moved_ids, \

@@ -32,7 +32,10 @@ pub struct Probe {
 }
 
 fn now_seen() -> (u64, u64) {
-    (crate::sync::cache::freshness(), crate::sync::cache::own_writes())
+    (
+        crate::sync::cache::freshness(),
+        crate::sync::cache::own_writes(),
+    )
 }
 
 /// Who is asking: the stamping trigger (snapshot as fresh as the caches, see cache.rs) or
