@@ -6,8 +6,10 @@ use crate::core::ingest::{EventPlan, PlannedOp, Refusal};
 use crate::core::rules::Project;
 use crate::store::Source;
 
+pub mod backfill;
 pub mod batch;
 pub mod join;
+pub mod retract;
 
 pub use join::{apply, execute, Executed};
 
