@@ -1,10 +1,10 @@
-//! Undo (its SQL functions are api/retract.rs): `mp_split` retracts every join an id took part
-//! in, `mp_unjoin` one logged join. The cluster's remaining joins are replayed in log order with the rules (`core::graph::replay`),
-//! which gives each resulting cluster its canonical id, size and identified state, exactly as if
-//! the retracted joins had never been made; ids left without a join leave the graph (an id never
-//! joined is alone and unknown to it). The retraction is logged with its provenance
-//! (`identity_merge.retractions`, `merge_log.retracted_by`), under the project's exclusive lock,
-//! so it is serialized with every other writer of the project.
+//! Undo (its SQL functions are api/retract.rs): `mp_split` retracts every join an id took part in,
+//! `mp_unjoin` one logged join. The cluster's remaining joins are replayed in log order with the
+//! rules (`core::graph::replay`), which gives each resulting cluster its canonical id, size and
+//! identified state, exactly as if the retracted joins had never been made; ids left without a join
+//! leave the graph (an id never joined is alone and unknown to it). The retraction is logged with
+//! its provenance (`identity_merge.retractions`, `merge_log.retracted_by`), under the project's
+//! exclusive lock, so it is serialized with every other writer of the project.
 
 use std::collections::{HashMap, HashSet};
 
