@@ -1,15 +1,25 @@
 #!/usr/bin/env bash
-# Runs the benchmarks side by side in one throwaway PostgreSQL 15 and prints the figures.
-# Usage: bash bench/run.sh [--no-install] [SECTION...]   sections: stamping streams online backfill restamp citus
-# (default: all). Figures for the README come from a full run.
+# Runs the benchmarks side by side in one throwaway PostgreSQL (PG_MAJOR: 15 by default, 17 or
+# 18 from tools/build_postgres.sh) and prints the figures.
+# Usage: [PG_MAJOR=18] bash bench/run.sh [--no-install] [SECTION...]
+#   sections: stamping streams online backfill restamp citus (default: all but citus).
+# Figures for the README come from a full run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ "${1:-}" = "--no-install" ]; then shift; else bash tools/install.sh >/dev/null; fi
+export PATH="$HOME/.cargo/bin:$PATH"
+source tools/pg_cluster.sh   # PG_BIN and PG_CONFIG of PG_MAJOR
+if [ "${1:-}" = "--no-install" ]; then shift
+elif [ "${PG_MAJOR:-15}" = 15 ]; then bash tools/install.sh >/dev/null
+else
+  bash tools/setup.sh >/dev/null
+  SUDO_FLAG=""; [ "$(id -u)" = 0 ] || SUDO_FLAG="--sudo"
+  cargo_locked pgrx install --release --pg-config "$PG_CONFIG" $SUDO_FLAG >/dev/null
+fi
 # The floor: a C trigger that only copies the row and sets one column (bench/floor).
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-make -s -C bench/floor >/dev/null && $SUDO make -s -C bench/floor install >/dev/null
+make -s -C bench/floor PG_CONFIG="$PG_CONFIG" clean >/dev/null
+make -s -C bench/floor PG_CONFIG="$PG_CONFIG" >/dev/null && $SUDO make -s -C bench/floor PG_CONFIG="$PG_CONFIG" install >/dev/null
 sections=("$@"); [ ${#sections[@]} -gt 0 ] || sections=(stamping streams online backfill restamp)
-source tools/pg_cluster.sh
 dir=$(mktemp -d /tmp/identity_merge-bench.XXXXXX)
 trap 'cluster_discard "$dir"' EXIT
 cluster_start "$dir" "$(free_port)" shared_buffers=1GB max_wal_size=4GB synchronous_commit=on

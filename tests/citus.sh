@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # identity_merge on a real Citus cluster (docs/scaling.md): a coordinator and two workers on
-# localhost, each a PostgreSQL 15 of its own with Citus 13.2.2 (built from ../shared/citus when the
-# server has none: tools/citus_install.sh). Checks, each printed as ok / FAIL:
+# localhost, each a PostgreSQL server of its own: PG_MAJOR=15 (default) with Citus 13.2.2, 18 (or 17)
+# with Citus 14.0.1 (built from ../shared/citus when the server has none: tools/citus_install.sh). Checks, each printed as ok / FAIL:
 #   - mp_distribute without Citus (0A000), on a worker (55000), as a writer (42501), twice;
 #   - identities and an attachment made before mp_distribute survive it, on every node;
 #   - the seed's doc flows and bulk loads (tests/citus_flows.sql) on distributed event tables give

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Crash safety: a client loads merges and event rows (with $merge rows) into a throwaway cluster;
 # every server process is killed with SIGKILL in the middle; the server restarts (crash recovery).
-# Then every operation the client saw committed must be present, and mp_check must be clean
+# (PG_MAJOR picks the PostgreSQL, default 15: tools/pg_cluster.sh.) Then every operation the client saw committed must be present, and mp_check must be clean
 # (nothing half-done is visible). Repeated with different timings.
 set -euo pipefail
 cd "$(dirname "$0")/.."

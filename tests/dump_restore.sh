@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # pg_dump / pg_restore keeps every cluster: builds state in a throwaway cluster, dumps the
 # database, restores it into a new one, and compares the identity state, the default project's
-# changed settings, stamps, and that the trigger still works after the restore.
+# changed settings, stamps, and that the trigger still works after the restore. PG_MAJOR picks
+# the PostgreSQL (default 15: tools/pg_cluster.sh), with its pg_dump and pg_restore.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source tools/pg_cluster.sh

@@ -5,7 +5,7 @@
 # example flows of Mixpanel's "Identifying Users" page, the README's tour and the seed's HTTP API
 # bodies; see tests/pg_regress/README.md. Prints the diffs on failure and ends with
 # `regress: N passed, N failed`. Works as root (the server runs as the postgres user) or as a
-# normal user.
+# normal user. On the PostgreSQL of PG_MAJOR (default 15; tools/pg_cluster.sh).
 #
 #   bash tests/regress.sh              every test, in file-name order, in one database
 #   bash tests/regress.sh NAME...      only these tests (tests/pg_regress/sql/NAME.sql)
@@ -15,7 +15,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source tools/pg_cluster.sh
-PG_REGRESS=/usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress
+# pg_regress of the PostgreSQL in use (PG_MAJOR, tools/pg_cluster.sh): beside its PGXS makefiles.
+PG_REGRESS="$(dirname "$("$PG_CONFIG" --pgxs)")/../test/regress/pg_regress"
 suite=tests/pg_regress
 db=identity_merge_regress
 

@@ -453,4 +453,6 @@ printf '%s' "$got" | grep -q "23503" && ! printf '%s' "$got" | grep -qiE "backtr
 # No check may have restarted the server.
 [ "$(as postgres -c "SELECT pg_postmaster_start_time()")" = "$started" ] && ok || bad "the server restarted (a backend crashed)"
 echo "reliability: $pass passed, $fail failed"
-[ "$fail" = 0 ]
+# Profiles, Engage and identity records (their own cluster, the same roles).
+people=0; bash tests/reliability_people.sh || people=$?
+[ "$fail" = 0 ] && [ "$people" = 0 ]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs tests/sdk_test.py (the official Mixpanel Python SDK's payloads) and
 # tests/sdk_segment_test.py (the Segment and RudderStack Python SDKs') against a throwaway
-# PostgreSQL 15 with the installed extension.
+# PostgreSQL (PG_MAJOR, default 15: tools/pg_cluster.sh) with the installed extension.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source tools/pg_cluster.sh

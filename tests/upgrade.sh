@@ -4,6 +4,7 @@
 #    generates: a change to the SQL surface needs a new version and an upgrade script.
 # 2. For every older frozen version V: install V, load data, ALTER EXTENSION identity_merge UPDATE,
 #    check the data and the functions, and that the upgraded catalog equals a fresh install's.
+# On the PostgreSQL of PG_MAJOR (default 15; tools/pg_cluster.sh), with its installed build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -23,7 +24,7 @@ else bad "a released script was edited (sql/released/SHA256SUMS): add a new vers
 frozen=sql/released/identity_merge--$version.sql
 if [ -e "$frozen" ]; then
   now="$(mktemp -d)/now.sql"
-  cargo pgrx schema pg15 --out "$now" >/dev/null 2>&1
+  cargo_locked pgrx schema "pg$PG_MAJOR" --out "$now" >/dev/null 2>&1
   if diff <(python3 tools/sql_normalize.py "$frozen") <(python3 tools/sql_normalize.py "$now") >/dev/null; then ok
   else bad "version $version is released but its SQL changed: bump the version and add sql/identity_merge--$version--NEW.sql"; fi
 else

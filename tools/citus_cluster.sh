@@ -1,6 +1,6 @@
-# A throwaway Citus cluster on localhost: a coordinator and two workers, each a PostgreSQL 15
-# of its own (tools/pg_cluster.sh style: as root the servers run as the postgres user, trust
-# auth on sockets in their directories). Source it, then:
+# A throwaway Citus cluster on localhost: a coordinator and two workers, each a PostgreSQL server
+# of its own, of PG_MAJOR (default 15; tools/pg_cluster.sh style: as root the servers run as the
+# postgres user, trust auth on sockets in their directories). Source it, then:
 #   citus_start DIR [extra postgres -c settings...]   sets COORD, W1, W2 (ports) and PGHOST
 #   citus_psql PORT [psql args...]                     psql on one node (database postgres)
 #   citus_node_stop PORT [mode] / citus_node_start PORT  stop (e.g. -m immediate) / restart a node

@@ -1,8 +1,32 @@
 #!/usr/bin/env bash
-# A throwaway PostgreSQL 15 cluster for the demo, benchmarks and crash tests.
+# A throwaway PostgreSQL cluster for the demo, benchmarks and tests.
 # Source it, then: cluster_start DIR PORT [extra postgres -c settings...]; cluster_psql ...; cluster_stop.
 # As root the server runs as the postgres user (initdb refuses root); trust auth on a socket in DIR.
-PG_BIN=/usr/lib/postgresql/15/bin
+#
+# Which PostgreSQL: PG_MAJOR (default 15). 15 is Debian's (/usr/lib/postgresql/15/bin); 17 and 18
+# are the source builds of tools/build_postgres.sh in $IDENTITY_MERGE_PG_PREFIX/pgNN (default
+# /opt/identity_merge/pgNN). Sets PG_BIN (the server's bin directory) and exports PG_CONFIG.
+PG_MAJOR="${PG_MAJOR:-15}"
+pg_bin_of() {  # MAJOR -> bin directory
+  case "$1" in
+    15) echo /usr/lib/postgresql/15/bin ;;
+    *)  echo "${IDENTITY_MERGE_PG_PREFIX:-/opt/identity_merge}/pg$1/bin" ;;
+  esac
+}
+PG_BIN="$(pg_bin_of "$PG_MAJOR")"
+if [ ! -x "$PG_BIN/pg_config" ]; then
+  echo "pg_cluster: no PostgreSQL $PG_MAJOR in $PG_BIN (PG_MAJOR=17/18: run tools/build_postgres.sh)" >&2
+  return 1 2>/dev/null || exit 1
+fi
+export PG_MAJOR PG_BIN
+export PG_CONFIG="$PG_BIN/pg_config"
+
+# cargo, one build at a time on a shared machine: every cargo run of the test scripts goes through
+# this (flock on $IDENTITY_MERGE_CARGO_LOCK, default /tmp/identity_merge-cargo.lock; "none": no lock).
+cargo_locked() {
+  local lock="${IDENTITY_MERGE_CARGO_LOCK:-/tmp/identity_merge-cargo.lock}"
+  if [ "$lock" != none ] && command -v flock >/dev/null; then flock "$lock" cargo "$@"; else cargo "$@"; fi
+}
 
 as_pg() {
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing identity_merge needs on Debian bookworm (as root or with
 # sudo): system packages, cargo-pgrx 0.18.1, and `cargo pgrx init` against PostgreSQL 15.
-# Idempotent: each step is skipped when already done.
+# Idempotent: each step is skipped when already done. PostgreSQL 17 and 18 (not in bookworm) are
+# built from source and registered with pgrx by tools/build_postgres.sh (tools/test.sh runs both).
 set -euo pipefail
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
@@ -27,6 +28,12 @@ if ! cargo pgrx --version 2>/dev/null | grep -q "0.18.1"; then
   cargo install cargo-pgrx --version 0.18.1 --locked
 fi
 PGRX_HOME="${PGRX_HOME:-$HOME/.pgrx}"
-if ! grep -q "pg15" "$PGRX_HOME/config.toml" 2>/dev/null; then
-  cargo pgrx init --pg15 "$PG_CONFIG"
+if ! grep -q "^pg15" "$PGRX_HOME/config.toml" 2>/dev/null; then
+  # keep the source-built majors already registered (tools/build_postgres.sh)
+  init_args=(--pg15 "$PG_CONFIG")
+  for m in 17 18; do
+    pc="${IDENTITY_MERGE_PG_PREFIX:-/opt/identity_merge}/pg$m/bin/pg_config"
+    [ ! -x "$pc" ] || init_args+=(--pg$m "$pc")
+  done
+  cargo pgrx init "${init_args[@]}"
 fi

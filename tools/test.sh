@@ -1,59 +1,120 @@
 #!/usr/bin/env bash
-# Runs every test: plain Rust unit tests of the rules, then the PostgreSQL tests (pgrx-tests
-# starts a throwaway PostgreSQL 15 and installs the extension into it), then the pg_dump /
-# restore, SDK, crash, upgrade and reliability (hostile roles and tables) checks; finally puts
-# back whatever identity_merge build was installed before. Works as root (the server runs as
-# the postgres user) or as a normal user.
+# Runs every test on every supported PostgreSQL major (PG_MAJORS, default "15 17 18"; narrow it
+# for a quick local run, e.g. PG_MAJORS=15). Per major:
+#   15 (Debian's): plain Rust unit tests of the rules and the pgrx tests (pgrx-tests starts a
+#      throwaway PostgreSQL and installs the extension into it), then the pg_dump / restore, SDK,
+#      crash, upgrade, reliability (hostile roles and tables), pg_cron, dbt, identity-record,
+#      golden pg_regress and Citus 13.2.2 checks, and the package test (the .deb of
+#      tools/package.sh installed with apt-get, created, upgraded, removed);
+#   17, 18 (built from source by tools/build_postgres.sh into /opt/identity_merge/pgNN): the pgrx
+#      tests, golden pg_regress flows, dump / restore, SDK, crash, reliability and upgrade checks;
+#      on every major also tests/majors.sh (what differs between majors) and tests/docs.sh (every
+#      SQL example of README.md and docs/ run as written);
+#      on 18 also Citus 14.0.1.
+# Finally puts back whatever identity_merge build was installed in each major before. Works as
+# root (the servers run as the postgres user) or as a normal user. Prints the time of each step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PG_MAJORS="${PG_MAJORS:-15 17 18}"
+t0=$(date +%s)
 bash tools/setup.sh
+src_majors=$(for m in $PG_MAJORS; do [ "$m" = 15 ] || echo "$m"; done | xargs)
+if [ -n "$src_majors" ]; then bash tools/build_postgres.sh $src_majors; fi
 export PATH="$HOME/.cargo/bin:$PATH"
 export USER="${USER:-$(id -un)}"
-if [ "$(id -u)" = 0 ]; then
-  # initdb refuses root: run the test server as postgres, in a directory postgres owns.
-  export CARGO_PGRX_TEST_RUNAS=postgres
-  export CARGO_PGRX_TEST_PGDATA="${CARGO_PGRX_TEST_PGDATA:-/tmp/identity_merge-test/pgdata}"
-  mkdir -p "$(dirname "$CARGO_PGRX_TEST_PGDATA")"
-  chown postgres "$(dirname "$CARGO_PGRX_TEST_PGDATA")"
-fi
-# cargo pgrx test installs its (debug, test-schema) build into the system PostgreSQL 15. Keep
-# what was installed before and put it back at the end, so a user's release build is left as
-# it was (or nothing, when nothing was installed).
-PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
-libdir=$("$PG_CONFIG" --pkglibdir); extdir="$("$PG_CONFIG" --sharedir)/extension"
+source tools/pg_cluster.sh   # cargo_locked, pg_bin_of
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+test_dir="${IDENTITY_MERGE_TEST_DIR:-/tmp/identity_merge-test}"
+
+# cargo pgrx test installs its (debug, test-schema) build into the PostgreSQL it tests; the shell
+# suites use that build. Keep what was installed in each major before and put it back at the end,
+# so a user's release build is left as it was (or nothing, when nothing was installed).
 saved=$(mktemp -d /tmp/identity_merge-installed.XXXXXX)
-mkdir -p "$saved/lib" "$saved/ext"
-cp -p "$libdir"/identity_merge.so "$saved/lib/" 2>/dev/null || true
-cp -p "$extdir"/identity_merge.control "$extdir"/identity_merge--*.sql "$saved/ext/" 2>/dev/null || true
-fingerprint() { (cd "$1" && find . -type f -name 'identity_merge*' | sort | xargs -r md5sum); }
-before=$(fingerprint "$saved")
-restore_installed() {
-  $SUDO rm -f "$libdir"/identity_merge.so "$extdir"/identity_merge.control "$extdir"/identity_merge--*.sql
-  [ -z "$(ls -A "$saved/lib")" ] || $SUDO cp -p "$saved"/lib/* "$libdir/"
-  [ -z "$(ls -A "$saved/ext")" ] || $SUDO cp -p "$saved"/ext/* "$extdir/"
+dirs_of() {  # MAJOR -> "pkglibdir extension-dir"
+  local pc; pc="$(pg_bin_of "$1")/pg_config"
+  echo "$("$pc" --pkglibdir) $("$pc" --sharedir)/extension"
 }
+snapshot() {  # MAJOR DEST: copy the installed identity_merge files of MAJOR into DEST/{lib,ext}
+  local libdir extdir; read -r libdir extdir <<<"$(dirs_of "$1")"
+  mkdir -p "$2/lib" "$2/ext"
+  cp -p "$libdir"/identity_merge.so "$2/lib/" 2>/dev/null || true
+  cp -p "$extdir"/identity_merge.control "$extdir"/identity_merge--*.sql "$2/ext/" 2>/dev/null || true
+}
+fingerprint() { (cd "$1" && find . -type f -name 'identity_merge*' | sort | xargs -r md5sum); }
+restore_installed() {
+  local m libdir extdir
+  for m in $PG_MAJORS; do
+    [ -d "$saved/$m" ] || continue
+    read -r libdir extdir <<<"$(dirs_of "$m")"
+    $SUDO rm -f "$libdir"/identity_merge.so "$extdir"/identity_merge.control "$extdir"/identity_merge--*.sql
+    [ -z "$(ls -A "$saved/$m/lib")" ] || $SUDO cp -p "$saved/$m"/lib/* "$libdir/"
+    [ -z "$(ls -A "$saved/$m/ext")" ] || $SUDO cp -p "$saved/$m"/ext/* "$extdir/"
+  done
+}
+for m in $PG_MAJORS; do snapshot "$m" "$saved/$m"; done
 trap 'restore_installed; rm -rf "$saved"' EXIT
 
-rm -f target/stress-summary.txt
-cargo pgrx test pg15 "$@"
-cat target/stress-summary.txt 2>/dev/null || true
-# cargo pgrx test installed the extension into PostgreSQL 15; check dump and restore with it.
-bash tests/dump_restore.sh
-bash tests/sdk.sh
-bash tests/crash.sh
-bash tests/upgrade.sh
-bash tests/reliability.sh
-bash tests/cron.sh
-bash tests/dbt.sh
-bash tests/identity_records.sh
-bash tests/regress.sh
-bash tests/citus.sh
+timings=""
+step() {  # step LABEL COMMAND...: runs it, records its time
+  local label=$1 s; shift
+  s=$(date +%s)
+  echo "=== [$label] $*"
+  "$@"
+  timings="$timings$(printf '%-34s %5ss' "$label" $(( $(date +%s) - s )))"$'\n'
+}
 
-# The installed build is put back as it was found (checked here, before the trap runs it again).
+run_major() {
+  local m=$1
+  export PG_MAJOR=$m
+  if [ "$(id -u)" = 0 ]; then
+    # initdb refuses root: the pgrx test server runs as postgres, in a directory postgres owns,
+    # one per major so that runs never share a data directory.
+    export CARGO_PGRX_TEST_RUNAS=postgres
+    export CARGO_PGRX_TEST_PGDATA="$test_dir/pg$m/pgdata"
+    mkdir -p "$test_dir/pg$m"; chmod 755 "$test_dir"; chown postgres "$test_dir/pg$m"
+  fi
+  rm -f target/stress-summary.txt
+  step "pg$m cargo pgrx test" cargo_locked pgrx test "pg$m" "${test_args[@]}"
+  cat target/stress-summary.txt 2>/dev/null || true
+  step "pg$m regress" bash tests/regress.sh
+  step "pg$m dump_restore" bash tests/dump_restore.sh
+  step "pg$m sdk" bash tests/sdk.sh
+  step "pg$m crash" bash tests/crash.sh
+  step "pg$m upgrade" bash tests/upgrade.sh
+  step "pg$m reliability" bash tests/reliability.sh
+  step "pg$m majors" bash tests/majors.sh
+  step "pg$m docs" bash tests/docs.sh
+  case "$m" in
+    15)
+      # Debian-only add-ons (postgresql-15-cron) and checks that need no second major.
+      step "pg15 cron" bash tests/cron.sh
+      step "pg15 dbt" bash tests/dbt.sh
+      step "pg15 identity_records" bash tests/identity_records.sh
+      step "pg15 citus 13.2.2" bash tests/citus.sh
+      ;;
+    18)
+      step "pg18 citus 14.0.1" bash tests/citus.sh
+      ;;
+  esac
+}
+
+test_args=("$@")
+for m in $PG_MAJORS; do run_major "$m"; done
+unset PG_MAJOR
+
+# Packages (tools/package.sh): the .deb for Debian's 15 installed, created, upgraded and removed;
+# the tarball of each source-built major installed into its prefix and created.
+step "packages (build)" env PG_MAJORS="$PG_MAJORS" bash tools/package.sh
+step "packages (test)" env PG_MAJORS="$PG_MAJORS" bash tests/package.sh
+
+# The installed builds are put back as they were found (checked here, before the trap runs it again).
 restore_installed
-after=$( d=$(mktemp -d); mkdir -p "$d/lib" "$d/ext"
-  cp -p "$libdir"/identity_merge.so "$d/lib/" 2>/dev/null || true
-  cp -p "$extdir"/identity_merge.control "$extdir"/identity_merge--*.sql "$d/ext/" 2>/dev/null || true
-  fingerprint "$d"; rm -rf "$d" )
-if [ "$before" = "$after" ]; then echo "installed build: left as found"; else echo "installed build: changed by the tests" >&2; exit 1; fi
+changed=0
+for m in $PG_MAJORS; do
+  d=$(mktemp -d); snapshot "$m" "$d"
+  if [ "$(fingerprint "$saved/$m")" != "$(fingerprint "$d")" ]; then echo "installed build of PostgreSQL $m: changed by the tests" >&2; changed=1; fi
+  rm -rf "$d"
+done
+printf '\ntimes (PG_MAJORS="%s"):\n%s%-34s %5ss\n' "$PG_MAJORS" "$timings" "total" $(( $(date +%s) - t0 ))
+[ "$changed" = 0 ] || exit 1
+echo "installed builds: left as found (PostgreSQL $PG_MAJORS)"

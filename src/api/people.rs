@@ -19,6 +19,11 @@ use crate::pg::{as_owner, OrBug, OrRaise};
 pub fn engage_one(update: &Value) -> Result<(), IdentityError> {
     let u = crate::core::profile::engage_update(update)?;
     let project = crate::engine::project(Some(&u.token))?;
+    // The ids the identity path refuses (blank, too long for the index, placeholders) are no
+    // profile either: every broken client would write into one shared profile.
+    project
+        .settings
+        .validate_id("$distinct_id", Some(&u.distinct_id))?;
     // On Citus, update ids follow the order of the writes (sql/scaling.sql).
     if !crate::sync::locks::hold_cluster_wide(project.id) {
         return Err(IdentityError::project_contention(&u.distinct_id));
@@ -114,6 +119,8 @@ pub fn profile_of(project: &crate::core::rules::Project, distinct_id: &str) -> V
             if drop_device_before_link && !own_or_not_device && before_link.unwrap_or(true) {
                 return None;
             }
+            // A long fold answers a cancel or statement_timeout between updates.
+            pgrx::check_for_interrupts!();
             ProfileOp::parse(op).map(|op| (op, value))
         });
     let mut profile = fold(updates);

@@ -1,6 +1,7 @@
 //! Identity records in SQL (`mp_identity_record_create`): validates the body (core::record),
 //! hashes its canonical content with PostgreSQL's sha256, stores the record once per content,
-//! and answers the seed's Identity object, or its 400 "Bad Request" naming the field.
+//! and answers the seed's Identity object, or its 400 "Bad Request" naming the field, or a 409
+//! "Conflict" when the content already describes another person.
 
 use pgrx::prelude::*;
 use serde_json::{json, Value};
@@ -9,7 +10,7 @@ use crate::core::error::IdentityError;
 use crate::core::record::{
     canonical_content, record_body, uuid_from_digest, BadRequest, RecordBody,
 };
-use crate::pg::{as_owner, OrBug};
+use crate::pg::{as_owner, OrBug, OrRaise};
 
 fn bad_request(b: &BadRequest) -> Value {
     json!({
@@ -60,18 +61,51 @@ fn identity_object(row: &Value, created: bool) -> Value {
     })
 }
 
-fn create(body: &RecordBody) -> Result<Value, BadRequest> {
-    let project_id = match &body.token {
-        Some(t) => Some(
-            crate::engine::project(Some(t))
-                .map_err(|e| BadRequest {
-                    field: "$token".into(),
-                    problem: e.message(),
-                })?
-                .id,
+/// The 409 of a record whose content already describes another person: a record describes one
+/// person (its content is its identity), so it is not silently left with the first.
+fn conflict(body: &RecordBody, row: &Value) -> Value {
+    let held = |k: &str| row[k].as_str().unwrap_or_default().to_string();
+    let (held_id, held_token) = (held("held_distinct_id"), held("held_token"));
+    json!({
+        "status": 409,
+        "error": "Conflict",
+        "field": "distinct_id",
+        "message": format!(
+            "distinct_id {:?} (project {:?}): a record with this content already exists and describes \
+             distinct_id {held_id:?} (project {held_token:?}); a record describes one person: give this \
+             one other content (e.g. its description), or no distinct_id to read the existing record",
+            body.distinct_id.as_deref().unwrap_or_default(),
+            body.token.as_deref().unwrap_or_default(),
         ),
+        "identity_id": row["identity_id"],
+        "held_by": {"distinct_id": held_id, "$token": held_token},
+    })
+}
+
+/// The Identity object of the new or existing record, or the answer refusing the body.
+fn create(body: &RecordBody) -> Result<Value, Value> {
+    let project = match &body.token {
+        Some(t) => Some(crate::engine::project(Some(t)).map_err(|e| {
+            bad_request(&BadRequest {
+                field: "$token".into(),
+                problem: e.message(),
+            })
+        })?),
         None => None,
     };
+    // The person's id is checked as the identity path checks ids (blank, placeholders, longer
+    // than the 255 characters the index takes).
+    if let Some(p) = &project {
+        p.settings
+            .validate_id("distinct_id", body.distinct_id.as_deref())
+            .map_err(|e| {
+                bad_request(&BadRequest {
+                    field: "distinct_id".into(),
+                    problem: format!("is refused: {}", e.message()),
+                })
+            })?;
+    }
+    let project_id = project.as_ref().map(|p| p.id);
     let hash = sha256_hex(&canonical_content(body));
     let id = uuid_from_digest(&hash);
     let identity_id = format!("did:identity_merge:sha256:{hash}");
@@ -107,11 +141,15 @@ fn create(body: &RecordBody) -> Result<Value, BadRequest> {
                 let row = inserted.first().get::<pgrx::JsonB>(1)?.map(|j| j.0).unwrap_or(Value::Null);
                 return Ok((row, true));
             }
+            // With the person it describes (another one than asked is a 409).
             let existing = c.update(
                 &format!(
-                    "UPDATE identity_merge.identity_records SET project_id = coalesce(project_id, $2), \
+                    "UPDATE identity_merge.identity_records r SET project_id = coalesce(project_id, $2), \
                      distinct_id = coalesce(distinct_id, $3), updated_at = CASE WHEN distinct_id IS NULL AND $3 IS NOT NULL \
-                     THEN pg_catalog.now() ELSE updated_at END WHERE identity_hash OPERATOR(pg_catalog.=) $1 RETURNING {columns}"
+                     THEN pg_catalog.now() ELSE updated_at END WHERE identity_hash OPERATOR(pg_catalog.=) $1 \
+                     RETURNING {columns} OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('held_project_id', project_id, \
+                       'held_distinct_id', distinct_id, 'held_token', (SELECT p.token FROM identity_merge.projects p \
+                                                                        WHERE p.project_id OPERATOR(pg_catalog.=) r.project_id))"
                 ),
                 None,
                 &[hash.as_str().into(), project_id.into(), body.distinct_id.as_deref().into()],
@@ -121,6 +159,28 @@ fn create(body: &RecordBody) -> Result<Value, BadRequest> {
         })
     })
     .or_bug("storing an identity record");
+    if !created && body.distinct_id.is_some() {
+        let held = (
+            row["held_project_id"].as_i64(),
+            row["held_distinct_id"].as_str(),
+        );
+        // Another id of the same person is the same person: the record already describes it.
+        let same_person = |pid: i32, a: &str, b: &str| {
+            let resolve = |id| crate::store::probe::resolve(pid, id).or_raise();
+            a == b || resolve(a) == resolve(b)
+        };
+        let same = match (project_id, held, body.distinct_id.as_deref()) {
+            (Some(pid), (Some(held_pid), Some(held_id)), Some(id))
+                if i64::from(pid) == held_pid =>
+            {
+                same_person(pid, held_id, id)
+            }
+            _ => false,
+        };
+        if !same {
+            return Err(conflict(body, &row));
+        }
+    }
     Ok(identity_object(&row, created))
 }
 
@@ -158,7 +218,8 @@ mod identity_merge {
         });
         let answer = parsed
             .and_then(|v| record_body(&v))
+            .map_err(|b| bad_request(&b))
             .and_then(|r| create(&r));
-        pgrx::JsonB(answer.unwrap_or_else(|b| bad_request(&b)))
+        pgrx::JsonB(answer.unwrap_or_else(|refusal| refusal))
     }
 }

@@ -79,6 +79,10 @@ pub fn record_body(v: &Value) -> Result<RecordBody, BadRequest> {
     let text = |obj: &Map<String, Value>, field: &str| -> Result<Option<String>, BadRequest> {
         match obj.get(field) {
             None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.contains('\0') => Err(bad(
+                field,
+                "contains a NUL character (\\u0000), which text cannot hold".into(),
+            )),
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(other) => Err(bad(
                 field,
@@ -233,6 +237,10 @@ mod tests {
             "$token"
         );
         assert_eq!(field(json!([])), "body");
+        assert_eq!(
+            field(json!({"display_name": "J\u{0}P", "creator": ADDR})),
+            "display_name"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod contract;
 mod flows;
 mod json;
 mod model;
+mod people;
 mod ring;
 mod roles;
 mod trigger;
