@@ -22,10 +22,8 @@ pub fn init() {
     unsafe {
         PREV_EXECUTOR_FINISH = pg_sys::ExecutorFinish_hook;
         pg_sys::ExecutorFinish_hook = Some(executor_finish);
-        {
-            PREV_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
-            pg_sys::ProcessUtility_hook = Some(process_utility);
-        }
+        PREV_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
+        pg_sys::ProcessUtility_hook = Some(process_utility);
         pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
         pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
     }
