@@ -1,31 +1,27 @@
 //! identity_merge: Mixpanel's ID Merge inside PostgreSQL.
 //!
-//! Two rooms:
+//! Six layers, one folder each, lowest first (docs/architecture.md has a line per file):
 //! - `core/`: what identity means, plain Rust with no PostgreSQL types (model, error, rules,
-//!   ingest, graph); see core/mod.rs. Unit-tested with plain `cargo test`.
-//! - the glue, one module per concern, each thin around the core:
-//!   - `trigger`: the stamping trigger; `probe` and `cache`: its lookups (direct index probes,
-//!     a per-backend cache kept correct by invalidations); `ring`: other sessions' committed
-//!     joins, told through shared memory so that caches need not empty;
-//!   - `store`: SPI with kept plans, the project cache, the locking protocol of a join, and
-//!     executing an event's plan; `locks`: its locks; `batch`: a statement's identity events
-//!     applied in memory and written once when it ends;
-//!   - `api`: the Rust-backed SQL functions; `json_api`: the seed's HTTP API shapes;
-//!     `people`: profiles (`mp_engage`, `mp_profile`); `records`: identity records;
-//!     `backfill`: history in one pass; `check`: `mp_check`'s replay; `explain`: why two ids
-//!     are one person (`mp_explain`); `retract`: undoing joins (`mp_split`, `mp_unjoin`);
-//!     `attach`: the registry
-//!     of attached tables; `guc`: settings; `citus`: what changes on a Citus cluster (where
-//!     the replicated rows are, shards, the queue of their identity events);
-//!   - `owner`: work on a user's table done on another role's behalf, as the table's owner in a
-//!     security-restricted operation (mp_restamp, mp_backfill_from);
-//!   - `pg`: PostgreSQL plumbing shared by all of them (raising errors, running as the
-//!     extension owner or under another resource owner, the local xid, the schema's oids).
+//!   ingest, graph, profile, record); see core/mod.rs. Unit-tested with plain `cargo test`.
+//! - `pg/`: PostgreSQL plumbing (raising errors, running as the extension owner or under
+//!   another resource owner, the local xid, the schema's oids), settings (`guc`), work on a
+//!   user's table as its owner (`owner`).
+//! - `sync/`: lock-manager locks, the ring of other sessions' committed joins in shared memory,
+//!   the per-backend stamp cache, and where the identity rows are on this node (`placement`).
+//! - `store/`: the extension's statements: kept plans and the project cache, direct index
+//!   probes, bulk writes, the Citus queue's statements.
+//! - `engine/`: identity events executed: the join protocol online (`join`), or a statement's
+//!   batch in memory (`batch`); `engine::project` writes a batch before anything reads.
+//! - `api/`: every SQL function, the stamping trigger and the hooks.
 //!
-//! An identity event runs one way: trigger / `mp_track` → `core::ingest::plan_event` →
-//! `store::execute` → `core::rules` and `locks` → refusals back as data → `store::record_refusals`
-//! (or, for a statement past `identity_merge.batch_threshold` identity events, `batch::execute`
-//! → `core::graph`, written by `batch::flush` when the statement ends).
+//! The import rule: `api -> engine -> store -> sync -> pg -> core` (a module uses its siblings
+//! and the layers below it); `layers.rs` is the unit test that keeps it.
+//!
+//! An identity event runs one way: trigger / Citus queue / Segment / `mp_track` →
+//! `core::ingest::plan_event` → `engine::ingest` → `engine::execute` → `core::rules` and
+//! `sync::locks` → refusals back as data → `store::record_refusals` (or, for a statement past `identity_merge.batch_threshold`
+//! identity events, `engine::batch::execute` → `core::graph`, written by `engine::batch::flush`
+//! when the statement ends, from api/hooks.rs).
 //!
 //! SQL objects live in `sql/schema.sql` (tables), `sql/api.sql` (plain SQL functions) and
 //! `sql/scaling.sql` (Citus).
@@ -38,25 +34,13 @@ use pgrx::prelude::*;
 pub mod core;
 
 mod api;
-mod attach;
-mod backfill;
-mod batch;
-mod cache;
-mod check;
-mod citus;
-mod explain;
-mod guc;
-mod json_api;
-mod locks;
-mod owner;
-mod people;
+mod engine;
 mod pg;
-mod probe;
-mod records;
-mod retract;
-mod ring;
 mod store;
-mod trigger;
+mod sync;
+
+#[cfg(test)]
+mod layers;
 
 ::pgrx::pg_module_magic!();
 
@@ -70,8 +54,8 @@ extension_sql_file!("../sql/api.sql", name = "api", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    guc::init();
-    batch::init();
+    pg::guc::init();
+    api::hooks::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

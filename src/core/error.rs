@@ -238,7 +238,7 @@ pub enum IdentityError {
         argument: &'static str,
     },
     /// An administrator's function that works on a user's table as the table's owner
-    /// (src/owner.rs) called by a role that may not act as that owner.
+    /// (src/pg/owner.rs) called by a role that may not act as that owner.
     CannotActAsOwner {
         function: &'static str,
         table: String,

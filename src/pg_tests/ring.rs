@@ -11,7 +11,7 @@ mod tests {
     /// This backend's stamp cache, for the session tests (cache::describe).
     #[pg_extern]
     fn stamp_cache_state() -> String {
-        crate::cache::describe()
+        crate::sync::cache::describe()
     }
 }
 
@@ -170,7 +170,7 @@ mod sessions {
         setup(&mut loader, &mut other, "ringb");
         let (started, _) = cache(&mut loader);
         // One transaction of more joins than the ring takes from one: it signals instead.
-        let many = crate::ring::MAX_PER_TRANSACTION + 10;
+        let many = crate::sync::ring::MAX_PER_TRANSACTION + 10;
         other
             .batch_execute(&format!(
                 "SELECT mp_merge('a1', 'x' || g, 'ringb') FROM generate_series(1, {many}) g"
@@ -188,7 +188,7 @@ mod sessions {
             other
                 .batch_execute(&format!(
                     "SELECT mp_merge('a2', 'y{t}_' || g, 'ringb') FROM generate_series(1, {}) g",
-                    crate::ring::MAX_PER_TRANSACTION
+                    crate::sync::ring::MAX_PER_TRANSACTION
                 ))
                 .unwrap();
         }

@@ -17,13 +17,13 @@ mod tests {
              SELECT mp_merge('u' || g, 'd' || g, 'bulk') FROM generate_series(1, 3000) g; \
              CREATE TABLE bulk_ev (n int, distinct_id text, event text, properties jsonb, canonical_id text); \
              SELECT mp_attach('bulk_ev', 'bulk')");
-        let loads = crate::cache::loads_completed();
+        let loads = crate::sync::cache::loads_completed();
         run("INSERT INTO bulk_ev (n, distinct_id, event) \
              SELECT g, CASE g % 4 WHEN 0 THEN 'd' || (g % 3000 + 1) WHEN 1 THEN 'u' || (g % 3000 + 1) \
                                ELSE 'new' || g END, 'Page' \
                FROM generate_series(1, 40000) g");
         assert!(
-            crate::cache::loads_completed() > loads,
+            crate::sync::cache::loads_completed() > loads,
             "40,000 rows with 23,000 distinct ids loaded the project"
         );
         let wrong = one(

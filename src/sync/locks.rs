@@ -1,4 +1,4 @@
-//! The locks of the identity write protocol (store.rs), taken with PostgreSQL's lock manager
+//! The locks of the identity write protocol (engine/join.rs), taken with PostgreSQL's lock manager
 //! directly (no SPI):
 //!
 //! - a lock per cluster, the one `pg_advisory_xact_lock(rules::cluster_lock_key(..))` takes,
@@ -197,7 +197,7 @@ thread_local! {
 /// is rewritten as the error is reported, after this catch). Also makes the
 /// merge-log order the order of the joins (`_next_merge_seq`, sql/scaling.sql). False: refuse.
 pub fn hold_cluster_wide(project_id: i32) -> bool {
-    if !crate::citus::distributed() {
+    if !crate::sync::placement::distributed() {
         return true;
     }
     let key = (crate::pg::local_xid(), crate::pg::current_subxact());

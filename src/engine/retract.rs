@@ -1,10 +1,10 @@
-//! Undo: `mp_split` retracts every join an id took part in, `mp_unjoin` one logged join. The
-//! cluster's remaining joins are replayed in log order with the rules (`core::graph::replay`),
-//! which gives each resulting cluster its canonical id, size and identified state, exactly as if
-//! the retracted joins had never been made; ids left without a join leave the graph (an id never
-//! joined is alone and unknown to it). The retraction is logged with its provenance
-//! (`identity_merge.retractions`, `merge_log.retracted_by`), under the project's exclusive lock,
-//! so it is serialized with every other writer of the project.
+//! Undo (its SQL functions are api/retract.rs): `mp_split` retracts every join an id took part in,
+//! `mp_unjoin` one logged join. The cluster's remaining joins are replayed in log order with the
+//! rules (`core::graph::replay`), which gives each resulting cluster its canonical id, size and
+//! identified state, exactly as if the retracted joins had never been made; ids left without a join
+//! leave the graph (an id never joined is alone and unknown to it). The retraction is logged with
+//! its provenance (`identity_merge.retractions`, `merge_log.retracted_by`), under the project's
+//! exclusive lock, so it is serialized with every other writer of the project.
 
 use std::collections::{HashMap, HashSet};
 
@@ -14,12 +14,11 @@ use crate::core::error::IdentityError;
 use crate::core::graph::replay;
 use crate::core::rules::{Project, RuleSettings};
 use crate::core::Op;
-use crate::pg::{as_owner, OrBug, OrRaise};
-use crate::store;
+use crate::pg::{as_owner, OrBug};
 
 /// What to retract.
 #[derive(Clone, Copy)]
-enum Target<'a> {
+pub enum Target<'a> {
     /// Every join the id took part in.
     Id(&'a str),
     /// One join, by merge_log.seq.
@@ -35,9 +34,9 @@ struct Join {
 }
 
 /// (id, old canonical, new canonical) for every id whose canonical changed.
-type Changed = Vec<(String, String, String)>;
+pub type Changed = Vec<(String, String, String)>;
 
-fn one_text(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> Option<String> {
+pub fn one_text(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> Option<String> {
     Spi::get_one_with_args::<String>(sql, args).ok().flatten()
 }
 
@@ -107,16 +106,16 @@ fn cluster(project_id: i32, canonical: &str) -> (Vec<String>, Vec<Join>) {
 
 /// Retracts `target`'s joins in `project` and rewrites its cluster. Runs as the extension owner
 /// with the project held exclusively.
-fn retract(
+pub fn retract(
     project: &Project,
     target: Target,
-    provenance: &store::Source,
+    provenance: &crate::store::Source,
 ) -> Result<Changed, IdentityError> {
     let role = crate::pg::current_role_name();
     as_owner(|| {
         // Serialized with every writer of the project: the cluster is read and rewritten whole.
         let limit = 0;
-        if crate::locks::hold_project(project.id, limit).is_none() {
+        if crate::sync::locks::hold_project(project.id, limit).is_none() {
             return Err(IdentityError::project_contention(&project.token));
         }
         let (canonical, target_text) = match target {
@@ -269,7 +268,7 @@ fn retract(
         })
         .or_bug("writing a retraction");
         // This backend's stamp cache: emptied (other backends hear of it at commit).
-        crate::cache::clear();
+        crate::sync::cache::clear();
 
         let mut changed: Changed = gone
             .iter()
@@ -286,75 +285,11 @@ fn retract(
     })
 }
 
-fn rows(
-    changed: Changed,
-) -> TableIterator<
-    'static,
-    (
-        name!(id, String),
-        name!(old_canonical, String),
-        name!(new_canonical, String),
-    ),
-> {
-    TableIterator::new(changed)
-}
-
 /// `mp_split` for a history row of `mp_backfill` (the caller holds the tables locked).
-pub(crate) fn split(
+pub fn split(
     project: &Project,
     id: &str,
-    source: &store::Source,
+    source: &crate::store::Source,
 ) -> Result<Changed, IdentityError> {
     retract(project, Target::Id(id), source)
-}
-
-/// Retracts every join `distinct_id` took part in: its cluster becomes the clusters of the joins
-/// that remain (the id alone is one). One row per id whose canonical id changed.
-#[pg_extern(volatile, strict, parallel_unsafe)]
-fn mp_split(
-    distinct_id: &str,
-    project: default!(&str, "'default'"),
-) -> TableIterator<
-    'static,
-    (
-        name!(id, String),
-        name!(old_canonical, String),
-        name!(new_canonical, String),
-    ),
-> {
-    let project = store::project(Some(project)).or_raise();
-    let source = store::Source {
-        kind: "function",
-        detail: serde_json::json!({ "function": "mp_split" }),
-    };
-    rows(retract(&project, Target::Id(distinct_id), &source).or_raise())
-}
-
-/// Retracts one logged join (`identity_merge.merge_log.seq`), with the same rule as mp_split.
-#[pg_extern(volatile, strict, parallel_unsafe)]
-fn mp_unjoin(
-    seq: i64,
-) -> TableIterator<
-    'static,
-    (
-        name!(id, String),
-        name!(old_canonical, String),
-        name!(new_canonical, String),
-    ),
-> {
-    let token = as_owner(|| {
-        one_text(
-            "SELECT p.token FROM identity_merge.merge_log l JOIN identity_merge.projects p USING (project_id) \
-             WHERE l.seq OPERATOR(pg_catalog.=) $1",
-            &[seq.into()],
-        )
-    })
-    .ok_or(IdentityError::UnknownJoin { seq })
-    .or_raise();
-    let project = store::project(Some(&token)).or_raise();
-    let source = store::Source {
-        kind: "function",
-        detail: serde_json::json!({ "function": "mp_unjoin" }),
-    };
-    rows(retract(&project, Target::Seq(seq), &source).or_raise())
 }

@@ -14,19 +14,18 @@ use crate::core::error::IdentityError;
 use crate::core::profile::{fold, ProfileOp};
 use crate::core::Mode;
 use crate::pg::{as_owner, OrBug, OrRaise};
-use crate::store;
 
 /// Stores one update for its project. The refusal, when there is one, names the field.
 pub fn engage_one(update: &Value) -> Result<(), IdentityError> {
     let u = crate::core::profile::engage_update(update)?;
-    let project = store::project(Some(&u.token))?;
+    let project = crate::engine::project(Some(&u.token))?;
     // The ids the identity path refuses (blank, too long for the index, placeholders) are no
     // profile either: every broken client would write into one shared profile.
     project
         .settings
         .validate_id("$distinct_id", Some(&u.distinct_id))?;
     // On Citus, update ids follow the order of the writes (sql/scaling.sql).
-    if !crate::locks::hold_cluster_wide(project.id) {
+    if !crate::sync::locks::hold_cluster_wide(project.id) {
         return Err(IdentityError::project_contention(&u.distinct_id));
     }
     as_owner(|| {
@@ -126,7 +125,7 @@ pub fn profile_of(project: &crate::core::rules::Project, distinct_id: &str) -> V
         });
     let mut profile = fold(updates);
     // Identity records describing any id of the person follow it like its properties.
-    let records = crate::records::records_of(project.id, &ids);
+    let records = crate::api::records::records_of(project.id, &ids);
     if !records.is_empty() {
         profile.insert("$identity_records".into(), Value::from(records));
     }
@@ -137,7 +136,7 @@ pub fn profile_of(project: &crate::core::rules::Project, distinct_id: &str) -> V
 /// `{}` for a person with none.
 #[pg_extern(stable, strict, parallel_safe)]
 fn mp_profile(distinct_id: &str, project: default!(&str, "'default'")) -> pgrx::JsonB {
-    let project = store::project(Some(project)).or_raise();
+    let project = crate::engine::project(Some(project)).or_raise();
     pgrx::JsonB(profile_of(&project, distinct_id))
 }
 
@@ -148,6 +147,6 @@ mod identity_merge {
     /// Mixpanel `/engage` bodies: one update or an array of them (mp_engage).
     #[pg_extern(volatile, parallel_unsafe)]
     fn _engage(payload: Option<&str>) -> pgrx::JsonB {
-        crate::json_api::answer(payload, "payload", engage_one)
+        crate::api::http::answer(payload, "payload", engage_one)
     }
 }

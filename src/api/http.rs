@@ -50,7 +50,7 @@ fn identity_call(op: Op, endpoint: &'static str, body: Option<&str>) -> pgrx::Js
     respond((|| {
         let v = parse(body, "body")?;
         let (token, a, b) = ingest::identity_request(op, &v)?;
-        let project = store::project(Some(&token))?;
+        let project = crate::engine::project(Some(&token))?;
         if !project.mode.allows(op) {
             return Err(IdentityError::WrongMode {
                 op: endpoint,
@@ -58,14 +58,11 @@ fn identity_call(op: Op, endpoint: &'static str, body: Option<&str>) -> pgrx::Js
                 mode: project.mode,
             });
         }
-        let source = store::Source {
+        let source = crate::store::Source {
             kind: "identity_api",
             detail: json!({ "endpoint": endpoint }),
         };
-        store::with_source(source, || {
-            store::apply(&project, op, a.as_deref(), b.as_deref())
-        })
-        .map(|_| ())
+        crate::engine::apply(&project, op, a.as_deref(), b.as_deref(), &source).map(|_| ())
     })())
 }
 
@@ -165,17 +162,16 @@ fn segment_one(message: &Value, token: Option<&str>) -> Result<(), IdentityError
             },
         );
     };
-    let project = match store::project(Some(&token)) {
+    let project = match crate::engine::project(Some(&token)) {
         Ok(p) => p,
         Err(err) => return fail(None, err),
     };
     let plan = ingest::plan_segment(&project, &msg);
-    let source = store::Source {
+    let source = crate::store::Source {
         kind: "segment",
         detail: json!({ "type": msg.kind, "messageId": message.get("messageId") }),
     };
-    let done = store::with_source(source, || store::execute(&project, plan))?;
-    store::record_refusals(Some(project.id), &done.refusals, None, message);
+    let done = crate::engine::ingest(&project, plan, &source, None, || (None, message.clone()))?;
     done.failed.map_or(Ok(()), Err)
 }
 
@@ -195,7 +191,7 @@ fn track_one(event: &Value) -> Result<(), IdentityError> {
         Ok(ev) => ev,
         Err(err) => return fail(None, err, None, None, None),
     };
-    let project = match store::project(Some(&ev.token)) {
+    let project = match crate::engine::project(Some(&ev.token)) {
         Ok(p) => p,
         Err(err) => return fail(None, err, None, None, None),
     };
@@ -206,12 +202,11 @@ fn track_one(event: &Value) -> Result<(), IdentityError> {
         None,
         None,
     );
-    let source = store::Source {
+    let source = crate::store::Source {
         kind: "track",
         detail: json!({ "event": ev.name, "distinct_id": ev.properties.get("distinct_id") }),
     };
-    let done = store::with_source(source, || store::execute(&project, plan))?;
-    store::record_refusals(Some(project.id), &done.refusals, None, event);
+    let done = crate::engine::ingest(&project, plan, &source, None, || (None, event.clone()))?;
     done.failed.map_or(Ok(()), Err)
 }
 

@@ -1,19 +1,12 @@
-//! Reads and writes the identity tables through SPI with plans prepared once per backend
-//! (no per-call planning), and runs identity operations under the locking protocol (the locks
-//! themselves are locks.rs):
-//!
-//! 1. read both ids' clusters (a fresh READ COMMITTED snapshot each statement); equal: done,
-//! 2. hold the project shared (exclusive once the transaction took many cluster locks: then
-//!    read again and write, skipping 3-4),
-//! 3. take the lock of each cluster (key = project + canonical, `rules::cluster_lock_key`) in
-//!    ascending key order: at once when free, else waiting in a subtransaction,
-//! 4. read again: if either id moved to another cluster meanwhile, give the locks back and
-//!    start over; else decide with `rules::decide` and write the join in one statement.
-//!
-//! Every writer of a cluster holds its lock until commit, locks are taken in one global order,
-//! and a writer that waits while holding locks from earlier operations is refused with 40001
-//! if PostgreSQL finds a deadlock; no id can end in two clusters because re-pointing happens
-//! only under both clusters' locks (or the project's exclusive one).
+//! The extension's statements: SPI with plans prepared once per backend (no per-call
+//! planning), the project cache, a join's reads (`read_sides`, direct probes where allowed)
+//! and write plans, `own_write` (the caches kept current through this backend's own joins),
+//! and the record of refusals. The join protocol that runs them under the locks is
+//! engine/join.rs.
+
+pub mod bulk;
+pub mod probe;
+pub mod queue;
 
 use std::cell::RefCell;
 
@@ -24,8 +17,8 @@ use pgrx::PgOid;
 use std::collections::HashMap;
 
 use crate::core::error::{IdentityError, Reason};
-use crate::core::ingest::{EventPlan, Refusal};
-use crate::core::rules::{self, AnonIdFormat, Mode, Op, Outcome, Project, RuleSettings, Side};
+use crate::core::ingest::Refusal;
+use crate::core::rules::{AnonIdFormat, Mode, Project, RuleSettings, Side};
 use crate::pg::{as_owner, OrBug};
 
 // Every statement qualifies its tables and operators so that objects a user creates in their
@@ -111,12 +104,12 @@ const SQL_REJECT: &str = "INSERT INTO identity_merge.rejections \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 
 /// Kept plans, prepared on first use in this backend.
-struct Plans {
-    project: OwnedPreparedStatement,
-    sides: OwnedPreparedStatement,
+pub struct Plans {
+    pub project: OwnedPreparedStatement,
+    pub sides: OwnedPreparedStatement,
     /// By case: `[kept exists as usize * 2 + absorbed exists as usize]`.
-    join: [OwnedPreparedStatement; 4],
-    reject: OwnedPreparedStatement,
+    pub join: [OwnedPreparedStatement; 4],
+    pub reject: OwnedPreparedStatement,
 }
 
 thread_local! {
@@ -164,7 +157,7 @@ fn oid(o: pg_sys::BuiltinOid) -> PgOid {
     PgOid::BuiltIn(o)
 }
 
-fn plans() -> std::rc::Rc<Plans> {
+pub fn plans() -> std::rc::Rc<Plans> {
     if let Some(p) = PLANS.with(|p| p.borrow().clone()) {
         return p;
     }
@@ -237,19 +230,17 @@ thread_local! {
 
 /// Whether the session lifts the anon id format (`identity_merge.anon_id_format = 'any'`).
 fn session_any() -> bool {
-    crate::guc::anon_id_format_any()
+    crate::pg::guc::anon_id_format_any()
 }
 
-/// A project by token (from the backend's cache when it is current), or `UnknownProject`.
+/// A project by token (from the backend's cache when it is current), or `UnknownProject`;
+/// `engine::project` writes a statement's batch first, and is what callers use.
 /// Invalidations are accepted first, so a project created or changed by a committed
 /// transaction is seen.
-pub fn project(token: Option<&str>) -> Result<Project, IdentityError> {
+pub fn cached_project(token: Option<&str>) -> Result<Project, IdentityError> {
     let token = token.ok_or(IdentityError::NullId { field: "project" })?;
-    // Every function that reads or writes the graph asks for its project first: a statement's
-    // identity events still held in memory (batch.rs) are written before it reads.
-    crate::batch::flush();
-    crate::cache::accept_invalidations();
-    let generation = crate::cache::generation();
+    crate::sync::cache::accept_invalidations();
+    let generation = crate::sync::cache::generation();
     let hit = PROJECTS.with(|p| {
         let p = p.borrow();
         (p.0 == generation)
@@ -274,10 +265,9 @@ pub fn project(token: Option<&str>) -> Result<Project, IdentityError> {
 }
 
 /// Only the id of a project by token (the `mp_resolve` path: no settings cloned on a hit).
-pub fn project_id(token: &str) -> Result<i32, IdentityError> {
-    crate::batch::flush();
-    crate::cache::accept_invalidations();
-    let generation = crate::cache::generation();
+pub fn cached_project_id(token: &str) -> Result<i32, IdentityError> {
+    crate::sync::cache::accept_invalidations();
+    let generation = crate::sync::cache::generation();
     let hit = PROJECTS.with(|p| {
         let p = p.borrow();
         (p.0 == generation)
@@ -286,7 +276,7 @@ pub fn project_id(token: &str) -> Result<i32, IdentityError> {
     });
     match hit {
         Some(id) => Ok(id),
-        None => project(Some(token)).map(|p| p.id),
+        None => cached_project(Some(token)).map(|p| p.id),
     }
 }
 
@@ -310,7 +300,7 @@ fn load_fresh<R>(load: impl FnOnce() -> R) -> R {
 /// Loads a project by token from the projects table.
 fn load_project(token: &str) -> Result<Project, IdentityError> {
     // On Citus, this node's copy of projects (also from inside a query on a shard).
-    let placement = crate::citus::placement("projects")?;
+    let placement = crate::sync::placement::placement("projects")?;
     let p = plans();
     Spi::connect(|c| {
         let rows = match &placement {
@@ -364,27 +354,27 @@ fn load_project(token: &str) -> Result<Project, IdentityError> {
 /// Other sessions learn of the joins through the ring (ring.rs) when this transaction
 /// commits; the write sends no change signal unless the transaction outgrew the ring.
 pub fn own_write<R>(project_id: i32, write: impl FnOnce() -> (R, Vec<(String, String)>)) -> R {
-    let projects_current = PROJECTS.with(|p| p.borrow().0 == crate::cache::generation());
-    let before = crate::cache::own_change_begin();
-    let quiet = crate::ring::QuietWrite::begin(crate::citus::distributed());
+    let projects_current = PROJECTS.with(|p| p.borrow().0 == crate::sync::cache::generation());
+    let before = crate::sync::cache::own_change_begin();
+    let quiet = crate::sync::ring::QuietWrite::begin(crate::sync::placement::distributed());
     let (result, joins) = write();
     if quiet.joined(joins.iter().map(|(absorbed, _)| absorbed.as_str())) {
-        crate::cache::signal();
+        crate::sync::cache::signal();
     }
     drop(quiet);
     let joined: Vec<(&str, &str)> = joins
         .iter()
         .map(|(x, k)| (x.as_str(), k.as_str()))
         .collect();
-    if crate::cache::own_change_end(before, project_id, &joined) && projects_current {
-        PROJECTS.with(|p| p.borrow_mut().0 = crate::cache::generation());
+    if crate::sync::cache::own_change_end(before, project_id, &joined) && projects_current {
+        PROJECTS.with(|p| p.borrow_mut().0 = crate::sync::cache::generation());
     }
     result
 }
 
 /// Reads the clusters of `a` and `b` (fresh snapshot); `direct`: where
 /// `probe::direct_reads_allowed` (asked once per operation), through `read_sides_direct`.
-fn read_sides(p: &Plans, direct: bool, project_id: i32, a: &str, b: &str) -> (Side, Side) {
+pub fn read_sides(p: &Plans, direct: bool, project_id: i32, a: &str, b: &str) -> (Side, Side) {
     if let Some(sides) = direct
         .then(|| read_sides_direct(project_id, a, b))
         .flatten()
@@ -424,8 +414,8 @@ fn read_sides(p: &Plans, direct: bool, project_id: i32, a: &str, b: &str) -> (Si
 /// without starting an executor (most of an online identity event's time went there). Only
 /// where `probe::direct_reads_allowed`; None (a cluster row missing) sends the caller to SPI.
 fn read_sides_direct(project_id: i32, a: &str, b: &str) -> Option<(Side, Side)> {
-    let [ca, cb] = crate::probe::canonicals_now(project_id, [a, b]).ok()?;
-    let clusters = crate::probe::ClusterReader::new().ok()?;
+    let [ca, cb] = crate::store::probe::canonicals_now(project_id, [a, b]).ok()?;
+    let clusters = crate::store::probe::ClusterReader::new().ok()?;
     let side = |id: &str, canonical: Option<String>| -> Option<Side> {
         let Some(canonical) = canonical else {
             return Some(Side::new_id(id));
@@ -444,304 +434,31 @@ fn read_sides_direct(project_id: i32, a: &str, b: &str) -> Option<(Side, Side)> 
 
 /// Where an identity operation came from: recorded with every join it makes (merge_log's
 /// provenance columns, shown by mp_explain). `kind` is 'function', 'trigger', 'track',
-/// 'identity_api' or 'backfill'; `detail` identifies the call, row or history entry there.
+/// 'identity_api', 'segment', 'backfill'...; `detail` identifies the call, row or history entry.
+/// Passed as an argument to whatever writes joins (engine::apply, engine::execute,
+/// engine::batch::execute, retract, backfill).
 #[derive(Clone, Debug)]
 pub struct Source {
     pub kind: &'static str,
     pub detail: serde_json::Value,
 }
 
-thread_local! {
-    static SOURCE: RefCell<Option<Source>> = const { RefCell::new(None) };
-}
-
-/// Puts the previous source back when dropped (also when an ERROR unwinds through it).
-struct SourceGuard(Option<Source>);
-
-impl Drop for SourceGuard {
-    fn drop(&mut self) {
-        let previous = self.0.take();
-        SOURCE.with(|s| *s.borrow_mut() = previous);
-    }
-}
-
-/// Runs `f` with `source` as the provenance of the joins it makes.
-pub fn with_source<R>(source: Source, f: impl FnOnce() -> R) -> R {
-    let _guard = SourceGuard(SOURCE.with(|s| s.replace(Some(source))));
-    f()
-}
-
-/// A source and the role that made the operation.
-struct Provenance {
-    kind: &'static str,
-    detail: serde_json::Value,
-    role: String,
+/// A source and the role that made the operation: what a merge-log row records.
+pub struct Provenance {
+    pub kind: &'static str,
+    pub detail: serde_json::Value,
+    pub role: String,
 }
 
 impl Provenance {
-    fn current() -> Provenance {
-        let source = SOURCE.with(|s| s.borrow().clone()).unwrap_or(Source {
-            kind: "function",
-            detail: serde_json::json!({}),
-        });
+    /// `source`, made by the current role.
+    pub fn of(source: &Source) -> Provenance {
         Provenance {
             kind: source.kind,
-            detail: source.detail,
+            detail: source.detail.clone(),
             role: crate::pg::current_role_name(),
         }
     }
-}
-
-const MAX_ATTEMPTS: usize = 1000;
-
-/// Applies one identity operation (Original ID Merge's three, or Simplified's link) to a
-/// project: validation, locking, the rules'
-/// decision, and the write. Returns the canonical id of the resulting cluster, or the refusal.
-/// Nothing is written when it returns an error.
-pub fn apply(
-    project: &Project,
-    op: Op,
-    a: Option<&str>,
-    b: Option<&str>,
-) -> Result<String, IdentityError> {
-    rules::precheck(op, &project.settings, a, b)?;
-    // Who asks, read before the functions switch to the extension owner.
-    let provenance = Provenance::current();
-    as_owner(|| apply_checked(project, op, a.unwrap(), b.unwrap(), &provenance))
-}
-
-fn apply_checked(
-    project: &Project,
-    op: Op,
-    a: &str,
-    b: &str,
-    provenance: &Provenance,
-) -> Result<String, IdentityError> {
-    // A statement's identity events held in memory (batch.rs) are written first: this
-    // operation reads and writes the stored graph.
-    crate::batch::flush();
-    // The stamp caches learn of this backend's own joins from here; the project cache stays
-    // current through them by the same rule.
-    own_write(project.id, || {
-        let result = join_clusters(project, op, a, b, provenance);
-        let joined = match &result {
-            Ok(Applied {
-                canonical,
-                absorbed: Some(absorbed),
-            }) => vec![(absorbed.clone(), canonical.clone())],
-            _ => Vec::new(),
-        };
-        (result.map(|applied| applied.canonical), joined)
-    })
-}
-
-/// What an operation did: the canonical id of the resulting cluster, and the canonical id it
-/// absorbed when two clusters (or a new id) were joined.
-struct Applied {
-    canonical: String,
-    absorbed: Option<String>,
-}
-
-impl Applied {
-    /// Nothing joined: the ids were in one cluster already, or end in one without a write.
-    fn unchanged(canonical: String) -> Applied {
-        Applied {
-            canonical,
-            absorbed: None,
-        }
-    }
-}
-
-fn join_clusters(
-    project: &Project,
-    op: Op,
-    a: &str,
-    b: &str,
-    provenance: &Provenance,
-) -> Result<Applied, IdentityError> {
-    let contention = || IdentityError::Contention {
-        op,
-        a: a.to_string(),
-        b: b.to_string(),
-    };
-    let p = plans();
-    let direct = crate::probe::direct_reads_allowed();
-    // With the project held exclusively no other writer runs: one read, then the write.
-    let write_alone = || {
-        let (sa, sb) = read_sides(&p, direct, project.id, a, b);
-        if sa.canonical == sb.canonical {
-            return Ok(Applied::unchanged(sa.canonical));
-        }
-        decide_and_write(&p, project, op, &sa, &sb, provenance)
-    };
-    if crate::locks::holds_project_exclusively(project.id) {
-        // A bulk transaction that already locked its project (skips the read below).
-        return write_alone();
-    }
-    let (mut sa, mut sb) = read_sides(&p, direct, project.id, a, b);
-    // Replays change nothing and need no lock.
-    if sa.canonical == sb.canonical {
-        return Ok(Applied::unchanged(sa.canonical));
-    }
-    // Neither do refusals, read under a fresh snapshot (READ COMMITTED): what the rules refuse
-    // for (an identified or existing id, a size) only grows as clusters join, so no commit
-    // after the read turns it into a join; only splits and settings changes could, and they
-    // are concurrent with this event whichever order it is given. A cluster that joined
-    // another between the two sides' reads made read_sides fall back to one SPI snapshot.
-    if direct {
-        rules::decide(op, &project.settings, &sa, &sb)?;
-    }
-    let limit = crate::guc::cluster_locks_per_transaction();
-    match crate::locks::hold_project(project.id, limit) {
-        None => return Err(contention()),
-        // Read again: the first read may predate the lock.
-        Some(crate::locks::ProjectHold::Exclusive) => return write_alone(),
-        Some(crate::locks::ProjectHold::Shared) => {}
-    }
-    for _ in 0..MAX_ATTEMPTS {
-        if sa.canonical == sb.canonical {
-            return Ok(Applied::unchanged(sa.canonical));
-        }
-        let mut keys = [
-            rules::cluster_lock_key(project.id, &sa.canonical),
-            rules::cluster_lock_key(project.id, &sb.canonical),
-        ];
-        keys.sort_unstable();
-        // Free locks are taken at once; otherwise wait (a deadlock's victim is refused).
-        if !crate::locks::try_clusters(keys) && !crate::locks::wait_clusters(keys) {
-            return Err(contention());
-        }
-        let (na, nb) = read_sides(&p, direct, project.id, a, b);
-        if na.canonical != sa.canonical || nb.canonical != sb.canonical {
-            // Someone joined one of the clusters before we got the locks: start over.
-            crate::locks::release_clusters(keys);
-            sa = na;
-            sb = nb;
-            continue;
-        }
-        let result = decide_and_write(&p, project, op, &na, &nb, provenance);
-        if result.is_err() {
-            crate::locks::release_clusters(keys);
-        }
-        return result;
-    }
-    Err(contention())
-}
-
-fn decide_and_write(
-    p: &Plans,
-    project: &Project,
-    op: Op,
-    a: &Side,
-    b: &Side,
-    provenance: &Provenance,
-) -> Result<Applied, IdentityError> {
-    match rules::decide(op, &project.settings, a, b)? {
-        Outcome::Together(c) => Ok(Applied::unchanged(c)),
-        Outcome::Join(plan) => {
-            let write = || {
-                Spi::connect_mut(|c| {
-                    let case = plan.kept.exists as usize * 2 + plan.absorbed.exists as usize;
-                    c.update(
-                        &p.join[case],
-                        None,
-                        &[
-                            project.id.into(),
-                            op.as_str().into(),
-                            a.id.as_str().into(),
-                            b.id.as_str().into(),
-                            plan.kept.canonical.as_str().into(),
-                            plan.kept.exists.into(),
-                            plan.absorbed.canonical.as_str().into(),
-                            plan.absorbed.exists.into(),
-                            (plan.size as i32).into(),
-                            plan.identified.into(),
-                            provenance.kind.into(),
-                            pgrx::JsonB(provenance.detail.clone()).into(),
-                            provenance.role.as_str().into(),
-                            (if plan.absorbed.exists {
-                                plan.absorbed.size as i32
-                            } else {
-                                1
-                            })
-                            .into(),
-                        ],
-                    )
-                    .or_bug("writing a join");
-                })
-            };
-            // SAFETY: reads the transaction's isolation level.
-            let xact_snapshot =
-                unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 };
-            if xact_snapshot {
-                // The transaction's snapshot cannot see a join committed after it began: an id
-                // it takes for new may exist by now. That is a serialization failure (retry),
-                // as PostgreSQL reports for a row updated concurrently, not a key violation.
-                let conflict = IdentityError::SerializationFailure {
-                    op,
-                    a: a.id.clone(),
-                    b: b.id.clone(),
-                };
-                PgTryBuilder::new(std::panic::AssertUnwindSafe(write))
-                    .catch_when(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, move |_| {
-                        crate::pg::raise(conflict.clone())
-                    })
-                    .execute();
-            } else {
-                write();
-            }
-            Ok(Applied {
-                canonical: plan.kept.canonical,
-                absorbed: Some(plan.absorbed.canonical),
-            })
-        }
-    }
-}
-
-/// What executing an event's plan did.
-#[derive(Default)]
-pub struct Executed {
-    /// A join was made.
-    pub changed: bool,
-    /// Every refusal to record, in order: the plan's (its ignored note first), then those of
-    /// the operations the rules refused here.
-    pub refusals: Vec<Refusal>,
-    /// The first refusal that makes the event a failure (the ignored note does not).
-    pub failed: Option<IdentityError>,
-}
-
-/// Executes what an event means (`ingest::plan_event`): applies its operations in order and
-/// returns every refusal as data, for the caller to record with its source (`record_refusals`).
-/// Only a retryable error (`IdentityError::is_retryable`) is returned as an error: the caller
-/// raises it, so that the transaction is retried rather than the event recorded as refused.
-pub fn execute(project: &Project, plan: EventPlan) -> Result<Executed, IdentityError> {
-    let mut out = Executed::default();
-    out.refusals.extend(plan.ignored);
-    for refusal in plan.refusals {
-        out.failed.get_or_insert_with(|| refusal.error.clone());
-        out.refusals.push(refusal);
-    }
-    for planned in plan.ops {
-        match apply(
-            project,
-            planned.op,
-            planned.a.as_deref(),
-            planned.b.as_deref(),
-        ) {
-            Ok(_) => out.changed = true,
-            Err(err) if err.is_retryable() => return Err(err),
-            Err(err) => {
-                out.failed.get_or_insert_with(|| err.clone());
-                out.refusals.push(Refusal {
-                    error: err,
-                    operation: planned.op.as_str(),
-                    a: planned.a,
-                    b: planned.b,
-                });
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Records refusals of one event, each with the event as its source: `source_table` and the

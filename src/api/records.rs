@@ -11,7 +11,6 @@ use crate::core::record::{
     canonical_content, record_body, uuid_from_digest, BadRequest, RecordBody,
 };
 use crate::pg::{as_owner, OrBug, OrRaise};
-use crate::store;
 
 fn bad_request(b: &BadRequest) -> Value {
     json!({
@@ -86,7 +85,7 @@ fn conflict(body: &RecordBody, row: &Value) -> Value {
 /// The Identity object of the new or existing record, or the answer refusing the body.
 fn create(body: &RecordBody) -> Result<Value, Value> {
     let project = match &body.token {
-        Some(t) => Some(store::project(Some(t)).map_err(|e| {
+        Some(t) => Some(crate::engine::project(Some(t)).map_err(|e| {
             bad_request(&BadRequest {
                 field: "$token".into(),
                 problem: e.message(),
@@ -167,7 +166,7 @@ fn create(body: &RecordBody) -> Result<Value, Value> {
         );
         // Another id of the same person is the same person: the record already describes it.
         let same_person = |pid: i32, a: &str, b: &str| {
-            let resolve = |id| crate::probe::resolve(pid, id).or_raise();
+            let resolve = |id| crate::store::probe::resolve(pid, id).or_raise();
             a == b || resolve(a) == resolve(b)
         };
         let same = match (project_id, held, body.distinct_id.as_deref()) {
@@ -210,7 +209,7 @@ mod identity_merge {
     #[pg_extern(volatile, parallel_unsafe)]
     fn _identity_record_create(body: Option<&str>) -> pgrx::JsonB {
         // Parsed as every JSON API body is; its refusals name the field like a 400 does.
-        let parsed = crate::json_api::parse(body, "body").map_err(|e| match e {
+        let parsed = crate::api::http::parse(body, "body").map_err(|e| match e {
             IdentityError::MalformedEvent { field, problem } => BadRequest { field, problem },
             other => BadRequest {
                 field: "body".into(),

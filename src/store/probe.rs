@@ -32,7 +32,10 @@ pub struct Probe {
 }
 
 fn now_seen() -> (u64, u64) {
-    (crate::cache::freshness(), crate::cache::own_writes())
+    (
+        crate::sync::cache::freshness(),
+        crate::sync::cache::own_writes(),
+    )
 }
 
 /// Who is asking: the stamping trigger (snapshot as fresh as the caches, see cache.rs) or
@@ -112,8 +115,8 @@ fn current_snapshot(user: Use, after_own_changes: bool) -> pg_sys::Snapshot {
 
 impl Probe {
     fn open(user: Use, statement: (u32, u32)) -> Result<Probe, IdentityError> {
-        // On Citus, this node's placement of the replicated table (citus.rs).
-        let identities = crate::citus::identities()?;
+        // On Citus, this node's placement of the replicated table (sync/placement.rs).
+        let identities = crate::sync::placement::identities()?;
         let (heap_oid, index_oid) = (identities.heap, identities.index);
         in_transaction_scope(|| {
             let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
@@ -452,7 +455,7 @@ pub fn direct_reads_allowed() -> bool {
             pg_sys::IsInParallelMode(),
         )
     };
-    read_committed && !parallel && !crate::citus::distributed()
+    read_committed && !parallel && !crate::sync::placement::distributed()
 }
 
 /// The canonical ids of `ids` (None: unknown) under a snapshot taken now, after a command
@@ -553,7 +556,7 @@ pub fn resolve(project_id: i32, id: &str) -> Result<String, IdentityError> {
 }
 
 /// Reads stored clusters' facts by their primary key, for a statement's batch (batch.rs) as
-/// it meets ids and for an online identity event's fresh read (store.rs's
+/// it meets ids and for an online identity event's fresh read (store/mod.rs's
 /// `read_sides_direct`): what `read_sides` reads through SPI, at a fraction of its cost. The
 /// oids and column numbers are looked up once per reader.
 #[derive(Clone, Copy)]
@@ -576,8 +579,8 @@ impl ClusterReader {
     /// epoch (cache.rs: any relation's invalidation moves it, a dropped or re-created table's
     /// too).
     pub fn new() -> Result<ClusterReader, IdentityError> {
-        crate::cache::ensure_registered();
-        let epoch = crate::cache::epochs().1;
+        crate::sync::cache::ensure_registered();
+        let epoch = crate::sync::cache::epochs().1;
         if let Some((e, reader)) = CLUSTER_READER.with(|c| c.get()) {
             if e == epoch {
                 return Ok(reader);

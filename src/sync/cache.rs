@@ -406,7 +406,7 @@ impl IdCache {
         !self.poisoned.is_empty()
             && self
                 .poisoned
-                .contains(&crate::ring::hash(answer.map_or(id, |c| c.bytes())))
+                .contains(&crate::sync::ring::hash(answer.map_or(id, |c| c.bytes())))
     }
 }
 
@@ -454,7 +454,7 @@ pub fn epochs() -> (u64, u64) {
 pub fn ensure_registered() {
     REGISTERED.with(|r| {
         if !r.get() {
-            crate::ring::attach();
+            crate::sync::ring::attach();
             // SAFETY: registers a callback that lives as long as the library (it is never
             // unloaded) and only bumps thread-local counters.
             unsafe {
@@ -470,7 +470,7 @@ pub fn ensure_registered() {
 
 /// Maximum entries before the cache starts over (identity_merge.stamp_cache_entries).
 fn capacity() -> usize {
-    crate::guc::STAMP_CACHE_ENTRIES.get().max(0) as usize
+    crate::pg::guc::STAMP_CACHE_ENTRIES.get().max(0) as usize
 }
 
 /// Processes pending invalidations (call at the start of each statement).
@@ -497,19 +497,19 @@ fn receive_joins() {
             return;
         };
         let mut cache = c.as_mut();
-        let news = crate::ring::receive(|h| {
+        let news = crate::sync::ring::receive(|h| {
             if let Some(cache) = cache.as_mut() {
                 cache.poisoned.insert(h);
             }
         });
-        if news == crate::ring::News::Nothing {
+        if news == crate::sync::ring::News::Nothing {
             return;
         }
         NEWS.with(|n| n.set(n.get() + 1));
         let too_much = c
             .as_ref()
             .is_some_and(|cache| cache.poisoned.len() > POISON_MAX.max(cache.entries.len() / 8));
-        if news == crate::ring::News::Behind || too_much {
+        if news == crate::sync::ring::News::Behind || too_much {
             *c = None;
         }
     })
@@ -656,7 +656,7 @@ pub fn own_change_begin() -> OwnChange {
 /// arrived meanwhile, the only invalidations processed were this write's own, so the cache
 /// stays, with the joins as redirects; otherwise it is dropped.
 /// Returns whether it was quiet (what was current before still is: the project cache, in
-/// store.rs, follows the same rule).
+/// store/mod.rs, follows the same rule).
 pub fn own_change_end(before: OwnChange, project_id: i32, joined: &[(&str, &str)]) -> bool {
     OWN_WRITES.with(|w| w.set(w.get() + 1));
     // SAFETY: reads a counter of this backend.
@@ -736,7 +736,7 @@ mod identity_merge {
     fn notify_caches<'a>(
         _trigger: &'a pgrx::PgTrigger<'a>,
     ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
-        if crate::ring::must_signal() {
+        if crate::sync::ring::must_signal() {
             super::signal();
         }
         Ok(None)

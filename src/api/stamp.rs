@@ -7,7 +7,7 @@
 //!
 //! Hot path: everything that does not change per row (trigger arguments, column numbers and
 //! types, the project) is worked out once per statement; ids are answered from the backend's
-//! cache (cache.rs) or, on a miss, by a direct index probe (probe.rs): no SPI, no planning per row.
+//! cache (sync/cache.rs) or, on a miss, by a direct index probe (store/probe.rs): no SPI, no planning per row.
 //!
 //! Every column is read only after its type was checked when the per-table set-up was built
 //! (and that set-up is rebuilt after any relcache invalidation, so an `ALTER TABLE ... TYPE` is
@@ -23,7 +23,6 @@ use crate::core::error::IdentityError;
 use crate::core::ingest;
 use crate::core::rules::Project;
 use crate::core::Mode;
-use crate::store;
 
 /// How the `properties` column holds its JSON.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -57,7 +56,7 @@ struct StatementContext {
     device_att: Option<i32>,
     user_att: Option<i32>,
     /// On a Citus shard: the distributed table's name. Identity events are then queued on this
-    /// node (citus.rs), not applied here.
+    /// node (store/queue.rs, applied by api/queue.rs), not applied here.
     shard_of: Option<String>,
     /// `cache::epochs()` when the context was built: a later statement on the same table and
     /// trigger reuses it while they are unchanged (single-row INSERTs pay no set-up).
@@ -223,7 +222,7 @@ fn build_context(
             .unwrap_or_else(|| default.to_string())
     };
     let (device_name, user_name) = (named(3, "$device_id"), named(4, "$user_id"));
-    let project = store::project(Some(&args[0]))?;
+    let project = crate::engine::project(Some(&args[0]))?;
     let table = trigger
         .table_name()
         .unwrap_or_else(|_| format!("{:?}", key.0));
@@ -290,8 +289,8 @@ fn build_context(
         properties,
         device_att: optional(&device_name)?,
         user_att: optional(&user_name)?,
-        shard_of: crate::citus::shard_of(key.0, &table),
-        epochs: crate::cache::epochs(),
+        shard_of: crate::sync::placement::shard_of(key.0, &table),
+        epochs: crate::sync::cache::epochs(),
         qualified_table: format!("{}.{}", trigger.table_schema().unwrap_or_default(), table),
         project,
         table,
@@ -342,7 +341,7 @@ mod identity_merge {
         device_id: Option<&str>,
         user_id: Option<&str>,
     ) -> Option<String> {
-        let project = store::project(Some(project)).unwrap_or_else(|e| crate::pg::raise(e));
+        let project = crate::engine::project(Some(project)).unwrap_or_else(|e| crate::pg::raise(e));
         if project.mode != Mode::Simplified {
             return None;
         }
@@ -401,15 +400,15 @@ fn stamp<'a>(
         let mut slot = slot.borrow_mut();
         if slot.as_ref().map(|c| c.key) != Some(key) {
             // A new statement: see what other sessions changed before it started.
-            crate::cache::accept_invalidations();
+            crate::sync::cache::accept_invalidations();
             let reusable = slot.as_ref().is_some_and(|c| {
-                (c.key.0, c.key.1) == (key.0, key.1) && c.epochs == crate::cache::epochs()
+                (c.key.0, c.key.1) == (key.0, key.1) && c.epochs == crate::sync::cache::epochs()
             });
             if reusable {
                 let ctx = slot.as_mut().unwrap();
                 ctx.key = key;
                 // The session's anon_id_format may have changed since.
-                ctx.project.refresh(crate::guc::anon_id_format_any());
+                ctx.project.refresh(crate::pg::guc::anon_id_format_any());
             } else {
                 // Dropped first: a failed set-up must not leave the previous table's in place.
                 *slot = None;
@@ -517,7 +516,7 @@ unsafe fn with_canonical<R>(
     // While the statement's batch runs, the stored answer may be one the batch changed.
     let use_it = move |d: pg_sys::Datum| -> R {
         // SAFETY: `d` is a text datum: the row's own, the cache's or the probe's.
-        match crate::batch::canonical_now(project_id, unsafe { text_bytes(d) }) {
+        match crate::engine::batch::canonical_now(project_id, unsafe { text_bytes(d) }) {
             Some(now) => use_it(now.datum()),
             None => use_it(d),
         }
@@ -525,7 +524,7 @@ unsafe fn with_canonical<R>(
     let mut use_it = Some(use_it);
     let mut out: Option<R> = None;
     let mut cached = || {
-        crate::cache::get(project_id, id, |c| {
+        crate::sync::cache::get(project_id, id, |c| {
             if let Some(f) = use_it.take() {
                 out = Some(f(c.map_or(distinct, |c| c.datum())));
             }
@@ -535,17 +534,17 @@ unsafe fn with_canonical<R>(
         return Ok(out.take().expect("a cache hit lends the datum once"));
     }
     let mut estimate = Ok(None);
-    let budget = crate::cache::load_budget(project_id, || {
-        estimate = crate::probe::identities_estimate(statement);
+    let budget = crate::sync::cache::load_budget(project_id, || {
+        estimate = crate::store::probe::identities_estimate(statement);
         estimate.clone().ok().flatten()
     });
     estimate?;
     if let Some(budget) = budget {
         // Many ids missed: reading the whole project may cost less than probing on.
         let mut scanned = Ok(0);
-        crate::cache::load(project_id, budget, |put| {
+        crate::sync::cache::load(project_id, budget, |put| {
             let mut whole = true;
-            scanned = crate::probe::each_identity(statement, project_id, |id, canonical| {
+            scanned = crate::store::probe::each_identity(statement, project_id, |id, canonical| {
                 // SAFETY: the scan hands over text datums valid during each call.
                 whole = put(unsafe { text_bytes(id) }, unsafe { text_bytes(canonical) });
                 whole
@@ -557,21 +556,21 @@ unsafe fn with_canonical<R>(
             return Ok(out.take().expect("a cache hit lends the datum once"));
         }
     }
-    let mut found: Option<crate::cache::Canonical> = None;
+    let mut found: Option<crate::sync::cache::Canonical> = None;
     // SAFETY: `distinct` is a valid text datum; the probe hands a text datum of the index or
     // heap tuple, valid during the closure, whose bytes are copied there.
     let as_of = unsafe {
-        crate::probe::canonical(
-            crate::probe::Use::Stamp,
+        crate::store::probe::canonical(
+            crate::store::probe::Use::Stamp,
             statement,
             project_id,
             distinct,
             |d| {
-                found = d.map(|d| crate::cache::Canonical::new(text_bytes(d)));
+                found = d.map(|d| crate::sync::cache::Canonical::new(text_bytes(d)));
             },
         )
     }?;
-    crate::cache::put(project_id, id, found.as_ref().map(|c| c.bytes()), as_of);
+    crate::sync::cache::put(project_id, id, found.as_ref().map(|c| c.bytes()), as_of);
     let use_it = use_it.take().expect("not lent yet");
     Ok(match &found {
         // `found` owns its bytes (a copy), alive during the call.
@@ -640,9 +639,9 @@ unsafe fn apply_row_event(
         // in this node's queue, committed with the row, for mp_apply_pending.
         if !plan.refusals.is_empty()
             || plan.ignored.is_some()
-            || !crate::citus::all_together(project, &plan.ops)
+            || !crate::store::queue::all_together(project, &plan.ops)
         {
-            crate::citus::queue(crate::citus::Queued {
+            crate::store::queue::queue(crate::store::queue::Queued {
                 project_id: project.id,
                 events: table,
                 distinct_id: distinct(),
@@ -658,7 +657,7 @@ unsafe fn apply_row_event(
     // to raise (40001), so the loader retries the INSERT rather than the event being refused.
     // The join's provenance: the table and enough of the row to find it (its ids and event; the
     // properties stay in the table, where only its readers see them).
-    let source = store::Source {
+    let source = crate::store::Source {
         kind: "trigger",
         detail: serde_json::json!({
             "table": ctx.qualified_table,
@@ -667,16 +666,11 @@ unsafe fn apply_row_event(
         }),
     };
     // Past the statement's first identity events, the rest may go to its batch (batch.rs).
-    let done = if !plan.ops.is_empty() && crate::batch::take_part(project, statement) {
-        crate::batch::execute(project, plan, &source)?
-    } else {
-        store::with_source(source, || store::execute(project, plan))?
-    };
-    if !done.refusals.is_empty() {
-        let (table, row) = if crate::citus::distributed() {
+    crate::engine::ingest(project, plan, &source, Some(statement), || {
+        if crate::sync::placement::distributed() {
             // The rejections are replicated: this node's oid would name another table, or
-            // none, on the others, where row-level security reads it (see citus::row_of).
-            let row = crate::citus::row_of(&ctx.qualified_table, distinct(), event.as_deref());
+            // none, on the others, where row-level security reads it (see api::queue::row_of).
+            let row = crate::api::queue::row_of(&ctx.qualified_table, distinct(), event.as_deref());
             (None, row)
         } else {
             let row = serde_json::json!({
@@ -685,9 +679,8 @@ unsafe fn apply_row_event(
                 "properties": properties(),
             });
             (Some(relid), row)
-        };
-        store::record_refusals(Some(project.id), &done.refusals, table, &row);
-    }
+        }
+    })?;
     Ok(fill.filter(|_| distinct().is_none()))
 }
 

@@ -3,6 +3,9 @@
 //! under another resource owner, the backend's local transaction id, and finding the
 //! extension's own schema and relations.
 
+pub mod guc;
+pub mod owner;
+
 use std::ffi::CStr;
 
 use pgrx::pg_sys;

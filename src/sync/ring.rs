@@ -234,7 +234,7 @@ impl QuietWrite {
     pub fn begin(distributed: bool) -> QuietWrite {
         let quiet = shared().is_some()
             && !distributed
-            && crate::guc::PUBLISH_JOINS.get()
+            && crate::pg::guc::PUBLISH_JOINS.get()
             && !SIGNALLED.with(|s| s.get());
         if quiet {
             QUIET_WRITES.with(|q| q.set(q.get() + 1));
@@ -275,7 +275,7 @@ pub fn must_signal() -> bool {
     QUIET_WRITES.with(|q| q.get()) == 0
 }
 
-/// What the end of a transaction asks of the caches (the caller, batch.rs's callbacks, acts).
+/// What the end of a transaction asks of the caches (the caller, api/hooks.rs's callbacks, acts).
 #[derive(Debug, PartialEq, Eq)]
 pub enum AtEnd {
     Nothing,

@@ -1,36 +1,34 @@
-//! `mp_backfill`: loads a history of identity events in one pass. The events are read through
-//! a cursor, applied in memory by `graph::Graph` (the online rules, union-find), and the result
-//! is written in bulk: changed ids, changed clusters, one merge-log row per join, one rejection
-//! per refused event. Online writers of identities wait for it (SHARE ROW EXCLUSIVE lock).
+//! Bulk writes of the identity graph: a history's joins and refusals (`mp_backfill`,
+//! api/backfill.rs) and a statement's batch (engine/batch.rs), written as arrays through a few
+//! statements per chunk rather than one statement per join; and the cursor a history is read
+//! through.
 
 use pgrx::prelude::*;
 
 use crate::core::error::{IdentityError, Reason};
 use crate::core::graph::Graph;
-use crate::core::Op;
-use crate::pg::{raise, OrBug, OrRaise};
-use crate::store;
+use crate::pg::OrBug;
 
-const FETCH: std::ffi::c_long = 10_000;
+pub const FETCH: std::ffi::c_long = 10_000;
 /// Rows per bulk write (small under the test suite, so its histories cross chunk boundaries).
-const CHUNK: usize = if cfg!(feature = "pg_test") {
+pub const CHUNK: usize = if cfg!(feature = "pg_test") {
     16
 } else {
     50_000
 };
 
-struct Refusal {
-    ordinal: i64,
-    op: Option<String>,
-    a: Option<String>,
-    b: Option<String>,
-    err: IdentityError,
+pub struct Refusal {
+    pub ordinal: i64,
+    pub op: Option<String>,
+    pub a: Option<String>,
+    pub b: Option<String>,
+    pub err: IdentityError,
 }
 
 /// Runs `sql` through a cursor and hands every row to `f`, freeing each fetched batch (a history
 /// may hold millions of rows). With `reader` (a user's table, for mp_backfill_from), the cursor
-/// is opened and every batch fetched as that table's owner (src/owner.rs); `f` runs as the caller.
-fn for_each_row(
+/// is opened and every batch fetched as that table's owner (pg/owner.rs); `f` runs as the caller.
+pub fn for_each_row(
     c: &pgrx::spi::SpiClient<'_>,
     sql: &str,
     args: &[pgrx::datum::DatumWithOid],
@@ -39,7 +37,7 @@ fn for_each_row(
 ) -> Result<(), pgrx::spi::SpiError> {
     fn as_reader<R>(reader: Option<pg_sys::Oid>, f: impl FnOnce() -> R) -> R {
         match reader {
-            Some(rel) => crate::owner::as_table_owner(rel, "mp_backfill_from", f),
+            Some(rel) => crate::pg::owner::as_table_owner(rel, "mp_backfill_from", f),
             None => f(),
         }
     }
@@ -57,7 +55,7 @@ fn for_each_row(
     }
 }
 
-pub(crate) fn text_array(
+pub fn text_array(
     c: &mut pgrx::spi::SpiClient<'_>,
     sql: &str,
     arrays: Vec<Vec<Option<String>>>,
@@ -73,7 +71,7 @@ pub(crate) fn text_array(
 /// Runs one bulk write with the arguments `fill` adds after the project id. The argument
 /// arrays are built in a memory context of their own, freed after the write: built in SPI's
 /// context they would all stay until the end (gigabytes for a history of millions).
-pub(crate) fn write_chunk(
+pub fn write_chunk(
     c: &mut pgrx::spi::SpiClient<'_>,
     sql: &str,
     project_id: i32,
@@ -94,7 +92,7 @@ pub(crate) fn write_chunk(
 
 /// The project's current state, loaded into a graph: clusters, then ids (two plain scans,
 /// joined here; a cursor's fast-start plan of the SQL join can degrade to a rescan per row).
-fn load_graph(c: &pgrx::spi::SpiClient<'_>, pid: i32) -> Graph {
+pub fn load_graph(c: &pgrx::spi::SpiClient<'_>, pid: i32) -> Graph {
     let mut graph = Graph::new();
     let mut clusters: std::collections::HashMap<String, (i64, bool)> =
         std::collections::HashMap::new();
@@ -149,16 +147,16 @@ fn load_graph(c: &pgrx::spi::SpiClient<'_>, pid: i32) -> Graph {
 
 /// How the merge log's rows are written: by whom, with the provenance columns when the
 /// installed SQL has them, and with seq taken from the log itself on Citus.
-struct LogRows {
-    role: String,
-    provenance: bool,
-    distributed: bool,
+pub struct LogRows {
+    pub role: String,
+    pub provenance: bool,
+    pub distributed: bool,
 }
 
 /// Writes what a batch of history did, in bulk: new and moved ids, absorbed and changed
 /// clusters, one merge-log row per join (with its history ordinal), one rejection per refused
 /// row. Returns (joins, ids written, clusters written).
-fn write_batch(
+pub fn write_batch(
     c: &mut pgrx::spi::SpiClient<'_>,
     pid: i32,
     graph: &mut Graph,
@@ -194,7 +192,7 @@ fn write_batch(
 /// One merge-log row per join, in order, with its history ordinal (`join_ordinals`, one per
 /// join). Also called during the history, every CHUNK joins: a join's row is final when it is
 /// made, and holding millions of them to the end would cost more than the graph.
-fn write_joins(
+pub fn write_joins(
     c: &mut pgrx::spi::SpiClient<'_>,
     pid: i32,
     g: &Graph,
@@ -246,7 +244,7 @@ fn write_joins(
 }
 
 /// One rejection per refused history entry, with its ordinal.
-fn write_refusals(c: &mut pgrx::spi::SpiClient<'_>, pid: i32, refusals: &[Refusal]) {
+pub fn write_refusals(c: &mut pgrx::spi::SpiClient<'_>, pid: i32, refusals: &[Refusal]) {
     for chunk in refusals.chunks(CHUNK) {
         let reason: Vec<Option<String>> = chunk
             .iter()
@@ -280,7 +278,10 @@ fn write_refusals(c: &mut pgrx::spi::SpiClient<'_>, pid: i32, refusals: &[Refusa
 }
 
 /// (id, canonical) nodes as the two text arrays a bulk write of identities takes.
-fn id_columns(graph: &Graph, chunk: &[crate::core::graph::IdNodes]) -> Vec<Vec<Option<String>>> {
+pub fn id_columns(
+    graph: &Graph,
+    chunk: &[crate::core::graph::IdNodes],
+) -> Vec<Vec<Option<String>>> {
     let (ids, canon): (Vec<Option<String>>, Vec<Option<String>>) = chunk
         .iter()
         .map(|&(i, c)| {
@@ -296,7 +297,7 @@ fn id_columns(graph: &Graph, chunk: &[crate::core::graph::IdNodes]) -> Vec<Vec<O
 /// Inserts ids new to the store (`Graph::new_and_moved_ids`' first list) with their canonical.
 /// The caller keeps other writers out (a table lock, or the project held exclusively), so no
 /// conflict check is needed.
-pub(crate) fn insert_new_ids(
+pub fn insert_new_ids(
     c: &mut pgrx::spi::SpiClient<'_>,
     pid: i32,
     graph: &Graph,
@@ -320,7 +321,7 @@ pub(crate) fn insert_new_ids(
 /// path's join assumes too: an absorbed canonical that was new to the store has no row to
 /// delete, and a cluster whose canonical is new is inserted without a conflict check (a
 /// history's new clusters are most of them; the check costs about a third of the insert).
-pub(crate) fn write_clusters(c: &mut pgrx::spi::SpiClient<'_>, pid: i32, graph: &mut Graph) -> i64 {
+pub fn write_clusters(c: &mut pgrx::spi::SpiClient<'_>, pid: i32, graph: &mut Graph) -> i64 {
     // Names are made a chunk at a time: for a history of millions of joins, all of them at
     // once would cost more memory than the graph.
     let absorbed: Vec<u32> = graph
@@ -368,257 +369,70 @@ pub(crate) fn write_clusters(c: &mut pgrx::spi::SpiClient<'_>, pid: i32, graph: 
     roots.len() as i64
 }
 
-#[pg_extern(volatile, parallel_unsafe)]
-fn mp_backfill(
-    source: Option<&str>,
-    project: default!(Option<&str>, "'default'"),
-) -> TableIterator<
-    'static,
-    (
-        name!(events, i64),
-        name!(joins, i64),
-        name!(refused, i64),
-        name!(ids_written, i64),
-        name!(clusters_written, i64),
-    ),
-> {
-    let null = |argument| {
-        raise(IdentityError::NullArgument {
-            function: "mp_backfill",
-            argument,
-        })
+const SQL_REPOINT: &str = "UPDATE identity_merge.identities i SET canonical_id = u.k \
+     FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) u(x, k) \
+     WHERE i.project_id OPERATOR(pg_catalog.=) $1 AND i.canonical_id OPERATOR(pg_catalog.=) u.x";
+
+/// Writes a statement's batch (engine/batch.rs) decided in `graph`: stored ids of absorbed
+/// clusters re-pointed, new ids, clusters, one merge-log row per join with its `sources` entry.
+pub fn write_statement_batch(
+    c: &mut pgrx::spi::SpiClient<'_>,
+    pid: i32,
+    graph: &mut Graph,
+    sources: &[crate::store::Provenance],
+) {
+    // Every stored id of an absorbed cluster, loaded by the batch or not, goes to its cluster's
+    // canonical now.
+    let (absorbed, kept): (Vec<Option<String>>, Vec<Option<String>>) = graph
+        .absorbed_stored()
+        .into_iter()
+        .map(|(x, k)| (Some(x), Some(k)))
+        .unzip();
+    if !absorbed.is_empty() {
+        text_array(c, SQL_REPOINT, vec![absorbed, kept], pid);
+    }
+    let (new_ids, _) = graph.new_and_moved_ids();
+    insert_new_ids(c, pid, graph, &new_ids);
+    write_clusters(c, pid, graph);
+    let g = &*graph;
+    let text = |f: &dyn Fn(usize) -> String| -> Vec<Option<String>> {
+        (0..g.joins.len()).map(|n| Some(f(n))).collect()
     };
-    let source = source.unwrap_or_else(|| null("source"));
-    backfill(source, project.unwrap_or_else(|| null("project")), None)
-}
-
-/// `identity_merge._backfill_from_table(source text, project text, events regclass)`, declared
-/// in sql/api.sql: mp_backfill_from's history query, read as the owner of `events`.
-#[pg_extern(sql = false)]
-fn _backfill_from_table(
-    source: &str,
-    project: &str,
-    events: pg_sys::Oid,
-) -> TableIterator<
-    'static,
-    (
-        name!(events, i64),
-        name!(joins, i64),
-        name!(refused, i64),
-        name!(ids_written, i64),
-        name!(clusters_written, i64),
-    ),
-> {
-    backfill(source, project, Some(events))
-}
-
-/// mp_backfill's work, reading the history as the owner of `reader` when given.
-fn backfill(
-    source: &str,
-    project: &str,
-    reader: Option<pg_sys::Oid>,
-) -> TableIterator<
-    'static,
-    (
-        name!(events, i64),
-        name!(joins, i64),
-        name!(refused, i64),
-        name!(ids_written, i64),
-        name!(clusters_written, i64),
-    ),
-> {
-    if source.trim().is_empty() {
-        raise(IdentityError::InvalidArgument {
-            what: "backfill source query",
-            value: source.to_string(),
-            hint: "Pass a query returning (operation text, id_a text, id_b text) in time order, e.g. SELECT op, a, b FROM history ORDER BY t.",
-        });
-    }
-    let distributed = crate::citus::distributed();
-    if distributed {
-        // Bulk writes to the replicated tables go to every node at once, which Citus refuses in
-        // a transaction that already read a placement in this backend: none is, from here.
-        Spi::run("SELECT pg_catalog.set_config('citus.enable_local_execution', 'off', true)")
-            .or_bug("setting citus.enable_local_execution");
-    }
-    let project = store::project(Some(project)).or_raise();
-    let settings = project.settings.clone();
-    let pid = project.id;
-    let mut refusals: Vec<Refusal> = Vec::new();
-    // (joins, ids written, clusters written) of the batches written so far.
-    let mut totals: (i64, i64, i64) = (0, 0, 0);
-    // Refused rows of the batches written so far.
-    let mut refused: i64 = 0;
-    // The history ordinal of each join of `graph.joins`, and who loads the history.
-    let mut join_ordinals: Vec<i64> = Vec::new();
-    let log = LogRows {
-        role: crate::pg::current_role_name(),
-        provenance: store::merge_log_has_provenance(),
-        distributed,
+    let operation = text(&|n| g.joins[n].op.as_str().to_string());
+    let id_a = text(&|n| g.name(g.joins[n].a).to_string());
+    let id_b = text(&|n| g.name(g.joins[n].b).to_string());
+    let kept = text(&|n| g.name(g.joins[n].kept).to_string());
+    let absorbed = text(&|n| g.name(g.joins[n].absorbed).to_string());
+    let moved: Vec<Option<i32>> = g.joins.iter().map(|j| Some(j.moved as i32)).collect();
+    let mut args: Vec<pgrx::datum::DatumWithOid> = vec![
+        operation.into(),
+        id_a.into(),
+        id_b.into(),
+        kept.into(),
+        absorbed.into(),
+        moved.into(),
+    ];
+    let sql = if crate::store::merge_log_has_provenance() {
+        let kind: Vec<Option<String>> = sources.iter().map(|s| Some(s.kind.to_string())).collect();
+        let detail: Vec<Option<String>> =
+            sources.iter().map(|s| Some(s.detail.to_string())).collect();
+        let role: Vec<Option<String>> = sources.iter().map(|s| Some(s.role.clone())).collect();
+        args.extend([kind.into(), detail.into(), role.into()]);
+        "INSERT INTO identity_merge.merge_log (project_id, operation, id_a, id_b, kept_canonical, absorbed_canonical, moved_ids, \
+                                               source, source_detail, role_name, transaction_id) \
+         SELECT $1, u.o, u.a, u.b, u.k, u.x, u.m, u.s, u.d::pg_catalog.jsonb, u.r, pg_catalog.pg_current_xact_id() \
+         FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[]), \
+                         pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::text[]), pg_catalog.unnest($7::int4[]), \
+                         pg_catalog.unnest($8::text[]), pg_catalog.unnest($9::text[]), pg_catalog.unnest($10::text[])) \
+              WITH ORDINALITY u(o, a, b, k, x, m, s, d, r, n) \
+         ORDER BY u.n"
+    } else {
+        "INSERT INTO identity_merge.merge_log (project_id, operation, id_a, id_b, kept_canonical, absorbed_canonical, moved_ids) \
+         SELECT $1, u.o, u.a, u.b, u.k, u.x, u.m \
+         FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[]), \
+                         pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::text[]), pg_catalog.unnest($7::int4[])) \
+              WITH ORDINALITY u(o, a, b, k, x, m, n) \
+         ORDER BY u.n"
     };
-    let mut events: i64 = 0;
-
-    if !crate::locks::hold_cluster_wide(pid) {
-        raise(IdentityError::project_contention(&project.token));
-    }
-    Spi::connect_mut(|c| {
-        // On Citus the cluster-wide lock just taken already keeps every other writer out (and
-        // Citus cannot send a LOCK to every node after the lock's local read).
-        if !distributed {
-            c.update("LOCK TABLE identity_merge.identities, identity_merge.clusters IN SHARE ROW EXCLUSIVE MODE", None, &[])
-                .or_bug("reading the project state");
-        }
-        let mut graph = load_graph(c, pid);
-
-        // The history, in the order the query gives.
-        for_each_row(c, source, &[], reader, |r| {
-            if r.columns() < 3 {
-                raise(IdentityError::InvalidArgument {
-                    what: "backfill source query",
-                    value: source.to_string(),
-                    hint: "It must return three columns: operation, id_a, id_b.",
-                });
-            }
-            events += 1;
-            // Each column is read as text only when it is text (pgrx checks the type): another
-            // type is the caller's mistake, named, not a value read as something it is not.
-            let text = |n: usize| -> Option<String> {
-                r.get::<String>(n).unwrap_or_else(|_| {
-                    let found = r
-                        .get_datum_by_ordinal(n)
-                        .map(|d| crate::pg::type_name(d.oid()))
-                        .unwrap_or_else(|_| "unknown".into());
-                    raise(IdentityError::InvalidArgument {
-                        what: "backfill source query",
-                        value: format!("column {n} is of type {found}, not text"),
-                        hint: "Its three columns (operation, id_a, id_b) must be text: cast them with ::text.",
-                    })
-                })
-            };
-            let (name, a, b) = (text(1), text(2), text(3));
-            if name.as_deref() == Some("split") {
-                // A split retracts joins of the store, the batch's included: the batch so far is
-                // written, the split made as mp_split makes it (through a connection of its own:
-                // the history's cursor stays open), and the graph read again from the store.
-                let (joins, ids, clusters) = Spi::connect_mut(|c| {
-                    write_batch(c, pid, &mut graph, &refusals, &join_ordinals, &log)
-                });
-                totals.0 += joins;
-                totals.1 += ids;
-                totals.2 += clusters;
-                refused += refusals.len() as i64;
-                refusals.clear();
-                join_ordinals.clear();
-                let source = store::Source {
-                    kind: "backfill",
-                    detail: serde_json::json!({ "backfill_ordinal": events }),
-                };
-                let result = match a.as_deref() {
-                    None => Err(IdentityError::NullId { field: "distinct_id" }),
-                    Some(id) => crate::retract::split(&project, id, &source).map(|_| ()),
-                };
-                graph = Spi::connect(|c| load_graph(c, pid));
-                if let Err(err) = result {
-                    if err.is_retryable() {
-                        raise(err);
-                    }
-                    refusals.push(Refusal {
-                        ordinal: events,
-                        op: name,
-                        a,
-                        b,
-                        err,
-                    });
-                }
-                return;
-            }
-            let op = name.as_deref().and_then(Op::from_history_name);
-            let result = match (op, project.mode) {
-                (None, _) => Err(IdentityError::MalformedEvent {
-                    field: "operation".into(),
-                    problem: format!(
-                        "{:?} is not identify, alias, merge, link or split",
-                        name.as_deref().unwrap_or("NULL")
-                    ),
-                }),
-                (Some(op), mode) if !mode.allows(op) => Err(IdentityError::WrongMode {
-                    op: "this operation",
-                    token: project.token.clone(),
-                    mode,
-                }),
-                (Some(Op::Link), _) => {
-                    // The raw device id is validated as the online path does (ingest), then
-                    // prefixed; a link needs both a valid user and a valid device.
-                    let plan = crate::core::ingest::simplified_event(&settings, b.clone(), a.clone());
-                    match (plan.refusals.into_iter().next(), plan.link) {
-                        (Some(err), _) => Err(err),
-                        (None, Some((user, device))) => {
-                            graph.apply(&settings, Op::Link, Some(&user), Some(&device))
-                        }
-                        (None, None) => Err(IdentityError::NullId {
-                            field: if a.is_none() { "$user_id" } else { "$device_id" },
-                        }),
-                    }
-                }
-                (Some(op), _) => graph.apply(&settings, op, a.as_deref(), b.as_deref()),
-            };
-            // The history entry each join came from (its provenance in the merge log).
-            if graph.joins.len() > join_ordinals.len() {
-                join_ordinals.push(events);
-            }
-            if graph.joins.len() >= CHUNK {
-                let joins = graph.take_joins();
-                Spi::connect_mut(|c| write_joins(c, pid, &graph, &joins, &join_ordinals, &log));
-                join_ordinals.clear();
-            }
-            if let Err(err) = result {
-                refusals.push(Refusal {
-                    ordinal: events,
-                    op: name,
-                    a,
-                    b,
-                    err,
-                });
-                if refusals.len() >= CHUNK {
-                    // Written as they come (through a connection of its own: the history's
-                    // cursor stays open): a history's refusals are independent of the graph,
-                    // and holding millions of them would cost more than the graph itself.
-                    Spi::connect_mut(|c| write_refusals(c, pid, &refusals));
-                    refused += refusals.len() as i64;
-                    refusals.clear();
-                }
-            }
-        })
-        .unwrap_or_else(|e| {
-            raise(IdentityError::InvalidArgument {
-                what: "backfill source query",
-                value: format!("{e}: {source}"),
-                hint:
-                    "Pass a query returning (operation text, id_a text, id_b text) in time order.",
-            })
-        });
-
-        let (joins, ids, clusters) =
-            write_batch(c, pid, &mut graph, &refusals, &join_ordinals, &log);
-        totals.0 += joins;
-        totals.1 += ids;
-        totals.2 += clusters;
-        // Fresh statistics for what was just written: planners of mp_check, mp_restamp and the
-        // online functions would otherwise plan a table of millions of rows as an empty one.
-        crate::pg::as_owner(|| {
-            c.update(
-                "ANALYZE identity_merge.identities, identity_merge.clusters, identity_merge.merge_log",
-                None,
-                &[],
-            )
-            .or_bug("reading the project state")
-        });
-        TableIterator::once((
-            events,
-            totals.0,
-            refused + refusals.len() as i64,
-            totals.1,
-            totals.2,
-        ))
-    })
+    write_chunk(c, sql, pid, |all| all.extend(args));
 }

@@ -1,6 +1,6 @@
 //! The contract's SQL functions that need the Rust rules: `mp_identify`, `mp_alias`,
 //! `mp_merge` (both forms) and `mp_resolve`. Thin: look up the project, refuse the wrong
-//! mode, hand over to `store::apply`, raise errors through `error::raise`. The functions that
+//! mode, hand over to `crate::engine::apply`, raise errors through `error::raise`. The functions that
 //! are plain SQL (projects, mp_cluster, mp_attach, mp_restamp...) are in sql/api.sql.
 
 use pgrx::prelude::*;
@@ -8,10 +8,9 @@ use pgrx::prelude::*;
 use crate::core::error::IdentityError;
 use crate::core::Op;
 use crate::pg::{raise, OrRaise};
-use crate::store;
 
 fn run(op: Op, a: Option<&str>, b: Option<&str>, project: Option<&str>) -> String {
-    let project = store::project(project).or_raise();
+    let project = crate::engine::project(project).or_raise();
     if !project.mode.allows(op) {
         raise(IdentityError::WrongMode {
             op: op.function_name(),
@@ -19,11 +18,11 @@ fn run(op: Op, a: Option<&str>, b: Option<&str>, project: Option<&str>) -> Strin
             mode: project.mode,
         });
     }
-    let source = store::Source {
+    let source = crate::store::Source {
         kind: "function",
         detail: serde_json::json!({ "function": op.function_name() }),
     };
-    store::with_source(source, || store::apply(&project, op, a, b)).or_raise()
+    crate::engine::apply(&project, op, a, b, &source).or_raise()
 }
 
 /// `$identify`: joins anon_id's cluster to identified_id's; returns the canonical id.
@@ -81,6 +80,6 @@ fn mp_merge_array(
 /// probe under the caller's snapshot (no SPI), the project from the backend's cache.
 #[pg_extern(stable, strict, parallel_safe)]
 fn mp_resolve(distinct_id: &str, project: default!(&str, "'default'")) -> String {
-    let project_id = store::project_id(project).or_raise();
-    crate::probe::resolve(project_id, distinct_id).or_raise()
+    let project_id = crate::engine::project_id(project).or_raise();
+    crate::store::probe::resolve(project_id, distinct_id).or_raise()
 }

@@ -8,7 +8,6 @@ use pgrx::prelude::*;
 use crate::core::error::IdentityError;
 use crate::core::graph::join_path;
 use crate::pg::{as_owner, OrBug, OrRaise};
-use crate::store;
 
 /// One logged join, as mp_explain shows it.
 struct Join {
@@ -142,7 +141,7 @@ fn mp_explain(
         name!(transaction_id, Option<i64>),
     ),
 > {
-    let project_id = store::project_id(project)
+    let project_id = crate::engine::project_id(project)
         .map_err(|e| match e {
             IdentityError::UnknownProject { token } => {
                 IdentityError::UnknownExplainProject { token }
@@ -184,7 +183,7 @@ fn mp_explain_between(
         name!(transaction_id, Option<i64>),
     ),
 > {
-    let project_id = store::project_id(project).or_raise();
+    let project_id = crate::engine::project_id(project).or_raise();
     let rows = match (
         canonical_of(project_id, id_a),
         canonical_of(project_id, id_b),

@@ -101,28 +101,12 @@ pub fn as_table_owner<R>(rel: pg_sys::Oid, what: &'static str, f: impl FnOnce() 
     r
 }
 
-/// `identity_merge._exec_as_owner(events regclass, sql text) RETURNS bigint` (declared in
-/// sql/api.sql): runs one statement the extension's PL/pgSQL built (mp_restamp's UPDATE) as
-/// the table's owner; returns the rows it processed. Executable by the roles mp_restamp is,
-/// and safe so: it refuses callers that could not run the statement as the owner themselves.
-#[pg_extern(sql = false)]
-fn _exec_as_owner(events: pg_sys::Oid, sql: &str) -> i64 {
-    as_table_owner(events, "mp_restamp", || {
-        Spi::connect_mut(|c| c.update(sql, None, &[]).map(|t| t.len() as i64)).unwrap_or_else(|e| {
-            crate::pg::raise(IdentityError::Internal {
-                what: format!("a statement run as the owner of the table failed: {e}"),
-            })
-        })
-    })
-}
-
-/// `identity_merge._wait_for_writers(tables regclass[])` (declared in sql/api.sql): waits until
+/// `identity_merge._wait_for_writers(tables regclass[])` (api/owner.rs): waits until
 /// every transaction that, when called, holds a write lock (ROW EXCLUSIVE or stronger) on one
 /// of `tables` has ended, as CREATE INDEX CONCURRENTLY waits. A row whose id was handed out
 /// before the call is then committed (and visible to the next statement's snapshot) or gone.
 /// Cancellable; lock_timeout and statement_timeout apply.
-#[pg_extern(sql = false)]
-fn _wait_for_writers(tables: Vec<pg_sys::Oid>) {
+pub fn wait_for_writers(tables: Vec<pg_sys::Oid>) {
     let mut waiting: Vec<pg_sys::VirtualTransactionId> = Vec::new();
     for rel in tables {
         // SAFETY: a relation lock tag of this database (SET_LOCKTAG_RELATION), and the array

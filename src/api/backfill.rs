@@ -1,0 +1,52 @@
+//! `mp_backfill` and `mp_backfill_from`'s `_backfill_from_table`: a history of identity events
+//! loaded in one pass (engine/backfill.rs does the work).
+
+use pgrx::prelude::*;
+
+use crate::core::error::IdentityError;
+use crate::engine::backfill::backfill;
+use crate::pg::raise;
+
+#[pg_extern(volatile, parallel_unsafe)]
+fn mp_backfill(
+    source: Option<&str>,
+    project: default!(Option<&str>, "'default'"),
+) -> TableIterator<
+    'static,
+    (
+        name!(events, i64),
+        name!(joins, i64),
+        name!(refused, i64),
+        name!(ids_written, i64),
+        name!(clusters_written, i64),
+    ),
+> {
+    let null = |argument| {
+        raise(IdentityError::NullArgument {
+            function: "mp_backfill",
+            argument,
+        })
+    };
+    let source = source.unwrap_or_else(|| null("source"));
+    backfill(source, project.unwrap_or_else(|| null("project")), None)
+}
+
+/// `identity_merge._backfill_from_table(source text, project text, events regclass)`, declared
+/// in sql/api.sql: mp_backfill_from's history query, read as the owner of `events`.
+#[pg_extern(sql = false)]
+fn _backfill_from_table(
+    source: &str,
+    project: &str,
+    events: pg_sys::Oid,
+) -> TableIterator<
+    'static,
+    (
+        name!(events, i64),
+        name!(joins, i64),
+        name!(refused, i64),
+        name!(ids_written, i64),
+        name!(clusters_written, i64),
+    ),
+> {
+    backfill(source, project, Some(events))
+}

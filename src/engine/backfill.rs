@@ -1,0 +1,223 @@
+//! `mp_backfill`'s work (its SQL functions are api/backfill.rs): loads a history of identity
+//! events in one pass. The events are read through a cursor, applied in memory by `graph::Graph` (the online rules, union-find), and the result
+//! is written in bulk: changed ids, changed clusters, one merge-log row per join, one rejection
+//! per refused event. Online writers of identities wait for it (SHARE ROW EXCLUSIVE lock).
+
+use pgrx::prelude::*;
+
+use crate::core::error::IdentityError;
+use crate::core::Op;
+use crate::pg::{raise, OrBug, OrRaise};
+use crate::store;
+use crate::store::bulk::*;
+
+/// mp_backfill's work, reading the history as the owner of `reader` when given.
+pub fn backfill(
+    source: &str,
+    project: &str,
+    reader: Option<pg_sys::Oid>,
+) -> TableIterator<
+    'static,
+    (
+        name!(events, i64),
+        name!(joins, i64),
+        name!(refused, i64),
+        name!(ids_written, i64),
+        name!(clusters_written, i64),
+    ),
+> {
+    if source.trim().is_empty() {
+        raise(IdentityError::InvalidArgument {
+            what: "backfill source query",
+            value: source.to_string(),
+            hint: "Pass a query returning (operation text, id_a text, id_b text) in time order, e.g. SELECT op, a, b FROM history ORDER BY t.",
+        });
+    }
+    let distributed = crate::sync::placement::distributed();
+    if distributed {
+        // Bulk writes to the replicated tables go to every node at once, which Citus refuses in
+        // a transaction that already read a placement in this backend: none is, from here.
+        Spi::run("SELECT pg_catalog.set_config('citus.enable_local_execution', 'off', true)")
+            .or_bug("setting citus.enable_local_execution");
+    }
+    let project = crate::engine::project(Some(project)).or_raise();
+    let settings = project.settings.clone();
+    let pid = project.id;
+    let mut refusals: Vec<Refusal> = Vec::new();
+    // (joins, ids written, clusters written) of the batches written so far.
+    let mut totals: (i64, i64, i64) = (0, 0, 0);
+    // Refused rows of the batches written so far.
+    let mut refused: i64 = 0;
+    // The history ordinal of each join of `graph.joins`, and who loads the history.
+    let mut join_ordinals: Vec<i64> = Vec::new();
+    let log = LogRows {
+        role: crate::pg::current_role_name(),
+        provenance: store::merge_log_has_provenance(),
+        distributed,
+    };
+    let mut events: i64 = 0;
+
+    if !crate::sync::locks::hold_cluster_wide(pid) {
+        raise(IdentityError::project_contention(&project.token));
+    }
+    Spi::connect_mut(|c| {
+        // On Citus the cluster-wide lock just taken already keeps every other writer out (and
+        // Citus cannot send a LOCK to every node after the lock's local read).
+        if !distributed {
+            c.update("LOCK TABLE identity_merge.identities, identity_merge.clusters IN SHARE ROW EXCLUSIVE MODE", None, &[])
+                .or_bug("reading the project state");
+        }
+        let mut graph = load_graph(c, pid);
+
+        // The history, in the order the query gives.
+        for_each_row(c, source, &[], reader, |r| {
+            if r.columns() < 3 {
+                raise(IdentityError::InvalidArgument {
+                    what: "backfill source query",
+                    value: source.to_string(),
+                    hint: "It must return three columns: operation, id_a, id_b.",
+                });
+            }
+            events += 1;
+            // Each column is read as text only when it is text (pgrx checks the type): another
+            // type is the caller's mistake, named, not a value read as something it is not.
+            let text = |n: usize| -> Option<String> {
+                r.get::<String>(n).unwrap_or_else(|_| {
+                    let found = r
+                        .get_datum_by_ordinal(n)
+                        .map(|d| crate::pg::type_name(d.oid()))
+                        .unwrap_or_else(|_| "unknown".into());
+                    raise(IdentityError::InvalidArgument {
+                        what: "backfill source query",
+                        value: format!("column {n} is of type {found}, not text"),
+                        hint: "Its three columns (operation, id_a, id_b) must be text: cast them with ::text.",
+                    })
+                })
+            };
+            let (name, a, b) = (text(1), text(2), text(3));
+            if name.as_deref() == Some("split") {
+                // A split retracts joins of the store, the batch's included: the batch so far is
+                // written, the split made as mp_split makes it (through a connection of its own:
+                // the history's cursor stays open), and the graph read again from the store.
+                let (joins, ids, clusters) = Spi::connect_mut(|c| {
+                    write_batch(c, pid, &mut graph, &refusals, &join_ordinals, &log)
+                });
+                totals.0 += joins;
+                totals.1 += ids;
+                totals.2 += clusters;
+                refused += refusals.len() as i64;
+                refusals.clear();
+                join_ordinals.clear();
+                let source = crate::store::Source {
+                    kind: "backfill",
+                    detail: serde_json::json!({ "backfill_ordinal": events }),
+                };
+                let result = match a.as_deref() {
+                    None => Err(IdentityError::NullId { field: "distinct_id" }),
+                    Some(id) => crate::engine::retract::split(&project, id, &source).map(|_| ()),
+                };
+                graph = Spi::connect(|c| load_graph(c, pid));
+                if let Err(err) = result {
+                    if err.is_retryable() {
+                        raise(err);
+                    }
+                    refusals.push(Refusal {
+                        ordinal: events,
+                        op: name,
+                        a,
+                        b,
+                        err,
+                    });
+                }
+                return;
+            }
+            let op = name.as_deref().and_then(Op::from_history_name);
+            let result = match (op, project.mode) {
+                (None, _) => Err(IdentityError::MalformedEvent {
+                    field: "operation".into(),
+                    problem: format!(
+                        "{:?} is not identify, alias, merge, link or split",
+                        name.as_deref().unwrap_or("NULL")
+                    ),
+                }),
+                (Some(op), mode) if !mode.allows(op) => Err(IdentityError::WrongMode {
+                    op: "this operation",
+                    token: project.token.clone(),
+                    mode,
+                }),
+                (Some(Op::Link), _) => {
+                    // The raw device id is validated as the online path does (ingest), then
+                    // prefixed; a link needs both a valid user and a valid device.
+                    let plan = crate::core::ingest::simplified_event(&settings, b.clone(), a.clone());
+                    match (plan.refusals.into_iter().next(), plan.link) {
+                        (Some(err), _) => Err(err),
+                        (None, Some((user, device))) => {
+                            graph.apply(&settings, Op::Link, Some(&user), Some(&device))
+                        }
+                        (None, None) => Err(IdentityError::NullId {
+                            field: if a.is_none() { "$user_id" } else { "$device_id" },
+                        }),
+                    }
+                }
+                (Some(op), _) => graph.apply(&settings, op, a.as_deref(), b.as_deref()),
+            };
+            // The history entry each join came from (its provenance in the merge log).
+            if graph.joins.len() > join_ordinals.len() {
+                join_ordinals.push(events);
+            }
+            if graph.joins.len() >= CHUNK {
+                let joins = graph.take_joins();
+                Spi::connect_mut(|c| write_joins(c, pid, &graph, &joins, &join_ordinals, &log));
+                join_ordinals.clear();
+            }
+            if let Err(err) = result {
+                refusals.push(Refusal {
+                    ordinal: events,
+                    op: name,
+                    a,
+                    b,
+                    err,
+                });
+                if refusals.len() >= CHUNK {
+                    // Written as they come (through a connection of its own: the history's
+                    // cursor stays open): a history's refusals are independent of the graph,
+                    // and holding millions of them would cost more than the graph itself.
+                    Spi::connect_mut(|c| write_refusals(c, pid, &refusals));
+                    refused += refusals.len() as i64;
+                    refusals.clear();
+                }
+            }
+        })
+        .unwrap_or_else(|e| {
+            raise(IdentityError::InvalidArgument {
+                what: "backfill source query",
+                value: format!("{e}: {source}"),
+                hint:
+                    "Pass a query returning (operation text, id_a text, id_b text) in time order.",
+            })
+        });
+
+        let (joins, ids, clusters) =
+            write_batch(c, pid, &mut graph, &refusals, &join_ordinals, &log);
+        totals.0 += joins;
+        totals.1 += ids;
+        totals.2 += clusters;
+        // Fresh statistics for what was just written: planners of mp_check, mp_restamp and the
+        // online functions would otherwise plan a table of millions of rows as an empty one.
+        crate::pg::as_owner(|| {
+            c.update(
+                "ANALYZE identity_merge.identities, identity_merge.clusters, identity_merge.merge_log",
+                None,
+                &[],
+            )
+            .or_bug("reading the project state")
+        });
+        TableIterator::once((
+            events,
+            totals.0,
+            refused + refusals.len() as i64,
+            totals.1,
+            totals.2,
+        ))
+    })
+}

@@ -1,0 +1,6 @@
+//! Synchronisation: lock-manager locks, the shared ring of committed joins, the per-backend stamp cache.
+
+pub mod cache;
+pub mod locks;
+pub mod placement;
+pub mod ring;
