@@ -7,32 +7,13 @@
 # `majors (pgNN): N passed, N failed`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source tools/pg_cluster.sh
+source tests/lib.sh
 major="${PG_MAJOR:-15}"
-dir=$(mktemp -d /tmp/identity_merge-majors.XXXXXX); chmod 755 "$dir"
-trap 'cluster_discard "$dir"' EXIT
-cluster_start "$dir/pg" "$(free_port)"
-pass=0; fail=0
-ok() { pass=$((pass+1)); }
-bad() { echo "FAIL: $*"; fail=$((fail+1)); }
-as() {
-  local role=$1; shift
-  "$PG_BIN/psql" -X -q -A -t -U "$role" -v ON_ERROR_STOP=1 -v VERBOSITY=verbose "$@" 2>&1 || true
-}
-expect() {
-  local got; got=$(printf '%s\n' "$3" | as "$2" -f - | grep -v -e '^LOCATION:' -e '^$' || true)
-  [ "$got" = "$4" ] && ok || bad "$1: wanted [$4], got [$got]"
-}
-expect_err() {
-  local got; got=$(printf '%s\n' "$3" | as "$2" -f -)
-  if printf '%s' "$got" | grep -q "ERROR:  $4:"; then ok
-  else bad "$1: wanted SQLSTATE $4, got [$(printf '%s' "$got" | head -3)]"; fi
-}
+cluster_throwaway majors
+expect_blank=drop   # results are compared without blank lines
 
+cluster_extension w
 as postgres >/dev/null <<'SQL'
-CREATE EXTENSION identity_merge;
-CREATE ROLE w LOGIN;
-SELECT mp_grant_writer('w');
 GRANT CREATE ON SCHEMA public TO w;
 SELECT mp_set_project_setting('default', 'anon_id_format', 'any');
 SQL
@@ -95,5 +76,4 @@ SELECT mp_resolve('anon-c'), mp_resolve('user-skip');" "2|1:anon-c 2:user-c
 user-c|user-skip"
 fi
 
-echo "majors (pg$major): $pass passed, $fail failed"
-[ "$fail" = 0 ]
+summary "majors (pg$major)"

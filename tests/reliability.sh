@@ -10,39 +10,15 @@
 # misuse errors. Prints `reliability: N passed, N failed`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source tools/pg_cluster.sh
-dir=$(mktemp -d /tmp/identity_merge-reliability.XXXXXX); chmod 755 "$dir"
-trap 'cluster_discard "$dir"' EXIT
+source tests/lib.sh
 # autovacuum off: the statistics check must see what mp_backfill did, not the daemon.
 # max_prepared_transactions: check 17 prepares a join.
 # RUST_BACKTRACE=1 in the server's environment: no error may carry a Rust backtrace (round 3).
-RUST_BACKTRACE=1 cluster_start "$dir/pg" "$(free_port)" autovacuum=off max_prepared_transactions=4
-pass=0; fail=0
-ok() { pass=$((pass+1)); }
-bad() { echo "FAIL: $*"; fail=$((fail+1)); }
-
-# Output of SQL run as ROLE: rows unaligned, errors as "ERROR:  SQLSTATE: message".
-as() {
-  local role=$1; shift
-  "$PG_BIN/psql" -X -q -A -t -U "$role" -v ON_ERROR_STOP=1 -v VERBOSITY=verbose "$@" 2>&1 || true
-}
-# expect NAME ROLE SQL WANT: the output (errors included) must equal WANT.
-expect() {
-  local got; got=$(printf '%s\n' "$3" | as "$2" -f - | grep -v '^LOCATION:' || true)
-  [ "$got" = "$4" ] && ok || bad "$1: wanted [$4], got [$got]"
-}
-# expect_err NAME ROLE SQL SQLSTATE: SQL fails with SQLSTATE (and the server survives).
-expect_err() {
-  local got; got=$(printf '%s\n' "$3" | as "$2" -f -)
-  if printf '%s' "$got" | grep -q "ERROR:  $4:"; then ok
-  else bad "$1: wanted SQLSTATE $4, got [$(printf '%s' "$got" | head -3)]"; fi
-}
+RUST_BACKTRACE=1 cluster_throwaway reliability autovacuum=off max_prepared_transactions=4
 started=$(as postgres -c "SELECT pg_postmaster_start_time()")
 
+cluster_extension w r
 as postgres >/dev/null <<'SQL'
-CREATE EXTENSION identity_merge;
-CREATE ROLE w LOGIN; CREATE ROLE r LOGIN;
-SELECT mp_grant_writer('w'), mp_grant_reader('r');
 GRANT CREATE ON SCHEMA public TO w;
 SELECT mp_set_project_setting('default', 'anon_id_format', 'any');
 SELECT mp_create_project('simp', 'simplified');
@@ -452,7 +428,7 @@ printf '%s' "$got" | grep -q "23503" && ! printf '%s' "$got" | grep -qiE "backtr
 
 # No check may have restarted the server.
 [ "$(as postgres -c "SELECT pg_postmaster_start_time()")" = "$started" ] && ok || bad "the server restarted (a backend crashed)"
-echo "reliability: $pass passed, $fail failed"
+summary reliability || true   # the verdict is this and reliability_people.sh's, below
 # Profiles, Engage and identity records (their own cluster, the same roles).
 people=0; bash tests/reliability_people.sh || people=$?
 [ "$fail" = 0 ] && [ "$people" = 0 ]

@@ -7,36 +7,12 @@
 # statement_timeout. Prints `reliability_people: N passed, N failed`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source tools/pg_cluster.sh
-dir=$(mktemp -d /tmp/identity_merge-reliability-people.XXXXXX); chmod 755 "$dir"
-trap 'cluster_discard "$dir"' EXIT
-cluster_start "$dir/pg" "$(free_port)"
-pass=0; fail=0
-ok() { pass=$((pass+1)); }
-bad() { echo "FAIL: $*"; fail=$((fail+1)); }
-
-# Output of SQL run as ROLE: rows unaligned, errors as "ERROR:  SQLSTATE: message".
-as() {
-  local role=$1; shift
-  "$PG_BIN/psql" -X -q -A -t -U "$role" -v ON_ERROR_STOP=1 -v VERBOSITY=verbose "$@" 2>&1 || true
-}
-# expect NAME ROLE SQL WANT: the output (errors included) must equal WANT.
-expect() {
-  local got; got=$(printf '%s\n' "$3" | as "$2" -f - | grep -v '^LOCATION:' || true)
-  [ "$got" = "$4" ] && ok || bad "$1: wanted [$4], got [$got]"
-}
-# expect_err NAME ROLE SQL SQLSTATE: SQL fails with SQLSTATE (and the server survives).
-expect_err() {
-  local got; got=$(printf '%s\n' "$3" | as "$2" -f -)
-  if printf '%s' "$got" | grep -q "ERROR:  $4:"; then ok
-  else bad "$1: wanted SQLSTATE $4, got [$(printf '%s' "$got" | head -3)]"; fi
-}
+source tests/lib.sh
+cluster_throwaway reliability-people
 started=$(as postgres -c "SELECT pg_postmaster_start_time()")
 
+cluster_extension w r
 as postgres >/dev/null <<'SQL'
-CREATE EXTENSION identity_merge;
-CREATE ROLE w LOGIN; CREATE ROLE r LOGIN;
-SELECT mp_grant_writer('w'), mp_grant_reader('r');
 SELECT mp_set_project_setting('default', 'anon_id_format', 'any');
 SELECT mp_create_project('other');
 SQL
@@ -146,5 +122,4 @@ expect "the record stays U1's only" r "SELECT mp_profile('U2') ? '\$identity_rec
 
 # No check may have restarted the server.
 [ "$(as postgres -c "SELECT pg_postmaster_start_time()")" = "$started" ] && ok || bad "the server restarted (a backend crashed)"
-echo "reliability_people: $pass passed, $fail failed"
-[ "$fail" = 0 ]
+summary reliability_people
