@@ -5,18 +5,14 @@
 # and removed; bad schedules and a database without pg_cron get their errors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source tools/pg_cluster.sh
-dir=$(mktemp -d /tmp/identity_merge-cron.XXXXXX); chmod 755 "$dir"
-trap 'cluster_discard "$dir"' EXIT
+source tests/lib.sh
+throwaway_dir cron
 # pg_cron connects to run a job: through this cluster's socket directory (no TCP here).
 cluster_start "$dir/pg" "$(free_port)" shared_preload_libraries=pg_cron cron.database_name=postgres "cron.host=$dir/pg"
-pass=0; fail=0
-ok() { pass=$((pass+1)); }
-bad() { echo "FAIL: $*"; fail=$((fail+1)); }
 q() { cluster_psql -At "$@" 2>&1 || true; }
 
+cluster_extension
 cluster_psql >/dev/null <<'SQL'
-CREATE EXTENSION identity_merge;
 CREATE EXTENSION pg_cron;
 SELECT mp_set_project_setting('default', 'anon_id_format', 'any');
 CREATE TABLE events (distinct_id text, event text, properties jsonb, canonical_id text);
@@ -44,5 +40,4 @@ q -c "SELECT mp_schedule_restamp('events', '90 seconds')" | grep -q "invalid sch
 cluster_psql -c "CREATE DATABASE nocron" >/dev/null
 q -d nocron -c "CREATE EXTENSION identity_merge; CREATE TABLE t (distinct_id text, canonical_id text); SELECT mp_attach('t');" >/dev/null
 q -d nocron -v VERBOSITY=verbose -c "SELECT mp_schedule_restamp('t')" | grep -q "0A000" && ok || bad "without pg_cron: 0A000"
-echo "pg_cron: $pass passed, $fail failed"
-[ "$fail" = 0 ]
+summary pg_cron

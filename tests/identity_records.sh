@@ -5,24 +5,17 @@
 # storing nothing, and a record that describes a person following it through a merge and a split.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source tools/pg_cluster.sh
+source tests/lib.sh
 if ! command -v npm >/dev/null; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
 fi
-dir=$(mktemp -d /tmp/identity_merge-records.XXXXXX); chmod 755 "$dir"
-trap 'cluster_discard "$dir"' EXIT
-cluster_start "$dir/pg" "$(free_port)"
-pass=0; fail=0
-ok() { pass=$((pass+1)); }
-bad() { echo "FAIL: $*"; fail=$((fail+1)); }
+cluster_throwaway records
 q() { cluster_psql -At "$@" 2>&1 || true; }
 # qb BODY SQL: runs SQL (read from stdin, so psql interpolates :'b') with BODY bound to b.
 qb() { printf '%s\n' "$2" | cluster_psql -At -v "b=$1" 2>&1 || true; }
-cluster_psql >/dev/null <<'SQL'
-CREATE EXTENSION identity_merge;
-SELECT mp_set_project_setting('default', 'anon_id_format', 'any');
-SQL
+cluster_extension
+cluster_psql >/dev/null -c "SELECT mp_set_project_setting('default', 'anon_id_format', 'any')"
 A=0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed
 # Success cases: the seed's example (with a real address), every optional field, the image_url spelling.
 bodies=(
@@ -85,5 +78,4 @@ cp tests/zod/package.json "$dir/"
 cp tests/zod/identity_schema.mjs "$dir/"
 (cd "$dir" && npm install --silent --no-audit --no-fund >/dev/null 2>&1) || bad "npm install zod"
 if (cd "$dir" && node identity_schema.mjs answers.json); then ok; else bad "zod IdentitySchema"; fi
-echo "identity records: $pass passed, $fail failed"
-[ "$fail" = 0 ]
+summary "identity records"

@@ -16,6 +16,7 @@
 #
 # The cluster:
 #   cluster_throwaway NAME [SETTING...]   a new cluster of PG_MAJOR, its files in $dir/pg
+#   throwaway_dir NAME                    only the directory $dir (for settings that name it)
 #   cluster_extension [WRITER [READER]]   CREATE EXTENSION identity_merge and the two roles
 source "$(dirname "${BASH_SOURCE[0]}")/../tools/pg_cluster.sh" || return
 
@@ -72,15 +73,20 @@ expect_err() {
   else bad "$1: wanted SQLSTATE $4, got [$(printf '%s' "$got" | head -3)]"; fi
 }
 
-# cluster_throwaway NAME [SETTING...]: a throwaway cluster of PG_MAJOR (SETTINGs are postgres -c
-# settings) in a new directory, $dir (/tmp/identity_merge-NAME.XXXXXX, readable by the server's
-# user; the server's files in $dir/pg), for the script's own files too. At exit the cluster stops,
-# and $dir is removed when the script succeeded (cluster_discard: a failed run keeps it).
-# Leaves PGHOST, PGPORT, PGUSER=postgres and PGDATABASE=postgres set (cluster_start).
-cluster_throwaway() {
-  local name=$1; shift
-  dir=$(mktemp -d "/tmp/identity_merge-$name.XXXXXX"); chmod 755 "$dir"
+# throwaway_dir NAME: a new directory, $dir (/tmp/identity_merge-NAME.XXXXXX, readable by the
+# server's user), for a cluster in $dir/pg and the script's own files. At exit a cluster started
+# there stops, and $dir is removed when the script succeeded (cluster_discard: a failed run keeps
+# it). Then `cluster_start "$dir/pg" "$(free_port)" SETTING...` when a setting names $dir.
+throwaway_dir() {
+  dir=$(mktemp -d "/tmp/identity_merge-$1.XXXXXX"); chmod 755 "$dir"
   trap 'cluster_discard "$dir"' EXIT
+}
+
+# cluster_throwaway NAME [SETTING...]: throwaway_dir NAME, and a cluster of PG_MAJOR in $dir/pg
+# (SETTINGs are postgres -c settings). Leaves PGHOST, PGPORT, PGUSER=postgres and
+# PGDATABASE=postgres set (cluster_start).
+cluster_throwaway() {
+  throwaway_dir "$1"; shift
   cluster_start "$dir/pg" "$(free_port)" "$@"
 }
 

@@ -8,13 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-source tools/pg_cluster.sh
+source tests/lib.sh
 version=$(grep -m1 '^version' Cargo.toml | cut -d'"' -f2)
 extdir="$("$PG_BIN/pg_config" --sharedir)/extension"
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-pass=0; fail=0
-ok() { pass=$((pass+1)); }
-bad() { echo "FAIL: $*"; fail=$((fail+1)); }
 
 # 0. Released scripts (install and upgrade) are never edited: their checksums are recorded at
 #    release (tools/release.sh) in sql/released/SHA256SUMS.
@@ -46,9 +43,7 @@ catalog="SELECT md5(string_agg(x, E'\n' ORDER BY x)) FROM (
 
 older=$(ls sql/released/identity_merge--*.sql 2>/dev/null | sed 's/.*--\(.*\)\.sql/\1/' | grep -vx "$version" || true)
 if [ -n "$older" ]; then
-  dir=$(mktemp -d /tmp/identity_merge-upgrade.XXXXXX); chmod 755 "$dir"
-  trap 'cluster_discard "$dir"' EXIT
-  cluster_start "$dir/pg" "$(free_port)"
+  cluster_throwaway upgrade
   cluster_psql -c "CREATE DATABASE fresh" >/dev/null
   cluster_psql -d fresh -c "CREATE EXTENSION identity_merge" >/dev/null
   want=$(cluster_psql -d fresh -Atc "$catalog")
@@ -77,5 +72,4 @@ SQL
     [ "$(cluster_psql -d "$db" -Atc "$catalog")" = "$want" ] && ok || bad "$v: upgraded catalog differs from a fresh install of $version"
   done
 fi
-echo "upgrade: $pass passed, $fail failed"
-[ "$fail" = 0 ]
+summary upgrade
