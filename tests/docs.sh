@@ -10,21 +10,19 @@
 # Usage: bash tests/docs.sh [FILE.md...]   (default: README.md docs/*.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source tools/pg_cluster.sh
+source tests/lib.sh
 if [ ! -f "$("$PG_BIN/pg_config" --pkglibdir)/identity_merge.so" ]; then
   echo "docs: identity_merge is not installed in $PG_BIN/.. (bash tools/install.sh)" >&2; exit 1
 fi
 files=("$@")
 [ ${#files[@]} -gt 0 ] || files=(README.md docs/*.md)
 
-dir=$(mktemp -d /tmp/identity_merge-docs.XXXXXX)
-trap 'cluster_discard "$dir"' EXIT
 cron=()
 if [ -f "$("$PG_BIN/pg_config" --pkglibdir)/pg_cron.so" ]; then
   cron=(shared_preload_libraries=pg_cron cron.database_name=docs)
   export DOCS_WITH=pg_cron
 fi
-cluster_start "$dir" "$(free_port)" "${cron[@]}"
+cluster_throwaway docs "${cron[@]}"
 roles_before=$(cluster_psql -At -c "SELECT string_agg(quote_literal(rolname), ',') FROM pg_roles")
 
 passed=0; failed=0; skipped=0

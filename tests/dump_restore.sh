@@ -5,10 +5,10 @@
 # the PostgreSQL (default 15: tools/pg_cluster.sh), with its pg_dump and pg_restore.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source tools/pg_cluster.sh
-dir=$(mktemp -d /tmp/identity_merge-dump.XXXXXX)
-trap 'cluster_discard "$dir"' EXIT
-cluster_start "$dir" "$(free_port)"
+source tests/lib.sh
+# check NAME WANT GOT, with this script's own failure text
+check() { if [ "$2" = "$3" ]; then ok; else bad "$1: '$2' != '$3'"; fi; }
+cluster_throwaway dump
 cluster_psql -d postgres -c "CREATE DATABASE src" -c "CREATE DATABASE dst"
 cluster_psql -d src >/dev/null <<'SQL'
 CREATE EXTENSION identity_merge;
@@ -31,16 +31,14 @@ state_query="SELECT md5(string_agg(x, ';' ORDER BY x)) FROM (
   UNION ALL SELECT format('p|%s|%s|%s', token, mode, max_cluster_size) FROM identity_merge.projects
   UNION ALL SELECT format('e|%s|%s', distinct_id, canonical_id) FROM events) s"
 before=$(cluster_psql -d src -Atc "$state_query")
-as_pg "$PG_BIN/pg_dump" -h "$PGHOST" -p "$PGPORT" -U postgres -Fc -d src -f "$dir/src.dump"
-as_pg "$PG_BIN/pg_restore" -h "$PGHOST" -p "$PGPORT" -U postgres -d dst --exit-on-error "$dir/src.dump"
+# (in the cluster's directory, which the server's user may write)
+as_pg "$PG_BIN/pg_dump" -h "$PGHOST" -p "$PGPORT" -U postgres -Fc -d src -f "$CLUSTER_DIR/src.dump"
+as_pg "$PG_BIN/pg_restore" -h "$PGHOST" -p "$PGPORT" -U postgres -d dst --exit-on-error "$CLUSTER_DIR/src.dump"
 after=$(cluster_psql -d dst -Atc "$state_query")
-fail=0; pass=0
-check() { if [ "$2" = "$3" ]; then pass=$((pass+1)); else echo "FAIL: $1: '$2' != '$3'"; fail=$((fail+1)); fi; }
 check "identity state survives dump/restore" "$before" "$after"
 check "default project setting survives" "321 true" "$(cluster_psql -d dst -Atc "SELECT max_cluster_size || ' ' || carry_device_profile FROM identity_merge.projects WHERE token = 'default'")"
 check "resolve after restore" "M" "$(cluster_psql -d dst -Atc "SELECT mp_resolve('A1')")"
 check "trigger after restore" "U2" "$(cluster_psql -d dst -Atc "INSERT INTO events VALUES ('D2', 'x', '{}') RETURNING canonical_id")"
 check "merges continue after restore" "M" "$(cluster_psql -d dst -Atc "SELECT mp_alias('A2', 'A1')")"
 check "project ids continue after restore" "3" "$(cluster_psql -d dst -Atc "SELECT mp_create_project('third'); SELECT count(DISTINCT project_id) FROM identity_merge.projects" | tail -1)"
-echo "dump/restore: $pass passed, $fail failed"
-[ "$fail" = 0 ]
+summary dump/restore

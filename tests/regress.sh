@@ -14,7 +14,7 @@
 #                                      recorded file against the doc before committing it
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source tools/pg_cluster.sh
+source tests/lib.sh
 # pg_regress of the PostgreSQL in use (PG_MAJOR, tools/pg_cluster.sh): beside its PGXS makefiles.
 PG_REGRESS="$(dirname "$("$PG_CONFIG" --pgxs)")/../test/regress/pg_regress"
 suite=tests/pg_regress
@@ -38,13 +38,10 @@ for t in "${tests[@]}"; do
   [ -f "$suite/sql/$t.sql" ] || { echo "no test $suite/sql/$t.sql" >&2; exit 2; }
 done
 
-dir=$(mktemp -d /tmp/identity_merge-regress.XXXXXX); chmod 755 "$dir"
 out=$(mktemp -d /tmp/identity_merge-regress-out.XXXXXX)   # pg_regress runs as the invoking user
-cleanup() { cluster_stop; rm -rf "$dir"; }
-trap cleanup EXIT
 # Messages in C (stable text); client_min_messages=warning as `cargo pgrx regress` sets it, so
 # the expected files are the same under both runners.
-cluster_start "$dir/pg" "$(free_port)" lc_messages=C client_min_messages=warning
+cluster_throwaway regress lc_messages=C client_min_messages=warning
 cluster_psql -d postgres -c "CREATE DATABASE $db"
 cluster_psql -d "$db" -c "CREATE EXTENSION identity_merge"
 

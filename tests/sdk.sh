@@ -4,10 +4,8 @@
 # PostgreSQL (PG_MAJOR, default 15: tools/pg_cluster.sh) with the installed extension.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source tools/pg_cluster.sh
-dir=$(mktemp -d /tmp/identity_merge-sdk.XXXXXX)
-trap 'cluster_discard "$dir"' EXIT
-cluster_start "$dir" "$(free_port)"
+source tests/lib.sh
+cluster_throwaway sdk
 py=$(bash tools/sdk_python.sh)
 PATH="$PG_BIN:$PATH" "$py" tests/sdk_test.py
 PATH="$PG_BIN:$PATH" "$py" tests/sdk_segment_test.py
