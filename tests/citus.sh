@@ -18,17 +18,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/citus_install.sh
+source tests/lib.sh
 source tools/citus_cluster.sh
+print_checks=all
 dir=$(mktemp -d /tmp/identity_merge-citus.XXXXXX); chmod 755 "$dir"
 single_dir="$dir/single"
 cleanup() { local rc=$?; citus_stop; cluster_stop 2>/dev/null || true; if [ "$rc" = 0 ]; then rm -rf "$dir"; fi; }
 trap cleanup EXIT
 
-passed=0; failed=0
-check() {  # check NAME EXPECTED ACTUAL
-  if [ "$2" = "$3" ]; then passed=$((passed + 1)); echo "ok   $1"
-  else failed=$((failed + 1)); echo "FAIL $1: expected [$2], got [$3]"; fi
-}
 # pairs FILE...: the merges a client saw committed ('M|a|b|...' lines), as SQL VALUES rows
 pairs() {
   local v
@@ -86,7 +83,7 @@ check "attachment from before mp_distribute still stamps" "early-user,early-user
 
 echo "== the doc flows: one server and the Citus coordinator give the same output"
 cluster_start "$single_dir" "$(free_port)" >/dev/null
-cluster_psql -q -c "CREATE EXTENSION identity_merge" >/dev/null
+cluster_extension
 cluster_psql -v citus=0 -f tests/citus_flows.sql > "$dir/flows.single" 2>&1 || true
 cluster_stop
 citus_psql "$COORD" -v citus=1 -f tests/citus_flows.sql > "$dir/flows.citus" 2>&1 || true
@@ -280,5 +277,4 @@ for p in $W1 $W2; do
   check "node $p: nothing of identity_merge left" "0" "$(q "$p" "SELECT count(*) FROM pg_namespace WHERE nspname = 'identity_merge'")"
 done
 
-echo "$passed passed, $failed failed"
-[ "$failed" = 0 ]
+summary ""   # "N passed, N failed", without a name

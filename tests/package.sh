@@ -11,17 +11,14 @@
 # back as they were; a .deb already installed makes the test refuse (it would be removed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source tools/pg_cluster.sh
+source tests/lib.sh
 PG_MAJORS="${PG_MAJORS:-15 17 18}"
 version=$(grep -m1 '^version' Cargo.toml | cut -d'"' -f2)
 arch=$(dpkg --print-architecture 2>/dev/null || echo amd64)
 previous=$(ls sql/released/identity_merge--*.sql | sed 's/.*--\(.*\)\.sql/\1/' | grep -vx "$version" | sort -V | tail -1)
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 pkg=postgresql-15-identity-merge
-pass=0; fail=0
-ok() { pass=$((pass+1)); echo "ok   $*"; }
-bad() { fail=$((fail+1)); echo "FAIL $*"; }
-check() { if [ "$2" = "$3" ]; then ok "$1"; else bad "$1: expected [$2], got [$3]"; fi; }
+print_checks=all
 installed() { dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; }
 fingerprint() { (cd "$1" && find . -type f | sort | xargs -r md5sum); }
 
@@ -123,5 +120,4 @@ for m in $PG_MAJORS; do
   after=$(d=$(mktemp -d); cp -p "$libdir"/identity_merge.so "$extdir"/identity_merge.control "$extdir"/identity_merge--*.sql "$d"/ 2>/dev/null || true; fingerprint "$d"; rm -rf "$d")
   check "pg$m: the previous install is left as found" "$before" "$after"
 done
-echo "package: $pass passed, $fail failed"
-[ "$fail" = 0 ]
+summary package
