@@ -19,6 +19,7 @@ use std::cell::RefCell;
 use pgrx::prelude::*;
 use pgrx::{FromDatum, IntoDatum, PgTupleDesc};
 
+use crate::core::attachment::TriggerArgs;
 use crate::core::error::IdentityError;
 use crate::core::ingest;
 use crate::core::rules::Project;
@@ -201,28 +202,18 @@ fn build_context(
     trigger: &pgrx::PgTrigger<'_>,
     key: (pg_sys::Oid, pg_sys::Oid, u32, (u32, u32)),
 ) -> Result<StatementContext, IdentityError> {
-    let args = trigger
+    let listed = trigger
         .extra_args()
         .map_err(|e| IdentityError::TriggerMisuse {
             problem: format!("has unreadable arguments ({e})"),
         })?;
-    if args.len() != 3 && args.len() != 5 {
-        return Err(IdentityError::TriggerMisuse {
-            problem: format!(
-                "expects 3 arguments (project, distinct_id column, canonical column), or 5 (and the device and user id columns), got {}",
-                args.len()
-            ),
-        });
-    }
+    let args = TriggerArgs::parse(&listed)?;
     // Simplified projects read the device and user ids from columns of these names.
-    let named = |i: usize, default: &'static str| -> String {
-        args.get(i)
-            .filter(|a| !a.is_empty())
-            .cloned()
-            .unwrap_or_else(|| default.to_string())
-    };
-    let (device_name, user_name) = (named(3, "$device_id"), named(4, "$user_id"));
-    let project = crate::engine::project(Some(&args[0]))?;
+    let (device_name, user_name) = (
+        args.device_column_or_default(),
+        args.user_column_or_default(),
+    );
+    let project = crate::engine::project(Some(&args.project))?;
     let table = trigger
         .table_name()
         .unwrap_or_else(|_| format!("{:?}", key.0));
@@ -240,12 +231,15 @@ fn build_context(
             }
         })
     };
-    let distinct = required(&args[1])?;
-    let canonical = required(&args[2])?;
-    if let Some((_, form)) = column(&desc, &args[2]) {
+    let distinct = required(&args.distinct_column)?;
+    let canonical = required(&args.canonical_column)?;
+    if let Some((_, form)) = column(&desc, &args.canonical_column) {
         if form.attgenerated != 0 {
             return Err(IdentityError::TriggerMisuse {
-                problem: format!("cannot write the generated column {:?} of {table}", args[2]),
+                problem: format!(
+                    "cannot write the generated column {:?} of {table}",
+                    args.canonical_column
+                ),
             });
         }
     }
@@ -253,8 +247,11 @@ fn build_context(
         |name: &str| text_column(&table, name, column(&desc, name)).map(|c| c.map(|c| c.att));
     // Device and user columns named at attach must still be there: one renamed or dropped would
     // otherwise silently stop linking (the default names are optional).
-    for (i, name) in [(3, &device_name), (4, &user_name)] {
-        if args.get(i).is_some_and(|a| !a.is_empty()) && column(&desc, name).is_none() {
+    for name in [&args.device_column, &args.user_column]
+        .into_iter()
+        .flatten()
+    {
+        if column(&desc, name).is_none() {
             return Err(IdentityError::MissingColumn {
                 table: table.clone(),
                 column: name.clone(),
@@ -283,15 +280,15 @@ fn build_context(
         key,
         distinct,
         canonical,
-        distinct_name: args[1].clone(),
-        canonical_name: args[2].clone(),
         event_att: optional("event")?,
         properties,
-        device_att: optional(&device_name)?,
-        user_att: optional(&user_name)?,
+        device_att: optional(device_name)?,
+        user_att: optional(user_name)?,
         shard_of: crate::sync::placement::shard_of(key.0, &table),
         epochs: crate::sync::cache::epochs(),
         qualified_table: format!("{}.{}", trigger.table_schema().unwrap_or_default(), table),
+        distinct_name: args.distinct_column,
+        canonical_name: args.canonical_column,
         project,
         table,
     })

@@ -2,7 +2,8 @@
 //! anywhere below this module), unit-tested with plain `cargo test`. The glue around it
 //! (src/*.rs) reads rows and payloads, asks the core what they mean, and writes the answer.
 //!
-//! Dependencies run one way: `model` ← `error` ← `rules` ← `ingest`, `graph` ← `profile`.
+//! Dependencies run one way: `model` ← `error` ← `rules` ← `ingest`, `graph` ← `profile`;
+//! `error` ← `attachment`.
 //! - `model`: the vocabulary (operations and their names, modes, anon id formats);
 //! - `error`: the one error type, its reason codes and SQLSTATEs (raised by `crate::pg`);
 //! - `rules`: valid ids, which join is allowed, which canonical id survives, size limits,
@@ -11,8 +12,10 @@
 //!   operations to apply and refusals to record;
 //! - `graph`: union-find over a history, with the same rules, for `mp_backfill`;
 //! - `profile`: people profiles, the fold of the Engage updates sent to a person's ids;
-//! - `record`: identity records (the seed's "Create an Identity"): valid bodies, their content.
+//! - `record`: identity records (the seed's "Create an Identity"): valid bodies, their content;
+//! - `attachment`: what an attached table's stamping trigger says (its arguments).
 
+pub mod attachment;
 pub mod error;
 pub mod graph;
 pub mod ingest;
