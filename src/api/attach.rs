@@ -9,6 +9,7 @@ use std::ffi::CStr;
 
 use pgrx::prelude::*;
 
+use crate::core::attachment::TriggerArgs;
 use crate::core::error::IdentityError;
 use crate::pg::{as_owner, OrRaise};
 
@@ -28,7 +29,8 @@ fn caller_owns(relid: pg_sys::Oid) -> bool {
     }
 }
 
-/// The arguments of the table's stamping trigger, when it has one calling stamp_event.
+/// The arguments of the table's stamping trigger, when it has one calling stamp_event: all of
+/// them, as the catalog holds them (TriggerArgs::parse says what they mean).
 fn trigger_args(relid: pg_sys::Oid) -> Option<Vec<String>> {
     Spi::connect(|c| {
         let rows = c
@@ -44,15 +46,7 @@ fn trigger_args(relid: pg_sys::Oid) -> Option<Vec<String>> {
             return None;
         }
         let bytes: Vec<u8> = rows.first().get(1).ok()??;
-        // tgargs: each argument followed by a NUL byte.
-        let mut args: Vec<String> = bytes
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if bytes.last() == Some(&0) {
-            args.pop();
-        }
-        Some(args)
+        Some(TriggerArgs::split_catalog(&bytes))
     })
 }
 
@@ -92,9 +86,13 @@ fn register(
         .ok_or_else(|| mismatch("has no identity_merge_stamp trigger".into()))?;
     let token = project_token(project_id)
         .ok_or_else(|| mismatch(format!("project {project_id} does not exist")))?;
-    // The trigger's first three arguments; two more (device and user id columns) are optional.
+    // The trigger's project and columns; two more arguments (device and user id columns) are
+    // optional.
     let wanted = [token, distinct.to_string(), canonical.to_string()];
-    if !(args.len() == 3 || args.len() == 5) || args[..3] != wanted {
+    let says = TriggerArgs::parse(&args)
+        .ok()
+        .map(|a| [a.project, a.distinct_column, a.canonical_column]);
+    if says.as_ref() != Some(&wanted) {
         return Err(mismatch(format!(
             "its identity_merge_stamp trigger says {args:?}, not {wanted:?}"
         )));
