@@ -53,10 +53,16 @@ END $$;
 CREATE FUNCTION identity_merge._exec_as_owner(p_events regclass, p_sql text) RETURNS bigint
 LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE AS 'MODULE_PATHNAME', '_exec_as_owner_wrapper';
 
--- ... and mp_backfill_from's read of the history.
+-- ... and mp_backfill_from's read of the history: Segment's tables as (operation, id_a, id_b)
+-- rows, an attached event table as its rows (event, properties, device_id, user_id), each planned
+-- in Rust as the stamping trigger plans it (src/core/ingest.rs).
 CREATE FUNCTION identity_merge._backfill_from_table(source text, project text, p_events regclass)
 RETURNS TABLE (events bigint, joins bigint, refused bigint, ids_written bigint, clusters_written bigint)
 LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE AS 'MODULE_PATHNAME', '_backfill_from_table_wrapper';
+
+CREATE FUNCTION identity_merge._backfill_events_from_table(source text, project text, p_events regclass)
+RETURNS TABLE (events bigint, joins bigint, refused bigint, ids_written bigint, clusters_written bigint)
+LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE AS 'MODULE_PATHNAME', '_backfill_events_from_table_wrapper';
 
 -- Waits for the transactions writing these tables to end (mp_refresh_people's consistent point).
 CREATE FUNCTION identity_merge._wait_for_writers(tables regclass[]) RETURNS void
@@ -516,10 +522,12 @@ BEGIN
     COMMIT;
 END $$;
 
--- History from the tables a user already has (since 0.1.5): builds mp_backfill's source query
--- (operation, id_a, id_b in time order) from an attached event table, by the project's mode:
--- Original reads the $identify / $create_alias / $merge rows' properties, Legacy the
--- $create_alias rows, Simplified links the device and user id columns of rows carrying both.
+-- History from the tables a user already has (since 0.1.5): mp_backfill's history read from an
+-- attached event table. Its query selects, in time order, the columns the stamping trigger reads
+-- (event, properties as text and, in a Simplified project, the device and user id columns);
+-- _backfill_events_from_table plans each row as the trigger plans it (src/core/ingest.rs):
+-- what an event means is said there only. Its $1 is the identity event names, the only rows
+-- the trigger reads in an Original or Legacy project; a Simplified project's rows are all read.
 -- `order_by` names the column giving time order (default: time, timestamp, received_at or
 -- created_at, the first the table has). Administrators, as mp_backfill.
 CREATE OR REPLACE FUNCTION mp_backfill_from(events regclass, order_by name DEFAULT NULL)
@@ -534,6 +542,8 @@ DECLARE
     typ oid;
     device name;
     usr name;
+    has_event boolean;
+    has_properties boolean;
     src text;
 BEGIN
     IF events IS NULL THEN
@@ -576,27 +586,25 @@ BEGIN
                 USING ERRCODE = '42703',
                       HINT = 'A Simplified project''s history is the rows carrying both a device id and a user id: attach the table with device_id_column and user_id_column.';
         END IF;
-        src := format('SELECT ''link'', %1$I::text, %2$I::text FROM %3$s WHERE %1$I IS NOT NULL AND %2$I IS NOT NULL ORDER BY %4$I',
-                      usr, device, events, ord);
+        has_event := EXISTS (SELECT 1 FROM pg_attribute t WHERE t.attrelid = events AND t.attname = 'event' AND t.attnum > 0 AND NOT t.attisdropped);
+        has_properties := EXISTS (SELECT 1 FROM pg_attribute t WHERE t.attrelid = events AND t.attname = 'properties' AND t.attnum > 0 AND NOT t.attisdropped);
+        -- The trigger reads properties only for an id its column lacks: the others are not printed.
+        src := format('SELECT %1$s, %2$s, %3$I::text, %4$I::text FROM %5$s ORDER BY %6$I',
+                      CASE WHEN has_event THEN 'event::text' ELSE 'NULL::text' END,
+                      CASE WHEN has_properties THEN format('CASE WHEN %1$I IS NULL OR %2$I IS NULL THEN properties::text END', device, usr)
+                           ELSE 'NULL::text' END,
+                      device, usr, events, ord);
     ELSE
         IF (SELECT count(*) FROM pg_attribute t WHERE t.attrelid = events AND t.attname IN ('event', 'properties')
                AND t.attnum > 0 AND NOT t.attisdropped) < 2 THEN
             RAISE EXCEPTION 'cannot read the history of %: it has no column event or properties', events USING ERRCODE = '42703',
                 HINT = 'The identity events of an Original or Legacy project are rows with an event name and properties.';
         END IF;
-        src := format('SELECT CASE event WHEN ''$identify'' THEN ''identify'' WHEN ''$create_alias'' THEN ''alias'' ELSE ''merge'' END, '
-                      '  CASE event WHEN ''$identify'' THEN properties::jsonb->>''$identified_id'' '
-                      '             WHEN ''$create_alias'' THEN properties::jsonb->>''alias'' '
-                      '             ELSE properties::jsonb->''$distinct_ids''->>0 END, '
-                      '  CASE event WHEN ''$identify'' THEN properties::jsonb->>''$anon_id'' '
-                      '             WHEN ''$create_alias'' THEN properties::jsonb->>''distinct_id'' '
-                      '             ELSE properties::jsonb->''$distinct_ids''->>1 END '
-                      'FROM %1$s WHERE event::text = ANY (%3$L::text[]) ORDER BY %2$I',
-                      events, ord,
-                      CASE p.mode WHEN 'legacy' THEN '{$create_alias}' ELSE '{$identify,$create_alias,$merge}' END);
+        src := format('SELECT event::text, properties::text, NULL::text, NULL::text FROM %1$s WHERE event::text = ANY ($1) ORDER BY %2$I',
+                      events, ord);
     END IF;
     -- Read as the table's owner (src/owner.rs): its policies and types are its owner's code.
-    RETURN QUERY SELECT * FROM identity_merge._backfill_from_table(src, p.token, events);
+    RETURN QUERY SELECT * FROM identity_merge._backfill_events_from_table(src, p.token, events);
 END $$;
 
 -- The same from Segment / RudderStack warehouse tables: identifies (anonymous_id, user_id) and
@@ -939,6 +947,7 @@ END $$;
 
 REVOKE ALL ON FUNCTION identity_merge._no_nulls(text, text[], boolean[]), identity_merge._trigger_args(regclass),
     identity_merge._exec_as_owner(regclass, text), identity_merge._backfill_from_table(text, text, regclass),
+    identity_merge._backfill_events_from_table(text, text, regclass),
     identity_merge._wait_for_writers(regclass[]), identity_merge._row_distinct_id(text, text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION identity_merge._no_nulls(text, text[], boolean[]), identity_merge._trigger_args(regclass),
     identity_merge._row_distinct_id(text, text, text), identity_merge._exec_as_owner(regclass, text) TO PUBLIC;

@@ -1,10 +1,11 @@
-//! `mp_backfill` and `mp_backfill_from`'s `_backfill_from_table`: a history of identity events
-//! loaded in one pass (engine/backfill.rs does the work).
+//! `mp_backfill` and `mp_backfill_from`'s `_backfill_from_table` (Segment's tables) and
+//! `_backfill_events_from_table` (an event table's rows): a history of identity events loaded in
+//! one pass (engine/backfill.rs does the work).
 
 use pgrx::prelude::*;
 
 use crate::core::error::IdentityError;
-use crate::engine::backfill::backfill;
+use crate::engine::backfill::{backfill, Rows};
 use crate::pg::raise;
 
 #[pg_extern(volatile, parallel_unsafe)]
@@ -28,11 +29,17 @@ fn mp_backfill(
         })
     };
     let source = source.unwrap_or_else(|| null("source"));
-    backfill(source, project.unwrap_or_else(|| null("project")), None)
+    backfill(
+        source,
+        project.unwrap_or_else(|| null("project")),
+        None,
+        Rows::History,
+    )
 }
 
 /// `identity_merge._backfill_from_table(source text, project text, events regclass)`, declared
-/// in sql/api.sql: mp_backfill_from's history query, read as the owner of `events`.
+/// in sql/api.sql: the history query of mp_backfill_from's Segment form ((operation, id_a,
+/// id_b) rows), read as the owner of `events`.
 #[pg_extern(sql = false)]
 fn _backfill_from_table(
     source: &str,
@@ -48,5 +55,27 @@ fn _backfill_from_table(
         name!(clusters_written, i64),
     ),
 > {
-    backfill(source, project, Some(events))
+    backfill(source, project, Some(events), Rows::History)
+}
+
+/// `identity_merge._backfill_events_from_table(source text, project text, p_events regclass)`,
+/// declared in sql/api.sql: mp_backfill_from's query of an event table's rows ((event,
+/// properties, device_id, user_id) as text, in time order; `$1` the identity event names), read
+/// as the owner of `events`, each row planned as the stamping trigger plans it.
+#[pg_extern(sql = false)]
+fn _backfill_events_from_table(
+    source: &str,
+    project: &str,
+    events: pg_sys::Oid,
+) -> TableIterator<
+    'static,
+    (
+        name!(events, i64),
+        name!(joins, i64),
+        name!(refused, i64),
+        name!(ids_written, i64),
+        name!(clusters_written, i64),
+    ),
+> {
+    backfill(source, project, Some(events), Rows::Events)
 }

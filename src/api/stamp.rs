@@ -315,12 +315,7 @@ unsafe fn get_properties(
             PropertiesKind::Jsonb => pgrx::JsonB::from_datum(datum, false)
                 .map(|j| j.0)
                 .unwrap_or(serde_json::Value::Null),
-            PropertiesKind::Text => {
-                let bytes = text_bytes(datum);
-                serde_json::from_slice(bytes).unwrap_or_else(|_| {
-                    serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned())
-                })
-            }
+            PropertiesKind::Text => ingest::properties_from_text(Some(text_bytes(datum))),
         }
     }
 }

@@ -57,6 +57,48 @@ pub struct EventPlan {
     pub distinct_id: Option<String>,
 }
 
+impl EventPlan {
+    /// Nothing for identity: no operation, no refusal, not ignored (an ordinary event, or a
+    /// Simplified one with a single id: it only implies its distinct_id).
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.refusals.is_empty() && self.ignored.is_none()
+    }
+}
+
+/// A row's `properties` as JSON text (a json or text column, or a jsonb one printed), read as
+/// the stamping trigger reads it: the JSON it holds; text that does not parse as a JSON
+/// string (the refusal it leads to then names the problem); NULL as JSON null.
+pub fn properties_from_text(text: Option<&[u8]>) -> Value {
+    match text {
+        None => Value::Null,
+        Some(bytes) => serde_json::from_slice(bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned())),
+    }
+}
+
+/// One row of an event table, as `mp_backfill_from` reads it (its `event`, its `properties` as
+/// text, and in Simplified projects its device and user id columns), planned as the stamping
+/// trigger plans the same row: `plan_event`, the properties parsed only when read.
+pub fn plan_row(
+    project: &Project,
+    event: Option<&str>,
+    properties: Option<&str>,
+    device_column: Option<String>,
+    user_column: Option<String>,
+) -> EventPlan {
+    let (device_column, user_column) = match project.mode {
+        Mode::Simplified => (device_column, user_column),
+        Mode::Original | Mode::Legacy => (None, None),
+    };
+    plan_event(
+        project,
+        event,
+        &|| properties_from_text(properties.map(str::as_bytes)),
+        device_column,
+        user_column,
+    )
+}
+
 /// Plans one event: its name, its properties (read only when needed: a row's jsonb costs a
 /// parse) and, for Simplified projects, `$device_id` / `$user_id` from the row's columns
 /// when it has them (else from the properties).
@@ -654,6 +696,138 @@ mod tests {
             "errUserIdIsDevice"
         );
         assert_eq!(plan.distinct_id.as_deref(), Some("$device:d2"));
+    }
+
+    #[test]
+    fn event_table_rows_are_planned_as_the_trigger_plans_them() {
+        let original = project(Mode::Original);
+        // properties as text (a json/text column, or jsonb printed), parsed as the trigger does.
+        let plan = plan_row(
+            &original,
+            Some("$identify"),
+            Some(r#"{"$identified_id": "U1", "$anon_id": 7}"#),
+            None,
+            None,
+        );
+        assert_eq!(
+            plan.ops,
+            vec![PlannedOp {
+                op: Op::Identify,
+                a: Some("U1".into()),
+                b: Some("7".into())
+            }]
+        );
+        // Ordinary events mean nothing; an empty plan is not an identity event.
+        assert!(plan_row(&original, Some("Page View"), Some("{}"), None, None).is_empty());
+        assert!(plan_row(&original, None, None, None, None).is_empty());
+        assert!(!plan.is_empty());
+        // What the old SQL mapping read differently: a $merge of 3 ids, a missing field, a
+        // boolean id, properties that are not JSON or NULL: refused as malformed.
+        for (event, props) in [
+            ("$merge", Some(r#"{"$distinct_ids": ["a", "b", "c"]}"#)),
+            ("$merge", Some(r#"{"$distinct_ids": "a"}"#)),
+            ("$identify", Some(r#"{"$identified_id": "U"}"#)),
+            (
+                "$create_alias",
+                Some(r#"{"alias": true, "distinct_id": "D"}"#),
+            ),
+            ("$identify", Some("not json")),
+            ("$identify", None),
+        ] {
+            let plan = plan_row(&original, Some(event), props, None, None);
+            assert!(plan.ops.is_empty(), "{event} {props:?}");
+            assert_eq!(
+                plan.refusals[0].error.reason().unwrap().code(),
+                "errMalformedEvent",
+                "{event} {props:?}"
+            );
+        }
+        // A JSON null id is an operation with a NULL id (refused when applied, as online).
+        let plan = plan_row(
+            &original,
+            Some("$merge"),
+            Some(r#"{"$distinct_ids": ["a", null]}"#),
+            None,
+            None,
+        );
+        assert_eq!(plan.ops[0].b, None);
+        // Legacy: $identify is ignored (noted: a refusal to record), $create_alias planned.
+        let legacy = project(Mode::Legacy);
+        let plan = plan_row(&legacy, Some("$identify"), Some("{}"), None, None);
+        assert!(plan.ops.is_empty() && plan.ignored.is_some() && !plan.is_empty());
+        // Original ignores device and user columns.
+        let plan = plan_row(
+            &original,
+            Some("x"),
+            None,
+            Some("d".into()),
+            Some("u".into()),
+        );
+        assert!(plan.is_empty());
+        // Simplified: the columns link; a missing one is read from properties (as the trigger
+        // reads it); a row with one id implies its distinct_id only.
+        let simplified = project(Mode::Simplified);
+        let plan = plan_row(
+            &simplified,
+            None,
+            None,
+            Some("d1".into()),
+            Some("u1".into()),
+        );
+        assert_eq!(
+            plan.ops,
+            vec![PlannedOp {
+                op: Op::Link,
+                a: Some("u1".into()),
+                b: Some("$device:d1".into())
+            }]
+        );
+        let plan = plan_row(
+            &simplified,
+            Some("Login"),
+            Some(r#"{"$user_id": "u2"}"#),
+            Some("d2".into()),
+            None,
+        );
+        assert_eq!(plan.ops[0].a.as_deref(), Some("u2"));
+        let plan = plan_row(&simplified, Some("Page"), None, Some("d3".into()), None);
+        assert!(plan.is_empty());
+        assert_eq!(plan.distinct_id.as_deref(), Some("$device:d3"));
+        // An invalid device without a user is still a refusal (the trigger records it).
+        let plan = plan_row(&simplified, None, None, Some("undefined".into()), None);
+        assert_eq!(plan.refusals.len(), 1);
+        // Both ids invalid: two refusals.
+        let plan = plan_row(
+            &simplified,
+            None,
+            None,
+            Some("undefined".into()),
+            Some("null".into()),
+        );
+        assert_eq!(plan.refusals.len(), 2);
+        // An identity event in Simplified: ignored (noted), and its ids still link.
+        let plan = plan_row(
+            &simplified,
+            Some("$identify"),
+            None,
+            Some("d4".into()),
+            Some("u4".into()),
+        );
+        assert!(plan.ignored.is_some());
+        assert_eq!(plan.ops.len(), 1);
+    }
+
+    #[test]
+    fn properties_text_as_the_trigger_reads_it() {
+        assert_eq!(properties_from_text(None), Value::Null);
+        assert_eq!(properties_from_text(Some(br#"{"a": 1}"#)), json!({"a": 1}));
+        assert_eq!(
+            properties_from_text(Some(b"{oops")),
+            Value::String("{oops".into())
+        );
+        let names: Vec<&str> = Op::event_names().collect();
+        assert_eq!(names, ["$identify", "$create_alias", "$merge"]);
+        assert!(names.iter().all(|n| identity_op(n).is_some()));
     }
 
     #[test]

@@ -62,6 +62,15 @@ impl Op {
             .map(|(_, op, _)| *op)
     }
 
+    /// The event names of Mixpanel's API that stand for an operation (`$identify` ...): the
+    /// rows of an event table `plan_event` reads (mp_backfill_from reads only those).
+    pub fn event_names() -> impl Iterator<Item = &'static str> {
+        OP_NAMES
+            .iter()
+            .filter(|(_, _, event)| *event)
+            .map(|(n, _, _)| *n)
+    }
+
     /// The operation a history row names (`mp_backfill`): event names and plain names.
     pub fn from_history_name(name: &str) -> Option<Op> {
         OP_NAMES

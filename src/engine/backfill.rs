@@ -11,11 +11,55 @@ use crate::pg::{raise, OrBug, OrRaise};
 use crate::store;
 use crate::store::bulk::*;
 
+/// What each row of a history's query is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    /// `(operation, id_a, id_b)`: mp_backfill's history (and the Segment form of
+    /// mp_backfill_from), an operation by name with its two ids, or a `split`.
+    History,
+    /// `(event, properties, device_id, user_id)`, all text: an event table's rows
+    /// (mp_backfill_from), each planned by `core::ingest::plan_row` as the stamping trigger
+    /// plans it. The query's `$1` is the identity event names (`Op::event_names`), for it to
+    /// read only those rows in an Original or Legacy project.
+    Events,
+}
+
+impl Rows {
+    fn columns(self) -> usize {
+        match self {
+            Rows::History => 3,
+            Rows::Events => 4,
+        }
+    }
+
+    fn hint(self) -> &'static str {
+        match self {
+            Rows::History => "It must return three columns: operation, id_a, id_b.",
+            Rows::Events => "It must return four columns: event, properties, device_id, user_id.",
+        }
+    }
+
+    fn type_hint(self) -> &'static str {
+        match self {
+            Rows::History => "Its three columns (operation, id_a, id_b) must be text: cast them with ::text.",
+            Rows::Events => "Its four columns (event, properties, device_id, user_id) must be text: cast them with ::text.",
+        }
+    }
+
+    fn query_hint(self) -> &'static str {
+        match self {
+            Rows::History => "Pass a query returning (operation text, id_a text, id_b text) in time order.",
+            Rows::Events => "Pass a query returning (event text, properties text, device_id text, user_id text) in time order.",
+        }
+    }
+}
+
 /// mp_backfill's work, reading the history as the owner of `reader` when given.
 pub fn backfill(
     source: &str,
     project: &str,
     reader: Option<pg_sys::Oid>,
+    rows: Rows,
 ) -> TableIterator<
     'static,
     (
@@ -30,7 +74,10 @@ pub fn backfill(
         raise(IdentityError::InvalidArgument {
             what: "backfill source query",
             value: source.to_string(),
-            hint: "Pass a query returning (operation text, id_a text, id_b text) in time order, e.g. SELECT op, a, b FROM history ORDER BY t.",
+            hint: match rows {
+                Rows::History => "Pass a query returning (operation text, id_a text, id_b text) in time order, e.g. SELECT op, a, b FROM history ORDER BY t.",
+                Rows::Events => rows.query_hint(),
+            },
         });
     }
     let distributed = crate::sync::placement::distributed();
@@ -69,16 +116,22 @@ pub fn backfill(
         }
         let mut graph = load_graph(c, pid);
 
+        // An event table's query reads only the identity events' rows in an Original or
+        // Legacy project: their names are the core's (a Simplified project's query reads every
+        // row, and has no parameter to use).
+        let args: Vec<pgrx::datum::DatumWithOid> = match rows {
+            Rows::History => Vec::new(),
+            Rows::Events => vec![Op::event_names().collect::<Vec<&str>>().into()],
+        };
         // The history, in the order the query gives.
-        for_each_row(c, source, &[], reader, |r| {
-            if r.columns() < 3 {
+        for_each_row(c, source, &args, reader, |r| {
+            if r.columns() < rows.columns() {
                 raise(IdentityError::InvalidArgument {
                     what: "backfill source query",
                     value: source.to_string(),
-                    hint: "It must return three columns: operation, id_a, id_b.",
+                    hint: rows.hint(),
                 });
             }
-            events += 1;
             // Each column is read as text only when it is text (pgrx checks the type): another
             // type is the caller's mistake, named, not a value read as something it is not.
             let text = |n: usize| -> Option<String> {
@@ -90,79 +143,133 @@ pub fn backfill(
                     raise(IdentityError::InvalidArgument {
                         what: "backfill source query",
                         value: format!("column {n} is of type {found}, not text"),
-                        hint: "Its three columns (operation, id_a, id_b) must be text: cast them with ::text.",
+                        hint: rows.type_hint(),
                     })
                 })
             };
-            let (name, a, b) = (text(1), text(2), text(3));
-            if name.as_deref() == Some("split") {
-                // A split retracts joins of the store, the batch's included: the batch so far is
-                // written, the split made as mp_split makes it (through a connection of its own:
-                // the history's cursor stays open), and the graph read again from the store.
-                let (joins, ids, clusters) = Spi::connect_mut(|c| {
-                    write_batch(c, pid, &mut graph, &refusals, &join_ordinals, &log)
-                });
-                totals.0 += joins;
-                totals.1 += ids;
-                totals.2 += clusters;
-                refused += refusals.len() as i64;
-                refusals.clear();
-                join_ordinals.clear();
-                let source = crate::store::Source {
-                    kind: "backfill",
-                    detail: serde_json::json!({ "backfill_ordinal": events }),
-                };
-                let result = match a.as_deref() {
-                    None => Err(IdentityError::NullId { field: "distinct_id" }),
-                    Some(id) => crate::engine::retract::split(&project, id, &source).map(|_| ()),
-                };
-                graph = Spi::connect(|c| load_graph(c, pid));
-                if let Err(err) = result {
-                    if err.is_retryable() {
-                        raise(err);
+            let refused_now: Vec<Refusal> = if rows == Rows::Events {
+                // A row planned as the stamping trigger plans it (core::ingest), its operations
+                // and refusals taken through the one execute loop (engine::execute_with), the
+                // graph in place of the store. A row meaning nothing for identity is not counted.
+                let plan = crate::core::ingest::plan_row(
+                    &project,
+                    text(1).as_deref(),
+                    text(2).as_deref(),
+                    text(3),
+                    text(4),
+                );
+                if plan.is_empty() {
+                    return;
+                }
+                events += 1;
+                let done = crate::engine::execute_with(plan, |op| {
+                    Ok(graph
+                        .apply(&settings, op.op, op.a.as_deref(), op.b.as_deref())
+                        .map(drop))
+                })
+                .unwrap_or_else(|e| raise(e));
+                done.refusals
+                    .into_iter()
+                    .map(|r| Refusal {
+                        ordinal: events,
+                        op: Some(r.operation.to_string()),
+                        a: r.a,
+                        b: r.b,
+                        err: r.error,
+                    })
+                    .collect()
+            } else {
+                events += 1;
+                let (name, a, b) = (text(1), text(2), text(3));
+                if name.as_deref() == Some("split") {
+                    // A split retracts joins of the store, the batch's included: the batch so far is
+                    // written, the split made as mp_split makes it (through a connection of its own:
+                    // the history's cursor stays open), and the graph read again from the store.
+                    let (joins, ids, clusters) = Spi::connect_mut(|c| {
+                        write_batch(c, pid, &mut graph, &refusals, &join_ordinals, &log)
+                    });
+                    totals.0 += joins;
+                    totals.1 += ids;
+                    totals.2 += clusters;
+                    refused += refusals.len() as i64;
+                    refusals.clear();
+                    join_ordinals.clear();
+                    let source = crate::store::Source {
+                        kind: "backfill",
+                        detail: serde_json::json!({ "backfill_ordinal": events }),
+                    };
+                    let result = match a.as_deref() {
+                        None => Err(IdentityError::NullId {
+                            field: "distinct_id",
+                        }),
+                        Some(id) => {
+                            crate::engine::retract::split(&project, id, &source).map(|_| ())
+                        }
+                    };
+                    graph = Spi::connect(|c| load_graph(c, pid));
+                    if let Err(err) = result {
+                        if err.is_retryable() {
+                            raise(err);
+                        }
+                        refusals.push(Refusal {
+                            ordinal: events,
+                            op: name,
+                            a,
+                            b,
+                            err,
+                        });
                     }
-                    refusals.push(Refusal {
+                    return;
+                }
+                let op = name.as_deref().and_then(Op::from_history_name);
+                let result = match (op, project.mode) {
+                    (None, _) => Err(IdentityError::MalformedEvent {
+                        field: "operation".into(),
+                        problem: format!(
+                            "{:?} is not identify, alias, merge, link or split",
+                            name.as_deref().unwrap_or("NULL")
+                        ),
+                    }),
+                    (Some(op), mode) if !mode.allows(op) => Err(IdentityError::WrongMode {
+                        op: "this operation",
+                        token: project.token.clone(),
+                        mode,
+                    }),
+                    (Some(Op::Link), _) => {
+                        // The raw device id is validated as the online path does (ingest), then
+                        // prefixed; a link needs both a valid user and a valid device.
+                        let plan =
+                            crate::core::ingest::simplified_event(&settings, b.clone(), a.clone());
+                        match (plan.refusals.into_iter().next(), plan.link) {
+                            (Some(err), _) => Err(err),
+                            (None, Some((user, device))) => {
+                                graph.apply(&settings, Op::Link, Some(&user), Some(&device))
+                            }
+                            (None, None) => Err(IdentityError::NullId {
+                                field: if a.is_none() {
+                                    "$user_id"
+                                } else {
+                                    "$device_id"
+                                },
+                            }),
+                        }
+                    }
+                    (Some(op), _) => graph.apply(&settings, op, a.as_deref(), b.as_deref()),
+                };
+                result
+                    .err()
+                    .map(|err| Refusal {
                         ordinal: events,
                         op: name,
                         a,
                         b,
                         err,
-                    });
-                }
-                return;
-            }
-            let op = name.as_deref().and_then(Op::from_history_name);
-            let result = match (op, project.mode) {
-                (None, _) => Err(IdentityError::MalformedEvent {
-                    field: "operation".into(),
-                    problem: format!(
-                        "{:?} is not identify, alias, merge, link or split",
-                        name.as_deref().unwrap_or("NULL")
-                    ),
-                }),
-                (Some(op), mode) if !mode.allows(op) => Err(IdentityError::WrongMode {
-                    op: "this operation",
-                    token: project.token.clone(),
-                    mode,
-                }),
-                (Some(Op::Link), _) => {
-                    // The raw device id is validated as the online path does (ingest), then
-                    // prefixed; a link needs both a valid user and a valid device.
-                    let plan = crate::core::ingest::simplified_event(&settings, b.clone(), a.clone());
-                    match (plan.refusals.into_iter().next(), plan.link) {
-                        (Some(err), _) => Err(err),
-                        (None, Some((user, device))) => {
-                            graph.apply(&settings, Op::Link, Some(&user), Some(&device))
-                        }
-                        (None, None) => Err(IdentityError::NullId {
-                            field: if a.is_none() { "$user_id" } else { "$device_id" },
-                        }),
-                    }
-                }
-                (Some(op), _) => graph.apply(&settings, op, a.as_deref(), b.as_deref()),
+                    })
+                    .into_iter()
+                    .collect()
             };
             // The history entry each join came from (its provenance in the merge log).
-            if graph.joins.len() > join_ordinals.len() {
+            while graph.joins.len() > join_ordinals.len() {
                 join_ordinals.push(events);
             }
             if graph.joins.len() >= CHUNK {
@@ -170,14 +277,8 @@ pub fn backfill(
                 Spi::connect_mut(|c| write_joins(c, pid, &graph, &joins, &join_ordinals, &log));
                 join_ordinals.clear();
             }
-            if let Err(err) = result {
-                refusals.push(Refusal {
-                    ordinal: events,
-                    op: name,
-                    a,
-                    b,
-                    err,
-                });
+            for refusal in refused_now {
+                refusals.push(refusal);
                 if refusals.len() >= CHUNK {
                     // Written as they come (through a connection of its own: the history's
                     // cursor stays open): a history's refusals are independent of the graph,
@@ -192,8 +293,7 @@ pub fn backfill(
             raise(IdentityError::InvalidArgument {
                 what: "backfill source query",
                 value: format!("{e}: {source}"),
-                hint:
-                    "Pass a query returning (operation text, id_a text, id_b text) in time order.",
+                hint: rows.query_hint(),
             })
         });
 

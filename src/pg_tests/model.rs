@@ -126,6 +126,162 @@ mod tests {
         }
     }
 
+    /// mp_backfill_from of an event table loaded before attach, and the same rows inserted one
+    /// by one through the stamping trigger, give the same ids, clusters, merge log and
+    /// refusals, in each mode: both plan a row with core::ingest (malformed and ignored events,
+    /// a `$merge` of three ids, properties read for a missing device or user column included).
+    #[pg_test]
+    fn pg_backfill_from_matches_the_trigger_on_random_event_tables() {
+        // mp_backfill_from locks the identity tables; tests running at once take turns.
+        run("SELECT pg_advisory_xact_lock(4242)");
+        run("SET LOCAL identity_merge.anon_id_format = 'any'");
+        let ids = [
+            "u1",
+            "u2",
+            "u3",
+            "a1",
+            "a2",
+            "a3",
+            "a4",
+            "a5",
+            "null",
+            "$device:x",
+            "7",
+        ];
+        for (k, mode) in ["original", "legacy", "simplified"].into_iter().enumerate() {
+            let (trig, from) = (format!("bft_trig_{mode}"), format!("bft_from_{mode}"));
+            for p in [&trig, &from] {
+                run(&format!(
+                    "SELECT mp_create_project('{p}', '{mode}'), mp_set_project_setting('{p}', 'anon_id_format', 'any'), \
+                     mp_set_project_setting('{p}', 'max_cluster_size', '6')"
+                ));
+                run(&format!(
+                    "CREATE TABLE {p}_ev (n int, distinct_id text, event text, properties jsonb, device text, usr text, canonical_id text)"
+                ));
+            }
+            let attach = |p: &str| {
+                run(&format!(
+                    "SELECT mp_attach('{p}_ev', '{p}', device_id_column => 'device', user_id_column => 'usr')"
+                ))
+            };
+            attach(&trig);
+            let mut x = (k as u64 + 7).wrapping_mul(0x9E3779B97F4A7C15) | 1;
+            let mut next = |m: usize| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x % m as u64) as usize
+            };
+            let mut rows = Vec::new();
+            for n in 0..240 {
+                let mut id = || format!("\"{}\"", ids[next(ids.len())]);
+                let (i1, i2, i3) = (id(), id(), id());
+                let (event, props) = match next(12) {
+                    0 | 1 => (
+                        "$identify",
+                        format!(r#"{{"$identified_id": {i1}, "$anon_id": {i2}}}"#),
+                    ),
+                    2 | 3 => (
+                        "$create_alias",
+                        format!(r#"{{"alias": {i1}, "distinct_id": {i2}}}"#),
+                    ),
+                    4 | 5 => ("$merge", format!(r#"{{"$distinct_ids": [{i1}, {i2}]}}"#)),
+                    6 => (
+                        "$merge",
+                        format!(r#"{{"$distinct_ids": [{i1}, {i2}, {i3}]}}"#),
+                    ),
+                    7 => ("$identify", format!(r#"{{"$identified_id": {i1}}}"#)),
+                    8 => (
+                        "$create_alias",
+                        format!(r#"{{"alias": true, "distinct_id": {i2}}}"#),
+                    ),
+                    9 => ("$merge", r#"{"$distinct_ids": ["a1", null]}"#.to_string()),
+                    10 => ("Page View", format!(r#"{{"$user_id": {i3}}}"#)),
+                    _ => (
+                        "Login",
+                        format!(r#"{{"$device_id": {i1}, "$user_id": {i3}}}"#),
+                    ),
+                };
+                let mut col = || match next(3) {
+                    0 => "NULL".to_string(),
+                    _ => format!("'{}'", ids[next(ids.len())]),
+                };
+                let (device, usr) = (col(), col());
+                rows.push(format!(
+                    "({n}, 'd{n}', '{event}', '{}', {device}, {usr})",
+                    props.replace('\'', "''")
+                ));
+            }
+            for row in &rows {
+                // One statement a row: the online path, as events arrive.
+                run(&format!(
+                    "INSERT INTO {trig}_ev (n, distinct_id, event, properties, device, usr) VALUES {row}"
+                ));
+            }
+            run(&format!(
+                "INSERT INTO {from}_ev (n, distinct_id, event, properties, device, usr) VALUES {}",
+                rows.join(", ")
+            ));
+            attach(&from);
+            let result = one(&format!(
+                "SELECT format('%s|%s|%s', events_read, joins, refused) FROM mp_backfill_from('{from}_ev', 'n')"
+            ))
+            .unwrap();
+            let of = |q: &str, p: &str| one(&q.replace("$P", p)).unwrap_or_default();
+            let pid = "(SELECT project_id FROM identity_merge.projects WHERE token = '$P')";
+            let ids_q = format!("SELECT string_agg(distinct_id || '>' || canonical_id, ',' ORDER BY distinct_id) FROM identity_merge.identities WHERE project_id = {pid}");
+            let clusters_q = format!("SELECT string_agg(format('%s/%s/%s', canonical_id, size, identified), ',' ORDER BY canonical_id) FROM identity_merge.clusters WHERE project_id = {pid}");
+            let log_q = format!("SELECT string_agg(format('%s:%s>%s', operation, absorbed_canonical, kept_canonical), ',' ORDER BY seq) FROM identity_merge.merge_log WHERE project_id = {pid}");
+            let refusals_q = format!(
+                "SELECT string_agg(format('%s:%s:%s:%s', reason_code, operation, id_a, id_b), ',' \
+                   ORDER BY (source_row->>'backfill_ordinal')::int NULLS FIRST, rejection_id) \
+                 FROM identity_merge.rejections WHERE project_id = {pid}"
+            );
+            for (what, q) in [
+                ("identities", &ids_q),
+                ("clusters", &clusters_q),
+                ("merge log", &log_q),
+                ("refusals", &refusals_q),
+            ] {
+                assert_eq!(of(q, &trig), of(q, &from), "{mode}: {what}");
+            }
+            let counts = of(
+                &format!(
+                    "SELECT format('%s|%s', (SELECT count(*) FROM identity_merge.merge_log WHERE project_id = {pid}), \
+                                            (SELECT count(*) FROM identity_merge.rejections WHERE project_id = {pid}))"
+                ),
+                &trig,
+            );
+            assert!(
+                result.ends_with(&format!("|{counts}")),
+                "{mode}: joins and refused of {result} are the trigger's {counts}"
+            );
+            let refusals = of(&refusals_q, &trig);
+            match mode {
+                "simplified" => assert!(
+                    refusals.contains("errIgnoredInSimplified")
+                        && refusals.contains("errUserIdIsDevice"),
+                    "{refusals}"
+                ),
+                _ => {
+                    // Every identity event is read (Legacy's ignored ones too), ordinary ones not.
+                    let identity_rows = of(
+                        &format!("SELECT count(*)::text FROM {from}_ev WHERE event IN ('$identify', '$create_alias', '$merge')"),
+                        &from,
+                    );
+                    assert!(
+                        result.starts_with(&format!("{identity_rows}|")),
+                        "{mode}: {result}"
+                    );
+                    assert!(refusals.contains("errMalformedEvent"), "{refusals}");
+                    if mode == "legacy" {
+                        assert!(refusals.contains("errIgnoredInLegacy"), "{refusals}");
+                    }
+                }
+            }
+        }
+    }
+
     #[pg_test]
     fn check_is_clean_after_operations_and_finds_injected_corruption() {
         // mp_backfill locks the identity tables; tests running at once take turns (see below)
