@@ -69,7 +69,7 @@ expect() {
 # expect_err NAME ROLE SQL SQLSTATE: SQL fails with SQLSTATE (and the server survives).
 expect_err() {
   local got; got=$(printf '%s\n' "$3" | as "$2" -f -)
-  if printf '%s' "$got" | grep -q "ERROR:  $4:"; then ok
+  if grep -q "ERROR:  $4:" <<<"$got"; then ok
   else bad "$1: wanted SQLSTATE $4, got [$(printf '%s' "$got" | head -3)]"; fi
 }
 

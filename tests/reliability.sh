@@ -212,7 +212,7 @@ expect "mp_check as a reader reports unreadable tables" r "SELECT check_name FRO
 as postgres >/dev/null -c "CREATE TABLE mis (distinct_id text, canonical_id text)" \
   -c "CREATE TRIGGER t AFTER INSERT ON mis FOR EACH ROW EXECUTE FUNCTION identity_merge.stamp_event('default', 'distinct_id', 'canonical_id')"
 got=$(as postgres -c "INSERT INTO mis VALUES ('a')")
-if printf '%s' "$got" | grep -q "ERROR:  39P01:" && ! printf '%s' "$got" | grep -qi panic; then ok; else bad "misattached trigger: [$got]"; fi
+if grep -q "ERROR:  39P01:" <<<"$got" && ! grep -qi panic <<<"$got"; then ok; else bad "misattached trigger: [$got]"; fi
 
 # 15. Explain and undo as the roles: a reader may explain but not split; a writer may split, and
 # the retraction and the joins name the role that made them.
@@ -417,13 +417,13 @@ expect_err "identifies without user_id" postgres "SELECT * FROM mp_backfill_from
 expect_err "a malformed blocked_ids value" postgres "SELECT mp_set_project_setting('nullreset', 'blocked_ids', '{\"a')" 22P02
 expect_err "mp_explain(a, b) is the one-id form" r "SELECT * FROM mp_explain('a', 'b')" 42704
 got=$(as r -c "SELECT * FROM mp_explain('a', 'b')")
-printf '%s' "$got" | grep -q "mp_explain(id_a, 'b', project)" && ok || bad "mp_explain(a, b)'s hint names the two-id form: [$got]"
+grep -q "mp_explain(id_a, 'b', project)" <<<"$got" && ok || bad "mp_explain(a, b)'s hint names the two-id form: [$got]"
 # No Rust backtrace on errors the extension's hooks pass through (the server has RUST_BACKTRACE=1).
 got=$(as w -c "SELECT mp_resolve('x')" -c "CREATE TABLE bt_dup (a int primary key)" -c "CREATE TABLE bt_dup (a int)")
-printf '%s' "$got" | grep -q "42P07" && ! printf '%s' "$got" | grep -qiE "backtrace|identity_merge::|DETAIL" && ok \
+grep -q "42P07" <<<"$got" && ! grep -qiE "backtrace|identity_merge::|DETAIL" <<<"$got" && ok \
   || bad "a failing DDL statement carries no Rust backtrace: [$got]"
 got=$(as w -c "SELECT mp_resolve('x')" -c "CREATE TABLE bt_fk (a int REFERENCES bt_dup)" -c "INSERT INTO bt_fk VALUES (1)")
-printf '%s' "$got" | grep -q "23503" && ! printf '%s' "$got" | grep -qiE "backtrace|identity_merge::" && ok \
+grep -q "23503" <<<"$got" && ! grep -qiE "backtrace|identity_merge::" <<<"$got" && ok \
   || bad "a foreign-key violation carries no Rust backtrace: [$got]"
 
 # No check may have restarted the server.
