@@ -102,6 +102,80 @@ pub fn plan_row(
 /// Plans one event: its name, its properties (read only when needed: a row's jsonb costs a
 /// parse) and, for Simplified projects, `$device_id` / `$user_id` from the row's columns
 /// when it has them (else from the properties).
+impl EventPlan {
+    /// A Simplified device and user pair's meaning, added to the plan: its refusals, its link,
+    /// and the distinct_id of a row that has none (one rule for rows, `/track` and Segment).
+    fn add_link(&mut self, linked: SimplifiedEvent) {
+        for err in linked.refusals {
+            self.refusals.push(Refusal::new(err, "link"));
+        }
+        if let Some((user, device)) = linked.link {
+            self.ops.push(PlannedOp {
+                op: Op::Link,
+                a: Some(user),
+                b: Some(device),
+            });
+        }
+        self.distinct_id = linked.distinct_id;
+    }
+}
+
+/// What one row of an `mp_backfill` history `(operation, id_a, id_b)` means in a project: the
+/// operation to apply, or why it is refused. A `link` (user, device) has its raw device id
+/// validated as the online path validates it, then prefixed `$device:`; it needs both ids.
+/// (`split` rows are not planned here: they retract stored joins, which is the engine's.)
+pub fn plan_history_row(
+    project: &Project,
+    operation: Option<&str>,
+    a: Option<&str>,
+    b: Option<&str>,
+) -> Result<PlannedOp, IdentityError> {
+    let op =
+        operation
+            .and_then(Op::from_history_name)
+            .ok_or_else(|| IdentityError::MalformedEvent {
+                field: "operation".into(),
+                problem: format!(
+                    "{:?} is not identify, alias, merge, link or split",
+                    operation.unwrap_or("NULL")
+                ),
+            })?;
+    if !project.mode.allows(op) {
+        return Err(IdentityError::WrongMode {
+            op: "this operation",
+            token: project.token.clone(),
+            mode: project.mode,
+        });
+    }
+    if op != Op::Link {
+        return Ok(PlannedOp {
+            op,
+            a: a.map(str::to_string),
+            b: b.map(str::to_string),
+        });
+    }
+    let linked = simplified_event(
+        &project.settings,
+        b.map(str::to_string),
+        a.map(str::to_string),
+    );
+    match (linked.refusals.into_iter().next(), linked.link) {
+        (Some(err), _) => Err(err),
+        (None, Some((user, device))) => Ok(PlannedOp {
+            op,
+            a: Some(user),
+            b: Some(device),
+        }),
+        (None, None) => Err(IdentityError::NullId {
+            field: if a.is_none() {
+                "$user_id"
+            } else {
+                "$device_id"
+            },
+        }),
+    }
+}
+
 pub fn plan_event(
     project: &Project,
     event: Option<&str>,
@@ -140,18 +214,10 @@ pub fn plan_event(
                 Value::Null
             };
             let (device, user, errors) = simplified_ids(&props, device_column, user_column);
-            let linked = simplified_event(&project.settings, device, user);
-            for err in errors.into_iter().chain(linked.refusals) {
+            for err in errors {
                 plan.refusals.push(Refusal::new(err, "link"));
             }
-            if let Some((user, device)) = linked.link {
-                plan.ops.push(PlannedOp {
-                    op: Op::Link,
-                    a: Some(user),
-                    b: Some(device),
-                });
-            }
-            plan.distinct_id = linked.distinct_id;
+            plan.add_link(simplified_event(&project.settings, device, user));
         }
     }
     plan
@@ -421,18 +487,11 @@ pub fn plan_segment(project: &Project, msg: &SegmentMessage) -> EventPlan {
             } else {
                 msg.anonymous_id.clone()
             };
-            let linked = simplified_event(&project.settings, device, msg.user_id.clone());
-            for err in linked.refusals {
-                plan.refusals.push(Refusal::new(err, "link"));
-            }
-            if let Some((user, device)) = linked.link {
-                plan.ops.push(PlannedOp {
-                    op: Op::Link,
-                    a: Some(user),
-                    b: Some(device),
-                });
-            }
-            plan.distinct_id = linked.distinct_id;
+            plan.add_link(simplified_event(
+                &project.settings,
+                device,
+                msg.user_id.clone(),
+            ));
         }
         Mode::Original | Mode::Legacy => {
             let op = match msg.kind.as_str() {
@@ -950,6 +1009,48 @@ mod tests {
             .message()
             .contains("properties.token is missing"));
         assert!(tracked_event(&json!({"event": 1, "properties": {"token": "t"}})).is_err());
+    }
+
+    #[test]
+    fn history_rows_mean_what_the_mode_allows() {
+        let original = project(Mode::Original);
+        let simplified = project(Mode::Simplified);
+        let p = plan_history_row(&original, Some("identify"), Some("u"), Some("a")).unwrap();
+        assert_eq!(
+            (p.op, p.a.as_deref(), p.b.as_deref()),
+            (Op::Identify, Some("u"), Some("a"))
+        );
+        assert!(matches!(
+            plan_history_row(&original, Some("link"), Some("u"), Some("d")),
+            Err(IdentityError::WrongMode { .. })
+        ));
+        assert!(matches!(
+            plan_history_row(&original, Some("hug"), Some("u"), Some("d")),
+            Err(IdentityError::MalformedEvent { .. })
+        ));
+        assert!(matches!(
+            plan_history_row(&original, None, Some("u"), Some("d")),
+            Err(IdentityError::MalformedEvent { .. })
+        ));
+        let l = plan_history_row(&simplified, Some("link"), Some("u"), Some("d1")).unwrap();
+        assert_eq!(
+            (l.op, l.a.as_deref(), l.b.as_deref()),
+            (Op::Link, Some("u"), Some("$device:d1"))
+        );
+        assert!(matches!(
+            plan_history_row(&simplified, Some("link"), None, Some("d1")),
+            Err(IdentityError::NullId { field: "$user_id" })
+        ));
+        assert!(matches!(
+            plan_history_row(&simplified, Some("link"), Some("u"), None),
+            Err(IdentityError::NullId {
+                field: "$device_id"
+            })
+        ));
+        assert!(matches!(
+            plan_history_row(&simplified, Some("link"), Some("u"), Some("undefined")),
+            Err(IdentityError::InvalidId { .. })
+        ));
     }
 
     #[test]

@@ -221,41 +221,13 @@ pub fn backfill(
                     }
                     return;
                 }
-                let op = name.as_deref().and_then(Op::from_history_name);
-                let result = match (op, project.mode) {
-                    (None, _) => Err(IdentityError::MalformedEvent {
-                        field: "operation".into(),
-                        problem: format!(
-                            "{:?} is not identify, alias, merge, link or split",
-                            name.as_deref().unwrap_or("NULL")
-                        ),
-                    }),
-                    (Some(op), mode) if !mode.allows(op) => Err(IdentityError::WrongMode {
-                        op: "this operation",
-                        token: project.token.clone(),
-                        mode,
-                    }),
-                    (Some(Op::Link), _) => {
-                        // The raw device id is validated as the online path does (ingest), then
-                        // prefixed; a link needs both a valid user and a valid device.
-                        let plan =
-                            crate::core::ingest::simplified_event(&settings, b.clone(), a.clone());
-                        match (plan.refusals.into_iter().next(), plan.link) {
-                            (Some(err), _) => Err(err),
-                            (None, Some((user, device))) => {
-                                graph.apply(&settings, Op::Link, Some(&user), Some(&device))
-                            }
-                            (None, None) => Err(IdentityError::NullId {
-                                field: if a.is_none() {
-                                    "$user_id"
-                                } else {
-                                    "$device_id"
-                                },
-                            }),
-                        }
-                    }
-                    (Some(op), _) => graph.apply(&settings, op, a.as_deref(), b.as_deref()),
-                };
+                let result = crate::core::ingest::plan_history_row(
+                    &project,
+                    name.as_deref(),
+                    a.as_deref(),
+                    b.as_deref(),
+                )
+                .and_then(|p| graph.apply(&settings, p.op, p.a.as_deref(), p.b.as_deref()));
                 result
                     .err()
                     .map(|err| Refusal {
