@@ -80,6 +80,12 @@ AS 'MODULE_PATHNAME', '_row_distinct_id_wrapper';
 -- mp_backfill: NULL arguments are an error (no longer STRICT).
 ALTER FUNCTION mp_backfill(text, text) CALLED ON NULL INPUT;
 
+-- The column types the trigger reads and writes (src/core/columns.rs, the one rule): ids ('id')
+-- are text or varchar, 'properties' jsonb, json, text or varchar.
+CREATE FUNCTION identity_merge._column_type_ok(kind text, typ regtype) RETURNS boolean
+LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', '_column_type_ok_wrapper';
+
+
 -- What keeps the stamping trigger from working on a table, one row per problem (none when it
 -- can work): the columns it reads and writes must exist with types it handles. Ids (the
 -- distinct_id and canonical columns, "event", "$device_id", "$user_id") are text or varchar, the
@@ -113,11 +119,11 @@ BEGIN
             CONTINUE;
         END IF;
         IF c.kind = 'json' THEN
-            IF c.atttypid NOT IN ('jsonb'::regtype, 'json'::regtype, 'text'::regtype, 'character varying'::regtype) THEN
+            IF NOT identity_merge._column_type_ok('properties', c.atttypid) THEN
                 RETURN QUERY SELECT '42804'::text, format('column properties is of type %s, not jsonb, json or text', format_type(c.atttypid, c.atttypmod)),
                     'The trigger reads identity events from properties: make it jsonb (or json, text), or rename it.'::text;
             END IF;
-        ELSIF c.atttypid NOT IN ('text'::regtype, 'character varying'::regtype) THEN
+        ELSIF NOT identity_merge._column_type_ok('id', c.atttypid) THEN
             RETURN QUERY SELECT '42804'::text, format('column %s is of type %s, not text', quote_ident(c.col), format_type(c.atttypid, c.atttypmod)),
                 'Ids are text; use a text or varchar column (or rename a column that does not hold ids).'::text;
         ELSIF c.kind = 'stamp' AND c.atttypmod >= 0 AND c.atttypmod - 4 < 255 THEN
@@ -274,7 +280,7 @@ BEGIN
             RAISE EXCEPTION 'cannot attach %: column % does not exist', events, quote_ident(col) USING ERRCODE = '42703',
                 HINT = 'device_id_column and user_id_column name the columns holding the device id and the user id.';
         END IF;
-        IF typ NOT IN ('text'::regtype, 'character varying'::regtype) THEN
+        IF NOT identity_merge._column_type_ok('id', typ) THEN
             RAISE EXCEPTION 'cannot attach %: column % is of type %, not text', events, quote_ident(col), typ
                 USING ERRCODE = '42804', HINT = 'Ids are text; use a text or varchar column.';
         END IF;
@@ -637,7 +643,7 @@ BEGIN
                 HINT = CASE WHEN col = order_by THEN 'Pass order_by => the column holding each call''s time (Segment''s is timestamp).'
                             ELSE 'Segment''s identifies table has user_id and anonymous_id, its aliases table user_id and previous_id.' END;
         END IF;
-        IF col <> order_by AND typ NOT IN ('text'::regtype, 'character varying'::regtype) THEN
+        IF col <> order_by AND NOT identity_merge._column_type_ok('id', typ) THEN
             RAISE EXCEPTION 'column % of % is of type %, not text', quote_ident(col), t, typ::regtype USING ERRCODE = '42804',
                 HINT = 'Ids are text; use a text or varchar column.';
         END IF;
@@ -945,9 +951,11 @@ BEGIN
     END IF;
 END $$;
 
+REVOKE ALL ON FUNCTION identity_merge._column_type_ok(text, regtype) FROM PUBLIC;
 REVOKE ALL ON FUNCTION identity_merge._no_nulls(text, text[], boolean[]), identity_merge._trigger_args(regclass),
     identity_merge._exec_as_owner(regclass, text), identity_merge._backfill_from_table(text, text, regclass),
     identity_merge._backfill_events_from_table(text, text, regclass),
     identity_merge._wait_for_writers(regclass[]), identity_merge._row_distinct_id(text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION identity_merge._column_type_ok(text, regtype) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION identity_merge._no_nulls(text, text[], boolean[]), identity_merge._trigger_args(regclass),
     identity_merge._row_distinct_id(text, text, text), identity_merge._exec_as_owner(regclass, text) TO PUBLIC;

@@ -122,3 +122,18 @@ fn _register_attachment(events: pg_sys::Oid, project_id: i32, distinct: &CStr, c
     )
     .or_raise()
 }
+
+/// `identity_merge._column_type_ok(kind text, typ regtype) RETURNS boolean`, declared in
+/// sql/api.sql: whether the trigger reads (or writes) a column of this kind (`'id'`,
+/// `'properties'`) and type — `core::columns`, the rule the trigger applies itself.
+#[pg_extern(sql = false)]
+fn _column_type_ok(kind: &str, typ: pg_sys::Oid) -> bool {
+    let kind = crate::core::columns::ColumnKind::parse(kind).unwrap_or_else(|| {
+        crate::pg::raise(IdentityError::InvalidArgument {
+            what: "column kind",
+            value: kind.to_string(),
+            hint: "'id' or 'properties'.",
+        })
+    });
+    kind.accepts(crate::pg::column_type(typ))
+}

@@ -20,6 +20,7 @@ use pgrx::prelude::*;
 use pgrx::{FromDatum, IntoDatum, PgTupleDesc};
 
 use crate::core::attachment::TriggerArgs;
+use crate::core::columns::{ColumnKind, PropertiesRead};
 use crate::core::error::IdentityError;
 use crate::core::ingest;
 use crate::core::rules::Project;
@@ -184,12 +185,13 @@ fn text_column(
     let Some((att, form)) = found else {
         return Ok(None);
     };
-    if form.atttypid != pg_sys::TEXTOID && form.atttypid != pg_sys::VARCHAROID {
+    let kind = ColumnKind::Id;
+    if !kind.accepts(crate::pg::column_type(form.atttypid)) {
         return Err(IdentityError::WrongColumnType {
             table: table.to_string(),
             column: name.to_string(),
             found: crate::pg::type_name(form.atttypid),
-            expected: "text or varchar",
+            expected: kind.expected(),
         });
     }
     let max_chars = (form.atttypid == pg_sys::VARCHAROID && form.atttypmod >= 0)
@@ -262,15 +264,15 @@ fn build_context(
         None => None,
         Some((att, form)) => Some((
             att,
-            match form.atttypid {
-                pg_sys::JSONBOID => PropertiesKind::Jsonb,
-                pg_sys::JSONOID | pg_sys::TEXTOID | pg_sys::VARCHAROID => PropertiesKind::Text,
-                other => {
+            match crate::core::columns::properties_read(crate::pg::column_type(form.atttypid)) {
+                Some(PropertiesRead::Jsonb) => PropertiesKind::Jsonb,
+                Some(PropertiesRead::Text) => PropertiesKind::Text,
+                None => {
                     return Err(IdentityError::WrongColumnType {
                         table: table.clone(),
                         column: "properties".into(),
-                        found: crate::pg::type_name(other),
-                        expected: "jsonb, json or text",
+                        found: crate::pg::type_name(form.atttypid),
+                        expected: ColumnKind::Properties.expected(),
                     })
                 }
             },

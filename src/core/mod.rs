@@ -13,9 +13,11 @@
 //! - `graph`: union-find over a history, with the same rules, for `mp_backfill`;
 //! - `profile`: people profiles, the fold of the Engage updates sent to a person's ids;
 //! - `record`: identity records (the seed's "Create an Identity"): valid bodies, their content;
-//! - `attachment`: what an attached table's stamping trigger says (its arguments).
+//! - `attachment`: what an attached table's stamping trigger says (its arguments);
+//! - `columns`: the column types the trigger reads and writes (ids, properties).
 
 pub mod attachment;
+pub mod columns;
 pub mod error;
 pub mod graph;
 pub mod ingest;

@@ -268,3 +268,15 @@ pub fn type_name(typid: pg_sys::Oid) -> String {
             .into_owned()
     }
 }
+
+/// A column type as `core::columns` sees it.
+pub fn column_type(typid: pg_sys::Oid) -> crate::core::columns::ColumnType {
+    use crate::core::columns::ColumnType;
+    match typid {
+        pg_sys::TEXTOID => ColumnType::Text,
+        pg_sys::VARCHAROID => ColumnType::Varchar,
+        pg_sys::JSONOID => ColumnType::Json,
+        pg_sys::JSONBOID => ColumnType::Jsonb,
+        _ => ColumnType::Other,
+    }
+}
