@@ -951,6 +951,44 @@ BEGIN
     END IF;
 END $$;
 
+-- Citus: distributing an attached table that holds rows copies them without firing the trigger.
+CREATE OR REPLACE FUNCTION mp_distribute_events(events regclass, distribution_column text,
+                                     colocate_with text DEFAULT 'default') RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    old text;
+    has_trigger boolean;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
+        RAISE EXCEPTION 'mp_distribute_events needs Citus, which is not installed in database %', current_database()
+            USING ERRCODE = '0A000', HINT = 'On a single server an event table needs no distribution: mp_attach is enough.';
+    END IF;
+    IF NOT identity_merge._distributed() THEN
+        RAISE EXCEPTION 'the identity state is not distributed yet' USING ERRCODE = '55000',
+            HINT = 'Run SELECT mp_distribute() on the coordinator first: the shards'' triggers read the identity state on their own node.';
+    END IF;
+    -- This function's search_path is pinned: the table to co-locate with must be qualified.
+    IF colocate_with NOT IN ('default', 'none') AND pg_catalog.to_regclass(colocate_with) IS NULL THEN
+        RAISE EXCEPTION 'no table % to co-locate % with', colocate_with, events USING ERRCODE = '42P01',
+            HINT = 'Name it with its schema (public.events_staging), or pass ''default'' or ''none''.';
+    END IF;
+    old := pg_catalog.current_setting('citus.enable_unsafe_triggers', true);
+    PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+    -- The rows already in the table were stamped, and their identity events applied, when they
+    -- were inserted: Citus's copy of them into the shards must not fire the trigger again (it
+    -- would apply them twice, and on a worker it runs before the shard's metadata is there).
+    has_trigger := EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = events
+                             AND t.tgname = 'identity_merge_stamp' AND t.tgenabled <> 'D');
+    IF has_trigger THEN
+        EXECUTE pg_catalog.format('ALTER TABLE %s DISABLE TRIGGER identity_merge_stamp', events);
+    END IF;
+    PERFORM pg_catalog.create_distributed_table(events, distribution_column, colocate_with => colocate_with);
+    IF has_trigger THEN
+        EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE TRIGGER identity_merge_stamp', events);
+    END IF;
+    PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', coalesce(old, 'off'), true);
+END $$;
+
 REVOKE ALL ON FUNCTION identity_merge._column_type_ok(text, regtype) FROM PUBLIC;
 REVOKE ALL ON FUNCTION identity_merge._no_nulls(text, text[], boolean[]), identity_merge._trigger_args(regclass),
     identity_merge._exec_as_owner(regclass, text), identity_merge._backfill_from_table(text, text, regclass),

@@ -249,6 +249,7 @@ CREATE FUNCTION mp_distribute_events(events regclass, distribution_column text,
 LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     old text;
+    has_trigger boolean;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
         RAISE EXCEPTION 'mp_distribute_events needs Citus, which is not installed in database %', current_database()
@@ -265,7 +266,18 @@ BEGIN
     END IF;
     old := pg_catalog.current_setting('citus.enable_unsafe_triggers', true);
     PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+    -- The rows already in the table were stamped, and their identity events applied, when they
+    -- were inserted: Citus's copy of them into the shards must not fire the trigger again (it
+    -- would apply them twice, and on a worker it runs before the shard's metadata is there).
+    has_trigger := EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = events
+                             AND t.tgname = 'identity_merge_stamp' AND t.tgenabled <> 'D');
+    IF has_trigger THEN
+        EXECUTE pg_catalog.format('ALTER TABLE %s DISABLE TRIGGER identity_merge_stamp', events);
+    END IF;
     PERFORM pg_catalog.create_distributed_table(events, distribution_column, colocate_with => colocate_with);
+    IF has_trigger THEN
+        EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE TRIGGER identity_merge_stamp', events);
+    END IF;
     PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', coalesce(old, 'off'), true);
 END $$;
 

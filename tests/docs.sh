@@ -6,7 +6,7 @@
 # cluster, not the database). Conventions (see tests/docs_run.py): `-- ERROR 22023` marks a
 # refusal shown on purpose, `-- → value` a result that is checked. ```sql pg_cron blocks run when
 # pg_cron is installed (the cluster preloads it for the database "docs"; the blocks create it);
-# ```sql citus blocks are skipped here and counted (tests/citus.sh runs Citus).
+# ```sql citus blocks are skipped here and counted (tests/docs_citus.sh runs those files on Citus).
 # Usage: bash tests/docs.sh [FILE.md...]   (default: README.md docs/*.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
