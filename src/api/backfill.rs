@@ -29,12 +29,12 @@ fn mp_backfill(
         })
     };
     let source = source.unwrap_or_else(|| null("source"));
-    backfill(
+    TableIterator::once(backfill(
         source,
         project.unwrap_or_else(|| null("project")),
         None,
         Rows::History,
-    )
+    ))
 }
 
 /// `identity_merge._backfill_from_table(source text, project text, events regclass)`, declared
@@ -55,7 +55,7 @@ fn _backfill_from_table(
         name!(clusters_written, i64),
     ),
 > {
-    backfill(source, project, Some(events), Rows::History)
+    TableIterator::once(backfill(source, project, Some(events), Rows::History))
 }
 
 /// `identity_merge._backfill_events_from_table(source text, project text, p_events regclass)`,
@@ -77,5 +77,5 @@ fn _backfill_events_from_table(
         name!(clusters_written, i64),
     ),
 > {
-    backfill(source, project, Some(events), Rows::Events)
+    TableIterator::once(backfill(source, project, Some(events), Rows::Events))
 }

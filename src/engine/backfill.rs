@@ -54,22 +54,12 @@ impl Rows {
     }
 }
 
+/// What a backfill did: mp_backfill's result row (events, joins, refused, ids_written,
+/// clusters_written).
+pub type Counts = (i64, i64, i64, i64, i64);
+
 /// mp_backfill's work, reading the history as the owner of `reader` when given.
-pub fn backfill(
-    source: &str,
-    project: &str,
-    reader: Option<pg_sys::Oid>,
-    rows: Rows,
-) -> TableIterator<
-    'static,
-    (
-        name!(events, i64),
-        name!(joins, i64),
-        name!(refused, i64),
-        name!(ids_written, i64),
-        name!(clusters_written, i64),
-    ),
-> {
+pub fn backfill(source: &str, project: &str, reader: Option<pg_sys::Oid>, rows: Rows) -> Counts {
     if source.trim().is_empty() {
         raise(IdentityError::InvalidArgument {
             what: "backfill source query",
@@ -284,12 +274,12 @@ pub fn backfill(
             )
             .or_bug("reading the project state")
         });
-        TableIterator::once((
+        (
             events,
             totals.0,
             refused + refusals.len() as i64,
             totals.1,
             totals.2,
-        ))
+        )
     })
 }
