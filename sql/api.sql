@@ -260,6 +260,19 @@ BEGIN
     DELETE FROM identity_merge.attachments a WHERE a.events = p_events;
 END $$;
 
+-- The stamping trigger's WHEN (src/api/ingest.rs): false only for the rows of mp_ingest's own
+-- INSERT into the table, which carry their stamps already (since 0.1.14). Evaluated for every
+-- row written by every role that writes an attached table: executable by all (granted below).
+CREATE FUNCTION identity_merge._stamp_wanted(events regclass) RETURNS boolean
+LANGUAGE c STABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', '_stamp_wanted';
+
+-- Moves a staged batch into an attached table set-wise (src/engine/staged.rs): the batch's
+-- identity events applied in the rows' order as the trigger would apply them, then one INSERT
+-- of every row with its final stamp, which the trigger skips. With the caller's rights.
+CREATE FUNCTION mp_ingest(staging regclass, target regclass, empty_staging boolean DEFAULT false)
+RETURNS TABLE (rows_inserted bigint, identity_events bigint, refused bigint)
+LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'mp_ingest_wrapper';
+
 -- Puts the stamping trigger on an event table and registers it. Unless create_index is false,
 -- creates an index on the canonical column when none leads with it (mp_restamp needs one to
 -- stay proportional to the rows it changes).
@@ -316,9 +329,11 @@ BEGIN
     END LOOP;
     -- UPDATE OF the distinct_id too (also INSERT ... ON CONFLICT DO UPDATE): a changed
     -- distinct_id gets its stamp, so no row keeps a stamp mp_restamp could not fix.
+    -- WHEN: mp_ingest's own rows are inserted stamped, without the trigger (since 0.1.14).
     EXECUTE format('CREATE TRIGGER identity_merge_stamp BEFORE INSERT OR UPDATE OF %I ON %s FOR EACH ROW '
+                   'WHEN (identity_merge._stamp_wanted(%L::regclass)) '
                    'EXECUTE FUNCTION identity_merge.stamp_event(%L, %L, %L%s)',
-                   distinct_id_column, events, p.token, distinct_id_column, canonical_column,
+                   distinct_id_column, events, events::oid, p.token, distinct_id_column, canonical_column,
                    CASE WHEN device_id_column = '' AND user_id_column = '' THEN ''
                         ELSE format(', %L, %L', device_id_column, user_id_column) END);
     IF create_index AND NOT EXISTS (SELECT 1 FROM pg_index x JOIN pg_attribute a
@@ -1096,6 +1111,7 @@ BEGIN
                    'identity_merge._identity_create(text), identity_merge._identity_create_alias(text), '
                    'identity_merge._identity_merge(text), identity_merge._track(text), '
                    '%1$I.mp_attach(regclass, text, name, name, boolean, name, name), %1$I.mp_detach(regclass), %1$I.mp_restamp(regclass), '
+                   '%1$I.mp_ingest(regclass, regclass, boolean), '
                    '%1$I.mp_split(text, text), %1$I.mp_unjoin(bigint), '
                    'identity_merge.stamp_event(), identity_merge._register_attachment(regclass, integer, name, name), '
                    'identity_merge._unregister_attachment(regclass) TO %2$s', s, role);
@@ -1168,6 +1184,7 @@ COMMENT ON FUNCTION mp_distribute() IS 'Citus: makes the identity state referenc
 COMMENT ON FUNCTION mp_undistribute() IS 'Citus: takes the identity state back to the coordinator alone (before DROP EXTENSION)';
 COMMENT ON FUNCTION mp_distribute_events(regclass, text, text) IS 'Citus: distributes an event table by a column, with its stamping trigger';
 COMMENT ON FUNCTION mp_apply_pending() IS 'Citus: applies the identity events rows brought to shards, on every node, then restamps; returns how many';
+COMMENT ON FUNCTION mp_ingest(regclass, regclass, boolean) IS 'Moves a staged batch into an attached table: its identity events applied in order, then every row inserted with its final stamp in one statement';
 COMMENT ON FUNCTION mp_track(jsonb) IS 'Mixpanel /track and /import payloads: applies identity events, answers IdentityResponse';
 
 -- Least privilege (docs/security.md). Nothing is executable by PUBLIC: an administrator grants
@@ -1189,5 +1206,7 @@ GRANT EXECUTE ON FUNCTION identity_merge._column_problems(regclass, name, name),
 -- who may act as that owner (src/owner.rs), so it gives no role a right it did not have.
 GRANT EXECUTE ON FUNCTION identity_merge._no_nulls(text, text[], boolean[]), identity_merge._trigger_args(regclass),
     identity_merge._row_distinct_id(text, text, text), identity_merge._exec_as_owner(regclass, text) TO PUBLIC;
+-- The stamping trigger's WHEN, evaluated with the rights of whoever writes an attached table.
+GRANT EXECUTE ON FUNCTION identity_merge._stamp_wanted(regclass) TO PUBLIC;
 -- Catalog reads only: where the identity state is (mp_check asks, as any role).
 GRANT EXECUTE ON FUNCTION identity_merge._distributed(), identity_merge._on_coordinator(), identity_merge._is_citus_table(regclass) TO PUBLIC;

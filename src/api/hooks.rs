@@ -164,6 +164,7 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
         | XACT_EVENT_PARALLEL_COMMIT
         | XACT_EVENT_PREPARE => {
             batch::at_transaction_end();
+            crate::engine::staged::at_transaction_end();
             match event {
                 // Visible to new snapshots now, locks not yet released: other sessions learn
                 // of the joins before they can see or take anything this transaction held.

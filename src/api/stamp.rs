@@ -387,6 +387,14 @@ fn stamp<'a>(
             (crate::pg::active_command_id(), crate::pg::current_subxact()),
         )
     };
+    if is_insert && crate::engine::staged::own_row(relid) {
+        // A row of mp_ingest's own INSERT, stamped already (a trigger attached before 0.1.14,
+        // without the WHEN that skips it: engine/staged.rs).
+        // SAFETY: the row being inserted, valid for the trigger's call.
+        return Ok(Some(unsafe {
+            PgHeapTuple::from_heap_tuple(PgTupleDesc::from_pg_unchecked(tupdesc), tuple)
+        }));
+    }
     // SAFETY: reads MyProc of this backend.
     let key = (relid, tgoid, crate::pg::local_xid(), statement);
 

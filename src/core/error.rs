@@ -263,11 +263,83 @@ pub enum IdentityError {
     MissingObject {
         what: String,
     },
+    /// `mp_ingest` cannot move this staging table into this attached table (core/staged.rs).
+    Staging {
+        staging: String,
+        target: String,
+        problem: StagingProblem,
+    },
     /// A statement of the extension's own failed where PostgreSQL raised no error of its own
     /// (a bug: no input reaches it).
     Internal {
         what: String,
     },
+}
+
+/// Why `mp_ingest` refuses a staging table and an attached table (each with its SQLSTATE).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StagingProblem {
+    /// The target has no stamping trigger registered (55000).
+    NotAttached,
+    /// Staging and target are one table (22023).
+    SameTable,
+    /// The staging relation is not an ordinary table (0A000): its rows have no order to apply.
+    NotATable { kind: &'static str },
+    /// A staging column the target does not have (42703).
+    UnknownColumn { column: String },
+    /// A staging column whose type is not the target column's (42804).
+    TypeMismatch { column: String, staging_type: String, target_type: String },
+    /// A column the stamp is computed from is missing in staging while the target gives it a
+    /// default (0A000): the stamp would be computed from another value than the row gets.
+    DefaultedColumn { column: String },
+    /// The target is distributed by Citus (0A000): its shards' triggers queue identity events.
+    Distributed,
+}
+
+impl StagingProblem {
+    pub fn sqlstate(&self) -> SqlState {
+        match self {
+            StagingProblem::NotAttached => SqlState::ObjectNotInPrerequisiteState,
+            StagingProblem::SameTable => SqlState::InvalidParameterValue,
+            StagingProblem::NotATable { .. }
+            | StagingProblem::DefaultedColumn { .. }
+            | StagingProblem::Distributed => SqlState::FeatureNotSupported,
+            StagingProblem::UnknownColumn { .. } => SqlState::UndefinedColumn,
+            StagingProblem::TypeMismatch { .. } => SqlState::DatatypeMismatch,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            StagingProblem::NotAttached => "the target table is not attached to identity_merge".into(),
+            StagingProblem::SameTable => "the staging table and the target table are the same table".into(),
+            StagingProblem::NotATable { kind } => format!("the staging relation is a {kind}, not a table"),
+            StagingProblem::UnknownColumn { column } => {
+                format!("column {} of the staging table does not exist in the target table", show(column))
+            }
+            StagingProblem::TypeMismatch { column, staging_type, target_type } => format!(
+                "column {} is of type {staging_type} in the staging table and {target_type} in the target table",
+                show(column)
+            ),
+            StagingProblem::DefaultedColumn { column } => format!(
+                "column {} is missing from the staging table and has a default in the target table",
+                show(column)
+            ),
+            StagingProblem::Distributed => "the target table is distributed by Citus".into(),
+        }
+    }
+
+    fn hint(&self) -> &'static str {
+        match self {
+            StagingProblem::NotAttached => "Attach it with mp_attach first.",
+            StagingProblem::SameTable => "Load the rows into a staging table, e.g. CREATE TEMP TABLE staging (LIKE events), then mp_ingest('staging', 'events').",
+            StagingProblem::NotATable { .. } => "Stage the rows in an ordinary table (CREATE TABLE ... (LIKE events), temporary or unlogged is fine).",
+            StagingProblem::UnknownColumn { .. } => "Create the staging table with CREATE TABLE staging (LIKE events), or drop the extra column.",
+            StagingProblem::TypeMismatch { .. } => "Create the staging table with CREATE TABLE staging (LIKE events): its columns then have the target's types.",
+            StagingProblem::DefaultedColumn { .. } => "Add the column to the staging table (CREATE TABLE staging (LIKE events INCLUDING DEFAULTS) fills it as the target would).",
+            StagingProblem::Distributed => "On Citus, load with INSERT INTO events SELECT * FROM staging: the shards' triggers queue the identity events (docs/scaling.md).",
+        }
+    }
 }
 
 /// A value as a SQL literal, for hints.
@@ -354,6 +426,7 @@ impl IdentityError {
             IdentityError::CannotActAsOwner { .. } => S::InsufficientPrivilege,
             IdentityError::NullArgument { .. } => S::NullValueNotAllowed,
             IdentityError::MissingObject { .. } => S::UndefinedTable,
+            IdentityError::Staging { problem, .. } => problem.sqlstate(),
             IdentityError::Internal { .. } => S::InternalError,
         }
     }
@@ -457,6 +530,9 @@ impl IdentityError {
             IdentityError::UnknownId { id, token } => {
                 format!("errUnknownID: id {} was never seen in project {}", show(id), show(token))
             }
+            IdentityError::Staging { staging, target, problem } => {
+                format!("mp_ingest({staging}, {target}): {}", problem.describe())
+            }
             IdentityError::Internal { what } => format!("identity_merge internal error: {what}"),
         }
     }
@@ -539,6 +615,7 @@ impl IdentityError {
             IdentityError::MissingObject { .. } => {
                 "An object of the extension was dropped: reinstall it (DROP EXTENSION identity_merge; CREATE EXTENSION identity_merge) or restore it from a dump.".into()
             }
+            IdentityError::Staging { problem, .. } => problem.hint().into(),
             IdentityError::Internal { .. } => "Please report this as a bug of identity_merge.".into(),
             IdentityError::UnknownJoin { .. } => {
                 "Joins are the rows of identity_merge.merge_log (mp_explain shows their seq).".into()

@@ -3,7 +3,7 @@
 //! (src/*.rs) reads rows and payloads, asks the core what they mean, and writes the answer.
 //!
 //! Dependencies run one way: `model` ← `error` ← `rules` ← `ingest`, `graph` ← `profile`;
-//! `error` ← `attachment`.
+//! `error` ← `attachment` ← `staged`.
 //! - `model`: the vocabulary (operations and their names, modes, anon id formats);
 //! - `error`: the one error type, its reason codes and SQLSTATEs (raised by `crate::pg`);
 //! - `rules`: valid ids, which join is allowed, which canonical id survives, size limits,
@@ -14,7 +14,9 @@
 //! - `profile`: people profiles, the fold of the Engage updates sent to a person's ids;
 //! - `record`: identity records (the seed's "Create an Identity"): valid bodies, their content;
 //! - `attachment`: what an attached table's stamping trigger says (its arguments);
-//! - `columns`: the column types the trigger reads and writes (ids, properties).
+//! - `columns`: the column types the trigger reads and writes (ids, properties);
+//! - `staged`: a staged batch moved into an attached table (`mp_ingest`): the read of its
+//!   identity rows and the one INSERT of every row with its stamp.
 
 pub mod attachment;
 pub mod columns;
@@ -25,5 +27,6 @@ pub mod model;
 pub mod profile;
 pub mod record;
 pub mod rules;
+pub mod staged;
 
 pub use model::{AnonIdFormat, Mode, Op};

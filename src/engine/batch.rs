@@ -107,6 +107,29 @@ pub fn take_part(project: &Project, statement: (u32, u32)) -> bool {
     if !held && (met < threshold || !crate::sync::locks::try_hold_project_exclusively(project.id)) {
         return false;
     }
+    start(project, key, held)
+}
+
+/// Starts the batch of `statement` at once, waiting for the project's lock (`mp_ingest`, whose
+/// identity events all go to it: engine/staged.rs). Ok(false) where batches are not used
+/// (REPEATABLE READ, SERIALIZABLE, parallel mode): the events then go online, one at a time.
+pub fn begin(project: &Project, statement: (u32, u32)) -> Result<bool, IdentityError> {
+    if !eligible() {
+        return Ok(false);
+    }
+    // Another statement's batch is written first.
+    flush();
+    let held = crate::sync::locks::holds_project_exclusively(project.id);
+    if !held && !crate::sync::locks::wait_project_exclusively(project.id) {
+        return Err(IdentityError::project_contention(&project.token));
+    }
+    let key = (crate::pg::local_xid(), statement.1, statement.0);
+    Ok(start(project, key, held))
+}
+
+/// Starts a batch for the statement `key` of a project this transaction holds exclusively
+/// (`held`: since before this statement).
+fn start(project: &Project, key: (u32, u32, u32), held: bool) -> bool {
     // The tables the batch writes when the statement ends, locked for writing now: a running
     // mp_backfill (SHARE ROW EXCLUSIVE) is waited for before anything is read, and one started
     // later waits for this transaction.

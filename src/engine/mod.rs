@@ -1,5 +1,6 @@
 //! The engine: identity events executed, online (join.rs, under the locks) or in a statement's
-//! batch (batch.rs, in memory, written when the statement ends).
+//! batch (batch.rs, in memory, written when the statement ends); a staged batch moved into an
+//! attached table set-wise (staged.rs, `mp_ingest`).
 
 use crate::core::error::IdentityError;
 use crate::core::ingest::{EventPlan, PlannedOp, Refusal};
@@ -10,6 +11,7 @@ pub mod backfill;
 pub mod batch;
 pub mod join;
 pub mod retract;
+pub mod staged;
 
 pub use join::{apply, execute, Executed};
 

@@ -5,6 +5,7 @@
 
 pub mod guc;
 pub mod owner;
+pub mod statement;
 
 use std::ffi::CStr;
 
@@ -103,6 +104,12 @@ pub fn active_command_id() -> u32 {
             0
         }
     }
+}
+
+/// The active snapshot (the running statement's), when one is set: compared, never read.
+pub fn active_snapshot() -> Option<pg_sys::Snapshot> {
+    // SAFETY: both read this backend's snapshot stack and raise nothing.
+    unsafe { unguarded::ActiveSnapshotSet().then(|| unguarded::GetActiveSnapshot()) }
 }
 
 /// This backend's current subtransaction id.

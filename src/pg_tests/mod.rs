@@ -10,6 +10,7 @@ pub mod support;
 
 mod contract;
 mod flows;
+mod ingest;
 mod json;
 mod model;
 mod people;

@@ -155,6 +155,13 @@ pub fn try_hold_project_exclusively(project_id: i32) -> bool {
     held_by_me(&tag, EXCLUSIVE) || try_take(&tag, EXCLUSIVE)
 }
 
+/// Takes the project's lock exclusively, waiting for the transactions that hold it (`mp_ingest`'s
+/// batch). False: a deadlock's victim (refuse with Contention). One node's lock.
+pub fn wait_project_exclusively(project_id: i32) -> bool {
+    let tag = project_tag(project_id);
+    held_by_me(&tag, EXCLUSIVE) || try_take(&tag, EXCLUSIVE) || wait_take(&[tag], EXCLUSIVE)
+}
+
 /// Holds the project for one operation: shared, or exclusive once this transaction took
 /// `limit` cluster locks. None: a deadlock victim (refuse with Contention).
 pub fn hold_project(project_id: i32, limit: usize) -> Option<ProjectHold> {
