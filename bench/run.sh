@@ -2,7 +2,7 @@
 # Runs the benchmarks side by side in one throwaway PostgreSQL (PG_MAJOR: 15 by default, 17 or
 # 18 from tools/build_postgres.sh) and prints the figures.
 # Usage: [PG_MAJOR=18] bash bench/run.sh [--no-install] [SECTION...]
-#   sections: stamping streams online backfill restamp citus (default: all but citus).
+#   sections: stamping ingest streams online backfill restamp citus (default: all but citus).
 # Figures for the README come from a full run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,7 @@ fi
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 make -s -C bench/floor PG_CONFIG="$PG_CONFIG" clean >/dev/null
 make -s -C bench/floor PG_CONFIG="$PG_CONFIG" >/dev/null && $SUDO make -s -C bench/floor PG_CONFIG="$PG_CONFIG" install >/dev/null
-sections=("$@"); [ ${#sections[@]} -gt 0 ] || sections=(stamping streams online backfill restamp)
+sections=("$@"); [ ${#sections[@]} -gt 0 ] || sections=(stamping ingest streams online backfill restamp)
 dir=$(mktemp -d /tmp/identity_merge-bench.XXXXXX)
 trap 'cluster_discard "$dir"' EXIT
 cluster_start "$dir" "$(free_port)" shared_buffers=1GB max_wal_size=4GB synchronous_commit=on
@@ -28,6 +28,7 @@ cluster_psql -f bench/setup.sql >/dev/null
 for s in "${sections[@]}"; do
   case "$s" in
     stamping) cluster_psql -f bench/stamping.sql ;;
+    ingest) cluster_psql -f bench/ingest.sql ;;
     *) source "bench/$s.sh" ;;
   esac
 done

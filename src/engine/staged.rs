@@ -152,8 +152,8 @@ fn relkind_name(kind: &str) -> &'static str {
 /// `empty_staging`: TRUNCATE the staging table afterwards.
 pub fn ingest(staging: pg_sys::Oid, target: pg_sys::Oid, empty_staging: bool) -> Counts {
     let (staging_sql, staging_kind, target_sql, trigger, project_id) = Spi::connect(|c| {
-        let (staging_sql, staging_kind) = relation(&c, staging);
-        let (target_sql, _) = relation(&c, target);
+        let (staging_sql, staging_kind) = relation(c, staging);
+        let (target_sql, _) = relation(c, target);
         let attached: Option<i32> = crate::pg::as_owner(|| {
             c.select(
                 "SELECT project_id FROM identity_merge.attachments WHERE events::pg_catalog.oid OPERATOR(pg_catalog.=) $1",
@@ -222,8 +222,8 @@ pub fn ingest(staging: pg_sys::Oid, target: pg_sys::Oid, empty_staging: bool) ->
             &Tables {
                 staging_sql: &staging_sql,
                 target_sql: &target_sql,
-                staging: &columns(&c, staging),
-                target: &columns(&c, target),
+                staging: &columns(c, staging),
+                target: &columns(c, target),
             },
         )
     })
@@ -258,7 +258,7 @@ pub fn ingest(staging: pg_sys::Oid, target: pg_sys::Oid, empty_staging: bool) ->
             Vec::new()
         };
         Spi::connect(|c| {
-            crate::store::bulk::for_each_row(&c, &read.sql, &read_args, None, |r| {
+            crate::store::bulk::for_each_row(c, &read.sql, &read_args, None, |r| {
                 let text = |n: usize| r.get::<String>(n).ok().flatten();
                 let (event, properties, device, user, distinct, row) =
                     (text(1), text(2), text(3), text(4), text(5), text(6));

@@ -220,3 +220,58 @@ fn a_batch_written_by_a_subtransaction_that_rolled_back_refuses_the_commit() {
         assert_eq!(violations, 0, "{token}");
     }
 }
+
+/// `mp_ingest` (engine/staged.rs) beside other writers of its project: it waits for a writer
+/// holding the project, holds it until commit (another identity writer waits, stamping alone
+/// does not), and a writer of the same target inserting meanwhile is stamped by the trigger.
+/// Afterwards every row is right and mp_check is clean.
+#[test]
+fn mp_ingest_runs_beside_the_trigger_and_other_writers() {
+    let mut a = connect();
+    let mut b = pgrx_tests::client().unwrap().0;
+    project(&mut a, "ingest_conc");
+    a.batch_execute(&format!(
+        "CREATE TABLE ingest_conc_stage (n int, distinct_id text, event text, properties jsonb); \
+         INSERT INTO ingest_conc_stage {}",
+        stream_rows(1, 300)
+    ))
+    .unwrap();
+    // b holds the project (an identity event in an open transaction): a waits for it.
+    b.batch_execute("BEGIN; SELECT mp_identify('u0', 'd0', 'ingest_conc')")
+        .unwrap();
+    a.batch_execute("SET lock_timeout = '300ms'").unwrap();
+    let err = a
+        .batch_execute("SELECT mp_ingest('ingest_conc_stage', 'ingest_conc_ev')")
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "55P03", "{err}");
+    b.batch_execute("COMMIT").unwrap();
+    a.batch_execute("SET lock_timeout = 0; BEGIN").unwrap();
+    let inserted: i64 = scalar(
+        &mut a,
+        "SELECT rows_inserted FROM mp_ingest('ingest_conc_stage', 'ingest_conc_ev')",
+    );
+    assert_eq!(inserted, 900);
+    // Until a commits: another identity writer of the project waits; stamping does not, and a
+    // row b inserts into the same table is stamped by the trigger (as the graph stood before).
+    b.batch_execute("SET lock_timeout = '300ms'").unwrap();
+    let err = b
+        .batch_execute("SELECT mp_identify('someone', 'anon-x', 'ingest_conc')")
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "55P03", "{err}");
+    b.batch_execute("INSERT INTO ingest_conc_ev VALUES (999999, 'd0', 'Page View', '{}')")
+        .unwrap();
+    let stamp: String = scalar(&mut b, "SELECT canonical_id FROM ingest_conc_ev WHERE n = 999999");
+    assert_eq!(stamp, "u0");
+    a.batch_execute("COMMIT").unwrap();
+    b.batch_execute("SELECT mp_identify('someone', 'anon-x', 'ingest_conc')")
+        .unwrap();
+    assert_eq!(joins(&mut b, "ingest_conc"), 302);
+    let wrong: i64 = scalar(
+        &mut b,
+        "SELECT count(*) FROM ingest_conc_ev WHERE n < 999999 AND canonical_id IS DISTINCT FROM \
+           CASE WHEN n % 3 = 1 THEN distinct_id ELSE 'u' || ((n / 3) % 7) END",
+    );
+    assert_eq!(wrong, 0, "every row has its final stamp");
+    let violations: i64 = scalar(&mut b, "SELECT count(*) FROM mp_check('ingest_conc')");
+    assert_eq!(violations, 0);
+}

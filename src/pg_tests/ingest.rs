@@ -209,6 +209,29 @@ mod tests {
         );
     }
 
+    /// A partitioned target: rows are routed to its partitions, whose triggers (cloned from the
+    /// parent's, WHEN included) skip them; the stamps are right.
+    #[pg_test]
+    fn a_partitioned_target_is_ingested() {
+        run("SET LOCAL identity_merge.anon_id_format = 'any'; \
+             SELECT mp_identify('U7', 'D7'); \
+             CREATE TABLE part_ev (n int, distinct_id text, event text, properties jsonb, canonical_id text) PARTITION BY RANGE (n); \
+             CREATE TABLE part_ev_1 PARTITION OF part_ev FOR VALUES FROM (0) TO (10); \
+             CREATE TABLE part_ev_2 PARTITION OF part_ev FOR VALUES FROM (10) TO (20); \
+             SELECT mp_attach('part_ev'); \
+             CREATE TEMP TABLE part_stage (n int, distinct_id text, event text, properties jsonb); \
+             INSERT INTO part_stage VALUES (1, 'D8', 'x', '{}'), \
+               (12, 'U8', '$identify', '{\"$identified_id\": \"U8\", \"$anon_id\": \"D8\"}'), (15, 'D7', 'x', '{}')");
+        assert_eq!(
+            one("SELECT format('%s|%s', rows_inserted, identity_events) FROM mp_ingest('part_stage', 'part_ev')").as_deref(),
+            Some("3|1")
+        );
+        assert_eq!(
+            one("SELECT string_agg(tableoid::regclass || ':' || canonical_id, ',' ORDER BY n) FROM part_ev").as_deref(),
+            Some("part_ev_1:U8,part_ev_2:U8,part_ev_2:U7")
+        );
+    }
+
     /// Refusals name the problem with their SQLSTATE and change nothing; a failure of the
     /// INSERT takes the identity events back with it.
     #[pg_test]
