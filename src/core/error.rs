@@ -289,6 +289,9 @@ pub enum StagingProblem {
     UnknownColumn { column: String },
     /// A staging column whose type is not the target column's (42804).
     TypeMismatch { column: String, staging_type: String, target_type: String },
+    /// A column the trigger reads or writes is of a type it cannot handle (42804): the target
+    /// was retyped since it was attached.
+    WrongType { column: String, found: String, expected: &'static str },
     /// A column the stamp is computed from is missing in staging while the target gives it a
     /// default (0A000): the stamp would be computed from another value than the row gets.
     DefaultedColumn { column: String },
@@ -305,7 +308,9 @@ impl StagingProblem {
             | StagingProblem::DefaultedColumn { .. }
             | StagingProblem::Distributed => SqlState::FeatureNotSupported,
             StagingProblem::UnknownColumn { .. } => SqlState::UndefinedColumn,
-            StagingProblem::TypeMismatch { .. } => SqlState::DatatypeMismatch,
+            StagingProblem::TypeMismatch { .. } | StagingProblem::WrongType { .. } => {
+                SqlState::DatatypeMismatch
+            }
         }
     }
 
@@ -319,6 +324,10 @@ impl StagingProblem {
             }
             StagingProblem::TypeMismatch { column, staging_type, target_type } => format!(
                 "column {} is of type {staging_type} in the staging table and {target_type} in the target table",
+                show(column)
+            ),
+            StagingProblem::WrongType { column, found, expected } => format!(
+                "column {} of the target table is of type {found}; identity_merge needs {expected}",
                 show(column)
             ),
             StagingProblem::DefaultedColumn { column } => format!(
@@ -336,6 +345,7 @@ impl StagingProblem {
             StagingProblem::NotATable { .. } => "Stage the rows in an ordinary table (CREATE TABLE ... (LIKE events), temporary or unlogged is fine).",
             StagingProblem::UnknownColumn { .. } => "Create the staging table with CREATE TABLE staging (LIKE events), or drop the extra column.",
             StagingProblem::TypeMismatch { .. } => "Create the staging table with CREATE TABLE staging (LIKE events): its columns then have the target's types.",
+            StagingProblem::WrongType { .. } => "Change the column's type back (ids are text or varchar, properties jsonb, json or text), or mp_detach the table.",
             StagingProblem::DefaultedColumn { .. } => "Add the column to the staging table (CREATE TABLE staging (LIKE events INCLUDING DEFAULTS) fills it as the target would).",
             StagingProblem::Distributed => "On Citus, load with INSERT INTO events SELECT * FROM staging: the shards' triggers queue the identity events (docs/scaling.md).",
         }

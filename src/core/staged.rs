@@ -10,6 +10,7 @@
 //! value than the one read).
 
 use crate::core::attachment::TriggerArgs;
+use crate::core::columns::{ColumnKind, ColumnType};
 use crate::core::error::StagingProblem;
 use crate::core::Mode;
 
@@ -20,6 +21,8 @@ pub struct Column {
     /// The type's oid (compared) and name (for messages).
     pub type_id: u32,
     pub type_name: String,
+    /// The type as the trigger's column rule sees it (core::columns).
+    pub column_type: ColumnType,
     /// A generated column of the target: computed by the INSERT, never written.
     pub generated: bool,
     /// The target gives it a value when the INSERT names none.
@@ -110,6 +113,25 @@ pub fn plan(
     if mode == Mode::Simplified {
         read_columns.push(args.device_column_or_default());
         read_columns.push(args.user_column_or_default());
+    }
+    // The columns read (and the stamp written) hold what the trigger accepts: the target may
+    // have been retyped since it was attached, and a value of another type is never read or
+    // cast here (a cast would run that type's code with the caller's rights).
+    let kinds = read_columns
+        .iter()
+        .map(|n| (*n, ColumnKind::Id))
+        .filter(|(n, _)| *n != "properties")
+        .chain([("properties", ColumnKind::Properties), (args.canonical_column.as_str(), ColumnKind::Id)]);
+    for (name, kind) in kinds {
+        if let Some(c) = target(name) {
+            if !kind.accepts(c.column_type) {
+                return Err(StagingProblem::WrongType {
+                    column: name.to_string(),
+                    found: c.type_name.clone(),
+                    expected: kind.expected(),
+                });
+            }
+        }
     }
     for name in &read_columns {
         if let Some(c) = target(name) {
@@ -235,6 +257,11 @@ mod tests {
             name: name.into(),
             type_id,
             type_name: format!("type{type_id}"),
+            column_type: match type_id {
+                TEXT => ColumnType::Text,
+                JSONB => ColumnType::Jsonb,
+                _ => ColumnType::Other,
+            },
             generated: false,
             has_default: false,
         }
@@ -392,6 +419,23 @@ mod tests {
             plan(&args(None), Mode::Original, 1, &tables(&staging, &defaulted)),
             Err(StagingProblem::DefaultedColumn { column: "event".into() })
         );
+        // A target retyped since attach: its read columns are checked, never cast.
+        let mut retyped = events();
+        retyped[3] = col("properties", INT);
+        assert_eq!(
+            plan(&args(None), Mode::Original, 1, &tables(&[], &retyped)),
+            Err(StagingProblem::WrongType {
+                column: "properties".into(),
+                found: "type23".into(),
+                expected: "jsonb, json or text"
+            })
+        );
+        let mut retyped = events();
+        retyped[4] = col("canonical_id", INT);
+        assert!(matches!(
+            plan(&args(None), Mode::Original, 1, &tables(&[], &retyped)),
+            Err(StagingProblem::WrongType { .. })
+        ));
         // A defaulted column the trigger does not read is the target's business.
         let mut other = events();
         other[0].has_default = true;

@@ -106,6 +106,12 @@ fn columns(c: &pgrx::spi::SpiClient<'_>, rel: pg_sys::Oid) -> Vec<Column> {
             .map(|o| o.to_u32())
             .unwrap_or(0),
         type_name: r.get::<String>(3).ok().flatten().unwrap_or_default(),
+        column_type: crate::pg::column_type(
+            r.get::<pg_sys::Oid>(2)
+                .ok()
+                .flatten()
+                .unwrap_or(pg_sys::InvalidOid),
+        ),
         generated: r.get::<bool>(4).ok().flatten().unwrap_or(false),
         has_default: r.get::<bool>(5).ok().flatten().unwrap_or(false),
     })

@@ -245,7 +245,11 @@ mod tests {
              CREATE TEMP VIEW ref_view AS SELECT * FROM ref_stage; \
              CREATE TEMP TABLE ref_extra (n int, nope text); \
              CREATE TEMP TABLE ref_retyped (n bigint); \
-             CREATE TEMP TABLE ref_no_event (n int, distinct_id text, properties jsonb)");
+             CREATE TEMP TABLE ref_no_event (n int, distinct_id text, properties jsonb); \
+             CREATE TABLE ref_retyped_ev (n int, distinct_id text, event text, properties jsonb, canonical_id text); \
+             SELECT mp_attach('ref_retyped_ev'); \
+             ALTER TABLE ref_retyped_ev ALTER COLUMN properties TYPE bytea USING convert_to(properties::text, 'UTF8'); \
+             CREATE TEMP TABLE ref_retyped_stage (LIKE ref_retyped_ev)");
         let before = state();
         for (sql, code) in [
             ("SELECT mp_ingest('ref_stage', 'ref_plain')", "55000"),
@@ -254,6 +258,7 @@ mod tests {
             ("SELECT mp_ingest('ref_extra', 'ref_ev')", "42703"),
             ("SELECT mp_ingest('ref_retyped', 'ref_ev')", "42804"),
             ("SELECT mp_ingest('ref_no_event', 'ref_ev')", "0A000"),
+            ("SELECT mp_ingest('ref_retyped_stage', 'ref_retyped_ev')", "42804"),
             ("SELECT mp_ingest(NULL, 'ref_ev')", "22004"),
             ("SELECT mp_ingest('ref_stage', 'ref_ev', NULL)", "22004"),
         ] {
