@@ -258,6 +258,8 @@ BEGIN
             HINT = 'Use mp_detach.';
     END IF;
     DELETE FROM identity_merge.attachments a WHERE a.events = p_events;
+    UPDATE identity_merge.projects p SET keep_fresh = false
+     WHERE p.keep_fresh AND NOT EXISTS (SELECT 1 FROM identity_merge.attachments a WHERE a.project_id = p.project_id AND a.keep_fresh);
 END $$;
 
 -- The stamping trigger's WHEN (src/api/ingest.rs): false only for the rows of mp_ingest's own
@@ -281,7 +283,8 @@ CREATE FUNCTION mp_attach(events regclass, project text DEFAULT 'default',
                           canonical_column name DEFAULT 'canonical_id',
                           create_index boolean DEFAULT true,
                           device_id_column name DEFAULT '',
-                          user_id_column name DEFAULT '') RETURNS void
+                          user_id_column name DEFAULT '',
+                          keep_fresh boolean DEFAULT false) RETURNS void
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     p identity_merge.projects;
@@ -290,9 +293,9 @@ DECLARE
     typ regtype;
     unsafe_triggers text;
 BEGIN
-    PERFORM identity_merge._no_nulls('mp_attach', '{events,project,distinct_id_column,canonical_column,create_index,device_id_column,user_id_column}',
+    PERFORM identity_merge._no_nulls('mp_attach', '{events,project,distinct_id_column,canonical_column,create_index,device_id_column,user_id_column,keep_fresh}',
         ARRAY[events IS NULL, project IS NULL, distinct_id_column IS NULL, canonical_column IS NULL, create_index IS NULL,
-              device_id_column IS NULL, user_id_column IS NULL]);
+              device_id_column IS NULL, user_id_column IS NULL, keep_fresh IS NULL]);
     p := identity_merge._project(project);
     IF distinct_id_column = canonical_column THEN
         RAISE EXCEPTION 'the canonical column must differ from the distinct_id column (%)', quote_ident(distinct_id_column)
@@ -336,7 +339,8 @@ BEGIN
                    distinct_id_column, events, events::oid, p.token, distinct_id_column, canonical_column,
                    CASE WHEN device_id_column = '' AND user_id_column = '' THEN ''
                         ELSE format(', %L, %L', device_id_column, user_id_column) END);
-    IF create_index AND NOT EXISTS (SELECT 1 FROM pg_index x JOIN pg_attribute a
+    -- keep_fresh's restamps need the index too (since 0.1.14).
+    IF (create_index OR keep_fresh) AND NOT EXISTS (SELECT 1 FROM pg_index x JOIN pg_attribute a
                      ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0]
                     WHERE x.indrelid = events AND a.attname = canonical_column) THEN
         EXECUTE format('CREATE INDEX ON %s (%I)', events, canonical_column);
@@ -345,6 +349,7 @@ BEGIN
         PERFORM set_config('citus.enable_unsafe_triggers', unsafe_triggers, true);
     END IF;
     PERFORM identity_merge._register_attachment(events, p.project_id, distinct_id_column, canonical_column);
+    PERFORM identity_merge._set_keep_fresh(events, keep_fresh);
 END $$;
 
 CREATE FUNCTION mp_detach(events regclass) RETURNS void
@@ -364,6 +369,71 @@ BEGIN
         END IF;
     END IF;
     PERFORM identity_merge._unregister_attachment(events);
+END $$;
+
+-- One restamp of a table at a time (mp_restamp, mp_restamp_all's batches, the maintenance
+-- worker's keep_fresh restamps): two would update the same stale rows in different orders and
+-- deadlock. The lock is held until the transaction ends.
+CREATE FUNCTION identity_merge._lock_restamp(p_events regclass) RETURNS void
+LANGUAGE sql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('identity_merge restamp ' OPERATOR(pg_catalog.||) p_events::pg_catalog.oid::pg_catalog.text, 0))
+$$;
+
+-- The maintenance worker's restamp of a keep_fresh table (src/engine/maintain.rs): the rows
+-- stamped with these stale canonical ids get what their distinct_id resolves to now, as
+-- mp_restamp gives them, as the table's owner. Rows whose stamp moved on meanwhile (the trigger,
+-- a concurrent restamp) no longer match and are left alone.
+CREATE FUNCTION identity_merge._restamp_canonicals(p_events regclass, stale text[]) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a identity_merge.attachments;
+    coll text;
+BEGIN
+    SELECT * INTO a FROM identity_merge.attachments x WHERE x.events = p_events;
+    IF NOT FOUND OR EXISTS (SELECT 1 FROM identity_merge._column_problems(p_events, a.distinct_id_column, a.canonical_column) x
+                             WHERE x.code IN ('42703', '42804')) THEN
+        RETURN 0;
+    END IF;
+    PERFORM identity_merge._lock_restamp(p_events);
+    SELECT format('%I.%I', cn.nspname, c.collname) INTO coll
+      FROM pg_attribute t JOIN pg_collation c ON c.oid = t.attcollation
+      JOIN pg_namespace cn ON cn.oid = c.collnamespace
+     WHERE t.attrelid = p_events AND t.attname = a.canonical_column;
+    RETURN identity_merge._exec_as_owner(p_events, format(
+        'UPDATE %1$s e SET %2$I = coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
+        '    WHERE i.project_id OPERATOR(pg_catalog.=) %5$s AND i.distinct_id OPERATOR(pg_catalog.=) (e.%4$I::text COLLATE "C")), e.%4$I::text) '
+        'WHERE e.%2$I OPERATOR(pg_catalog.=) ANY (%6$L::text[] COLLATE %3$s) '
+        '  AND (e.%2$I)::text COLLATE "C" OPERATOR(pg_catalog.=) ANY (%6$L::text[]) '
+        '  AND (e.%2$I)::text COLLATE "C" OPERATOR(pg_catalog.<>) coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
+        '    WHERE i.project_id OPERATOR(pg_catalog.=) %5$s AND i.distinct_id OPERATOR(pg_catalog.=) (e.%4$I::text COLLATE "C")), e.%4$I::text)',
+        p_events, a.canonical_column, coll, a.distinct_id_column, a.project_id, stale));
+END $$;
+
+-- Turns keep_fresh on or off for an attached table the caller owns (src/api/worker.rs checks
+-- ownership): with it on, the maintenance worker restamps the table's stale rows after each
+-- join or split. Also keeps projects.keep_fresh, which the joins read.
+CREATE FUNCTION identity_merge._set_keep_fresh(p_events regclass, keep_fresh boolean) RETURNS void
+LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE AS 'MODULE_PATHNAME', '_set_keep_fresh_wrapper';
+
+CREATE FUNCTION mp_keep_fresh(events regclass, keep_fresh boolean DEFAULT true) RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a identity_merge.attachments;
+BEGIN
+    PERFORM identity_merge._no_nulls('mp_keep_fresh', '{events,keep_fresh}', ARRAY[events IS NULL, keep_fresh IS NULL]);
+    SELECT * INTO a FROM identity_merge.attachments x WHERE x.events = mp_keep_fresh.events;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table % is not attached to identity_merge', events USING ERRCODE = '55000',
+            HINT = 'Attach it with mp_attach first.';
+    END IF;
+    -- The worker's restamps find stale rows through an index on the stamp column.
+    IF keep_fresh AND NOT EXISTS (SELECT 1 FROM pg_index x JOIN pg_attribute t
+                     ON t.attrelid = x.indrelid AND t.attnum = x.indkey[0]
+                    WHERE x.indrelid = events AND t.attname = a.canonical_column) THEN
+        EXECUTE format('CREATE INDEX ON %s (%I)', events, a.canonical_column);
+        RAISE NOTICE 'created an index on %(%) for the restamps of keep_fresh', events, a.canonical_column;
+    END IF;
+    PERFORM identity_merge._set_keep_fresh(events, keep_fresh);
 END $$;
 
 -- Brings stamped rows up to date after later merges and splits: afterwards every stamp equals
@@ -396,7 +466,7 @@ BEGIN
     END IF;
     -- One restamp of a table at a time (mp_restamp and mp_restamp_all's batches): two would
     -- update the same stale rows in different orders and deadlock.
-    PERFORM pg_advisory_xact_lock(hashtextextended('identity_merge restamp ' || events::oid::text, 0));
+    PERFORM identity_merge._lock_restamp(events);
     -- Compare in the canonical column's own collation so its index serves the lookups, and
     -- again bytewise ("C"): under a nondeterministic collation 'keep' would match 'KEEP'.
     SELECT format('%I.%I', cn.nspname, c.collname) INTO coll
@@ -551,7 +621,7 @@ BEGIN
     COMMIT;
     WHILE b < total LOOP
         -- One restamp of the table at a time (see mp_restamp).
-        PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('identity_merge restamp ' OPERATOR(pg_catalog.||) events::pg_catalog.oid::pg_catalog.text, 0));
+        PERFORM identity_merge._lock_restamp(events);
         n := 0;
         IF fill <> '' THEN
             n := identity_merge._exec_as_owner(events, pg_catalog.format(
@@ -950,6 +1020,13 @@ BEGIN
             format('%s identity events queued on this node since %s: run SELECT mp_apply_pending()', count(*), min(q.queued_at))
           FROM identity_merge.pending_events q WHERE q.project_id = pid HAVING count(*) > 0;
     END IF;
+    -- keep_fresh tables with no maintenance worker running here (since 0.1.14): their stale
+    -- rows wait for mp_restamp.
+    IF (SELECT p.keep_fresh FROM identity_merge.projects p WHERE p.project_id = pid)
+       AND NOT EXISTS (SELECT 1 FROM identity_merge._worker() w WHERE w.pid IS NOT NULL) THEN
+        RETURN QUERY SELECT 'maintenance_not_running'::text,
+            'tables of this project keep their stamps fresh (mp_keep_fresh) and no maintenance worker runs in this database: add identity_merge to shared_preload_libraries (docs/settings.md), or run mp_restamp'::text;
+    END IF;
     -- A table whose columns no longer fit is reported, as is one the caller may not read.
     FOR a IN SELECT * FROM identity_merge.attachments x WHERE x.project_id = pid LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = a.events) THEN
@@ -1073,6 +1150,58 @@ BEGIN
     RETURN coalesce(propagation, 'on');
 END $$;
 
+-- Statistics (since 0.1.14, src/sync/stats.rs): counters in shared memory per project of this
+-- database, moved there when each transaction commits; the maintenance worker of this database.
+CREATE FUNCTION identity_merge._stats()
+RETURNS TABLE (project_id integer, rows_stamped bigint, events_applied bigint, events_queued bigint,
+               events_refused bigint, joins bigint, splits bigint, cache_hits bigint, cache_misses bigint)
+LANGUAGE c VOLATILE PARALLEL SAFE AS 'MODULE_PATHNAME', '_stats_wrapper';
+
+CREATE FUNCTION identity_merge._worker()
+RETURNS TABLE (pid integer, state text, started_at timestamptz, last_apply_at timestamptz,
+               last_restamp_at timestamptz, events_applied bigint, rows_restamped bigint)
+LANGUAGE c VOLATILE PARALLEL SAFE AS 'MODULE_PATHNAME', '_worker_wrapper';
+
+-- One row per project: what was stamped and applied, the Citus queue and the stale stamps
+-- waiting, and the maintenance worker (docs/functions.md#statistics).
+CREATE VIEW identity_merge.stats AS
+SELECT p.token AS project,
+       coalesce(c.rows_stamped, 0) AS rows_stamped,
+       coalesce(c.events_applied, 0) AS events_applied,
+       coalesce(c.events_queued, 0) AS events_queued,
+       coalesce(c.events_refused, 0) AS events_refused,
+       coalesce(c.joins, 0) AS joins,
+       coalesce(c.splits, 0) AS splits,
+       coalesce(c.cache_hits, 0) AS cache_hits,
+       coalesce(c.cache_misses, 0) AS cache_misses,
+       q.depth AS queue_depth,
+       q.oldest AS queue_oldest_age,
+       st.waiting AS stale_waiting,
+       st.oldest AS stale_oldest_age,
+       w.last_apply_at,
+       w.last_restamp_at,
+       w.state AS worker_state,
+       w.pid AS worker_pid
+  FROM identity_merge.projects p
+  LEFT JOIN identity_merge._stats() c ON c.project_id = p.project_id
+  CROSS JOIN LATERAL (SELECT count(*) AS depth, pg_catalog.clock_timestamp() - min(e.queued_at) AS oldest
+                        FROM identity_merge.pending_events e WHERE e.project_id = p.project_id) q
+  CROSS JOIN LATERAL (SELECT count(*) AS waiting, pg_catalog.clock_timestamp() - min(x.queued_at) AS oldest
+                        FROM identity_merge.stale_stamps x WHERE x.project_id = p.project_id) st
+  CROSS JOIN identity_merge._worker() w;
+COMMENT ON VIEW identity_merge.stats IS 'Per project: rows stamped, identity events applied, queued, refused, joins, splits, stamp cache hits and misses, queue and stale stamps waiting, the maintenance worker';
+
+-- Zeroes this database's counters (administrators).
+CREATE FUNCTION mp_stats_reset() RETURNS void
+LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'mp_stats_reset_wrapper';
+COMMENT ON FUNCTION mp_stats_reset() IS 'Zeroes the counters of identity_merge.stats in this database';
+
+-- Wakes the maintenance workers' launcher: a database that creates the extension gets its worker
+-- at once (when identity_merge is in shared_preload_libraries; nothing otherwise).
+CREATE FUNCTION identity_merge._wake_launcher() RETURNS void
+LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', '_wake_launcher_wrapper';
+SELECT identity_merge._wake_launcher();
+
 -- Rights to read: resolve ids, list clusters, read settings and the state tables, run mp_check.
 CREATE FUNCTION mp_grant_reader(role regrole) RETURNS void
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
@@ -1110,8 +1239,8 @@ BEGIN
                    '%1$I.mp_identity_record_create(jsonb), identity_merge._identity_record_create(text), '
                    'identity_merge._identity_create(text), identity_merge._identity_create_alias(text), '
                    'identity_merge._identity_merge(text), identity_merge._track(text), '
-                   '%1$I.mp_attach(regclass, text, name, name, boolean, name, name), %1$I.mp_detach(regclass), %1$I.mp_restamp(regclass), '
-                   '%1$I.mp_ingest(regclass, regclass, boolean), '
+                   '%1$I.mp_attach(regclass, text, name, name, boolean, name, name, boolean), %1$I.mp_detach(regclass), %1$I.mp_restamp(regclass), '
+                   '%1$I.mp_ingest(regclass, regclass, boolean), %1$I.mp_keep_fresh(regclass, boolean), identity_merge._set_keep_fresh(regclass, boolean), '
                    '%1$I.mp_split(text, text), %1$I.mp_unjoin(bigint), '
                    'identity_merge.stamp_event(), identity_merge._register_attachment(regclass, integer, name, name), '
                    'identity_merge._unregister_attachment(regclass) TO %2$s', s, role);
@@ -1139,6 +1268,8 @@ BEGIN
      USING pg_catalog.pg_event_trigger_dropped_objects() d
      WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0
        AND r.events::pg_catalog.oid = d.objid;
+    UPDATE identity_merge.projects p SET keep_fresh = false
+     WHERE p.keep_fresh AND NOT EXISTS (SELECT 1 FROM identity_merge.attachments a WHERE a.project_id = p.project_id AND a.keep_fresh);
 END $$;
 CREATE EVENT TRIGGER identity_merge_forget_dropped_tables ON sql_drop
     EXECUTE FUNCTION identity_merge._forget_dropped_tables();
@@ -1162,7 +1293,8 @@ COMMENT ON FUNCTION mp_merge(text, text, text) IS 'The $merge event: joins the t
 COMMENT ON FUNCTION mp_merge(text[], text) IS 'The $merge event with $distinct_ids (exactly two ids)';
 COMMENT ON FUNCTION mp_resolve(text, text) IS 'The canonical distinct_id of an id (itself when never seen)';
 COMMENT ON FUNCTION mp_cluster(text, text) IS 'Every id in the same cluster';
-COMMENT ON FUNCTION mp_attach(regclass, text, name, name, boolean, name, name) IS 'Puts the stamping trigger on an event table';
+COMMENT ON FUNCTION mp_attach(regclass, text, name, name, boolean, name, name, boolean) IS 'Puts the stamping trigger on an event table';
+COMMENT ON FUNCTION mp_keep_fresh(regclass, boolean) IS 'Turns on (or off) the maintenance worker''s restamps of an attached table after each join or split';
 COMMENT ON FUNCTION mp_restamp(regclass) IS 'Brings stamped rows up to date after later merges; returns rows changed';
 COMMENT ON FUNCTION mp_backfill(text, text) IS 'Applies a history of identity events in one pass (administrators)';
 COMMENT ON FUNCTION mp_check(text) IS 'Every violation of the identity invariants (no rows when all hold)';
@@ -1206,7 +1338,10 @@ GRANT EXECUTE ON FUNCTION identity_merge._column_problems(regclass, name, name),
 -- who may act as that owner (src/owner.rs), so it gives no role a right it did not have.
 GRANT EXECUTE ON FUNCTION identity_merge._no_nulls(text, text[], boolean[]), identity_merge._trigger_args(regclass),
     identity_merge._row_distinct_id(text, text, text), identity_merge._exec_as_owner(regclass, text) TO PUBLIC;
--- The stamping trigger's WHEN, evaluated with the rights of whoever writes an attached table.
-GRANT EXECUTE ON FUNCTION identity_merge._stamp_wanted(regclass) TO PUBLIC;
+-- The stamping trigger's WHEN, evaluated with the rights of whoever writes an attached table;
+-- the restamp lock, taken by the restamps writers may run (an advisory lock, no right).
+GRANT EXECUTE ON FUNCTION identity_merge._stamp_wanted(regclass), identity_merge._lock_restamp(regclass) TO PUBLIC;
+-- Shared-memory reads for identity_merge.stats and mp_check (the view itself is the readers').
+GRANT EXECUTE ON FUNCTION identity_merge._stats(), identity_merge._worker() TO PUBLIC;
 -- Catalog reads only: where the identity state is (mp_check asks, as any role).
 GRANT EXECUTE ON FUNCTION identity_merge._distributed(), identity_merge._on_coordinator(), identity_merge._is_citus_table(regclass) TO PUBLIC;

@@ -289,11 +289,8 @@ END $$;
 CREATE FUNCTION mp_apply_pending() RETURNS bigint
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    s text := (SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
-                WHERE e.extname = 'identity_merge');
     n bigint := 0;
     failed text;
-    a record;
 BEGIN
     IF NOT identity_merge._distributed() THEN
         RETURN identity_merge._apply_queue();
@@ -307,12 +304,24 @@ BEGIN
             HINT = 'What was applied is committed and the rest is still queued: run mp_apply_pending() again.';
     END IF;
     IF n > 0 THEN
-        FOR a IN SELECT x.events FROM identity_merge.attachments x
-                   JOIN identity_merge.projects p USING (project_id) WHERE p.mode <> 'legacy' LOOP
-            EXECUTE format('SELECT %I.mp_restamp($1)', s) USING a.events;
-        END LOOP;
+        PERFORM identity_merge._restamp_all_attached();
     END IF;
     RETURN n;
+END $$;
+
+-- After a queue was applied (mp_apply_pending, the maintenance worker): every attached table of
+-- a project that is not legacy restamped, so every row has the stamp it would have on one server.
+CREATE FUNCTION identity_merge._restamp_all_attached() RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s text := (SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+                WHERE e.extname = 'identity_merge');
+    a record;
+BEGIN
+    FOR a IN SELECT x.events FROM identity_merge.attachments x
+               JOIN identity_merge.projects p USING (project_id) WHERE p.mode <> 'legacy' LOOP
+        EXECUTE format('SELECT %I.mp_restamp($1)', s) USING a.events;
+    END LOOP;
 END $$;
 
 -- DROP EXTENSION identity_merge on a cluster would leave its tables' shards on every node (Citus

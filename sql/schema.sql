@@ -21,7 +21,11 @@ CREATE TABLE identity_merge.projects (
         '[object object]', 'nan', 'guest', 'distinctid', 'distinct_id', 'not_authenticated'],
     created_at       timestamptz NOT NULL DEFAULT now(),
     -- Simplified: whether a device's profile from before its link carries over (since 0.1.6).
-    carry_device_profile boolean NOT NULL DEFAULT false
+    carry_device_profile boolean NOT NULL DEFAULT false,
+    -- Whether an attached table of the project keeps its stamps fresh (since 0.1.14): its joins
+    -- and splits then queue their stale canonicals in stale_stamps for the maintenance worker.
+    -- Kept by mp_attach, mp_keep_fresh and mp_detach from attachments.keep_fresh.
+    keep_fresh       boolean NOT NULL DEFAULT false
 );
 COMMENT ON TABLE identity_merge.projects IS 'Projects (Mixpanel tokens), their ID Merge mode and rule settings';
 
@@ -129,9 +133,22 @@ CREATE TABLE identity_merge.attachments (
     project_id         integer NOT NULL REFERENCES identity_merge.projects,
     distinct_id_column name NOT NULL,
     canonical_column   name NOT NULL,
-    attached_at        timestamptz NOT NULL DEFAULT now()
+    attached_at        timestamptz NOT NULL DEFAULT now(),
+    -- The maintenance worker restamps the table's stale rows after each join or split (since
+    -- 0.1.14; mp_attach(..., keep_fresh => true), mp_keep_fresh).
+    keep_fresh         boolean NOT NULL DEFAULT false
 );
 COMMENT ON TABLE identity_merge.attachments IS 'Event tables stamped by identity_merge.stamp_event';
+
+-- Canonical ids that stopped being one (absorbed by a join, or of a split cluster) in projects
+-- whose tables keep their stamps fresh (since 0.1.14), queued in the transaction that made
+-- them stale and taken by the maintenance worker, which restamps the rows stamped with them.
+CREATE TABLE identity_merge.stale_stamps (
+    project_id integer NOT NULL,
+    canonical  text COLLATE "C" NOT NULL,
+    queued_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+COMMENT ON TABLE identity_merge.stale_stamps IS 'Stale canonical ids waiting for the maintenance worker to restamp the keep_fresh tables';
 
 -- Where a long restamp of every row (CALL mp_restamp_all) stands: one row per table while it
 -- runs, committed with each batch, so an interrupted run resumes where it stopped (since 0.1.5).
@@ -245,6 +262,7 @@ CREATE TRIGGER projects_restore_upsert BEFORE INSERT ON identity_merge.projects
     FOR EACH ROW EXECUTE FUNCTION identity_merge._projects_restore_upsert();
 
 SELECT pg_catalog.pg_extension_config_dump('identity_merge.projects', '');
+SELECT pg_catalog.pg_extension_config_dump('identity_merge.stale_stamps', '');
 SELECT pg_catalog.pg_extension_config_dump('identity_merge.projects_project_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('identity_merge.identities', '');
 SELECT pg_catalog.pg_extension_config_dump('identity_merge.clusters', '');

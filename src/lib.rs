@@ -56,6 +56,7 @@ extension_sql_file!("../sql/api.sql", name = "api", finalize);
 pub extern "C-unwind" fn _PG_init() {
     pg::guc::init();
     api::hooks::init();
+    api::worker::register_launcher();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -137,3 +137,31 @@ fn _column_type_ok(kind: &str, typ: pg_sys::Oid) -> bool {
     });
     kind.accepts(crate::pg::column_type(typ))
 }
+
+/// keep_fresh of an attached table the caller owns (mp_keep_fresh, mp_attach), and its
+/// project's flag, which every join of the project reads (store::queue_stale): written with the
+/// extension owner's rights, after the same ownership check as the registration.
+pub fn set_keep_fresh(relid: pg_sys::Oid, keep_fresh: bool) -> Result<(), IdentityError> {
+    if !caller_owns(relid) {
+        return Err(IdentityError::NotOwner {
+            table: table_name(relid),
+        });
+    }
+    as_owner(|| {
+        Spi::run_with_args(
+            "WITH a AS (UPDATE identity_merge.attachments SET keep_fresh = $2 \
+                         WHERE events::pg_catalog.oid OPERATOR(pg_catalog.=) $1 RETURNING project_id) \
+             UPDATE identity_merge.projects p SET keep_fresh = $2 OR EXISTS ( \
+                      SELECT 1 FROM identity_merge.attachments x \
+                       WHERE x.project_id OPERATOR(pg_catalog.=) p.project_id AND x.keep_fresh \
+                         AND x.events::pg_catalog.oid OPERATOR(pg_catalog.<>) $1) \
+               FROM a WHERE p.project_id OPERATOR(pg_catalog.=) a.project_id \
+                AND p.keep_fresh IS DISTINCT FROM ($2 OR EXISTS ( \
+                      SELECT 1 FROM identity_merge.attachments x \
+                       WHERE x.project_id OPERATOR(pg_catalog.=) p.project_id AND x.keep_fresh \
+                         AND x.events::pg_catalog.oid OPERATOR(pg_catalog.<>) $1))",
+            &[relid.into(), keep_fresh.into()],
+        )
+    })
+    .map_err(|e| crate::pg::internal("recording keep_fresh", e))
+}

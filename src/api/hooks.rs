@@ -166,6 +166,13 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
             batch::at_transaction_end();
             crate::engine::staged::at_transaction_end();
             match event {
+                XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
+                    crate::api::stamp::count_statement();
+                    crate::sync::stats::publish();
+                }
+                _ => crate::sync::stats::forget(),
+            }
+            match event {
                 // Visible to new snapshots now, locks not yet released: other sessions learn
                 // of the joins before they can see or take anything this transaction held.
                 XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => crate::sync::ring::commit(),

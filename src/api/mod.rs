@@ -14,3 +14,4 @@ pub mod queue;
 pub mod records;
 pub mod retract;
 pub mod stamp;
+pub mod worker;

@@ -14,7 +14,7 @@
 //! seen): ids are text or varchar, `properties` jsonb, json or text. A column of another type
 //! is refused with 42804 (mp_attach refuses it up front), never read as something it is not.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use pgrx::prelude::*;
 use pgrx::{FromDatum, IntoDatum, PgTupleDesc};
@@ -63,6 +63,33 @@ struct StatementContext {
     /// `cache::epochs()` when the context was built: a later statement on the same table and
     /// trigger reuses it while they are unchanged (single-row INSERTs pay no set-up).
     epochs: (u64, u64),
+    /// Rows stamped, stamp cache hits and misses since the counts were last handed to
+    /// `sync::stats` (at each new statement and at commit: `count_statement`).
+    stamped: Cell<u64>,
+    hits: Cell<u64>,
+    misses: Cell<u64>,
+}
+
+impl StatementContext {
+    /// Hands the counts to `sync::stats` (this transaction's, published at commit).
+    fn hand_over_counts(&self) {
+        use crate::sync::stats::{count, Counter};
+        let id = self.project.id;
+        count(id, Counter::RowsStamped, self.stamped.take());
+        count(id, Counter::CacheHits, self.hits.take());
+        count(id, Counter::CacheMisses, self.misses.take());
+    }
+}
+
+/// At commit: the last statement's counts to `sync::stats` (api/hooks.rs).
+pub fn count_statement() {
+    CONTEXT.with(|slot| {
+        if let Ok(slot) = slot.try_borrow() {
+            if let Some(ctx) = slot.as_ref() {
+                ctx.hand_over_counts();
+            }
+        }
+    });
 }
 
 thread_local! {
@@ -288,6 +315,9 @@ fn build_context(
         user_att: optional(user_name)?,
         shard_of: crate::sync::placement::shard_of(key.0, &table),
         epochs: crate::sync::cache::epochs(),
+        stamped: Cell::new(0),
+        hits: Cell::new(0),
+        misses: Cell::new(0),
         qualified_table: format!("{}.{}", trigger.table_schema().unwrap_or_default(), table),
         distinct_name: args.distinct_column,
         canonical_name: args.canonical_column,
@@ -401,6 +431,9 @@ fn stamp<'a>(
     CONTEXT.with(|slot| {
         let mut slot = slot.borrow_mut();
         if slot.as_ref().map(|c| c.key) != Some(key) {
+            if let Some(previous) = slot.as_ref() {
+                previous.hand_over_counts();
+            }
             // A new statement: see what other sessions changed before it started.
             crate::sync::cache::accept_invalidations();
             let reusable = slot.as_ref().is_some_and(|c| {
@@ -440,6 +473,7 @@ fn stamp<'a>(
             (None, None) => (pg_sys::Datum::from(0), true),
         };
         let ctx = &*ctx;
+        ctx.stamped.set(ctx.stamped.get() + 1);
         let row = std::cell::RefCell::new(row);
         // Forms the new row from the canonical id's datum (None: a NULL stamp). It runs while
         // the datum is lent (it may point into the cache, see `with_canonical`).
@@ -533,8 +567,10 @@ unsafe fn with_canonical<R>(
         })
     };
     if cached() {
+        ctx.hits.set(ctx.hits.get() + 1);
         return Ok(out.take().expect("a cache hit lends the datum once"));
     }
+    ctx.misses.set(ctx.misses.get() + 1);
     let mut estimate = Ok(None);
     let budget = crate::sync::cache::load_budget(project_id, || {
         estimate = crate::store::probe::identities_estimate(statement);

@@ -606,6 +606,7 @@ mod tests {
             id: 1,
             token: "t".into(),
             mode,
+            keep_fresh: false,
             anon_id_format: AnonIdFormat::Any,
             settings: RuleSettings::default(),
         }

@@ -163,6 +163,9 @@ pub struct Project {
     pub id: i32,
     pub token: String,
     pub mode: Mode,
+    /// An attached table of the project keeps its stamps fresh: joins and splits queue their
+    /// stale canonicals for the maintenance worker.
+    pub keep_fresh: bool,
     /// The project's own anon_id_format; `settings.anon_id_format` also folds in the session's.
     pub anon_id_format: AnonIdFormat,
     pub settings: RuleSettings,

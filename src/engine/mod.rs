@@ -10,6 +10,7 @@ use crate::store::Source;
 pub mod backfill;
 pub mod batch;
 pub mod join;
+pub mod maintain;
 pub mod retract;
 pub mod staged;
 
@@ -52,6 +53,11 @@ pub fn ingest(
     } else {
         execute(project, plan, source)?
     };
+    {
+        use crate::sync::stats::{count, Counter};
+        count(project.id, Counter::EventsApplied, 1);
+        count(project.id, Counter::Refused, done.refusals.len() as u64);
+    }
     if !done.refusals.is_empty() {
         let (table, row) = refused_row();
         crate::store::record_refusals(Some(project.id), &done.refusals, table, &row);

@@ -269,6 +269,8 @@ pub fn retract(
         .or_bug("writing a retraction");
         // This backend's stamp cache: emptied (other backends hear of it at commit).
         crate::sync::cache::clear();
+        crate::sync::stats::count(project.id, crate::sync::stats::Counter::Splits, 1);
+        crate::store::queue_stale(project.id, std::iter::once(canonical.as_str()));
 
         let mut changed: Changed = gone
             .iter()

@@ -364,6 +364,7 @@ pub fn ingest(staging: pg_sys::Oid, target: pg_sys::Oid, empty_staging: bool) ->
             OwnInsertGuard
         },
     );
+    crate::sync::stats::count(project.id, crate::sync::stats::Counter::RowsStamped, rows);
     if empty_staging {
         Spi::run(&format!("TRUNCATE ONLY {staging_sql}"))
             .unwrap_or_else(|e| raise(crate::pg::internal("emptying the staging table", e)));

@@ -35,6 +35,18 @@ pub static BATCH_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(16);
 /// every cache, as before 0.1.10.
 pub static PUBLISH_JOINS: GucSetting<bool> = GucSetting::<bool>::new(true);
 
+/// `identity_merge.worker`: the maintenance worker runs (one per database with the extension;
+/// only when the library is in shared_preload_libraries).
+pub static WORKER: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+/// `identity_merge.worker_naptime`: milliseconds a maintenance worker sleeps between passes when
+/// no commit woke it.
+pub static WORKER_NAPTIME: GucSetting<i32> = GucSetting::<i32>::new(5000);
+
+/// `identity_merge.worker_batch`: stale canonical ids (or queued events) one pass of the worker
+/// takes, in one transaction.
+pub static WORKER_BATCH: GucSetting<i32> = GucSetting::<i32>::new(500);
+
 pub fn batch_threshold() -> usize {
     BATCH_THRESHOLD.get().max(0) as usize
 }
@@ -93,6 +105,37 @@ as before 0.1.10. Superusers only: a session that turns it off slows every other
         0,
         100_000_000,
         GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"identity_merge.worker",
+        c"Whether the maintenance worker runs: it applies this node's Citus queue and restamps keep_fresh tables.",
+        c"Only when identity_merge is in shared_preload_libraries: a launcher starts one worker per database with the \
+extension. Off: nothing is automatic (mp_apply_pending, mp_restamp, as without preloading).",
+        &WORKER,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"identity_merge.worker_naptime",
+        c"Milliseconds a maintenance worker sleeps when no commit wakes it.",
+        c"A commit that queues identity events or makes stamps of a keep_fresh table stale wakes the worker at once; \
+this is the pause between passes otherwise (it also bounds how late a missed wake-up is noticed).",
+        &WORKER_NAPTIME,
+        10,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"identity_merge.worker_batch",
+        c"Stale canonical ids a maintenance worker restamps in one transaction.",
+        c"Each pass takes at most this many queued stale canonical ids, restamps the rows stamped with them in every \
+keep_fresh table of their project, and commits; it goes on at once while more wait.",
+        &WORKER_BATCH,
+        1,
+        1_000_000,
+        GucContext::Sighup,
         GucFlags::default(),
     );
     GucRegistry::define_enum_guc(

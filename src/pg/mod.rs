@@ -5,6 +5,7 @@
 
 pub mod guc;
 pub mod owner;
+pub mod shmem;
 pub mod statement;
 
 use std::ffi::CStr;

@@ -23,8 +23,11 @@ use crate::pg::{as_owner, OrBug};
 
 // Every statement qualifies its tables and operators so that objects a user creates in their
 // own schemas can never be picked up, whatever the caller's search_path.
-const SQL_PROJECT: &str = "SELECT project_id, mode, max_cluster_size, anon_id_format, blocked_ids \
-     FROM identity_merge.projects WHERE token OPERATOR(pg_catalog.=) $1";
+// keep_fresh through the row's JSON: a 0.1.14 library keeps working on a database still at older
+// SQL, whose projects have no such column (then false).
+const SQL_PROJECT: &str = "SELECT project_id, mode, max_cluster_size, anon_id_format, blocked_ids, \
+            coalesce((pg_catalog.to_jsonb(p.*) OPERATOR(pg_catalog.->>) 'keep_fresh')::boolean, false) \
+     FROM identity_merge.projects p WHERE token OPERATOR(pg_catalog.=) $1";
 // Two plain primary-key probes, each with its cluster's row through a LATERAL subquery that
 // OFFSET 0 keeps from being flattened into a join: this stays index probes whatever plan the plan
 // cache settles on (a generic plan of `= ANY(...)` or of a join can turn into a scan of the whole
@@ -323,6 +326,7 @@ fn load_project(token: &str) -> Result<Project, IdentityError> {
         let max: i32 = row.get(3).or_bug("reading a row").or_bug("reading a row");
         let format: String = row.get(4).or_bug("reading a row").or_bug("reading a row");
         let blocked: Vec<Option<String>> = row.get(5).or_bug("reading a row").unwrap_or_default();
+        let keep_fresh: bool = row.get(6).or_bug("reading a row").unwrap_or(false);
         let anon_id_format = AnonIdFormat::parse(&format).unwrap_or(AnonIdFormat::UuidV4);
         let mode = Mode::parse(&mode).ok_or_else(|| IdentityError::Internal {
             what: format!("project {token:?} has the unknown mode {mode:?}"),
@@ -331,6 +335,7 @@ fn load_project(token: &str) -> Result<Project, IdentityError> {
             id,
             token: token.to_string(),
             mode,
+            keep_fresh,
             anon_id_format,
             settings: RuleSettings {
                 mode,
@@ -369,7 +374,56 @@ pub fn own_write<R>(project_id: i32, write: impl FnOnce() -> (R, Vec<(String, St
     if crate::sync::cache::own_change_end(before, project_id, &joined) && projects_current {
         PROJECTS.with(|p| p.borrow_mut().0 = crate::sync::cache::generation());
     }
+    if !joins.is_empty() {
+        crate::sync::stats::count(project_id, crate::sync::stats::Counter::Joins, joins.len() as u64);
+        queue_stale(project_id, joins.iter().map(|(absorbed, _)| absorbed.as_str()));
+    }
     result
+}
+
+/// Whether a table of the project keeps its stamps fresh (the project cache's answer, read
+/// again when it has none).
+fn keeps_fresh(project_id: i32) -> bool {
+    let cached = PROJECTS.with(|p| {
+        p.borrow()
+            .1
+            .values()
+            .find(|project| project.id == project_id)
+            .map(|project| project.keep_fresh)
+    });
+    cached.unwrap_or_else(|| {
+        as_owner(|| {
+            Spi::get_one_with_args::<bool>(
+                "SELECT coalesce((pg_catalog.to_jsonb(p.*) OPERATOR(pg_catalog.->>) 'keep_fresh')::boolean, false) \
+                   FROM identity_merge.projects p WHERE p.project_id OPERATOR(pg_catalog.=) $1",
+                &[project_id.into()],
+            )
+        })
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+    })
+}
+
+/// Queues canonical ids that stopped being one (absorbed by joins, or of a split cluster) for
+/// the maintenance worker, in this transaction, when a table of the project keeps its stamps
+/// fresh; its commit wakes the worker. One server only (on Citus, mp_apply_pending restamps).
+pub fn queue_stale<'a>(project_id: i32, canonicals: impl Iterator<Item = &'a str>) {
+    if crate::sync::placement::distributed() || !keeps_fresh(project_id) {
+        return;
+    }
+    let stale: Vec<Option<String>> = canonicals.map(|c| Some(c.to_string())).collect();
+    if stale.is_empty() {
+        return;
+    }
+    as_owner(|| {
+        Spi::run_with_args(
+            "INSERT INTO identity_merge.stale_stamps (project_id, canonical) SELECT $1, pg_catalog.unnest($2::text[])",
+            &[project_id.into(), stale.into()],
+        )
+    })
+    .or_bug("queueing stale stamps");
+    crate::sync::stats::wake_at_commit();
 }
 
 /// Reads the clusters of `a` and `b` (fresh snapshot); `direct`: where

@@ -23,6 +23,9 @@ pub struct Queued<'a> {
 /// Keeps the event in this node's queue, in the row's transaction (as the extension owner: the
 /// inserting role has no rights on the queue).
 pub fn queue(q: Queued<'_>) {
+    crate::sync::stats::count(q.project_id, crate::sync::stats::Counter::EventsQueued, 1);
+    // The node's maintenance worker applies it once this transaction commits.
+    crate::sync::stats::wake_at_commit();
     let role = crate::pg::current_role_name();
     as_owner(|| {
         Spi::run_with_args(

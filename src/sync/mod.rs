@@ -4,3 +4,4 @@ pub mod cache;
 pub mod locks;
 pub mod placement;
 pub mod ring;
+pub mod stats;

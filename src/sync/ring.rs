@@ -43,7 +43,6 @@ use std::cell::{Cell, RefCell};
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 use pgrx::pg_sys;
-use pgrx::prelude::*;
 
 /// Entries in the ring: joins committed between two statements of a reader before it falls
 /// behind and empties its cache.
@@ -99,36 +98,10 @@ pub fn attach() {
         return;
     }
     ASKED.with(|a| a.set(true));
-    // SAFETY: MainLWLockArray is PostgreSQL's array of named locks; slot 21 is
-    // AddinShmemInitLock (lwlocknames.txt), the lock add-ins take around ShmemInitStruct.
-    let init_lock = unsafe { &raw mut (*pg_sys::MainLWLockArray.add(21)).lock };
-    let found_or_made = PgTryBuilder::new(|| {
-        let mut found = false;
-        // SAFETY: ShmemInitStruct returns a block of the asked size that lives as long as
-        // the server, found by name or made (zeroed here, under the lock, before anyone
-        // else can find it); all-zero bytes are a valid, empty Shared.
-        unsafe {
-            pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-            let p =
-                pg_sys::ShmemInitStruct(NAME.as_ptr(), std::mem::size_of::<Shared>(), &mut found);
-            if !found {
-                std::ptr::write_bytes(p as *mut u8, 0, std::mem::size_of::<Shared>());
-            }
-            pg_sys::LWLockRelease(init_lock);
-            Some(&*(p as *const Shared))
-        }
-    })
-    .catch_others(|_| {
-        // Out of shared memory: ShmemInitStruct released its own lock before raising.
-        // SAFETY: releases the lock taken above when this backend still holds it.
-        unsafe {
-            if pg_sys::LWLockHeldByMe(init_lock) {
-                pg_sys::LWLockRelease(init_lock);
-            }
-        }
-        None
-    })
-    .execute();
+    // All-zero bytes are a valid, empty Shared.
+    let found_or_made = crate::pg::shmem::block(NAME, std::mem::size_of::<Shared>())
+        // SAFETY: a block of Shared's size that lives as long as the server, zeroed when made.
+        .map(|p| unsafe { &*(p as *const Shared) });
     if let Some(ring) = found_or_made {
         // What was published before is about caches this backend never had.
         CURSOR.with(|c| c.set(ring.published.load(Ordering::Acquire)));

@@ -1,0 +1,103 @@
+//! One pass of a database's maintenance worker (api/worker.rs runs it in a loop, one
+//! transaction a pass): on Citus, this node's queue of identity events applied (as
+//! mp_apply_pending applies it, then the attached tables restamped); then a batch of the stale
+//! canonical ids that joins and splits of keep_fresh projects queued (store::queue_stale), each
+//! table's rows stamped with them restamped as its owner. Everything a pass takes it takes in
+//! its transaction: a pass that does not commit (an error, `pg_ctl -m immediate`) leaves the
+//! queues as they were, and the next pass does the work once.
+
+use std::collections::BTreeMap;
+
+use pgrx::prelude::*;
+
+use crate::pg::OrBug;
+use crate::sync::stats::{WorkerSlot, WorkerState};
+
+/// What a pass found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// The database has no identity_merge (or not the SQL of this library yet): the worker exits.
+    NoExtension,
+    /// Done; `more`: a batch was full, another pass goes at once.
+    Done { more: bool },
+}
+
+/// One pass, in the caller's transaction.
+pub fn pass(slot: &WorkerSlot, batch: i64) -> Pass {
+    let ready = Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'identity_merge') \
+            AND pg_catalog.to_regclass('identity_merge.stale_stamps') IS NOT NULL",
+    )
+    .or_bug("finding the extension")
+    .unwrap_or(false);
+    if !ready {
+        return Pass::NoExtension;
+    }
+    if crate::sync::placement::distributed() {
+        slot.set_state(WorkerState::Applying);
+        // This node's queue, oldest first, through the plan and rules of mp_apply_pending.
+        let applied = Spi::get_one::<i64>("SELECT identity_merge._apply_queue()")
+            .or_bug("applying the queue")
+            .unwrap_or(0);
+        if applied > 0 {
+            restamp_attached();
+            slot.applied(applied as u64);
+        }
+    }
+    slot.set_state(WorkerState::Restamping);
+    let taken: Vec<(i32, String)> = Spi::connect_mut(|c| {
+        c.update(
+            "DELETE FROM identity_merge.stale_stamps s WHERE s.ctid OPERATOR(pg_catalog.=) ANY (ARRAY( \
+               SELECT x.ctid FROM identity_merge.stale_stamps x ORDER BY x.queued_at LIMIT $1 FOR UPDATE SKIP LOCKED)) \
+             RETURNING s.project_id, s.canonical::text",
+            None,
+            &[batch.into()],
+        )
+        .or_bug("taking stale stamps")
+        .filter_map(|r| Some((r.get::<i32>(1).ok()??, r.get::<String>(2).ok()??)))
+        .collect()
+    });
+    let more = taken.len() as i64 >= batch;
+    let mut by_project: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+    for (project, canonical) in taken {
+        by_project.entry(project).or_default().push(canonical);
+    }
+    let mut restamped = 0i64;
+    for (project, mut stale) in by_project {
+        stale.sort();
+        stale.dedup();
+        let tables: Vec<pg_sys::Oid> = Spi::connect(|c| {
+            c.select(
+                "SELECT a.events::pg_catalog.oid FROM identity_merge.attachments a \
+                   JOIN identity_merge.projects p USING (project_id) \
+                  WHERE a.project_id OPERATOR(pg_catalog.=) $1 AND a.keep_fresh AND p.mode OPERATOR(pg_catalog.<>) 'legacy'",
+                None,
+                &[project.into()],
+            )
+            .or_bug("reading the keep_fresh tables")
+            .filter_map(|r| r.get::<pg_sys::Oid>(1).ok().flatten())
+            .collect()
+        });
+        let stale: Vec<Option<String>> = stale.into_iter().map(Some).collect();
+        for table in tables {
+            restamped += Spi::get_one_with_args::<i64>(
+                "SELECT identity_merge._restamp_canonicals($1, $2)",
+                &[table.into(), stale.clone().into()],
+            )
+            .or_bug("restamping a keep_fresh table")
+            .unwrap_or(0);
+        }
+        slot.restamped(restamped.max(0) as u64);
+    }
+    slot.set_state(WorkerState::Idle);
+    Pass::Done { more }
+}
+
+/// After this node's queue was applied: every attached table of a project that is not legacy
+/// restamped, as mp_apply_pending does.
+fn restamp_attached() {
+    Spi::run(
+        "SELECT identity_merge._restamp_all_attached()",
+    )
+    .or_bug("restamping after the queue");
+}
