@@ -90,13 +90,17 @@ pub extern "C-unwind" fn identity_merge_launcher_main(_arg: pg_sys::Datum) {
     let mut workers: HashMap<u32, DynamicBackgroundWorker> = HashMap::new();
     // Databases whose worker found no extension, and when.
     let mut without: HashMap<u32, Instant> = HashMap::new();
-    let mut woken = true;
+    let mut created_seen = u64::MAX;
     loop {
         if BackgroundWorker::sighup_received() {
             // SAFETY: reloads the configuration files in this process, as a SIGHUP asks.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-            woken = true;
         }
+        // A database created the extension since the last look: every database is looked at
+        // again now (otherwise one without it, every RECHECK).
+        let created = stats::extension_created();
+        let woken = created != created_seen;
+        created_seen = created;
         if crate::pg::guc::WORKER.get() {
             for db in databases() {
                 let key = db.to_u32();
@@ -118,21 +122,21 @@ pub extern "C-unwind" fn identity_merge_launcher_main(_arg: pg_sys::Datum) {
                 }
             }
         }
-        // A latch set by _wake_launcher (or a SIGHUP): look at every database again now.
-        woken = wait(Duration::from_secs(10));
+        // Woken by _wake_launcher, a worker that started or stopped, a SIGHUP, or the time.
+        wait(Duration::from_secs(10));
         if BackgroundWorker::sigterm_received() {
             break;
         }
     }
 }
 
-/// Sleeps on this process's latch for `timeout` at most; true when the latch was set (a wake-up,
-/// a signal). The process exits if the postmaster dies.
-fn wait(timeout: Duration) -> bool {
+/// Sleeps on this process's latch for `timeout` at most (a wake-up, a signal, a notification
+/// of a worker that started or stopped end it sooner). The process exits if the postmaster dies.
+fn wait(timeout: Duration) {
     // SAFETY: waits on this process's own latch and resets it, as every background worker loop
     // does; interrupts are then served (a cancel or termination raises here, as in any backend).
     unsafe {
-        let rc = pg_sys::WaitLatch(
+        pg_sys::WaitLatch(
             pg_sys::MyLatch,
             (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
             timeout.as_millis().min(i64::MAX as u128) as _,
@@ -140,7 +144,6 @@ fn wait(timeout: Duration) -> bool {
         );
         pg_sys::ResetLatch(pg_sys::MyLatch);
         pg_sys::check_for_interrupts!();
-        rc & pg_sys::WL_LATCH_SET as i32 != 0
     }
 }
 
@@ -183,10 +186,11 @@ pub extern "C-unwind" fn identity_merge_worker_main(arg: pg_sys::Datum) {
     slot.unregister();
 }
 
-/// `identity_merge._wake_launcher()` (sql/api.sql): run by CREATE EXTENSION.
+/// `identity_merge._wake_launcher()` (sql/api.sql): run by CREATE EXTENSION (and the upgrade);
+/// the launcher is woken when the transaction commits.
 #[pg_extern(sql = false)]
 fn _wake_launcher() {
-    stats::wake_launcher();
+    stats::wake_launcher_at_commit();
 }
 
 

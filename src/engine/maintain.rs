@@ -2,7 +2,8 @@
 //! transaction a pass): on Citus, this node's queue of identity events applied (as
 //! mp_apply_pending applies it, then the attached tables restamped); then a batch of the stale
 //! canonical ids that joins and splits of keep_fresh projects queued (store::queue_stale), each
-//! table's rows stamped with them restamped as its owner. Everything a pass takes it takes in
+//! table's rows stamped with them restamped as its owner, once the table's writers in flight
+//! ended (rows they stamped before the join are then visible to the restamp). Everything a pass takes it takes in
 //! its transaction: a pass that does not commit (an error, `pg_ctl -m immediate`) leaves the
 //! queues as they were, and the next pass does the work once.
 
@@ -80,6 +81,22 @@ pub fn pass(slot: &WorkerSlot, batch: i64) -> Pass {
         });
         let stale: Vec<Option<String>> = stale.into_iter().map(Some).collect();
         for table in tables {
+            // A transaction inserting into the table may have stamped rows before the join
+            // committed and not be committed yet: the restamp below would not see them, and
+            // their stale canonical is taken now. Its writers in flight are waited for (as
+            // CREATE INDEX CONCURRENTLY waits); one that starts later stamps with a snapshot
+            // taken after its lock, which sees the join (store/probe.rs, the ring).
+            let partitions: Vec<pg_sys::Oid> = Spi::connect(|c| {
+                c.select(
+                    "SELECT x.relid::pg_catalog.oid FROM pg_catalog.pg_partition_tree(($1)::pg_catalog.regclass) x UNION SELECT $1",
+                    None,
+                    &[table.into()],
+                )
+                .or_bug("reading the partitions of a keep_fresh table")
+                .filter_map(|r| r.get::<pg_sys::Oid>(1).ok().flatten())
+                .collect()
+            });
+            crate::pg::owner::wait_for_writers(partitions);
             restamped += Spi::get_one_with_args::<i64>(
                 "SELECT identity_merge._restamp_canonicals($1, $2)",
                 &[table.into(), stale.clone().into()],

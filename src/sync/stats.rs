@@ -71,6 +71,9 @@ pub struct WorkerSlot {
 struct Shared {
     launcher_pid: AtomicI32,
     launcher_latch: AtomicUsize,
+    /// Bumped by every CREATE EXTENSION (`wake_launcher`): the launcher looks again at the
+    /// databases whose worker found no extension.
+    extension_created: AtomicU64,
     workers: [WorkerSlot; DATABASES],
     projects: [ProjectSlot; PROJECTS],
 }
@@ -112,6 +115,14 @@ thread_local! {
     /// Whether this transaction gave the worker work (queued events, joins or splits of a
     /// project that keeps stamps fresh): its commit wakes the worker.
     static WAKE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Whether this transaction created the extension: its commit wakes the launcher.
+    static WAKE_LAUNCHER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks this transaction as one that created the extension: at its commit the launcher looks
+/// for the database's worker (a worker started before the commit would not find the extension).
+pub fn wake_launcher_at_commit() {
+    WAKE_LAUNCHER.with(|w| w.set(true));
 }
 
 fn shared() -> Option<&'static Shared> {
@@ -187,6 +198,9 @@ fn slot_of(shared: &'static Shared, db: u32, project: i32) -> Option<&'static Pr
 pub fn publish() {
     let counts = LOCAL.with(|l| l.try_borrow_mut().map(|mut l| std::mem::take(&mut *l)).unwrap_or_default());
     let wake = WAKE.with(|w| w.replace(false));
+    if WAKE_LAUNCHER.with(|w| w.replace(false)) {
+        wake_launcher();
+    }
     if counts.is_empty() && !wake {
         return;
     }
@@ -214,6 +228,7 @@ pub fn forget() {
         }
     });
     WAKE.with(|w| w.set(false));
+    WAKE_LAUNCHER.with(|w| w.set(false));
 }
 
 /// Sets the latch of the worker of `db`, if one runs.
@@ -234,11 +249,17 @@ fn wake_worker(db: u32) {
 /// Wakes the launcher (a database created the extension: it starts that database's worker).
 pub fn wake_launcher() {
     let Some(shared) = shared() else { return };
+    shared.extension_created.fetch_add(1, Ordering::AcqRel);
     let latch = shared.launcher_latch.load(Ordering::Acquire);
     if latch != 0 {
         // SAFETY: the launcher's process latch, in shared memory (see wake_worker).
         unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
     }
+}
+
+/// How many times a database created the extension (the launcher compares).
+pub fn extension_created() -> u64 {
+    shared().map_or(0, |s| s.extension_created.load(Ordering::Acquire))
 }
 
 /// The launcher registers its latch.
