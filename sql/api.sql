@@ -258,8 +258,22 @@ BEGIN
             HINT = 'Use mp_detach.';
     END IF;
     DELETE FROM identity_merge.attachments a WHERE a.events = p_events;
-    UPDATE identity_merge.projects p SET keep_fresh = false
+    PERFORM identity_merge._keep_fresh_projects();
+END $$;
+
+-- projects.keep_fresh again from the attachments (a table detached or dropped). In two
+-- statements: on Citus, projects is a reference table and attachments the coordinator's own,
+-- which one UPDATE may not mix.
+CREATE FUNCTION identity_merge._keep_fresh_projects() RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    stale integer[];
+BEGIN
+    SELECT array_agg(p.project_id) INTO stale FROM identity_merge.projects p
      WHERE p.keep_fresh AND NOT EXISTS (SELECT 1 FROM identity_merge.attachments a WHERE a.project_id = p.project_id AND a.keep_fresh);
+    IF stale IS NOT NULL THEN
+        UPDATE identity_merge.projects p SET keep_fresh = false WHERE p.project_id = ANY (stale);
+    END IF;
 END $$;
 
 -- The stamping trigger's WHEN (src/api/ingest.rs): false only for the rows of mp_ingest's own
@@ -1268,8 +1282,7 @@ BEGIN
      USING pg_catalog.pg_event_trigger_dropped_objects() d
      WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0
        AND r.events::pg_catalog.oid = d.objid;
-    UPDATE identity_merge.projects p SET keep_fresh = false
-     WHERE p.keep_fresh AND NOT EXISTS (SELECT 1 FROM identity_merge.attachments a WHERE a.project_id = p.project_id AND a.keep_fresh);
+    PERFORM identity_merge._keep_fresh_projects();
 END $$;
 CREATE EVENT TRIGGER identity_merge_forget_dropped_tables ON sql_drop
     EXECUTE FUNCTION identity_merge._forget_dropped_tables();

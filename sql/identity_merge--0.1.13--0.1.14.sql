@@ -102,6 +102,18 @@ BEGIN
     END LOOP;
 END $$;
 
+CREATE FUNCTION identity_merge._keep_fresh_projects() RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    stale integer[];
+BEGIN
+    SELECT array_agg(p.project_id) INTO stale FROM identity_merge.projects p
+     WHERE p.keep_fresh AND NOT EXISTS (SELECT 1 FROM identity_merge.attachments a WHERE a.project_id = p.project_id AND a.keep_fresh);
+    IF stale IS NOT NULL THEN
+        UPDATE identity_merge.projects p SET keep_fresh = false WHERE p.project_id = ANY (stale);
+    END IF;
+END $$;
+
 
 -- Statistics and the maintenance worker (src/sync/stats.rs, src/api/worker.rs).
 
@@ -357,8 +369,7 @@ BEGIN
             HINT = 'Use mp_detach.';
     END IF;
     DELETE FROM identity_merge.attachments a WHERE a.events = p_events;
-    UPDATE identity_merge.projects p SET keep_fresh = false
-     WHERE p.keep_fresh AND NOT EXISTS (SELECT 1 FROM identity_merge.attachments a WHERE a.project_id = p.project_id AND a.keep_fresh);
+    PERFORM identity_merge._keep_fresh_projects();
 END $$;
 
 CREATE OR REPLACE FUNCTION identity_merge._forget_dropped_tables() RETURNS event_trigger
@@ -372,8 +383,7 @@ BEGIN
      USING pg_catalog.pg_event_trigger_dropped_objects() d
      WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0
        AND r.events::pg_catalog.oid = d.objid;
-    UPDATE identity_merge.projects p SET keep_fresh = false
-     WHERE p.keep_fresh AND NOT EXISTS (SELECT 1 FROM identity_merge.attachments a WHERE a.project_id = p.project_id AND a.keep_fresh);
+    PERFORM identity_merge._keep_fresh_projects();
 END $$;
 
 CREATE OR REPLACE FUNCTION mp_check(project text DEFAULT 'default') RETURNS TABLE (check_name text, detail text)
@@ -685,6 +695,7 @@ REVOKE ALL ON FUNCTION mp_ingest(regclass, regclass, boolean), identity_merge._s
     identity_merge._lock_restamp(regclass), identity_merge._restamp_canonicals(regclass, text[]),
     identity_merge._set_keep_fresh(regclass, boolean), mp_keep_fresh(regclass, boolean), identity_merge._restamp_all_attached(),
     identity_merge._stats(), identity_merge._worker(), mp_stats_reset(), identity_merge._wake_launcher(),
+    identity_merge._keep_fresh_projects(),
     mp_attach(regclass, text, name, name, boolean, name, name, boolean) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION identity_merge._stamp_wanted(regclass), identity_merge._lock_restamp(regclass) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION identity_merge._stats(), identity_merge._worker() TO PUBLIC;

@@ -10,7 +10,9 @@
 #      tests, golden pg_regress flows, dump / restore, SDK, crash, reliability and upgrade checks;
 #      on every major also tests/majors.sh (what differs between majors) and tests/docs.sh (every
 #      SQL example of README.md and docs/ run as written);
-#      on 18 also Citus 14.0.1. The docs' Citus blocks run on each Citus (tests/docs_citus.sh).
+#      on 18 also Citus 14.0.1. The docs' Citus blocks run on each Citus (tests/docs_citus.sh);
+#      the maintenance worker runs on every major (tests/worker.sh) and on each Citus
+#      (tests/citus_worker.sh).
 # Finally puts back whatever identity_merge build was installed in each major before. Works as
 # root (the servers run as the postgres user) or as a normal user. Prints the time of each step.
 set -euo pipefail
@@ -82,6 +84,7 @@ run_major() {
   step "pg$m crash" bash tests/crash.sh
   step "pg$m upgrade" bash tests/upgrade.sh
   step "pg$m reliability" bash tests/reliability.sh
+  step "pg$m worker" bash tests/worker.sh
   step "pg$m majors" bash tests/majors.sh
   step "pg$m docs" bash tests/docs.sh
   case "$m" in
@@ -91,10 +94,12 @@ run_major() {
       step "pg15 dbt" bash tests/dbt.sh
       step "pg15 identity_records" bash tests/identity_records.sh
       step "pg15 citus 13.2.2" bash tests/citus.sh
+      step "pg15 citus worker" bash tests/citus_worker.sh
       step "pg15 docs on citus" bash tests/docs_citus.sh
       ;;
     18)
       step "pg18 citus 14.0.1" bash tests/citus.sh
+      step "pg18 citus worker" bash tests/citus_worker.sh
       step "pg18 docs on citus" bash tests/docs_citus.sh
       ;;
   esac

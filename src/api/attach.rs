@@ -147,21 +147,33 @@ pub fn set_keep_fresh(relid: pg_sys::Oid, keep_fresh: bool) -> Result<(), Identi
             table: table_name(relid),
         });
     }
+    // Two statements: on Citus, projects is a reference table and attachments the
+    // coordinator's own, which one statement may not write together.
     as_owner(|| {
-        Spi::run_with_args(
-            "WITH a AS (UPDATE identity_merge.attachments SET keep_fresh = $2 \
-                         WHERE events::pg_catalog.oid OPERATOR(pg_catalog.=) $1 RETURNING project_id) \
-             UPDATE identity_merge.projects p SET keep_fresh = $2 OR EXISTS ( \
-                      SELECT 1 FROM identity_merge.attachments x \
-                       WHERE x.project_id OPERATOR(pg_catalog.=) p.project_id AND x.keep_fresh \
-                         AND x.events::pg_catalog.oid OPERATOR(pg_catalog.<>) $1) \
-               FROM a WHERE p.project_id OPERATOR(pg_catalog.=) a.project_id \
-                AND p.keep_fresh IS DISTINCT FROM ($2 OR EXISTS ( \
-                      SELECT 1 FROM identity_merge.attachments x \
-                       WHERE x.project_id OPERATOR(pg_catalog.=) p.project_id AND x.keep_fresh \
-                         AND x.events::pg_catalog.oid OPERATOR(pg_catalog.<>) $1))",
-            &[relid.into(), keep_fresh.into()],
-        )
+        let project: Option<(i32, bool)> = Spi::connect_mut(|c| {
+            let rows = c.update(
+                "UPDATE identity_merge.attachments a SET keep_fresh = $2 \
+                  WHERE a.events::pg_catalog.oid OPERATOR(pg_catalog.=) $1 \
+                 RETURNING a.project_id, $2 OR EXISTS (SELECT 1 FROM identity_merge.attachments x \
+                   WHERE x.project_id OPERATOR(pg_catalog.=) a.project_id AND x.keep_fresh \
+                     AND x.events::pg_catalog.oid OPERATOR(pg_catalog.<>) $1)",
+                None,
+                &[relid.into(), keep_fresh.into()],
+            )?;
+            Ok::<_, pgrx::spi::SpiError>(
+                rows.into_iter()
+                    .next()
+                    .and_then(|r| Some((r.get::<i32>(1).ok()??, r.get::<bool>(2).ok()??))),
+            )
+        })?;
+        if let Some((project, fresh)) = project {
+            Spi::run_with_args(
+                "UPDATE identity_merge.projects SET keep_fresh = $2 \
+                  WHERE project_id OPERATOR(pg_catalog.=) $1 AND keep_fresh IS DISTINCT FROM $2",
+                &[project.into(), fresh.into()],
+            )?;
+        }
+        Ok::<(), pgrx::spi::SpiError>(())
     })
     .map_err(|e| crate::pg::internal("recording keep_fresh", e))
 }

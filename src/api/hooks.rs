@@ -166,7 +166,10 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
             batch::at_transaction_end();
             crate::engine::staged::at_transaction_end();
             match event {
-                XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
+                // A prepared transaction (Citus's two-phase commit on a worker) is committed
+                // later by another session: its counts and wake-up go now, and the woken worker
+                // looks again shortly (api/worker.rs) until the commit is visible.
+                XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PREPARE => {
                     crate::api::stamp::count_statement();
                     crate::sync::stats::publish();
                 }

@@ -14,7 +14,7 @@ use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, DynamicBackgrou
 use pgrx::prelude::*;
 
 use crate::core::error::IdentityError;
-use crate::engine::maintain::{pass, Pass};
+use crate::engine::maintain::{pass, restamp_after_apply, Pass};
 use crate::sync::stats;
 
 /// How often the launcher looks again at a database whose worker found no extension.
@@ -131,12 +131,13 @@ pub extern "C-unwind" fn identity_merge_launcher_main(_arg: pg_sys::Datum) {
 }
 
 /// Sleeps on this process's latch for `timeout` at most (a wake-up, a signal, a notification
-/// of a worker that started or stopped end it sooner). The process exits if the postmaster dies.
-fn wait(timeout: Duration) {
+/// of a worker that started or stopped end it sooner); true when the latch was set. The process
+/// exits if the postmaster dies.
+fn wait(timeout: Duration) -> bool {
     // SAFETY: waits on this process's own latch and resets it, as every background worker loop
     // does; interrupts are then served (a cancel or termination raises here, as in any backend).
     unsafe {
-        pg_sys::WaitLatch(
+        let rc = pg_sys::WaitLatch(
             pg_sys::MyLatch,
             (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
             timeout.as_millis().min(i64::MAX as u128) as _,
@@ -144,6 +145,7 @@ fn wait(timeout: Duration) {
         );
         pg_sys::ResetLatch(pg_sys::MyLatch);
         pg_sys::check_for_interrupts!();
+        rc & pg_sys::WL_LATCH_SET as i32 != 0
     }
 }
 
@@ -158,6 +160,10 @@ pub extern "C-unwind" fn identity_merge_worker_main(arg: pg_sys::Datum) {
         // Another worker serves this database.
         return;
     };
+    // After a wake-up or a pass that found work, the next passes come quickly (10 ms, doubling
+    // up to the naptime): a commit prepared on this node (Citus's two-phase commit) wakes the
+    // worker before it becomes visible.
+    let mut nap = Duration::from_millis(10);
     loop {
         if BackgroundWorker::sighup_received() {
             // SAFETY: reloads the configuration files in this process, as a SIGHUP asks.
@@ -171,12 +177,21 @@ pub extern "C-unwind" fn identity_merge_worker_main(arg: pg_sys::Datum) {
         if BackgroundWorker::sigterm_received() {
             break;
         }
+        if let Pass::Done { restamp: true, .. } = done {
+            BackgroundWorker::transaction(restamp_after_apply);
+        }
+        let naptime = Duration::from_millis(crate::pg::guc::WORKER_NAPTIME.get().max(10) as u64);
         match done {
             Pass::NoExtension => break,
-            Pass::Done { more: true } => continue,
-            Pass::Done { more: false } => {
-                let nap = crate::pg::guc::WORKER_NAPTIME.get().max(10) as u64;
-                wait(Duration::from_millis(nap));
+            Pass::Done { more: true, .. } => {
+                nap = Duration::from_millis(10);
+                continue;
+            }
+            Pass::Done { more: false, worked, .. } => {
+                nap = if worked { Duration::from_millis(10) } else { (nap * 2).min(naptime) };
+                if wait(nap) {
+                    nap = Duration::from_millis(10);
+                }
                 if BackgroundWorker::sigterm_received() {
                     break;
                 }

@@ -14,13 +14,16 @@ use pgrx::prelude::*;
 use crate::pg::OrBug;
 use crate::sync::stats::{WorkerSlot, WorkerState};
 
+
 /// What a pass found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Pass {
     /// The database has no identity_merge (or not the SQL of this library yet): the worker exits.
     NoExtension,
-    /// Done; `more`: a batch was full, another pass goes at once.
-    Done { more: bool },
+    /// Done; `more`: a batch was full, another pass goes at once; `worked`: it applied or
+    /// restamped something; `restamp`: it applied queued events, whose stale rows
+    /// `restamp_after_apply` restamps once the pass committed.
+    Done { more: bool, worked: bool, restamp: bool },
 }
 
 /// One pass, in the caller's transaction.
@@ -34,6 +37,7 @@ pub fn pass(slot: &WorkerSlot, batch: i64) -> Pass {
     if !ready {
         return Pass::NoExtension;
     }
+    let mut applied_any = false;
     if crate::sync::placement::distributed() {
         slot.set_state(WorkerState::Applying);
         // This node's queue, oldest first, through the plan and rules of mp_apply_pending.
@@ -41,9 +45,9 @@ pub fn pass(slot: &WorkerSlot, batch: i64) -> Pass {
             .or_bug("applying the queue")
             .unwrap_or(0);
         if applied > 0 {
-            restamp_attached();
             slot.applied(applied as u64);
         }
+        applied_any = applied > 0;
     }
     slot.set_state(WorkerState::Restamping);
     let taken: Vec<(i32, String)> = Spi::connect_mut(|c| {
@@ -59,6 +63,7 @@ pub fn pass(slot: &WorkerSlot, batch: i64) -> Pass {
         .collect()
     });
     let more = taken.len() as i64 >= batch;
+    let mut worked = !taken.is_empty();
     let mut by_project: BTreeMap<i32, Vec<String>> = BTreeMap::new();
     for (project, canonical) in taken {
         by_project.entry(project).or_default().push(canonical);
@@ -107,14 +112,26 @@ pub fn pass(slot: &WorkerSlot, batch: i64) -> Pass {
         slot.restamped(restamped.max(0) as u64);
     }
     slot.set_state(WorkerState::Idle);
-    Pass::Done { more }
+    worked |= applied_any;
+    Pass::Done {
+        more,
+        worked,
+        restamp: applied_any,
+    }
 }
 
-/// After this node's queue was applied: every attached table of a project that is not legacy
-/// restamped, as mp_apply_pending does.
-fn restamp_attached() {
-    Spi::run(
-        "SELECT identity_merge._restamp_all_attached()",
-    )
-    .or_bug("restamping after the queue");
+/// After a pass that applied this node's queue committed: every attached table of a project
+/// that is not legacy restamped, as mp_apply_pending does, by the coordinator, which holds the
+/// registry of attached tables (from a worker node, through run_command_on_coordinator, whose
+/// own transaction sees the committed joins).
+pub fn restamp_after_apply() {
+    let on_coordinator = Spi::get_one::<bool>("SELECT identity_merge._on_coordinator()")
+        .or_bug("finding the coordinator")
+        .unwrap_or(true);
+    let sql = if on_coordinator {
+        "SELECT identity_merge._restamp_all_attached()"
+    } else {
+        "SELECT r.success FROM pg_catalog.run_command_on_coordinator('SELECT identity_merge._restamp_all_attached()') r"
+    };
+    Spi::run(sql).or_bug("restamping after the queue");
 }
