@@ -19,6 +19,13 @@ trap 'cluster_discard "$dir"; $SUDO cp "$keep/installed.so" "$libdir/.identity_m
 cluster_start "$dir" "$(free_port)" shared_buffers=1GB max_wal_size=4GB
 if [ "${AB_CASE:-warm}" != backfill ]; then
   cluster_psql -f bench/setup.sql >/dev/null
+  # A library older than 0.1.14 has no _stamp_wanted for the trigger's WHEN: the tables get the
+  # trigger without it (as they had it then), for both libraries alike.
+  cluster_psql >/dev/null <<'SQL'
+DROP TRIGGER identity_merge_stamp ON ev_ours;
+CREATE TRIGGER identity_merge_stamp BEFORE INSERT OR UPDATE OF distinct_id ON ev_ours FOR EACH ROW
+    EXECUTE FUNCTION identity_merge.stamp_event('default', 'distinct_id', 'canonical_id');
+SQL
 else
   cluster_psql -c "CREATE EXTENSION identity_merge" >/dev/null
   cluster_psql -v edges="${AB_EDGES:-1000000}" -f bench/history.sql >/dev/null 2>&1

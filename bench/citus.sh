@@ -4,7 +4,8 @@
 # reference; 100k known ids (50k people) in the replicated identity state.
 bash tools/citus_install.sh
 source tools/citus_cluster.sh
-citus_start "$dir/citus" shared_buffers=512MB max_wal_size=4GB
+# identity_merge preloaded for the maintenance worker's lag (last); the worker stays off until then.
+citus_start "$dir/citus" shared_buffers=512MB max_wal_size=4GB shared_preload_libraries=citus,identity_merge identity_merge.worker=off
 trap 'citus_stop; cluster_stop' EXIT
 C() { citus_psql "$COORD" -At "$@"; }
 C >/dev/null <<'SQL'
@@ -98,4 +99,40 @@ echo "rows stamped wrong: $wrong"
 printf '%-66s %10s %10s %8s\n' "100k lookups: mp_resolve vs PL/pgSQL loop of indexed SELECTs" "$resolve_ours" "$resolve_select" "$(ratio "$resolve_ours" "$resolve_select")"
 printf '%-66s %10s %10s %8s\n' "100k lookups: mp_resolve vs set-based LEFT JOIN of the mapping" "$resolve_ours" "$resolve_join" "$(ratio "$resolve_ours" "$resolve_join")"
 echo "mp_identify from the coordinator (two-phase commit to 3 nodes): $identify_ms ms per call (500 calls)"
+
+# The maintenance worker's lag (issue 27): single-row INSERTs through the coordinator at 1,000
+# rows/s for 20 s (pgbench -R 1000), 2% of them $identify rows of new users; each identity
+# event's lag is from its row's insert (clock_timestamp()) to the start of the transaction that
+# applied it on the node holding its shard (merge_log.merged_at), whose commit reaches every
+# node a moment later (a two-phase commit).
+for p in $COORD $W1 $W2; do citus_psql "$p" -q -c "ALTER SYSTEM SET identity_merge.worker = on" -c "SELECT pg_reload_conf()" >/dev/null; done
+sleep 2
+C >/dev/null <<'SQL'
+SET client_min_messages = warning;
+SELECT mp_create_project('lag'), mp_set_project_setting('lag', 'anon_id_format', 'any');
+CREATE TABLE ev_lag (n bigserial, distinct_id text, event text, properties jsonb, canonical_id text,
+                     sent_at timestamptz DEFAULT clock_timestamp());
+SELECT mp_distribute_events('ev_lag', 'distinct_id');
+SELECT mp_attach('ev_lag', 'lag', create_index => false);
+SQL
+cat > "$dir/lag.sql" <<'SQL'
+\set r random(1, 1000)
+\set id random(1, 1000000000)
+INSERT INTO ev_lag (distinct_id, event, properties)
+SELECT CASE WHEN :r <= 20 THEN 'u' || :id ELSE 'd' || :id END,
+       CASE WHEN :r <= 20 THEN '$identify' ELSE 'View' END,
+       CASE WHEN :r <= 20 THEN jsonb_build_object('$identified_id', 'u' || :id, '$anon_id', 'd' || :id) ELSE '{}' END;
+SQL
+tps=$("$PG_BIN/pgbench" -n -R 1000 -T 20 -c 4 -j 2 -h "$CITUS_DIR" -p "$COORD" -U postgres -f "$dir/lag.sql" postgres 2>&1 | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1)
+sleep 3
+echo "maintenance worker lag, $tps rows/s through the coordinator, 2% \$identify (no mp_apply_pending):"
+C <<'SQL'
+SELECT format('  %s identity events: lag p50 %s ms, p99 %s ms, max %s ms; still queued 3 s after: %s', count(*),
+              round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric), round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric),
+              round(max(ms)), (SELECT count(*) FROM ev_lag e WHERE e.event = '$identify') - count(*))
+  FROM (SELECT extract(epoch FROM l.merged_at - e.sent_at) * 1000 AS ms
+          FROM identity_merge.merge_log l JOIN identity_merge.projects p USING (project_id)
+          JOIN ev_lag e ON e.distinct_id = l.id_a AND e.event = '$identify'
+         WHERE p.token = 'lag') x;
+SQL
 citus_stop

@@ -2,7 +2,8 @@
 # Runs the benchmarks side by side in one throwaway PostgreSQL (PG_MAJOR: 15 by default, 17 or
 # 18 from tools/build_postgres.sh) and prints the figures.
 # Usage: [PG_MAJOR=18] bash bench/run.sh [--no-install] [SECTION...]
-#   sections: stamping ingest streams online backfill restamp citus (default: all but citus).
+#   sections: stamping ingest streams online backfill restamp keep_fresh citus (default: all but
+#   keep_fresh and citus, which start clusters of their own).
 # Figures for the README come from a full run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
