@@ -31,18 +31,20 @@ cluster_psql -q -c "DO \$\$ BEGIN FOR i IN 1..1150 LOOP
     FROM identity_merge.stale_stamps;
   COMMIT; PERFORM pg_sleep(0.02); END LOOP; END \$\$" >/dev/null &
 sampler=$!
-"$PG_BIN/pgbench" -n -q -R 100 -T 20 -c 2 -j 2 -f "$kf_dir/merge.sql" postgres 2>&1 | grep -E "number of transactions actually processed|tps" | head -2
+kf_bench=$("$PG_BIN/pgbench" -n -R 100 -T 20 -c 2 -j 2 -f "$kf_dir/merge.sql" postgres 2>&1 || true)
+kf_tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$kf_bench" | head -1)
 wait "$sampler"
-echo "keep_fresh: 1M rows, 100k ids, 100 merges/s for 20 s (bash bench/run.sh keep_fresh):"
+echo "keep_fresh: 1M rows, 100k ids, ${kf_tps:-?} merges/s for 20 s (bash bench/run.sh keep_fresh):"
 cluster_psql -At <<'SQL'
 SELECT format('  stale ids waiting (sampled every 20 ms): p50 %s ms, p99 %s ms, max %s ms; most at once %s',
               round(percentile_cont(0.5) WITHIN GROUP (ORDER BY oldest_ms)::numeric),
               round(percentile_cont(0.99) WITHIN GROUP (ORDER BY oldest_ms)::numeric),
               round(max(oldest_ms)), max(waiting))
   FROM samples;
-SELECT format('  joins %s, rows restamped by the worker %s; rows not right 3 s after the last merge: %s',
+SELECT format('  joins %s, rows restamped by the worker %s (rows of merged devices: %s); rows not right 3 s after the last merge: %s',
               (SELECT count(*) FROM identity_merge.merge_log),
               (SELECT rows_restamped FROM identity_merge._worker()),
+              (SELECT count(*) FROM kf WHERE canonical_id LIKE 'user-%'),
               (SELECT count(*) FROM kf WHERE canonical_id IS DISTINCT FROM mp_resolve(distinct_id)));
 SELECT format('  2,000 mp_identify: %s ms with keep_fresh, %s ms without (x%s)', a, b, round(a / b, 2))
   FROM (SELECT bench_ms('SELECT mp_identify(''k-'' || g, ''kd-'' || g) FROM generate_series(1, 2000) g',

@@ -417,13 +417,35 @@ pub fn queue_stale<'a>(project_id: i32, canonicals: impl Iterator<Item = &'a str
         return;
     }
     as_owner(|| {
-        Spi::run_with_args(
-            "INSERT INTO identity_merge.stale_stamps (project_id, canonical) SELECT $1, pg_catalog.unnest($2::text[])",
-            &[project_id.into(), stale.into()],
-        )
+        Spi::connect_mut(|c| {
+            // A kept plan of its own, prepared on first use (only a database whose SQL has
+            // stale_stamps, which keeps_fresh implies, gets here).
+            let plan = STALE_PLAN.with(|p| p.borrow().clone());
+            let plan = match plan {
+                Some(plan) => plan,
+                None => {
+                    let plan = std::rc::Rc::new(
+                        c.prepare_mut(
+                            "INSERT INTO identity_merge.stale_stamps (project_id, canonical) SELECT $1, pg_catalog.unnest($2::text[])",
+                            &[oid(pg_sys::BuiltinOid::INT4OID), oid(pg_sys::BuiltinOid::TEXTARRAYOID)],
+                        )
+                        .or_bug("preparing a statement")
+                        .keep(),
+                    );
+                    STALE_PLAN.with(|p| *p.borrow_mut() = Some(plan.clone()));
+                    plan
+                }
+            };
+            c.update(&*plan, None, &[project_id.into(), stale.into()]).map(drop)
+        })
     })
     .or_bug("queueing stale stamps");
     crate::sync::stats::wake_at_commit();
+}
+
+thread_local! {
+    /// `queue_stale`'s statement.
+    static STALE_PLAN: RefCell<Option<std::rc::Rc<OwnedPreparedStatement>>> = const { RefCell::new(None) };
 }
 
 /// Reads the clusters of `a` and `b` (fresh snapshot); `direct`: where

@@ -127,11 +127,8 @@ pub fn wake_launcher_at_commit() {
 
 fn shared() -> Option<&'static Shared> {
     if !ASKED.with(|a| a.replace(true)) {
-        // SAFETY: asks whether this backend is in parallel mode (its leader counts instead).
-        if unsafe { pg_sys::IsInParallelMode() } {
-            ASKED.with(|a| a.set(false));
-            return None;
-        }
+        // Also in parallel mode (the view read by a parallel query; its workers count nothing:
+        // their counts are published only by a commit of their own, which they never make).
         let found = crate::pg::shmem::block(NAME, std::mem::size_of::<Shared>())
             // SAFETY: a block of Shared's size living as long as the server; all-zero bytes
             // are a valid Shared (free slots, no worker).
