@@ -127,12 +127,15 @@ tps=$("$PG_BIN/pgbench" -n -R 1000 -T 20 -c 4 -j 2 -h "$CITUS_DIR" -p "$COORD" -
 sleep 3
 echo "maintenance worker lag, $tps rows/s through the coordinator, 2% \$identify (no mp_apply_pending):"
 C <<'SQL'
-SELECT format('  %s identity events: lag p50 %s ms, p99 %s ms, max %s ms; still queued 3 s after: %s', count(*),
-              round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric), round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric),
-              round(max(ms)), (SELECT count(*) FROM ev_lag e WHERE e.event = '$identify') - count(*))
-  FROM (SELECT extract(epoch FROM l.merged_at - e.sent_at) * 1000 AS ms
-          FROM identity_merge.merge_log l JOIN identity_merge.projects p USING (project_id)
-          JOIN ev_lag e ON e.distinct_id = l.id_a AND e.event = '$identify'
-         WHERE p.token = 'lag') x;
+WITH sent AS (SELECT count(*) AS n FROM ev_lag WHERE event = '$identify'),
+     lag AS MATERIALIZED (SELECT extract(epoch FROM l.merged_at - e.sent_at) * 1000 AS ms
+                            FROM identity_merge.merge_log l JOIN identity_merge.projects p USING (project_id)
+                            JOIN ev_lag e ON e.distinct_id = l.id_a AND e.event = '$identify'
+                           WHERE p.token = 'lag'),
+     q AS (SELECT count(*) AS n, percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS p50,
+                  percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS p99, max(ms) AS top FROM lag)
+SELECT format('  %s identity events: lag p50 %s ms, p99 %s ms, max %s ms; not applied 3 s after: %s',
+              q.n, round(q.p50::numeric), round(q.p99::numeric), round(q.top::numeric), sent.n - q.n)
+  FROM q, sent;
 SQL
 citus_stop
