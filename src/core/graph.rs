@@ -195,8 +195,21 @@ impl Graph {
     ) -> Result<String, IdentityError> {
         rules::precheck(op, settings, a, b)?;
         let (a, b) = (a.unwrap(), b.unwrap());
+        self.apply_decided(op, a, b, |sa, sb| rules::decide(op, settings, sa, sb))
+    }
+
+    /// Applies a join that `decide` decides from the two ids' clusters (`a`, `b` in call order
+    /// of `op`, which the merge log records): `apply` with the rules of `op`, or an import of
+    /// Mixpanel's mapping (core::mixpanel) with its own decision. Returns the canonical id.
+    pub fn apply_decided(
+        &mut self,
+        op: Op,
+        a: &str,
+        b: &str,
+        decide: impl FnOnce(&Side, &Side) -> Result<Outcome, IdentityError>,
+    ) -> Result<String, IdentityError> {
         let (sa, sb) = (self.side(a), self.side(b));
-        match rules::decide(op, settings, &sa, &sb)? {
+        match decide(&sa, &sb)? {
             Outcome::Together(c) => Ok(c),
             Outcome::Join(plan) => {
                 let (ia, ib) = (self.intern(a), self.intern(b));
@@ -338,6 +351,12 @@ impl Graph {
             .iter()
             .map(|&x| self.name(x).to_string())
             .collect()
+    }
+
+    /// The node of an id, interned when new (alone, in no cluster: `new_and_moved_ids` writes
+    /// it only once a join puts it in one).
+    pub fn node(&mut self, id: &str) -> u32 {
+        self.intern(id)
     }
 
     /// Whether the graph holds `id` (loaded, or met by an operation).
