@@ -7,6 +7,7 @@ pub mod explain;
 pub mod hooks;
 pub mod http;
 pub mod identity;
+pub mod mixpanel;
 pub mod owner;
 pub mod people;
 pub mod queue;

@@ -234,6 +234,26 @@ pub fn apply(
     })
 }
 
+/// A people row of the export (`distinct_id`, `properties`), imported as a `$set` of its
+/// properties: a valid id and a JSON object, else refused (errInvalidID, errNullID,
+/// errMalformedEvent).
+pub fn people_row(
+    settings: &RuleSettings,
+    distinct_id: Option<&str>,
+    properties: Option<&str>,
+) -> Result<(), IdentityError> {
+    settings.validate_id("distinct_id", distinct_id)?;
+    let bad = |problem: &str| IdentityError::MalformedEvent {
+        field: "properties".into(),
+        problem: problem.into(),
+    };
+    match serde_json::from_str::<serde_json::Value>(properties.ok_or_else(|| bad("is NULL"))?) {
+        Ok(serde_json::Value::Object(_)) => Ok(()),
+        Ok(_) => Err(bad("is not a JSON object")),
+        Err(_) => Err(bad("is not valid JSON")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -476,6 +496,18 @@ mod tests {
             e.message(),
             "errImportConflict: mapping of distinct_id \"$device:D1\" to resolved_distinct_id \"U7\" not imported: the distinct_id already belongs to person \"U1\" in this project"
         );
+    }
+
+    #[test]
+    fn people_rows_are_a_valid_id_and_an_object() {
+        let s = settings();
+        assert_eq!(people_row(&s, Some("U1"), Some(r#"{"$name": "Ann"}"#)), Ok(()));
+        let code = |d: Option<&str>, p: Option<&str>| people_row(&s, d, p).unwrap_err().reason().unwrap().code();
+        assert_eq!(code(None, Some("{}")), "errNullID");
+        assert_eq!(code(Some("null"), Some("{}")), "errInvalidID");
+        assert_eq!(code(Some("U1"), Some("[1]")), "errMalformedEvent");
+        assert_eq!(code(Some("U1"), Some("{")), "errMalformedEvent");
+        assert_eq!(code(Some("U1"), None), "errMalformedEvent");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use crate::core::rules::Project;
 use crate::store::Source;
 
 pub mod backfill;
+pub mod mixpanel;
 pub mod batch;
 pub mod join;
 pub mod retract;
