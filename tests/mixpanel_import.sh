@@ -126,6 +126,32 @@ expect "a device imported as U1's is not relinked" w "INSERT INTO mp_events VALU
 expect "the refusal is recorded" r "SELECT count(*) FROM identity_merge.rejections WHERE reason_code = 'errDeviceLinkedToOtherUser'" "1"
 expect "and D1 stays U1's" r "SELECT mp_resolve('\$device:D1', 'mp')" "U1"
 
+# insert_id deduplication (on for an events table the import attached, Mixpanel's /import rule):
+# a row whose insert_id the table holds is skipped and recorded with the whole row.
+expect "a duplicate insert_id is skipped" w "INSERT INTO mp_events VALUES ('D1', '\$device:D1', 'Page View', 'i1', '{\"again\": true}', 1700002000, NULL) RETURNING insert_id" ""
+expect "within one statement too" w "INSERT INTO mp_events VALUES ('D1', '\$device:D1', 'A', 'i20', '{}', 1700002100, NULL), ('D1', '\$device:D1', 'B', 'i20', '{}', 1700002101, NULL), ('D1', '\$device:D1', 'C', NULL, '{}', 1700002102, NULL) RETURNING event_name" "A
+C"
+expect "skipped rows are recorded, whole" r "SELECT id_a, source_row->>'properties', source_row->>'event_name' FROM identity_merge.rejections WHERE reason_code = 'errDuplicateInsertId' ORDER BY rejection_id" \
+  "i1|{\"again\": true}|Page View
+i20|{}|B"
+expect "the table holds one row per insert_id" r "SELECT count(*) FROM (SELECT insert_id FROM mp_events WHERE insert_id IS NOT NULL AND insert_id <> 'i4' GROUP BY 1 HAVING count(*) > 1) x" "0"
+expect "the table's owner turns it off" w "SELECT mp_dedup_insert_id('mp_events', false);
+INSERT INTO mp_events VALUES ('D1', '\$device:D1', 'Page View', 'i1', '{}', 1700003000, NULL) RETURNING canonical_id" "
+U1"
+expect "and on again, with another column" w "SELECT mp_dedup_insert_id('mp_events', insert_id_column => 'event_name');
+INSERT INTO mp_events VALUES ('D1', '\$device:D1', 'Sign Up', 'i30', '{}', 1700003100, NULL) RETURNING canonical_id" ""
+expect_err "a column that does not exist" w "SELECT mp_dedup_insert_id('mp_events', insert_id_column => 'nope')" 42703
+expect_err "a table not attached" w "CREATE TABLE plain (insert_id text); SELECT mp_dedup_insert_id('plain')" 55000
+expect_err "the reader may not" r "SELECT mp_dedup_insert_id('mp_events', false)" 42501
+as w >/dev/null -c "SELECT mp_dedup_insert_id('mp_events')"
+as postgres >/dev/null <<'SQL'
+CREATE TABLE admins (distinct_id text, canonical_id text, insert_id text);
+SELECT mp_attach('admins', 'mp');
+SQL
+expect_err "a writer may not deduplicate another's table" w "SELECT mp_dedup_insert_id('admins')" 42501
+expect "tables without it take duplicates" postgres "INSERT INTO admins VALUES ('x', NULL, 'k'), ('y', NULL, 'k') RETURNING distinct_id" "x
+y"
+
 # Original project: ids already there are merged by the rules, conflicts refused and recorded.
 as postgres >/dev/null <<'SQL'
 SELECT mp_create_project('orig');

@@ -3,6 +3,7 @@
 pub mod attach;
 pub mod backfill;
 pub mod check;
+pub mod dedup;
 pub mod explain;
 pub mod hooks;
 pub mod http;

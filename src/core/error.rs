@@ -90,6 +90,8 @@ pub enum Reason {
     MappingChain,
     /// A Mixpanel identity mapping that contradicts the project's clusters.
     ImportConflict,
+    /// A row skipped by an attachment's insert_id deduplication (mp_dedup_insert_id).
+    DuplicateInsertId,
 }
 
 impl Reason {
@@ -113,6 +115,7 @@ impl Reason {
             Reason::MappedTwice => "errMappedTwice",
             Reason::MappingChain => "errMappingChain",
             Reason::ImportConflict => "errImportConflict",
+            Reason::DuplicateInsertId => "errDuplicateInsertId",
         }
     }
 }
@@ -278,6 +281,11 @@ pub enum IdentityError {
         resolved: String,
         other: String,
     },
+    /// A row whose insert_id its table already holds, skipped (recorded, never raised).
+    DuplicateInsertId {
+        table: String,
+        insert_id: String,
+    },
     /// One of the extension's own tables or indexes is missing (dropped by hand).
     MissingObject {
         what: String,
@@ -339,6 +347,7 @@ impl IdentityError {
             IdentityError::Ignored { .. } => Some(Reason::IgnoredInSimplified),
             IdentityError::UnknownId { .. } => Some(Reason::UnknownId),
             IdentityError::BadMapping { reason, .. } => Some(*reason),
+            IdentityError::DuplicateInsertId { .. } => Some(Reason::DuplicateInsertId),
             _ => None,
         }
     }
@@ -379,6 +388,7 @@ impl IdentityError {
                 ..
             } => S::ObjectNotInPrerequisiteState,
             IdentityError::BadMapping { .. } => S::InvalidParameterValue,
+            IdentityError::DuplicateInsertId { .. } => S::ObjectNotInPrerequisiteState,
             IdentityError::Internal { .. } => S::InternalError,
         }
     }
@@ -478,6 +488,10 @@ impl IdentityError {
             ),
             IdentityError::AttachmentMismatch { table, problem } => format!("table {table}: {problem}"),
             IdentityError::MissingObject { what } => format!("{what} is missing"),
+            IdentityError::DuplicateInsertId { table, insert_id } => format!(
+                "errDuplicateInsertId: row with insert_id {} skipped: {table} already holds a row with this insert_id",
+                show(insert_id)
+            ),
             IdentityError::BadMapping { reason, distinct_id, resolved, other } => {
                 let why = match reason {
                     Reason::MappedTwice => format!("the distinct_id is also mapped to {}", show(other)),
@@ -580,6 +594,9 @@ impl IdentityError {
                 "An object of the extension was dropped: reinstall it (DROP EXTENSION identity_merge; CREATE EXTENSION identity_merge) or restore it from a dump.".into()
             }
             IdentityError::Internal { .. } => "Please report this as a bug of identity_merge.".into(),
+            IdentityError::DuplicateInsertId { .. } => {
+                "Mixpanel's rule for /import: one event per insert_id. The skipped row is source_row; mp_dedup_insert_id(table, false) turns it off.".into()
+            }
             IdentityError::BadMapping { reason: Reason::MappedTwice, .. } => {
                 "Mixpanel resolves an id to one person: fix the export (neither mapping of the id is imported), then import again.".into()
             }

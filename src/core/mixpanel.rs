@@ -501,8 +501,13 @@ mod tests {
     #[test]
     fn people_rows_are_a_valid_id_and_an_object() {
         let s = settings();
-        assert_eq!(people_row(&s, Some("U1"), Some(r#"{"$name": "Ann"}"#)), Ok(()));
-        let code = |d: Option<&str>, p: Option<&str>| people_row(&s, d, p).unwrap_err().reason().unwrap().code();
+        assert_eq!(
+            people_row(&s, Some("U1"), Some(r#"{"$name": "Ann"}"#)),
+            Ok(())
+        );
+        let code = |d: Option<&str>, p: Option<&str>| {
+            people_row(&s, d, p).unwrap_err().reason().unwrap().code()
+        };
         assert_eq!(code(None, Some("{}")), "errNullID");
         assert_eq!(code(Some("null"), Some("{}")), "errInvalidID");
         assert_eq!(code(Some("U1"), Some("[1]")), "errMalformedEvent");

@@ -89,7 +89,9 @@ pub fn import(
         let mut plan = Mappings::new();
         let mut refusals: Vec<ImportRefusal> = Vec::new();
         let flush = |refusals: &mut Vec<ImportRefusal>| {
-            Spi::connect_mut(|c| write_import_refusals(c, pid, mappings, MAPPING_OPERATION, refusals));
+            Spi::connect_mut(|c| {
+                write_import_refusals(c, pid, mappings, MAPPING_OPERATION, refusals)
+            });
             refusals.clear();
         };
 
@@ -176,7 +178,11 @@ pub fn import(
             for_each_row_of(c, people_sql, &[], Some((people, FUNCTION)), |r| {
                 n += 1;
                 let (d, properties) = (text(&r, 1), text(&r, 2));
-                match crate::core::mixpanel::people_row(&settings, d.as_deref(), properties.as_deref()) {
+                match crate::core::mixpanel::people_row(
+                    &settings,
+                    d.as_deref(),
+                    properties.as_deref(),
+                ) {
                     Ok(()) => rows.push((d.unwrap(), properties.unwrap())),
                     Err(err) => refused.push(ImportRefusal {
                         ordinal: n,

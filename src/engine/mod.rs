@@ -7,9 +7,9 @@ use crate::core::rules::Project;
 use crate::store::Source;
 
 pub mod backfill;
-pub mod mixpanel;
 pub mod batch;
 pub mod join;
+pub mod mixpanel;
 pub mod retract;
 
 pub use join::{apply, execute, Executed};
