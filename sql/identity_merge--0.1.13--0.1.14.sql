@@ -1,8 +1,9 @@
 -- identity_merge 0.1.13 -> 0.1.14.
 
--- Issue 29, coming from Mixpanel: mp_import_mixpanel and the view
+-- Issue 29, coming from Mixpanel: mp_import_mixpanel, mp_dedup_insert_id and the view
 -- identity_merge.mixpanel_identity_mappings, with the text sql/mixpanel.sql gives a fresh install
--- (everything below, to the end of this block, is that file's text).
+-- (to the end of this block, that file's text), the insert_id deduplication trigger
+-- (src/api/dedup.rs), and mp_grant_writer granting mp_dedup_insert_id.
 
 -- The import itself (src/engine/mixpanel.rs): the mapping's rows checked and joined in memory
 -- (src/core/mixpanel.rs), written in bulk; people rows stored as $set updates. Each table is
@@ -65,6 +66,12 @@ BEGIN
         END IF;
         EXECUTE format('SELECT %I.mp_attach($1, $2, %L, %L, true, %L, %L)', s, 'distinct_id', 'canonical_id', 'device_id', 'user_id')
           USING p_events, p.token;
+        -- Attached here: insert_id deduplication on, as Mixpanel's /import (when the table has
+        -- the column; mp_dedup_insert_id(table, false) turns it off).
+        IF EXISTS (SELECT 1 FROM pg_attribute t WHERE t.attrelid = p_events AND t.attname = 'insert_id'
+                      AND t.attnum > 0 AND NOT t.attisdropped) THEN
+            EXECUTE format('SELECT %I.mp_dedup_insert_id($1)', s) USING p_events;
+        END IF;
         SELECT * INTO a FROM identity_merge.attachments x WHERE x.events = p_events;
     ELSIF a.project_id <> p.project_id THEN
         RAISE EXCEPTION 'cannot stamp the events of % for project %: the table is attached to another project', p_events, quote_literal(p.token)
@@ -80,6 +87,51 @@ BEGIN
              ELSE format('(e.%1$I)::pg_catalog.text COLLATE "C" IS DISTINCT FROM coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
                   '    WHERE i.project_id OPERATOR(pg_catalog.=) %3$s AND i.distinct_id OPERATOR(pg_catalog.=) (e.%2$I::pg_catalog.text COLLATE "C")), e.%2$I::pg_catalog.text)',
                   a.canonical_column, a.distinct_id_column, a.project_id) END));
+END $$;
+
+-- insert_id deduplication of an attached table, Mixpanel's rule for /import (one event per
+-- insert_id): with `dedup`, a row whose insert_id the table already holds (the whole partitioned
+-- table, for a partition) is skipped and recorded in identity_merge.rejections
+-- (errDuplicateInsertId, the row as source_row); without, the table takes every row. A trigger of
+-- its own (identity_merge.dedup_insert_id, src/api/dedup.rs) that fires before the stamping
+-- trigger: tables without it never run it. Creates an index on the column when none leads with it.
+CREATE FUNCTION mp_dedup_insert_id(events regclass, dedup boolean DEFAULT true, insert_id_column name DEFAULT 'insert_id')
+RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p identity_merge.projects;
+    typ regtype;
+BEGIN
+    PERFORM identity_merge._no_nulls('mp_dedup_insert_id', '{events,dedup,insert_id_column}',
+        ARRAY[events IS NULL, dedup IS NULL, insert_id_column IS NULL]);
+    SELECT x.* INTO p FROM identity_merge.attachments a JOIN identity_merge.projects x ON x.project_id = a.project_id
+     WHERE a.events = mp_dedup_insert_id.events;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table % is not attached to identity_merge', events USING ERRCODE = '55000',
+            HINT = 'Attach it with mp_attach first: deduplication is a setting of an attached table.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = events AND t.tgname = 'identity_merge_dedup') THEN
+        EXECUTE format('DROP TRIGGER identity_merge_dedup ON %s', events);
+    END IF;
+    IF NOT dedup THEN
+        RETURN;
+    END IF;
+    SELECT a.atttypid::regtype INTO typ FROM pg_attribute a
+     WHERE a.attrelid = events AND a.attname = insert_id_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'cannot deduplicate %: column % does not exist', events, quote_ident(insert_id_column) USING ERRCODE = '42703',
+            HINT = 'insert_id_column names the column holding each event''s insert_id.';
+    END IF;
+    IF NOT identity_merge._column_type_ok('id', typ) THEN
+        RAISE EXCEPTION 'cannot deduplicate %: column % is of type %, not text', events, quote_ident(insert_id_column), typ
+            USING ERRCODE = '42804', HINT = 'An insert_id is text: use a text or varchar column.';
+    END IF;
+    EXECUTE format('CREATE TRIGGER identity_merge_dedup BEFORE INSERT ON %s FOR EACH ROW '
+                   'EXECUTE FUNCTION identity_merge.dedup_insert_id(%L, %L)', events, p.token, insert_id_column);
+    IF NOT EXISTS (SELECT 1 FROM pg_index x JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0]
+                    WHERE x.indrelid = events AND a.attname = insert_id_column) THEN
+        EXECUTE format('CREATE INDEX ON %s (%I)', events, insert_id_column);
+    END IF;
 END $$;
 
 -- Brings a Mixpanel project home: seeds the project's identity graph from the export's
@@ -124,10 +176,55 @@ SELECT p.token AS project, i.distinct_id::text AS distinct_id, i.canonical_id::t
  WHERE i.distinct_id OPERATOR(pg_catalog.<>) i.canonical_id;
 
 COMMENT ON FUNCTION mp_import_mixpanel(text, regclass, regclass, regclass) IS 'Seeds a project from a Mixpanel data-pipeline export: identity mappings, and optionally events (stamped) and people ($set) (administrators)';
+COMMENT ON FUNCTION mp_dedup_insert_id(regclass, boolean, name) IS 'insert_id deduplication of an attached table (Mixpanel''s /import rule): duplicates skipped and recorded';
 COMMENT ON VIEW identity_merge.mixpanel_identity_mappings IS 'Every id that resolves to another, in the shape of Mixpanel''s identity mappings (project, distinct_id, resolved_distinct_id)';
 
 REVOKE ALL ON FUNCTION mp_import_mixpanel(text, regclass, regclass, regclass),
     identity_merge._import_mixpanel(text, regclass, text, regclass, text),
     identity_merge._mixpanel_columns(regclass, text, name[], text[]),
-    identity_merge._mixpanel_events(text, regclass) FROM PUBLIC;
+    identity_merge._mixpanel_events(text, regclass), mp_dedup_insert_id(regclass, boolean, name) FROM PUBLIC;
+
+-- The trigger of mp_dedup_insert_id (src/api/dedup.rs), as pgrx declares it.
+CREATE FUNCTION identity_merge."dedup_insert_id"()
+	RETURNS TRIGGER
+	LANGUAGE c
+	AS 'MODULE_PATHNAME', 'dedup_insert_id_wrapper';
+REVOKE ALL ON FUNCTION identity_merge.dedup_insert_id() FROM PUBLIC;
+
+-- Rights to change identities: since 0.1.14 also insert_id deduplication (sql/api.sql). Roles
+-- granted before the upgrade get it by running mp_grant_writer again; readers see the view
+-- identity_merge.mixpanel_identity_mappings by running mp_grant_reader again.
+CREATE OR REPLACE FUNCTION mp_grant_writer(role regrole) RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE s text := (SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+                    WHERE e.extname = 'identity_merge');
+        propagation text := identity_merge._grant_on_workers('mp_grant_writer', role);
+BEGIN
+    PERFORM identity_merge._no_nulls('mp_grant_writer', '{role}', ARRAY[role IS NULL]);
+    EXECUTE format('SELECT %I.mp_grant_reader(%L::regrole)', s, role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION %1$I.mp_identify(text, text, text), %1$I.mp_alias(text, text, text), '
+                   '%1$I.mp_merge(text, text, text), %1$I.mp_merge(text[], text), '
+                   '%1$I.mp_identity_create(jsonb), %1$I.mp_identity_create_alias(jsonb), %1$I.mp_identity_merge(jsonb), '
+                   '%1$I.mp_track(jsonb), %1$I.mp_segment(jsonb, text), identity_merge._segment(text, text), '
+                   '%1$I.mp_engage(jsonb), identity_merge._engage(text), %1$I.mp_refresh_people(text), '
+                   '%1$I.mp_identity_record_create(jsonb), identity_merge._identity_record_create(text), '
+                   'identity_merge._identity_create(text), identity_merge._identity_create_alias(text), '
+                   'identity_merge._identity_merge(text), identity_merge._track(text), '
+                   '%1$I.mp_attach(regclass, text, name, name, boolean, name, name), %1$I.mp_detach(regclass), %1$I.mp_restamp(regclass), '
+                   '%1$I.mp_split(text, text), %1$I.mp_unjoin(bigint), '
+                   'identity_merge.stamp_event(), identity_merge._register_attachment(regclass, integer, name, name), '
+                   'identity_merge._unregister_attachment(regclass) TO %2$s', s, role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION %1$I.mp_schedule_restamp(regclass, interval), '
+                   '%1$I.mp_unschedule_restamp(regclass) TO %2$s', s, role);
+    -- Issue 29 (sql/mixpanel.sql): insert_id deduplication of the tables the role attached.
+    EXECUTE format('GRANT EXECUTE ON FUNCTION %1$I.mp_dedup_insert_id(regclass, boolean, name), '
+                   'identity_merge.dedup_insert_id() TO %2$s', s, role);
+    -- The restamp of every row commits per batch, so it runs as the caller, who keeps its
+    -- progress (row-level security limits that to tables the caller owns).
+    EXECUTE format('GRANT EXECUTE ON PROCEDURE %1$I.mp_restamp_all(regclass, integer) TO %2$s', s, role);
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON identity_merge.restamp_progress TO %s', role);
+    IF propagation IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', propagation, true);
+    END IF;
+END $$;
 -- (end of issue 29's block)
