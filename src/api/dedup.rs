@@ -108,10 +108,9 @@ fn dedup<'a>(
     let relid = unsafe { (*td.tg_relation).rd_id };
     let plan = probe(relid, column);
     let held = Spi::connect(|c| {
-        c.select(&*plan, Some(1), &[insert_id.as_str().into()])
+        !c.select(&*plan, Some(1), &[insert_id.as_str().into()])
             .or_bug("probing the insert_id")
-            .len()
-            > 0
+            .is_empty()
     });
     if !held {
         return Ok(Some(new));
