@@ -172,4 +172,44 @@ expect "mp_check finds nothing (orig)" r "SELECT count(*) FROM mp_check('orig')"
 expect "a split takes an imported join back" w "SELECT id, old_canonical, new_canonical FROM mp_split('n1', 'orig')" "n1|P1|n1"
 expect "mp_check after the split" r "SELECT count(*) FROM mp_check('orig')" "0"
 
+# A hostile table: the writer's mapping table whose row-level security policy (forced on its
+# owner) tries to make the writer superuser; the administrator's import reads it as its owner, in a
+# security-restricted operation, so the policy runs with the writer's rights and gains nothing.
+as w >/dev/null <<'SQL'
+CREATE FUNCTION evil() RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    BEGIN
+        ALTER ROLE w SUPERUSER;
+    EXCEPTION WHEN OTHERS THEN
+        NULL;
+    END;
+    RETURN true;
+END $$;
+CREATE TABLE hostile (distinct_id text, resolved_distinct_id text);
+INSERT INTO hostile VALUES ('h1', 'H');
+ALTER TABLE hostile ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
+CREATE POLICY p ON hostile USING (evil());
+SQL
+expect "a hostile mapping table is read as its owner" postgres "SELECT mp_create_project('h');
+SELECT joins FROM mp_import_mixpanel('h', 'hostile');
+SELECT rolsuper FROM pg_roles WHERE rolname = 'w'" "
+1
+f"
+expect_err "a caller who may not act as the table's owner is refused" postgres "CREATE ROLE admin2 LOGIN;
+SELECT mp_grant_reader('admin2');
+GRANT EXECUTE ON FUNCTION mp_import_mixpanel(text, regclass, regclass, regclass), identity_merge._import_mixpanel(text, regclass, text, regclass, text),
+      identity_merge._mixpanel_columns(regclass, text, name[], text[]), identity_merge._project(text), identity_merge._no_nulls(text, text[], boolean[]) TO admin2;
+SET ROLE admin2;
+SELECT joins FROM mp_import_mixpanel('h', 'hostile');" 42501
+check "the refusal names the owner" "1" "$(printf '%s\n' "SET ROLE admin2; SELECT joins FROM mp_import_mixpanel('h', 'hostile');" | as postgres -f - | grep -c 'role admin2 may not act as w')"
+
+# pg_dump and restore keep the import (its joins, the view) and the deduplication trigger.
+as_pg "$PG_BIN/pg_dump" -h "$PGHOST" -p "$PGPORT" -U postgres -Fc -d postgres -f "$dir/pg/src.dump"
+cluster_psql -c "CREATE DATABASE dst" >/dev/null
+as_pg "$PG_BIN/pg_restore" -h "$PGHOST" -p "$PGPORT" -U postgres -d dst --exit-on-error "$dir/pg/src.dump"
+expect "after restore: resolves and the view" postgres "\\c dst
+SELECT mp_resolve('crm-42', 'mp'), (SELECT count(*) FROM identity_merge.mixpanel_identity_mappings WHERE project = 'mp')" "U2|6"
+expect "after restore: duplicates still skipped" postgres "\\c dst
+INSERT INTO mp_events VALUES ('D1', '\$device:D1', 'Page View', 'i2', '{}', 1700009000, NULL) RETURNING insert_id" ""
+
 summary mixpanel_import

@@ -56,6 +56,10 @@ pub fn import(
             .or_bug("setting citus.enable_local_execution");
     }
     let project = crate::engine::project(Some(token)).or_raise();
+    // A caller who may not act as a table's owner is refused (42501) before anything is locked.
+    for table in std::iter::once(mappings).chain(people.map(|(p, _)| p)) {
+        crate::pg::owner::as_table_owner(table, FUNCTION, || ());
+    }
     let settings = project.settings.clone();
     let mode = project.mode;
     let pid = project.id;
