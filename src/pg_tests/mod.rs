@@ -11,6 +11,7 @@ pub mod support;
 mod contract;
 mod flows;
 mod json;
+mod mixpanel;
 mod model;
 mod people;
 mod ring;

@@ -17,9 +17,9 @@ pub struct ImportRefusal {
 }
 
 /// Records refused rows of `table` as rejections (operation `operation`, the table as their
-/// source_table, so that a role sees those of tables it may read). A rejection already recorded
-/// for the same project, operation, reason and ids (an earlier import of the same export) is
-/// not recorded again: importing an export twice changes nothing.
+/// source_table, so that a role sees those of tables it may read), once per project, operation,
+/// reason and ids: the first of identical refused rows (its row number), and none already
+/// recorded by an earlier import of the same export, which then changes nothing.
 pub fn write_import_refusals(
     c: &mut pgrx::spi::SpiClient<'_>,
     pid: i32,
@@ -52,7 +52,9 @@ pub fn write_import_refusals(
             "INSERT INTO identity_merge.rejections (project_id, reason_code, message, operation, id_a, id_b, source_table, source_row) \
              SELECT $1, u.r, u.m, $7, u.a, u.b, $8::pg_catalog.oid::pg_catalog.regclass, \
                     pg_catalog.jsonb_build_object('imported_from', 'Mixpanel', 'table', $8::pg_catalog.oid::pg_catalog.regclass::pg_catalog.text, 'row', u.n) \
-             FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::int8[])) u(r, m, a, b, n) \
+             FROM (SELECT DISTINCT ON (u.r, u.a, u.b) u.* \
+                     FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::int8[])) u(r, m, a, b, n) \
+                    ORDER BY u.r, u.a, u.b, u.n) u \
              WHERE NOT EXISTS (SELECT 1 FROM identity_merge.rejections x \
                                 WHERE x.project_id OPERATOR(pg_catalog.=) $1 AND x.operation OPERATOR(pg_catalog.=) $7 \
                                   AND x.reason_code OPERATOR(pg_catalog.=) u.r \
