@@ -1260,6 +1260,9 @@ BEGIN
                    'identity_merge._unregister_attachment(regclass) TO %2$s', s, role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION %1$I.mp_schedule_restamp(regclass, interval), '
                    '%1$I.mp_unschedule_restamp(regclass) TO %2$s', s, role);
+    -- Issue 29 (sql/mixpanel.sql): insert_id deduplication of the tables the role attached.
+    EXECUTE format('GRANT EXECUTE ON FUNCTION %1$I.mp_dedup_insert_id(regclass, boolean, name), '
+                   'identity_merge.dedup_insert_id() TO %2$s', s, role);
     -- The restamp of every row commits per batch, so it runs as the caller, who keeps its
     -- progress (row-level security limits that to tables the caller owns).
     EXECUTE format('GRANT EXECUTE ON PROCEDURE %1$I.mp_restamp_all(regclass, integer) TO %2$s', s, role);

@@ -23,8 +23,8 @@
 //! identity events, `engine::batch::execute` → `core::graph`, written by `engine::batch::flush`
 //! when the statement ends, from api/hooks.rs).
 //!
-//! SQL objects live in `sql/schema.sql` (tables), `sql/api.sql` (plain SQL functions) and
-//! `sql/scaling.sql` (Citus).
+//! SQL objects live in `sql/schema.sql` (tables), `sql/api.sql` (plain SQL functions),
+//! `sql/scaling.sql` (Citus) and `sql/mixpanel.sql` (Mixpanel exports: mp_import_mixpanel).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -48,6 +48,11 @@ extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!(
     "../sql/scaling.sql",
     name = "scaling",
+    requires = ["schema"]
+);
+extension_sql_file!(
+    "../sql/mixpanel.sql",
+    name = "mixpanel",
     requires = ["schema"]
 );
 extension_sql_file!("../sql/api.sql", name = "api", finalize);

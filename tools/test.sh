@@ -7,7 +7,8 @@
 #      golden pg_regress and Citus 13.2.2 checks, and the package test (the .deb of
 #      tools/package.sh installed with apt-get, created, upgraded, removed);
 #   17, 18 (built from source by tools/build_postgres.sh into /opt/identity_merge/pgNN): the pgrx
-#      tests, golden pg_regress flows, dump / restore, SDK, crash, reliability and upgrade checks;
+#      tests, golden pg_regress flows, dump / restore, SDK, crash, reliability, Mixpanel import
+#      and upgrade checks;
 #      on every major also tests/majors.sh (what differs between majors) and tests/docs.sh (every
 #      SQL example of README.md and docs/ run as written);
 #      on 18 also Citus 14.0.1. The docs' Citus blocks run on each Citus (tests/docs_citus.sh);
@@ -85,6 +86,7 @@ run_major() {
   step "pg$m upgrade" bash tests/upgrade.sh
   step "pg$m reliability" bash tests/reliability.sh
   step "pg$m worker" bash tests/worker.sh
+  step "pg$m mixpanel_import" bash tests/mixpanel_import.sh
   step "pg$m majors" bash tests/majors.sh
   step "pg$m docs" bash tests/docs.sh
   case "$m" in

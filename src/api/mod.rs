@@ -3,11 +3,13 @@
 pub mod attach;
 pub mod backfill;
 pub mod check;
+pub mod dedup;
 pub mod explain;
 pub mod hooks;
 pub mod http;
 pub mod identity;
 pub mod ingest;
+pub mod mixpanel;
 pub mod owner;
 pub mod people;
 pub mod queue;

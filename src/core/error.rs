@@ -83,6 +83,15 @@ pub enum Reason {
     LegacyAliasIsTarget,
     UnknownId,
     MalformedEvent,
+    /// A Mixpanel identity mapping (mp_import_mixpanel): the distinct_id has rows with two
+    /// different resolved ids.
+    MappedTwice,
+    /// A Mixpanel identity mapping whose resolved id is itself mapped to another id.
+    MappingChain,
+    /// A Mixpanel identity mapping that contradicts the project's clusters.
+    ImportConflict,
+    /// A row skipped by an attachment's insert_id deduplication (mp_dedup_insert_id).
+    DuplicateInsertId,
 }
 
 impl Reason {
@@ -103,6 +112,10 @@ impl Reason {
             Reason::LegacyAliasIsTarget => "errLegacyAliasIsTarget",
             Reason::UnknownId => "errUnknownID",
             Reason::MalformedEvent => "errMalformedEvent",
+            Reason::MappedTwice => "errMappedTwice",
+            Reason::MappingChain => "errMappingChain",
+            Reason::ImportConflict => "errImportConflict",
+            Reason::DuplicateInsertId => "errDuplicateInsertId",
         }
     }
 }
@@ -259,6 +272,20 @@ pub enum IdentityError {
     UnknownJoin {
         seq: i64,
     },
+    /// A row of a Mixpanel identity mapping that mp_import_mixpanel does not import
+    /// (`reason`: MappedTwice, MappingChain, ImportConflict); `other` is the second resolved
+    /// id, the id the resolved id maps to, or the person the distinct_id already belongs to.
+    BadMapping {
+        reason: Reason,
+        distinct_id: String,
+        resolved: String,
+        other: String,
+    },
+    /// A row whose insert_id its table already holds, skipped (recorded, never raised).
+    DuplicateInsertId {
+        table: String,
+        insert_id: String,
+    },
     /// One of the extension's own tables or indexes is missing (dropped by hand).
     MissingObject {
         what: String,
@@ -401,6 +428,8 @@ impl IdentityError {
             } => Some(Reason::IgnoredInLegacy),
             IdentityError::Ignored { .. } => Some(Reason::IgnoredInSimplified),
             IdentityError::UnknownId { .. } => Some(Reason::UnknownId),
+            IdentityError::BadMapping { reason, .. } => Some(*reason),
+            IdentityError::DuplicateInsertId { .. } => Some(Reason::DuplicateInsertId),
             _ => None,
         }
     }
@@ -437,6 +466,12 @@ impl IdentityError {
             IdentityError::NullArgument { .. } => S::NullValueNotAllowed,
             IdentityError::MissingObject { .. } => S::UndefinedTable,
             IdentityError::Staging { problem, .. } => problem.sqlstate(),
+            IdentityError::BadMapping {
+                reason: Reason::ImportConflict,
+                ..
+            } => S::ObjectNotInPrerequisiteState,
+            IdentityError::BadMapping { .. } => S::InvalidParameterValue,
+            IdentityError::DuplicateInsertId { .. } => S::ObjectNotInPrerequisiteState,
             IdentityError::Internal { .. } => S::InternalError,
         }
     }
@@ -536,6 +571,25 @@ impl IdentityError {
             ),
             IdentityError::AttachmentMismatch { table, problem } => format!("table {table}: {problem}"),
             IdentityError::MissingObject { what } => format!("{what} is missing"),
+            IdentityError::DuplicateInsertId { table, insert_id } => format!(
+                "errDuplicateInsertId: row with insert_id {} skipped: {table} already holds a row with this insert_id",
+                show(insert_id)
+            ),
+            IdentityError::BadMapping { reason, distinct_id, resolved, other } => {
+                let why = match reason {
+                    Reason::MappedTwice => format!("the distinct_id is also mapped to {}", show(other)),
+                    Reason::MappingChain => {
+                        format!("the resolved id is itself mapped to {} (a chain)", show(other))
+                    }
+                    _ => format!("the distinct_id already belongs to person {} in this project", show(other)),
+                };
+                format!(
+                    "{}: mapping of distinct_id {} to resolved_distinct_id {} not imported: {why}",
+                    reason.code(),
+                    show(distinct_id),
+                    show(resolved)
+                )
+            }
             IdentityError::UnknownJoin { seq } => format!("no logged join has seq {seq}"),
             IdentityError::UnknownId { id, token } => {
                 format!("errUnknownID: id {} was never seen in project {}", show(id), show(token))
@@ -627,6 +681,18 @@ impl IdentityError {
             }
             IdentityError::Staging { problem, .. } => problem.hint().into(),
             IdentityError::Internal { .. } => "Please report this as a bug of identity_merge.".into(),
+            IdentityError::DuplicateInsertId { .. } => {
+                "Mixpanel's rule for /import: one event per insert_id. The skipped row is source_row; mp_dedup_insert_id(table, false) turns it off.".into()
+            }
+            IdentityError::BadMapping { reason: Reason::MappedTwice, .. } => {
+                "Mixpanel resolves an id to one person: fix the export (neither mapping of the id is imported), then import again.".into()
+            }
+            IdentityError::BadMapping { reason: Reason::MappingChain, .. } => {
+                "A resolved_distinct_id resolves to itself in a consistent export: fix the row (or map the id to the end of the chain), then import again.".into()
+            }
+            IdentityError::BadMapping { .. } => {
+                "The project's own joins stand; if Mixpanel is right, join the two people deliberately with mp_merge(resolved_distinct_id, distinct_id).".into()
+            }
             IdentityError::UnknownJoin { .. } => {
                 "Joins are the rows of identity_merge.merge_log (mp_explain shows their seq).".into()
             }

@@ -3,6 +3,7 @@
 //! (src/*.rs) reads rows and payloads, asks the core what they mean, and writes the answer.
 //!
 //! Dependencies run one way: `model` ← `error` ← `rules` ← `ingest`, `graph` ← `profile`;
+//! `graph` ← `mixpanel`;
 //! `error` ← `attachment` ← `staged`.
 //! - `model`: the vocabulary (operations and their names, modes, anon id formats);
 //! - `error`: the one error type, its reason codes and SQLSTATEs (raised by `crate::pg`);
@@ -11,6 +12,8 @@
 //! - `ingest`: what an event (a row, a Mixpanel payload, a history row) means: a plan of
 //!   operations to apply and refusals to record;
 //! - `graph`: union-find over a history, with the same rules, for `mp_backfill`;
+//! - `mixpanel`: a Mixpanel export's identity mappings checked and imported into a graph
+//!   (`mp_import_mixpanel`);
 //! - `profile`: people profiles, the fold of the Engage updates sent to a person's ids;
 //! - `record`: identity records (the seed's "Create an Identity"): valid bodies, their content;
 //! - `attachment`: what an attached table's stamping trigger says (its arguments);
@@ -23,6 +26,7 @@ pub mod columns;
 pub mod error;
 pub mod graph;
 pub mod ingest;
+pub mod mixpanel;
 pub mod model;
 pub mod profile;
 pub mod record;

@@ -87,11 +87,11 @@ pub fn backfill(source: &str, project: &str, reader: Option<pg_sys::Oid>, rows: 
     let mut refused: i64 = 0;
     // The history ordinal of each join of `graph.joins`, and who loads the history.
     let mut join_ordinals: Vec<i64> = Vec::new();
-    let log = LogRows {
-        role: crate::pg::current_role_name(),
-        provenance: store::merge_log_has_provenance(),
+    let log = LogRows::backfill(
+        crate::pg::current_role_name(),
+        store::merge_log_has_provenance(),
         distributed,
-    };
+    );
     let mut events: i64 = 0;
 
     if !crate::sync::locks::hold_cluster_wide(pid) {

@@ -11,6 +11,7 @@ pub mod backfill;
 pub mod batch;
 pub mod join;
 pub mod maintain;
+pub mod mixpanel;
 pub mod retract;
 pub mod staged;
 

@@ -12,6 +12,7 @@ mod contract;
 mod flows;
 mod ingest;
 mod json;
+mod mixpanel;
 mod model;
 mod people;
 mod ring;

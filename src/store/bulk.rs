@@ -33,11 +33,22 @@ pub fn for_each_row(
     sql: &str,
     args: &[pgrx::datum::DatumWithOid],
     reader: Option<pg_sys::Oid>,
+    f: impl FnMut(pgrx::spi::SpiHeapTupleData<'_>),
+) -> Result<(), pgrx::spi::SpiError> {
+    for_each_row_of(c, sql, args, reader.map(|r| (r, "mp_backfill_from")), f)
+}
+
+/// `for_each_row` reading as the owner of a table for the function named (its messages).
+pub fn for_each_row_of(
+    c: &pgrx::spi::SpiClient<'_>,
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+    reader: Option<(pg_sys::Oid, &'static str)>,
     mut f: impl FnMut(pgrx::spi::SpiHeapTupleData<'_>),
 ) -> Result<(), pgrx::spi::SpiError> {
-    fn as_reader<R>(reader: Option<pg_sys::Oid>, f: impl FnOnce() -> R) -> R {
+    fn as_reader<R>(reader: Option<(pg_sys::Oid, &'static str)>, f: impl FnOnce() -> R) -> R {
         match reader {
-            Some(rel) => crate::pg::owner::as_table_owner(rel, "mp_backfill_from", f),
+            Some((rel, what)) => crate::pg::owner::as_table_owner(rel, what, f),
             None => f(),
         }
     }
@@ -151,6 +162,25 @@ pub struct LogRows {
     pub role: String,
     pub provenance: bool,
     pub distributed: bool,
+    /// The rows' source ('backfill', 'mixpanel_import') and source_detail: `detail` (a JSON
+    /// object) with the join's history ordinal added under `ordinal_key`.
+    pub source: &'static str,
+    pub detail: serde_json::Value,
+    pub ordinal_key: &'static str,
+}
+
+impl LogRows {
+    /// A backfill's: source 'backfill', `{"backfill_ordinal": n}`.
+    pub fn backfill(role: String, provenance: bool, distributed: bool) -> LogRows {
+        LogRows {
+            role,
+            provenance,
+            distributed,
+            source: "backfill",
+            detail: serde_json::json!({}),
+            ordinal_key: "backfill_ordinal",
+        }
+    }
 }
 
 /// Writes what a batch of history did, in bulk: new and moved ids, absorbed and changed
@@ -213,7 +243,7 @@ pub fn write_joins(
         let (mut columns, mut values) = if log.provenance {
             (
                 ", source, source_detail, role_name, transaction_id".to_string(),
-                ", 'backfill', pg_catalog.jsonb_build_object('backfill_ordinal', u.h), $9, pg_catalog.pg_current_xact_id()".to_string(),
+                ", $10, $11::pg_catalog.jsonb OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object($12, u.h), $9, pg_catalog.pg_current_xact_id()".to_string(),
             )
         } else {
             (String::new(), String::new())
@@ -238,7 +268,10 @@ pub fn write_joins(
                 col(&|j| g.name(j.absorbed).to_string()).into(),
                 moved.into(),
                 ordinals.into(),
-                log.role.as_str().into()]),
+                log.role.as_str().into(),
+                log.source.into(),
+                pgrx::JsonB(log.detail.clone()).into(),
+                log.ordinal_key.into()]),
         );
     }
 }

@@ -5,6 +5,7 @@
 //! engine/join.rs.
 
 pub mod bulk;
+pub mod mixpanel;
 pub mod probe;
 pub mod queue;
 
