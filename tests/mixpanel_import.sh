@@ -172,6 +172,18 @@ expect "mp_check finds nothing (orig)" r "SELECT count(*) FROM mp_check('orig')"
 expect "a split takes an imported join back" w "SELECT id, old_canonical, new_canonical FROM mp_split('n1', 'orig')" "n1|P1|n1"
 expect "mp_check after the split" r "SELECT count(*) FROM mp_check('orig')" "0"
 
+# A session whose stamp cache already holds an id sees the import another session committed.
+as postgres >/dev/null <<'SQL'
+CREATE TABLE warm (distinct_id text, canonical_id text);
+SELECT mp_attach('warm', 'mp');
+CREATE TABLE later_map (distinct_id text, resolved_distinct_id text);
+INSERT INTO later_map VALUES ('$device:W1', 'U1');
+SQL
+expect "a warm cache learns of the import" postgres "INSERT INTO warm VALUES ('\$device:W1'), ('\$device:W1');
+\\! $PG_BIN/psql -X -q -At -c \"SELECT joins FROM mp_import_mixpanel('mp', 'later_map')\"
+INSERT INTO warm VALUES ('\$device:W1') RETURNING canonical_id;" "1
+U1"
+
 # A hostile table: the writer's mapping table whose row-level security policy (forced on its
 # owner) tries to make the writer superuser; the administrator's import reads it as its owner, in a
 # security-restricted operation, so the policy runs with the writer's rights and gains nothing.
@@ -208,7 +220,7 @@ as_pg "$PG_BIN/pg_dump" -h "$PGHOST" -p "$PGPORT" -U postgres -Fc -d postgres -f
 cluster_psql -c "CREATE DATABASE dst" >/dev/null
 as_pg "$PG_BIN/pg_restore" -h "$PGHOST" -p "$PGPORT" -U postgres -d dst --exit-on-error "$dir/pg/src.dump"
 expect "after restore: resolves and the view" postgres "\\c dst
-SELECT mp_resolve('crm-42', 'mp'), (SELECT count(*) FROM identity_merge.mixpanel_identity_mappings WHERE project = 'mp')" "U2|6"
+SELECT mp_resolve('crm-42', 'mp'), (SELECT count(*) FROM identity_merge.mixpanel_identity_mappings WHERE project = 'mp')" "U2|7"
 expect "after restore: duplicates still skipped" postgres "\\c dst
 INSERT INTO mp_events VALUES ('D1', '\$device:D1', 'Page View', 'i2', '{}', 1700009000, NULL) RETURNING insert_id" ""
 

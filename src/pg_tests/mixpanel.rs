@@ -69,6 +69,11 @@ mod tests {
 
     #[pg_test]
     fn imports_of_random_mappings_resolve_as_mapped() {
+        // The tests run side by side, each in one transaction: the locks an import takes (and its
+        // ANALYZE's) are taken first, as a whole, so that a concurrent test's mp_backfill waits
+        // for this one instead of deadlocking with it (each holding what the other's next import
+        // or ANALYZE needs).
+        run("LOCK TABLE identity_merge.identities, identity_merge.clusters, identity_merge.merge_log IN SHARE ROW EXCLUSIVE MODE");
         for seed in 1..=4u64 {
             let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
             let mut next = |n: u64| {
