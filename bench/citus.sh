@@ -9,6 +9,10 @@ source tools/citus_cluster.sh
 citus_start "$dir/citus" shared_buffers=512MB max_wal_size=4GB shared_preload_libraries=citus,identity_merge
 trap 'citus_stop; cluster_stop' EXIT
 C() { citus_psql "$COORD" -At "$@"; }
+if [ -n "${CITUS_LAG_ONLY:-}" ]; then
+  # CITUS_LAG_ONLY=1 bash bench/run.sh --no-install citus: the worker's lag alone.
+  C -c "SET client_min_messages = warning" -c "CREATE EXTENSION identity_merge" -c "SELECT mp_distribute()" >/dev/null
+else
 C >/dev/null <<'SQL'
 SET client_min_messages = warning;
 CREATE EXTENSION identity_merge;
@@ -100,6 +104,7 @@ echo "rows stamped wrong: $wrong"
 printf '%-66s %10s %10s %8s\n' "100k lookups: mp_resolve vs PL/pgSQL loop of indexed SELECTs" "$resolve_ours" "$resolve_select" "$(ratio "$resolve_ours" "$resolve_select")"
 printf '%-66s %10s %10s %8s\n' "100k lookups: mp_resolve vs set-based LEFT JOIN of the mapping" "$resolve_ours" "$resolve_join" "$(ratio "$resolve_ours" "$resolve_join")"
 echo "mp_identify from the coordinator (two-phase commit to 3 nodes): $identify_ms ms per call (500 calls)"
+fi
 
 # The maintenance worker's lag (issue 27): single-row INSERTs through the coordinator at 1,000
 # rows/s for 20 s (pgbench -R 1000), 2% of them $identify rows of new users; each identity

@@ -102,6 +102,19 @@ BEGIN
     END LOOP;
 END $$;
 
+CREATE FUNCTION identity_merge._restamp_attached(stale text[]) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a record;
+    n bigint := 0;
+BEGIN
+    FOR a IN SELECT x.events FROM identity_merge.attachments x
+               JOIN identity_merge.projects p USING (project_id) WHERE p.mode <> 'legacy' LOOP
+        n := n + identity_merge._restamp_canonicals(a.events, stale);
+    END LOOP;
+    RETURN n;
+END $$;
+
 CREATE FUNCTION identity_merge._keep_fresh_projects() RETURNS void
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -698,7 +711,7 @@ REVOKE ALL ON FUNCTION mp_ingest(regclass, regclass, boolean), identity_merge._s
     identity_merge._lock_restamp(regclass), identity_merge._restamp_canonicals(regclass, text[]),
     identity_merge._set_keep_fresh(regclass, boolean), mp_keep_fresh(regclass, boolean), identity_merge._restamp_all_attached(),
     identity_merge._stats(), identity_merge._worker(), mp_stats_reset(), identity_merge._wake_launcher(),
-    identity_merge._keep_fresh_projects(),
+    identity_merge._keep_fresh_projects(), identity_merge._restamp_attached(text[]),
     mp_attach(regclass, text, name, name, boolean, name, name, boolean) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION identity_merge._stamp_wanted(regclass), identity_merge._lock_restamp(regclass) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION identity_merge._stats(), identity_merge._worker() TO PUBLIC;

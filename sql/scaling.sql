@@ -309,6 +309,22 @@ BEGIN
     RETURN n;
 END $$;
 
+-- After the maintenance worker applied a node's queue: the rows stamped with the canonical ids
+-- its joins absorbed, in every attached table of a project that is not legacy, restamped (on
+-- the coordinator, which holds the attachments; src/engine/maintain.rs).
+CREATE FUNCTION identity_merge._restamp_attached(stale text[]) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a record;
+    n bigint := 0;
+BEGIN
+    FOR a IN SELECT x.events FROM identity_merge.attachments x
+               JOIN identity_merge.projects p USING (project_id) WHERE p.mode <> 'legacy' LOOP
+        n := n + identity_merge._restamp_canonicals(a.events, stale);
+    END LOOP;
+    RETURN n;
+END $$;
+
 -- After a queue was applied (mp_apply_pending, the maintenance worker): every attached table of
 -- a project that is not legacy restamped, so every row has the stamp it would have on one server.
 CREATE FUNCTION identity_merge._restamp_all_attached() RETURNS void

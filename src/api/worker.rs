@@ -177,8 +177,11 @@ pub extern "C-unwind" fn identity_merge_worker_main(arg: pg_sys::Datum) {
         if BackgroundWorker::sigterm_received() {
             break;
         }
-        if let Pass::Done { restamp: true, .. } = done {
-            BackgroundWorker::transaction(restamp_after_apply);
+        if let Pass::Done { restamp, .. } = &done {
+            if !restamp.is_empty() {
+                let absorbed = restamp.clone();
+                BackgroundWorker::transaction(move || restamp_after_apply(&absorbed));
+            }
         }
         let naptime = Duration::from_millis(crate::pg::guc::WORKER_NAPTIME.get().max(10) as u64);
         match done {

@@ -21,9 +21,9 @@ pub enum Pass {
     /// The database has no identity_merge (or not the SQL of this library yet): the worker exits.
     NoExtension,
     /// Done; `more`: a batch was full, another pass goes at once; `worked`: it applied or
-    /// restamped something; `restamp`: it applied queued events, whose stale rows
-    /// `restamp_after_apply` restamps once the pass committed.
-    Done { more: bool, worked: bool, restamp: bool },
+    /// restamped something; `restamp`: the canonical ids the queued events it applied absorbed,
+    /// whose rows `restamp_after_apply` restamps once the pass committed.
+    Done { more: bool, worked: bool, restamp: Vec<String> },
 }
 
 /// One pass, in the caller's transaction.
@@ -37,15 +37,31 @@ pub fn pass(slot: &WorkerSlot, batch: i64) -> Pass {
     if !ready {
         return Pass::NoExtension;
     }
+    let mut absorbed: Vec<String> = Vec::new();
     let mut applied_any = false;
     if crate::sync::placement::distributed() {
         slot.set_state(WorkerState::Applying);
+        let logged_before = Spi::get_one::<i64>("SELECT coalesce(max(seq), 0) FROM identity_merge.merge_log")
+            .or_bug("reading the merge log")
+            .unwrap_or(0);
         // This node's queue, oldest first, through the plan and rules of mp_apply_pending.
         let applied = Spi::get_one::<i64>("SELECT identity_merge._apply_queue()")
             .or_bug("applying the queue")
             .unwrap_or(0);
         if applied > 0 {
             slot.applied(applied as u64);
+            // The canonical ids its joins absorbed (and any other node's since: restamping
+            // those again changes nothing): the stamps to restamp once this pass committed.
+            absorbed = Spi::connect(|c| {
+                c.select(
+                    "SELECT DISTINCT absorbed_canonical::text FROM identity_merge.merge_log WHERE seq OPERATOR(pg_catalog.>) $1",
+                    None,
+                    &[logged_before.into()],
+                )
+                .or_bug("reading the merge log")
+                .filter_map(|r| r.get::<String>(1).ok().flatten())
+                .collect()
+            });
         }
         applied_any = applied > 0;
     }
@@ -116,22 +132,29 @@ pub fn pass(slot: &WorkerSlot, batch: i64) -> Pass {
     Pass::Done {
         more,
         worked,
-        restamp: applied_any,
+        restamp: absorbed,
     }
 }
 
-/// After a pass that applied this node's queue committed: every attached table of a project
-/// that is not legacy restamped, as mp_apply_pending does, by the coordinator, which holds the
-/// registry of attached tables (from a worker node, through run_command_on_coordinator, whose
-/// own transaction sees the committed joins).
-pub fn restamp_after_apply() {
+/// After a pass that applied this node's queue committed: the rows of every attached table of
+/// a project that is not legacy stamped with the canonical ids its joins absorbed restamped (as
+/// mp_apply_pending's restamp would find them), by the coordinator, which holds the registry of
+/// attached tables (from a worker node, through run_command_on_coordinator, whose own
+/// transaction sees the committed joins).
+pub fn restamp_after_apply(absorbed: &[String]) {
     let on_coordinator = Spi::get_one::<bool>("SELECT identity_merge._on_coordinator()")
         .or_bug("finding the coordinator")
         .unwrap_or(true);
-    let sql = if on_coordinator {
-        "SELECT identity_merge._restamp_all_attached()"
+    let stale: Vec<Option<String>> = absorbed.iter().cloned().map(Some).collect();
+    if on_coordinator {
+        Spi::run_with_args("SELECT identity_merge._restamp_attached($1)", &[stale.into()])
+            .or_bug("restamping after the queue");
     } else {
-        "SELECT r.success FROM pg_catalog.run_command_on_coordinator('SELECT identity_merge._restamp_all_attached()') r"
-    };
-    Spi::run(sql).or_bug("restamping after the queue");
+        Spi::run_with_args(
+            "SELECT r.success FROM pg_catalog.run_command_on_coordinator( \
+               pg_catalog.format('SELECT identity_merge._restamp_attached(%L::text[])', $1::text[])) r",
+            &[stale.into()],
+        )
+        .or_bug("restamping after the queue");
+    }
 }
