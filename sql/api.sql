@@ -347,10 +347,14 @@ BEGIN
     -- UPDATE OF the distinct_id too (also INSERT ... ON CONFLICT DO UPDATE): a changed
     -- distinct_id gets its stamp, so no row keeps a stamp mp_restamp could not fix.
     -- WHEN: mp_ingest's own rows are inserted stamped, without the trigger (since 0.1.14).
+    -- (Not on Citus, where mp_ingest does not run: a shard's copy of the WHEN would name a
+    -- table of another node.)
     EXECUTE format('CREATE TRIGGER identity_merge_stamp BEFORE INSERT OR UPDATE OF %I ON %s FOR EACH ROW '
-                   'WHEN (identity_merge._stamp_wanted(%L::regclass)) '
-                   'EXECUTE FUNCTION identity_merge.stamp_event(%L, %L, %L%s)',
-                   distinct_id_column, events, events::oid, p.token, distinct_id_column, canonical_column,
+                   '%sEXECUTE FUNCTION identity_merge.stamp_event(%L, %L, %L%s)',
+                   distinct_id_column, events,
+                   CASE WHEN identity_merge._distributed() THEN ''
+                        ELSE format('WHEN (identity_merge._stamp_wanted(%L::regclass)) ', events::oid) END,
+                   p.token, distinct_id_column, canonical_column,
                    CASE WHEN device_id_column = '' AND user_id_column = '' THEN ''
                         ELSE format(', %L, %L', device_id_column, user_id_column) END);
     -- keep_fresh's restamps need the index too (since 0.1.14).
@@ -1177,32 +1181,34 @@ RETURNS TABLE (pid integer, state text, started_at timestamptz, last_apply_at ti
 LANGUAGE c VOLATILE PARALLEL SAFE AS 'MODULE_PATHNAME', '_worker_wrapper';
 
 -- One row per project: what was stamped and applied, the Citus queue and the stale stamps
--- waiting, and the maintenance worker (docs/functions.md#statistics).
-CREATE VIEW identity_merge.stats AS
-SELECT p.token AS project,
-       coalesce(c.rows_stamped, 0) AS rows_stamped,
-       coalesce(c.events_applied, 0) AS events_applied,
-       coalesce(c.events_queued, 0) AS events_queued,
-       coalesce(c.events_refused, 0) AS events_refused,
-       coalesce(c.joins, 0) AS joins,
-       coalesce(c.splits, 0) AS splits,
-       coalesce(c.cache_hits, 0) AS cache_hits,
-       coalesce(c.cache_misses, 0) AS cache_misses,
-       q.depth AS queue_depth,
-       q.oldest AS queue_oldest_age,
-       st.waiting AS stale_waiting,
-       st.oldest AS stale_oldest_age,
-       w.last_apply_at,
-       w.last_restamp_at,
-       w.state AS worker_state,
-       w.pid AS worker_pid
+-- waiting, and the maintenance worker (docs/functions.md#statistics). The view reads through a
+-- function, so that it depends on no table: on Citus, mp_undistribute recreates the replicated
+-- tables, which a view depending on them would forbid.
+CREATE FUNCTION identity_merge._stats_by_project()
+RETURNS TABLE (project text, rows_stamped bigint, events_applied bigint, events_queued bigint,
+               events_refused bigint, joins bigint, splits bigint, cache_hits bigint, cache_misses bigint,
+               queue_depth bigint, queue_oldest_age interval, stale_waiting bigint, stale_oldest_age interval,
+               last_apply_at timestamptz, last_restamp_at timestamptz, worker_state text, worker_pid integer)
+LANGUAGE sql VOLATILE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+SELECT p.token,
+       coalesce(c.rows_stamped, 0), coalesce(c.events_applied, 0), coalesce(c.events_queued, 0),
+       coalesce(c.events_refused, 0), coalesce(c.joins, 0), coalesce(c.splits, 0),
+       coalesce(c.cache_hits, 0), coalesce(c.cache_misses, 0),
+       q.depth, q.oldest, st.waiting, st.oldest,
+       w.last_apply_at, w.last_restamp_at, w.state, w.pid
   FROM identity_merge.projects p
-  LEFT JOIN identity_merge._stats() c ON c.project_id = p.project_id
-  CROSS JOIN LATERAL (SELECT count(*) AS depth, pg_catalog.clock_timestamp() - min(e.queued_at) AS oldest
-                        FROM identity_merge.pending_events e WHERE e.project_id = p.project_id) q
-  CROSS JOIN LATERAL (SELECT count(*) AS waiting, pg_catalog.clock_timestamp() - min(x.queued_at) AS oldest
-                        FROM identity_merge.stale_stamps x WHERE x.project_id = p.project_id) st
-  CROSS JOIN identity_merge._worker() w;
+  LEFT JOIN identity_merge._stats() c ON c.project_id OPERATOR(pg_catalog.=) p.project_id
+  CROSS JOIN LATERAL (SELECT count(*) AS depth, pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) min(e.queued_at) AS oldest
+                        FROM identity_merge.pending_events e WHERE e.project_id OPERATOR(pg_catalog.=) p.project_id) q
+  CROSS JOIN LATERAL (SELECT count(*) AS waiting, pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) min(x.queued_at) AS oldest
+                        FROM identity_merge.stale_stamps x WHERE x.project_id OPERATOR(pg_catalog.=) p.project_id) st
+  CROSS JOIN identity_merge._worker() w
+$$;
+CREATE VIEW identity_merge.stats AS
+SELECT project, rows_stamped, events_applied, events_queued, events_refused, joins, splits,
+       cache_hits, cache_misses, queue_depth, queue_oldest_age, stale_waiting, stale_oldest_age,
+       last_apply_at, last_restamp_at, worker_state, worker_pid
+  FROM identity_merge._stats_by_project();
 COMMENT ON VIEW identity_merge.stats IS 'Per project: rows stamped, identity events applied, queued, refused, joins, splits, stamp cache hits and misses, queue and stale stamps waiting, the maintenance worker';
 
 -- Zeroes this database's counters (administrators).
@@ -1276,16 +1282,23 @@ END $$;
 -- Runs for every role's DROP with the owner's rights, and only deletes rows of dropped tables.
 CREATE FUNCTION identity_merge._forget_dropped_tables() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    forgotten bigint;
 BEGIN
     DELETE FROM identity_merge.attachments a
      USING pg_catalog.pg_event_trigger_dropped_objects() d
      WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0
        AND a.events::pg_catalog.oid = d.objid;
+    GET DIAGNOSTICS forgotten = ROW_COUNT;
     DELETE FROM identity_merge.restamp_progress r
      USING pg_catalog.pg_event_trigger_dropped_objects() d
      WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0
        AND r.events::pg_catalog.oid = d.objid;
-    PERFORM identity_merge._keep_fresh_projects();
+    -- Only when an attached table went (a DDL statement a Citus coordinator sends to a worker
+    -- runs this too, where reading the replicated projects is not allowed).
+    IF forgotten > 0 THEN
+        PERFORM identity_merge._keep_fresh_projects();
+    END IF;
 END $$;
 CREATE EVENT TRIGGER identity_merge_forget_dropped_tables ON sql_drop
     EXECUTE FUNCTION identity_merge._forget_dropped_tables();
@@ -1358,6 +1371,7 @@ GRANT EXECUTE ON FUNCTION identity_merge._no_nulls(text, text[], boolean[]), ide
 -- the restamp lock, taken by the restamps writers may run (an advisory lock, no right).
 GRANT EXECUTE ON FUNCTION identity_merge._stamp_wanted(regclass), identity_merge._lock_restamp(regclass) TO PUBLIC;
 -- Shared-memory reads for identity_merge.stats and mp_check (the view itself is the readers').
-GRANT EXECUTE ON FUNCTION identity_merge._stats(), identity_merge._worker() TO PUBLIC;
+GRANT EXECUTE ON FUNCTION identity_merge._stats(), identity_merge._worker(), identity_merge._stats_by_project(),
+    identity_merge._mixpanel_identity_mappings() TO PUBLIC;
 -- Catalog reads only: where the identity state is (mp_check asks, as any role).
 GRANT EXECUTE ON FUNCTION identity_merge._distributed(), identity_merge._on_coordinator(), identity_merge._is_citus_table(regclass) TO PUBLIC;

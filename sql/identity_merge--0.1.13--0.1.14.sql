@@ -140,31 +140,32 @@ RETURNS TABLE (pid integer, state text, started_at timestamptz, last_apply_at ti
                last_restamp_at timestamptz, events_applied bigint, rows_restamped bigint)
 LANGUAGE c VOLATILE PARALLEL SAFE AS 'MODULE_PATHNAME', '_worker_wrapper';
 
-CREATE VIEW identity_merge.stats AS
-SELECT p.token AS project,
-       coalesce(c.rows_stamped, 0) AS rows_stamped,
-       coalesce(c.events_applied, 0) AS events_applied,
-       coalesce(c.events_queued, 0) AS events_queued,
-       coalesce(c.events_refused, 0) AS events_refused,
-       coalesce(c.joins, 0) AS joins,
-       coalesce(c.splits, 0) AS splits,
-       coalesce(c.cache_hits, 0) AS cache_hits,
-       coalesce(c.cache_misses, 0) AS cache_misses,
-       q.depth AS queue_depth,
-       q.oldest AS queue_oldest_age,
-       st.waiting AS stale_waiting,
-       st.oldest AS stale_oldest_age,
-       w.last_apply_at,
-       w.last_restamp_at,
-       w.state AS worker_state,
-       w.pid AS worker_pid
+CREATE FUNCTION identity_merge._stats_by_project()
+RETURNS TABLE (project text, rows_stamped bigint, events_applied bigint, events_queued bigint,
+               events_refused bigint, joins bigint, splits bigint, cache_hits bigint, cache_misses bigint,
+               queue_depth bigint, queue_oldest_age interval, stale_waiting bigint, stale_oldest_age interval,
+               last_apply_at timestamptz, last_restamp_at timestamptz, worker_state text, worker_pid integer)
+LANGUAGE sql VOLATILE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+SELECT p.token,
+       coalesce(c.rows_stamped, 0), coalesce(c.events_applied, 0), coalesce(c.events_queued, 0),
+       coalesce(c.events_refused, 0), coalesce(c.joins, 0), coalesce(c.splits, 0),
+       coalesce(c.cache_hits, 0), coalesce(c.cache_misses, 0),
+       q.depth, q.oldest, st.waiting, st.oldest,
+       w.last_apply_at, w.last_restamp_at, w.state, w.pid
   FROM identity_merge.projects p
-  LEFT JOIN identity_merge._stats() c ON c.project_id = p.project_id
-  CROSS JOIN LATERAL (SELECT count(*) AS depth, pg_catalog.clock_timestamp() - min(e.queued_at) AS oldest
-                        FROM identity_merge.pending_events e WHERE e.project_id = p.project_id) q
-  CROSS JOIN LATERAL (SELECT count(*) AS waiting, pg_catalog.clock_timestamp() - min(x.queued_at) AS oldest
-                        FROM identity_merge.stale_stamps x WHERE x.project_id = p.project_id) st
-  CROSS JOIN identity_merge._worker() w;
+  LEFT JOIN identity_merge._stats() c ON c.project_id OPERATOR(pg_catalog.=) p.project_id
+  CROSS JOIN LATERAL (SELECT count(*) AS depth, pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) min(e.queued_at) AS oldest
+                        FROM identity_merge.pending_events e WHERE e.project_id OPERATOR(pg_catalog.=) p.project_id) q
+  CROSS JOIN LATERAL (SELECT count(*) AS waiting, pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) min(x.queued_at) AS oldest
+                        FROM identity_merge.stale_stamps x WHERE x.project_id OPERATOR(pg_catalog.=) p.project_id) st
+  CROSS JOIN identity_merge._worker() w
+$$;
+
+CREATE VIEW identity_merge.stats AS
+SELECT project, rows_stamped, events_applied, events_queued, events_refused, joins, splits,
+       cache_hits, cache_misses, queue_depth, queue_oldest_age, stale_waiting, stale_oldest_age,
+       last_apply_at, last_restamp_at, worker_state, worker_pid
+  FROM identity_merge._stats_by_project();
 
 COMMENT ON VIEW identity_merge.stats IS 'Per project: rows stamped, identity events applied, queued, refused, joins, splits, stamp cache hits and misses, queue and stale stamps waiting, the maintenance worker';
 
@@ -387,16 +388,23 @@ END $$;
 
 CREATE OR REPLACE FUNCTION identity_merge._forget_dropped_tables() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    forgotten bigint;
 BEGIN
     DELETE FROM identity_merge.attachments a
      USING pg_catalog.pg_event_trigger_dropped_objects() d
      WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0
        AND a.events::pg_catalog.oid = d.objid;
+    GET DIAGNOSTICS forgotten = ROW_COUNT;
     DELETE FROM identity_merge.restamp_progress r
      USING pg_catalog.pg_event_trigger_dropped_objects() d
      WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0
        AND r.events::pg_catalog.oid = d.objid;
-    PERFORM identity_merge._keep_fresh_projects();
+    -- Only when an attached table went (a DDL statement a Citus coordinator sends to a worker
+    -- runs this too, where reading the replicated projects is not allowed).
+    IF forgotten > 0 THEN
+        PERFORM identity_merge._keep_fresh_projects();
+    END IF;
 END $$;
 
 CREATE OR REPLACE FUNCTION mp_check(project text DEFAULT 'default') RETURNS TABLE (check_name text, detail text)
@@ -604,6 +612,52 @@ BEGIN
     RETURN n;
 END $$;
 
+CREATE OR REPLACE FUNCTION mp_distribute_events(events regclass, distribution_column text,
+                                     colocate_with text DEFAULT 'default') RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    old text;
+    has_trigger boolean;
+    def text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
+        RAISE EXCEPTION 'mp_distribute_events needs Citus, which is not installed in database %', current_database()
+            USING ERRCODE = '0A000', HINT = 'On a single server an event table needs no distribution: mp_attach is enough.';
+    END IF;
+    IF NOT identity_merge._distributed() THEN
+        RAISE EXCEPTION 'the identity state is not distributed yet' USING ERRCODE = '55000',
+            HINT = 'Run SELECT mp_distribute() on the coordinator first: the shards'' triggers read the identity state on their own node.';
+    END IF;
+    -- This function's search_path is pinned: the table to co-locate with must be qualified.
+    IF colocate_with NOT IN ('default', 'none') AND pg_catalog.to_regclass(colocate_with) IS NULL THEN
+        RAISE EXCEPTION 'no table % to co-locate % with', colocate_with, events USING ERRCODE = '42P01',
+            HINT = 'Name it with its schema (public.events_staging), or pass ''default'' or ''none''.';
+    END IF;
+    old := pg_catalog.current_setting('citus.enable_unsafe_triggers', true);
+    PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+    -- The rows already in the table were stamped, and their identity events applied, when they
+    -- were inserted: Citus's copy of them into the shards must not fire the trigger again (it
+    -- would apply them twice, and on a worker it runs before the shard's metadata is there).
+    -- The trigger's WHEN (mp_ingest's, one server only) names this node's table: the shards
+    -- get the trigger without it.
+    SELECT pg_catalog.pg_get_triggerdef(t.oid) INTO def FROM pg_catalog.pg_trigger t
+     WHERE t.tgrelid = events AND t.tgname = 'identity_merge_stamp' AND t.tgqual IS NOT NULL;
+    IF def IS NOT NULL THEN
+        EXECUTE pg_catalog.format('DROP TRIGGER identity_merge_stamp ON %s', events);
+        EXECUTE pg_catalog.regexp_replace(def, ' WHEN \(identity_merge\._stamp_wanted\(.*\)\) EXECUTE ', ' EXECUTE ');
+    END IF;
+    has_trigger := EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = events
+                             AND t.tgname = 'identity_merge_stamp' AND t.tgenabled <> 'D');
+    IF has_trigger THEN
+        EXECUTE pg_catalog.format('ALTER TABLE %s DISABLE TRIGGER identity_merge_stamp', events);
+    END IF;
+    PERFORM pg_catalog.create_distributed_table(events, distribution_column, colocate_with => colocate_with);
+    IF has_trigger THEN
+        EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE TRIGGER identity_merge_stamp', events);
+    END IF;
+    PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', coalesce(old, 'off'), true);
+END $$;
+
 
 -- mp_attach takes keep_fresh and puts the trigger with its WHEN: a new signature, so the old
 -- function goes, its grants carried over.
@@ -669,10 +723,14 @@ BEGIN
     -- UPDATE OF the distinct_id too (also INSERT ... ON CONFLICT DO UPDATE): a changed
     -- distinct_id gets its stamp, so no row keeps a stamp mp_restamp could not fix.
     -- WHEN: mp_ingest's own rows are inserted stamped, without the trigger (since 0.1.14).
+    -- (Not on Citus, where mp_ingest does not run: a shard's copy of the WHEN would name a
+    -- table of another node.)
     EXECUTE format('CREATE TRIGGER identity_merge_stamp BEFORE INSERT OR UPDATE OF %I ON %s FOR EACH ROW '
-                   'WHEN (identity_merge._stamp_wanted(%L::regclass)) '
-                   'EXECUTE FUNCTION identity_merge.stamp_event(%L, %L, %L%s)',
-                   distinct_id_column, events, events::oid, p.token, distinct_id_column, canonical_column,
+                   '%sEXECUTE FUNCTION identity_merge.stamp_event(%L, %L, %L%s)',
+                   distinct_id_column, events,
+                   CASE WHEN identity_merge._distributed() THEN ''
+                        ELSE format('WHEN (identity_merge._stamp_wanted(%L::regclass)) ', events::oid) END,
+                   p.token, distinct_id_column, canonical_column,
                    CASE WHEN device_id_column = '' AND user_id_column = '' THEN ''
                         ELSE format(', %L, %L', device_id_column, user_id_column) END);
     -- keep_fresh's restamps need the index too (since 0.1.14).
@@ -711,10 +769,10 @@ REVOKE ALL ON FUNCTION mp_ingest(regclass, regclass, boolean), identity_merge._s
     identity_merge._lock_restamp(regclass), identity_merge._restamp_canonicals(regclass, text[]),
     identity_merge._set_keep_fresh(regclass, boolean), mp_keep_fresh(regclass, boolean), identity_merge._restamp_all_attached(),
     identity_merge._stats(), identity_merge._worker(), mp_stats_reset(), identity_merge._wake_launcher(),
-    identity_merge._keep_fresh_projects(), identity_merge._restamp_attached(text[]),
+    identity_merge._keep_fresh_projects(), identity_merge._restamp_attached(text[]), identity_merge._stats_by_project(),
     mp_attach(regclass, text, name, name, boolean, name, name, boolean) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION identity_merge._stamp_wanted(regclass), identity_merge._lock_restamp(regclass) TO PUBLIC;
-GRANT EXECUTE ON FUNCTION identity_merge._stats(), identity_merge._worker() TO PUBLIC;
+GRANT EXECUTE ON FUNCTION identity_merge._stats(), identity_merge._worker(), identity_merge._stats_by_project() TO PUBLIC;
 -- Readers granted before this version read the new view and table too.
 DO $$
 DECLARE
@@ -898,11 +956,19 @@ END $$;
 -- The inverse, in the shape of Mixpanel's identity mappings: every id that resolves to another
 -- id, with the id it resolves to (the canonical id of its cluster). Ids alone, and each
 -- cluster's canonical id itself, have no row (they resolve to themselves).
-CREATE VIEW identity_merge.mixpanel_identity_mappings WITH (security_invoker = true) AS
-SELECT p.token AS project, i.distinct_id::text AS distinct_id, i.canonical_id::text AS resolved_distinct_id
+-- The view reads the state tables through a function (with the caller's rights, as the
+-- security_invoker view did), so that it depends on no table: on Citus, mp_undistribute recreates
+-- the replicated tables, which a view depending on them would forbid.
+CREATE FUNCTION identity_merge._mixpanel_identity_mappings()
+RETURNS TABLE (project text, distinct_id text, resolved_distinct_id text)
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+SELECT p.token, i.distinct_id::text, i.canonical_id::text
   FROM identity_merge.identities i
   JOIN identity_merge.projects p ON p.project_id OPERATOR(pg_catalog.=) i.project_id
- WHERE i.distinct_id OPERATOR(pg_catalog.<>) i.canonical_id;
+ WHERE i.distinct_id OPERATOR(pg_catalog.<>) i.canonical_id
+$$;
+CREATE VIEW identity_merge.mixpanel_identity_mappings WITH (security_invoker = true) AS
+SELECT project, distinct_id, resolved_distinct_id FROM identity_merge._mixpanel_identity_mappings();
 
 COMMENT ON FUNCTION mp_import_mixpanel(text, regclass, regclass, regclass) IS 'Seeds a project from a Mixpanel data-pipeline export: identity mappings, and optionally events (stamped) and people ($set) (administrators)';
 COMMENT ON FUNCTION mp_dedup_insert_id(regclass, boolean, name) IS 'insert_id deduplication of an attached table (Mixpanel''s /import rule): duplicates skipped and recorded';
@@ -912,6 +978,8 @@ REVOKE ALL ON FUNCTION mp_import_mixpanel(text, regclass, regclass, regclass),
     identity_merge._import_mixpanel(text, regclass, text, regclass, text),
     identity_merge._mixpanel_columns(regclass, text, name[], text[]),
     identity_merge._mixpanel_events(text, regclass), mp_dedup_insert_id(regclass, boolean, name) FROM PUBLIC;
+REVOKE ALL ON FUNCTION identity_merge._mixpanel_identity_mappings() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION identity_merge._mixpanel_identity_mappings() TO PUBLIC;
 
 -- The trigger of mp_dedup_insert_id (src/api/dedup.rs), as pgrx declares it.
 CREATE FUNCTION identity_merge."dedup_insert_id"()

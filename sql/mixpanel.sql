@@ -169,11 +169,19 @@ END $$;
 -- The inverse, in the shape of Mixpanel's identity mappings: every id that resolves to another
 -- id, with the id it resolves to (the canonical id of its cluster). Ids alone, and each
 -- cluster's canonical id itself, have no row (they resolve to themselves).
-CREATE VIEW identity_merge.mixpanel_identity_mappings WITH (security_invoker = true) AS
-SELECT p.token AS project, i.distinct_id::text AS distinct_id, i.canonical_id::text AS resolved_distinct_id
+-- The view reads the state tables through a function (with the caller's rights, as the
+-- security_invoker view did), so that it depends on no table: on Citus, mp_undistribute recreates
+-- the replicated tables, which a view depending on them would forbid.
+CREATE FUNCTION identity_merge._mixpanel_identity_mappings()
+RETURNS TABLE (project text, distinct_id text, resolved_distinct_id text)
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+SELECT p.token, i.distinct_id::text, i.canonical_id::text
   FROM identity_merge.identities i
   JOIN identity_merge.projects p ON p.project_id OPERATOR(pg_catalog.=) i.project_id
- WHERE i.distinct_id OPERATOR(pg_catalog.<>) i.canonical_id;
+ WHERE i.distinct_id OPERATOR(pg_catalog.<>) i.canonical_id
+$$;
+CREATE VIEW identity_merge.mixpanel_identity_mappings WITH (security_invoker = true) AS
+SELECT project, distinct_id, resolved_distinct_id FROM identity_merge._mixpanel_identity_mappings();
 
 COMMENT ON FUNCTION mp_import_mixpanel(text, regclass, regclass, regclass) IS 'Seeds a project from a Mixpanel data-pipeline export: identity mappings, and optionally events (stamped) and people ($set) (administrators)';
 COMMENT ON FUNCTION mp_dedup_insert_id(regclass, boolean, name) IS 'insert_id deduplication of an attached table (Mixpanel''s /import rule): duplicates skipped and recorded';

@@ -250,6 +250,7 @@ LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, p
 DECLARE
     old text;
     has_trigger boolean;
+    def text;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
         RAISE EXCEPTION 'mp_distribute_events needs Citus, which is not installed in database %', current_database()
@@ -269,6 +270,14 @@ BEGIN
     -- The rows already in the table were stamped, and their identity events applied, when they
     -- were inserted: Citus's copy of them into the shards must not fire the trigger again (it
     -- would apply them twice, and on a worker it runs before the shard's metadata is there).
+    -- The trigger's WHEN (mp_ingest's, one server only) names this node's table: the shards
+    -- get the trigger without it.
+    SELECT pg_catalog.pg_get_triggerdef(t.oid) INTO def FROM pg_catalog.pg_trigger t
+     WHERE t.tgrelid = events AND t.tgname = 'identity_merge_stamp' AND t.tgqual IS NOT NULL;
+    IF def IS NOT NULL THEN
+        EXECUTE pg_catalog.format('DROP TRIGGER identity_merge_stamp ON %s', events);
+        EXECUTE pg_catalog.regexp_replace(def, ' WHEN \(identity_merge\._stamp_wanted\(.*\)\) EXECUTE ', ' EXECUTE ');
+    END IF;
     has_trigger := EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = events
                              AND t.tgname = 'identity_merge_stamp' AND t.tgenabled <> 'D');
     IF has_trigger THEN

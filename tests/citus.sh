@@ -269,7 +269,7 @@ check "after mp_undistribute: answers kept" "U1|early-user|cache-user" \
   "$(q "$COORD" "SELECT mp_resolve('\$device:D2', 'flows-users') || '|' || mp_resolve('early-alias', 'scale') || '|' || mp_resolve('cache-a', 'flows-more')")"
 check "after mp_undistribute: mp_check clean" "0" "$(q "$COORD" "SELECT count(*) FROM mp_check('race')")"
 check "after mp_undistribute: a reader still reads" "U1" "$(q "$COORD" "SET ROLE r; SELECT mp_resolve('\$device:D2', 'flows-users')")"
-check "after mp_undistribute: pg_dump keeps the state tables' rows (extconfig)" "19|true" \
+check "after mp_undistribute: pg_dump keeps the state tables' rows (extconfig)" "20|true" \
   "$(q "$COORD" "SELECT cardinality(extconfig) || '|' || ('identity_merge.identities'::regclass::oid = ANY (extconfig)) FROM pg_extension WHERE extname = 'identity_merge'")"
 q "$COORD" "DROP TABLE ev_users, ev_shared, ev_more, ev_bulk, ev_simple, ev_legacy, late, fault_events, early_events" >/dev/null
 check "DROP EXTENSION after mp_undistribute" "ok" "$(state "$COORD" "DROP EXTENSION identity_merge")"
