@@ -296,6 +296,11 @@ pub enum IdentityError {
         target: String,
         problem: StagingProblem,
     },
+    /// A function that runs on one server only, called once the identity state is distributed.
+    NotOnCitus {
+        function: &'static str,
+        hint: &'static str,
+    },
     /// A statement of the extension's own failed where PostgreSQL raised no error of its own
     /// (a bug: no input reaches it).
     Internal {
@@ -472,6 +477,7 @@ impl IdentityError {
             } => S::ObjectNotInPrerequisiteState,
             IdentityError::BadMapping { .. } => S::InvalidParameterValue,
             IdentityError::DuplicateInsertId { .. } => S::ObjectNotInPrerequisiteState,
+            IdentityError::NotOnCitus { .. } => S::FeatureNotSupported,
             IdentityError::Internal { .. } => S::InternalError,
         }
     }
@@ -597,6 +603,9 @@ impl IdentityError {
             IdentityError::Staging { staging, target, problem } => {
                 format!("mp_ingest({staging}, {target}): {}", problem.describe())
             }
+            IdentityError::NotOnCitus { function, .. } => {
+                format!("{function} runs on one server: the identity state is distributed by Citus")
+            }
             IdentityError::Internal { what } => format!("identity_merge internal error: {what}"),
         }
     }
@@ -680,6 +689,7 @@ impl IdentityError {
                 "An object of the extension was dropped: reinstall it (DROP EXTENSION identity_merge; CREATE EXTENSION identity_merge) or restore it from a dump.".into()
             }
             IdentityError::Staging { problem, .. } => problem.hint().into(),
+            IdentityError::NotOnCitus { hint, .. } => (*hint).into(),
             IdentityError::Internal { .. } => "Please report this as a bug of identity_merge.".into(),
             IdentityError::DuplicateInsertId { .. } => {
                 "Mixpanel's rule for /import: one event per insert_id. The skipped row is source_row; mp_dedup_insert_id(table, false) turns it off.".into()

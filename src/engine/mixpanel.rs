@@ -8,6 +8,8 @@
 
 use pgrx::prelude::*;
 
+use crate::core::error::IdentityError;
+
 use crate::core::mixpanel::{Applied, Mappings};
 use crate::pg::{raise, OrBug, OrRaise};
 use crate::store;
@@ -51,9 +53,13 @@ pub fn import(
 ) -> Counts {
     let distributed = crate::sync::placement::distributed();
     if distributed {
-        // As mp_backfill: bulk writes to the replicated tables from a backend that read none.
-        Spi::run("SELECT pg_catalog.set_config('citus.enable_local_execution', 'off', true)")
-            .or_bug("setting citus.enable_local_execution");
+        // The import's statement has read the replicated tables on this node already, after
+        // which Citus refuses the bulk writes mp_backfill makes from a fresh backend: import on
+        // one server, then mp_distribute (the identity state goes to every node with its rows).
+        crate::pg::raise(IdentityError::NotOnCitus {
+            function: "mp_import_mixpanel",
+            hint: "Import before SELECT mp_distribute(): the imported identities go to every node with it.",
+        });
     }
     let project = crate::engine::project(Some(token)).or_raise();
     // A caller who may not act as a table's owner is refused (42501) before anything is locked.
