@@ -109,9 +109,8 @@ pub extern "C-unwind" fn identity_merge_launcher_main(_arg: pg_sys::Datum) {
                     without.remove(&key);
                     continue;
                 }
-                if let Some(stopped) = workers.remove(&key) {
+                if workers.remove(&key).is_some() {
                     // It stopped: it found no extension (or the setting turned it off).
-                    drop(stopped);
                     without.insert(key, Instant::now());
                 }
                 let recheck = without.get(&key).is_none_or(|t| woken || t.elapsed() >= RECHECK);
@@ -213,6 +212,8 @@ fn _wake_launcher() {
 
 
 /// `identity_merge._stats()` (sql/api.sql): this database's counters per project.
+// pgrx reads the row's columns from the type as written here: no alias.
+#[allow(clippy::type_complexity)]
 #[pg_extern(sql = false)]
 fn _stats() -> TableIterator<
     'static,
@@ -251,6 +252,7 @@ fn _stats() -> TableIterator<
 
 
 /// `identity_merge._worker()` (sql/api.sql): this database's maintenance worker.
+#[allow(clippy::type_complexity)]
 #[pg_extern(sql = false)]
 fn _worker() -> TableIterator<
     'static,
