@@ -41,9 +41,7 @@ pub fn pass(slot: &WorkerSlot, batch: i64) -> Pass {
     let mut applied_any = false;
     if crate::sync::placement::distributed() {
         slot.set_state(WorkerState::Applying);
-        let logged_before = Spi::get_one::<i64>("SELECT coalesce(max(seq), 0) FROM identity_merge.merge_log")
-            .or_bug("reading the merge log")
-            .unwrap_or(0);
+        let logged_before = crate::store::last_merge_seq();
         // This node's queue, oldest first, through the plan and rules of mp_apply_pending.
         let applied = Spi::get_one::<i64>("SELECT identity_merge._apply_queue()")
             .or_bug("applying the queue")
@@ -107,17 +105,7 @@ pub fn pass(slot: &WorkerSlot, batch: i64) -> Pass {
             // their stale canonical is taken now. Its writers in flight are waited for (as
             // CREATE INDEX CONCURRENTLY waits); one that starts later stamps with a snapshot
             // taken after its lock, which sees the join (store/probe.rs, the ring).
-            let partitions: Vec<pg_sys::Oid> = Spi::connect(|c| {
-                c.select(
-                    "SELECT x.relid::pg_catalog.oid FROM pg_catalog.pg_partition_tree(($1)::pg_catalog.regclass) x UNION SELECT $1",
-                    None,
-                    &[table.into()],
-                )
-                .or_bug("reading the partitions of a keep_fresh table")
-                .filter_map(|r| r.get::<pg_sys::Oid>(1).ok().flatten())
-                .collect()
-            });
-            crate::pg::owner::wait_for_writers(partitions);
+            crate::pg::owner::wait_for_writers(crate::store::table_and_partitions(table));
             restamped += Spi::get_one_with_args::<i64>(
                 "SELECT identity_merge._restamp_canonicals($1, $2)",
                 &[table.into(), stale.clone().into()],

@@ -248,11 +248,7 @@ pub fn ingest(staging: pg_sys::Oid, target: pg_sys::Oid, empty_staging: bool) ->
     let mut rows_of: (Vec<Option<String>>, Vec<Option<String>>) = (Vec::new(), Vec::new());
     if let Some(read) = &plan.read {
         // The merge log's last entry before this ingest (Legacy, below).
-        let logged_before: i64 = crate::pg::as_owner(|| {
-            Spi::get_one::<i64>("SELECT coalesce(max(seq), 0) FROM identity_merge.merge_log")
-        })
-        .or_bug("reading the merge log")
-        .unwrap_or(0);
+        let logged_before = crate::store::last_merge_seq();
         let statement = (crate::pg::active_command_id(), crate::pg::current_subxact());
         let statement = crate::engine::batch::begin(&project, statement)
             .or_raise()
@@ -337,16 +333,7 @@ pub fn ingest(staging: pg_sys::Oid, target: pg_sys::Oid, empty_staging: bool) ->
     }
 
     // Phase 2: every row, with its stamp, in one statement the trigger skips.
-    let tables: Vec<pg_sys::Oid> = Spi::connect(|c| {
-        c.select(
-            "SELECT x.relid::pg_catalog.oid FROM pg_catalog.pg_partition_tree(($1)::pg_catalog.regclass) x UNION SELECT $1",
-            None,
-            &[target.into()],
-        )
-        .or_bug("reading the partitions of the target")
-        .filter_map(|r| r.get::<pg_sys::Oid>(1).ok().flatten())
-        .collect()
-    });
+    let tables = crate::store::table_and_partitions(target);
     let with_rows = !rows_of.0.is_empty();
     let params = if with_rows {
         vec![

@@ -393,16 +393,38 @@ fn keeps_fresh(project_id: i32) -> bool {
             .map(|project| project.keep_fresh)
     });
     cached.unwrap_or_else(|| {
-        as_owner(|| {
-            Spi::get_one_with_args::<bool>(
-                "SELECT coalesce((pg_catalog.to_jsonb(p.*) OPERATOR(pg_catalog.->>) 'keep_fresh')::boolean, false) \
-                   FROM identity_merge.projects p WHERE p.project_id OPERATOR(pg_catalog.=) $1",
-                &[project_id.into()],
-            )
-        })
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+        // As carry_device_profile reads its setting: false with older installed SQL.
+        installed_column(c"projects", c"keep_fresh")
+            && as_owner(|| {
+                Spi::get_one_with_args::<bool>(
+                    "SELECT keep_fresh FROM identity_merge.projects WHERE project_id OPERATOR(pg_catalog.=) $1",
+                    &[project_id.into()],
+                )
+            })
+            .ok()
+            .flatten()
+            .unwrap_or(false)
+    })
+}
+
+/// The merge log's last seq so far (0 when empty): joins logged after it are newer.
+pub fn last_merge_seq() -> i64 {
+    as_owner(|| Spi::get_one::<i64>("SELECT coalesce(max(seq), 0) FROM identity_merge.merge_log"))
+        .or_bug("reading the merge log")
+        .unwrap_or(0)
+}
+
+/// A table with its partitions, at every level (the table alone when it has none).
+pub fn table_and_partitions(rel: pg_sys::Oid) -> Vec<pg_sys::Oid> {
+    Spi::connect(|c| {
+        c.select(
+            "SELECT x.relid::pg_catalog.oid FROM pg_catalog.pg_partition_tree(($1)::pg_catalog.regclass) x UNION SELECT $1",
+            None,
+            &[rel.into()],
+        )
+        .or_bug("reading the partitions of a table")
+        .filter_map(|r| r.get::<pg_sys::Oid>(1).ok().flatten())
+        .collect()
     })
 }
 
