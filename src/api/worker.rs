@@ -19,6 +19,8 @@ use crate::sync::stats;
 
 /// How often the launcher looks again at a database whose worker found no extension.
 const RECHECK: Duration = Duration::from_secs(60);
+/// How long after a database created the extension the launcher looks again every second.
+const SETTLE: Duration = Duration::from_secs(15);
 
 /// Registers the launcher (from `_PG_init`, while shared_preload_libraries loads).
 pub fn register_launcher() {
@@ -91,6 +93,10 @@ pub extern "C-unwind" fn identity_merge_launcher_main(_arg: pg_sys::Datum) {
     // Databases whose worker found no extension, and when.
     let mut without: HashMap<u32, Instant> = HashMap::new();
     let mut created_seen = u64::MAX;
+    // When a database last created the extension: on a Citus worker node the creation is a
+    // prepared transaction, committed a moment after it woke the launcher, so a worker started
+    // at once may not see it yet. For a while after, such databases are looked at every second.
+    let mut created_at = Instant::now();
     loop {
         if BackgroundWorker::sighup_received() {
             // SAFETY: reloads the configuration files in this process, as a SIGHUP asks.
@@ -101,6 +107,10 @@ pub extern "C-unwind" fn identity_merge_launcher_main(_arg: pg_sys::Datum) {
         let created = stats::extension_created();
         let woken = created != created_seen;
         created_seen = created;
+        if woken {
+            created_at = Instant::now();
+        }
+        let settling = created_at.elapsed() < SETTLE;
         if crate::pg::guc::WORKER.get() {
             for db in databases() {
                 let key = db.to_u32();
@@ -113,7 +123,9 @@ pub extern "C-unwind" fn identity_merge_launcher_main(_arg: pg_sys::Datum) {
                     // It stopped: it found no extension (or the setting turned it off).
                     without.insert(key, Instant::now());
                 }
-                let recheck = without.get(&key).is_none_or(|t| woken || t.elapsed() >= RECHECK);
+                let recheck = without.get(&key).is_none_or(|t| {
+                    woken || t.elapsed() >= RECHECK || (settling && t.elapsed() >= Duration::from_secs(1))
+                });
                 if recheck {
                     if let Some(w) = start_worker(db) {
                         workers.insert(key, w);
@@ -122,7 +134,7 @@ pub extern "C-unwind" fn identity_merge_launcher_main(_arg: pg_sys::Datum) {
             }
         }
         // Woken by _wake_launcher, a worker that started or stopped, a SIGHUP, or the time.
-        wait(Duration::from_secs(10));
+        wait(if settling { Duration::from_secs(1) } else { Duration::from_secs(10) });
         if BackgroundWorker::sigterm_received() {
             break;
         }
