@@ -45,9 +45,11 @@ until_all() {
   done
 }
 
-for p in $NODES; do
-  check "node $p: its worker runs" "1" "$(q "$p" "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'identity_merge worker'")"
-done
+# Each node's worker starts when the extension's creation commits there (on the workers, a
+# prepared transaction Citus commits a moment later).
+running="SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'identity_merge worker'"
+ms=$(until_all 5 "$running" "1") && ok "every node's worker runs (${ms} ms after the set-up)" \
+  || bad "a node's worker does not run within 5 s: $(for p in $NODES; do printf '%s:%s ' "$p" "$(q "$p" "$running")"; done)"
 
 # 1. Through the coordinator: a page view, then the $identify; no mp_apply_pending.
 q "$COORD" "INSERT INTO ev (distinct_id, event, properties) VALUES ('dev-auto', 'Page View', '{}')" >/dev/null

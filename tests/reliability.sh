@@ -284,6 +284,19 @@ loader "INSERT INTO tpc_ev (distinct_id) VALUES ('r1'), ('q2'); SELECT max(n) - 
 stale_since "$after"
 [ "$said" = "0" ] && ok || bad "a warm cache sees a join committed elsewhere at its next statement: [$said] stale"
 printf '\\q\n' >&"${LOADER[1]}"; wait "$LOADER_PID" 2>/dev/null || true
+# A transaction that stamped rows and resolved ids through the direct probes, then prepared
+# (what Citus does on a worker node): the probes are closed before the prepare, so PostgreSQL
+# has no reference of ours left to release (it would warn of each leak) and the rows commit.
+out=$(as postgres <<'SQL'
+BEGIN;
+INSERT INTO tpc_ev (distinct_id) VALUES ('p1'), ('prep-new');
+SELECT mp_resolve('q1', 'tpc');
+PREPARE TRANSACTION 'tpc_stamp';
+COMMIT PREPARED 'tpc_stamp';
+SQL
+)
+check "stamping, then PREPARE TRANSACTION: no reference leak" "" "$(grep -i 'leak' <<<"$out" || true)"
+expect "the prepared rows are stamped" postgres "SELECT count(*) FROM tpc_ev WHERE n > (SELECT max(n) - 2 FROM tpc_ev) AND canonical_id = mp_resolve(distinct_id, 'tpc')" "2"
 
 
 # ---- Round 3 (issue 25): administrators' functions on a writer's table, and the new surface ----

@@ -6,8 +6,9 @@
 //!   and after the previous hook or the standard function, which run its AFTER triggers).
 //! - ProcessUtility: after COPY (which has no ExecutorFinish), the batch is written.
 //! - Xact callback: before commit or prepare, the batch is written at the latest and a lost
-//!   early write refused; at commit the ring publishes the transaction's joins; at abort the
-//!   caches forget what the ring says they must.
+//!   early write refused, then the direct index probes (store/probe.rs) closed; at commit or
+//!   prepare the statistics are published; at commit the ring publishes the transaction's
+//!   joins; at abort the caches forget what the ring says they must.
 //! - SubXact callback: an aborted subtransaction takes its statement's batch and the ring's
 //!   joins with it; a committed one hands them to its parent.
 
@@ -157,7 +158,13 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
             if event == XACT_EVENT_PRE_PREPARE {
                 at_end(crate::sync::ring::pre_prepare());
             }
+            // Last (the flush may read through them): the direct probes' relations, scans and
+            // snapshots are closed before the resource owner is released. A PREPARE (Citus's
+            // two-phase commit on a worker node) needs this as much as a COMMIT: otherwise
+            // PostgreSQL releases them itself, with reference-leak warnings.
+            crate::store::probe::close_current();
         }
+        XACT_EVENT_PARALLEL_PRE_COMMIT => crate::store::probe::close_current(),
         XACT_EVENT_ABORT
         | XACT_EVENT_PARALLEL_ABORT
         | XACT_EVENT_COMMIT

@@ -10,7 +10,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, DynamicBackgroundWorker, SignalWakeFlags};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker, SignalWakeFlags,
+};
 use pgrx::prelude::*;
 
 use crate::core::error::IdentityError;
@@ -21,6 +23,9 @@ use crate::sync::stats;
 const RECHECK: Duration = Duration::from_secs(60);
 /// How long after a database created the extension the launcher looks again every second.
 const SETTLE: Duration = Duration::from_secs(15);
+
+/// How long after a database created the extension a worker that finds none waits for it.
+const AWAIT_CREATION: Duration = Duration::from_secs(3);
 
 /// Registers the launcher (from `_PG_init`, while shared_preload_libraries loads).
 pub fn register_launcher() {
@@ -114,7 +119,10 @@ pub extern "C-unwind" fn identity_merge_launcher_main(_arg: pg_sys::Datum) {
         if crate::pg::guc::WORKER.get() {
             for db in databases() {
                 let key = db.to_u32();
-                let running = workers.get(&key).is_some_and(|w| w.pid().is_ok());
+                // Started, or registered and about to start.
+                let running = workers.get(&key).is_some_and(|w| {
+                    matches!(w.pid(), Ok(_) | Err(BackgroundWorkerStatus::NotYetStarted))
+                });
                 if running {
                     without.remove(&key);
                     continue;
@@ -175,6 +183,8 @@ pub extern "C-unwind" fn identity_merge_worker_main(arg: pg_sys::Datum) {
     // up to the naptime): a commit prepared on this node (Citus's two-phase commit) wakes the
     // worker before it becomes visible.
     let mut nap = Duration::from_millis(10);
+    // Whether a pass found the extension: after that, finding none means it was dropped.
+    let mut seen = false;
     loop {
         if BackgroundWorker::sighup_received() {
             // SAFETY: reloads the configuration files in this process, as a SIGHUP asks.
@@ -189,6 +199,7 @@ pub extern "C-unwind" fn identity_merge_worker_main(arg: pg_sys::Datum) {
             break;
         }
         if let Pass::Done { restamp, .. } = &done {
+            seen = true;
             if !restamp.is_empty() {
                 let absorbed = restamp.clone();
                 BackgroundWorker::transaction(move || restamp_after_apply(&absorbed));
@@ -196,6 +207,16 @@ pub extern "C-unwind" fn identity_merge_worker_main(arg: pg_sys::Datum) {
         }
         let naptime = Duration::from_millis(crate::pg::guc::WORKER_NAPTIME.get().max(10) as u64);
         match done {
+            // Not there yet, just after a database created it: on a Citus worker node the
+            // creation is a prepared transaction, committed a moment after it woke the
+            // launcher, which started this worker. Looked for again shortly, a while.
+            Pass::NoExtension if !seen && stats::extension_created_within(AWAIT_CREATION) => {
+                wait(Duration::from_millis(50));
+                if BackgroundWorker::sigterm_received() {
+                    break;
+                }
+                continue;
+            }
             Pass::NoExtension => break,
             Pass::Done { more: true, .. } => {
                 nap = Duration::from_millis(10);

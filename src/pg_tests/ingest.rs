@@ -158,11 +158,14 @@ mod tests {
     /// rows of a table attached before 0.1.14 (no WHEN) the trigger passes them through.
     #[pg_test]
     fn the_trigger_skips_only_the_ingest_s_own_rows() {
+        // A project of its own: mp_ingest holds its project until the test's transaction
+        // ends, and the other tests, run at once on the same server, use 'default'.
         run("SET LOCAL identity_merge.anon_id_format = 'any'; \
-             SELECT mp_identify('U1', 'D1'), mp_identify('U2', 'D2'); \
+             SELECT mp_create_project('ing_skip'); \
+             SELECT mp_identify('U1', 'D1', 'ing_skip'), mp_identify('U2', 'D2', 'ing_skip'); \
              CREATE TABLE skip_ev (n int, distinct_id text, event text, properties jsonb, canonical_id text); \
              CREATE TABLE skip_copy (LIKE skip_ev); \
-             SELECT mp_attach('skip_ev'), mp_attach('skip_copy'); \
+             SELECT mp_attach('skip_ev', 'ing_skip'), mp_attach('skip_copy', 'ing_skip'); \
              CREATE FUNCTION pg_temp.copy_row() RETURNS trigger LANGUAGE plpgsql AS $$ \
                BEGIN INSERT INTO skip_copy (n, distinct_id) VALUES (NEW.n, NEW.distinct_id); RETURN NEW; END $$; \
              CREATE TRIGGER a_copy BEFORE INSERT ON skip_ev FOR EACH ROW EXECUTE FUNCTION pg_temp.copy_row(); \
@@ -190,13 +193,13 @@ mod tests {
         // An old attachment: the same trigger without its WHEN.
         run("DROP TRIGGER identity_merge_stamp ON skip_ev; \
              CREATE TRIGGER identity_merge_stamp BEFORE INSERT OR UPDATE OF distinct_id ON skip_ev FOR EACH ROW \
-               EXECUTE FUNCTION identity_merge.stamp_event('default', 'distinct_id', 'canonical_id'); \
-             TRUNCATE skip_ev, skip_copy; SELECT mp_merge('U1', 'U2')");
+               EXECUTE FUNCTION identity_merge.stamp_event('ing_skip', 'distinct_id', 'canonical_id'); \
+             TRUNCATE skip_ev, skip_copy; SELECT mp_merge('U1', 'U2', 'ing_skip')");
         assert_eq!(
             one("SELECT rows_inserted::text FROM mp_ingest('skip_stage', 'skip_ev')").as_deref(),
             Some("3")
         );
-        let merged = one("SELECT mp_resolve('D2')").unwrap();
+        let merged = one("SELECT mp_resolve('D2', 'ing_skip')").unwrap();
         assert_eq!(
             one(&stamps.replace("TABLE", "skip_ev")),
             Some(format!("1:{merged},2:{merged},3:D9"))
@@ -214,11 +217,11 @@ mod tests {
     #[pg_test]
     fn a_partitioned_target_is_ingested() {
         run("SET LOCAL identity_merge.anon_id_format = 'any'; \
-             SELECT mp_identify('U7', 'D7'); \
+             SELECT mp_create_project('ing_part'), mp_identify('U7', 'D7', 'ing_part'); \
              CREATE TABLE part_ev (n int, distinct_id text, event text, properties jsonb, canonical_id text) PARTITION BY RANGE (n); \
              CREATE TABLE part_ev_1 PARTITION OF part_ev FOR VALUES FROM (0) TO (10); \
              CREATE TABLE part_ev_2 PARTITION OF part_ev FOR VALUES FROM (10) TO (20); \
-             SELECT mp_attach('part_ev'); \
+             SELECT mp_attach('part_ev', 'ing_part'); \
              CREATE TEMP TABLE part_stage (n int, distinct_id text, event text, properties jsonb); \
              INSERT INTO part_stage VALUES (1, 'D8', 'x', '{}'), \
                (12, 'U8', '$identify', '{\"$identified_id\": \"U8\", \"$anon_id\": \"D8\"}'), (15, 'D7', 'x', '{}')");
@@ -237,9 +240,10 @@ mod tests {
     #[pg_test]
     fn refusals_change_nothing() {
         run("SET LOCAL identity_merge.anon_id_format = 'any'; \
+             SELECT mp_create_project('ing_ref'); \
              CREATE TABLE ref_ev (n int PRIMARY KEY, distinct_id text, event text DEFAULT 'x', properties jsonb, canonical_id text); \
              CREATE TABLE ref_plain (n int, distinct_id text); \
-             SELECT mp_attach('ref_ev'); \
+             SELECT mp_attach('ref_ev', 'ing_ref'); \
              CREATE TEMP TABLE ref_stage (n int, distinct_id text, event text, properties jsonb); \
              INSERT INTO ref_stage VALUES (1, 'D1', '$identify', '{\"$identified_id\": \"U1\", \"$anon_id\": \"D1\"}'), (2, 'D1', 'x', '{}'); \
              CREATE TEMP VIEW ref_view AS SELECT * FROM ref_stage; \
@@ -247,7 +251,7 @@ mod tests {
              CREATE TEMP TABLE ref_retyped (n bigint); \
              CREATE TEMP TABLE ref_no_event (n int, distinct_id text, properties jsonb); \
              CREATE TABLE ref_retyped_ev (n int, distinct_id text, event text, properties jsonb, canonical_id text); \
-             SELECT mp_attach('ref_retyped_ev'); \
+             SELECT mp_attach('ref_retyped_ev', 'ing_ref'); \
              ALTER TABLE ref_retyped_ev ALTER COLUMN properties TYPE bytea USING convert_to(properties::text, 'UTF8'); \
              CREATE TEMP TABLE ref_retyped_stage (LIKE ref_retyped_ev)");
         let before = state();
@@ -289,11 +293,12 @@ mod tests {
     #[pg_test]
     fn a_writer_ingests_its_own_tables() {
         run("CREATE ROLE ing_w; CREATE ROLE ing_r; SELECT mp_grant_writer('ing_w'), mp_grant_reader('ing_r'); \
+             SELECT mp_create_project('ing_own'); \
              GRANT CREATE ON SCHEMA public TO ing_w; \
              SET LOCAL ROLE ing_w; \
              SET LOCAL identity_merge.anon_id_format = 'any'; \
              CREATE TABLE w_ev (n int, distinct_id text, event text, properties jsonb, canonical_id text); \
-             SELECT mp_attach('w_ev'); \
+             SELECT mp_attach('w_ev', 'ing_own'); \
              CREATE TABLE w_stage (LIKE w_ev); \
              INSERT INTO w_stage (n, distinct_id, event, properties) VALUES \
                (1, 'D5', '$identify', '{\"$identified_id\": \"U5\", \"$anon_id\": \"D5\"}'), (2, 'D5', 'x', '{}')");

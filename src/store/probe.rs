@@ -401,14 +401,8 @@ fn with_probe_as_of<R>(
         let probe = match &mut *slot {
             Some(probe) => probe,
             None => {
-                let probe = slot.insert(Probe::open(user, statement)?);
-                pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::PreCommit, close_current);
-                // A parallel worker (mp_resolve is parallel safe) sees this event instead.
-                pgrx::register_xact_callback(
-                    pgrx::PgXactCallbackEvent::ParallelPreCommit,
-                    close_current,
-                );
-                probe
+                // Closed by close_current before commit or prepare (api/hooks.rs).
+                slot.insert(Probe::open(user, statement)?)
             }
         };
         if user == Use::Stamp {
@@ -532,7 +526,8 @@ pub unsafe fn canonical(
     })
 }
 
-/// Closes this transaction's probes (pre-commit).
+/// Closes this transaction's probes: before a commit, a prepare, or a parallel worker's commit
+/// (mp_resolve is parallel safe), from the transaction callback in api/hooks.rs.
 pub fn close_current() {
     for slot in [&PROBE, &RESOLVE_PROBE] {
         slot.with(|slot| {

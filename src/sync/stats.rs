@@ -74,6 +74,8 @@ struct Shared {
     /// Bumped by every CREATE EXTENSION (`wake_launcher`): the launcher looks again at the
     /// databases whose worker found no extension.
     extension_created: AtomicU64,
+    /// When the last CREATE EXTENSION committed or prepared (a TimestampTz).
+    extension_created_at: AtomicI64,
     workers: [WorkerSlot; DATABASES],
     projects: [ProjectSlot; PROJECTS],
 }
@@ -246,6 +248,7 @@ fn wake_worker(db: u32) {
 /// Wakes the launcher (a database created the extension: it starts that database's worker).
 pub fn wake_launcher() {
     let Some(shared) = shared() else { return };
+    shared.extension_created_at.store(now(), Ordering::Release);
     shared.extension_created.fetch_add(1, Ordering::AcqRel);
     let latch = shared.launcher_latch.load(Ordering::Acquire);
     if latch != 0 {
@@ -257,6 +260,14 @@ pub fn wake_launcher() {
 /// How many times a database created the extension (the launcher compares).
 pub fn extension_created() -> u64 {
     shared().map_or(0, |s| s.extension_created.load(Ordering::Acquire))
+}
+
+/// Whether a database created the extension (committed or prepared) within the last
+/// `window`: a worker that finds no extension then waits for it a while (api/worker.rs).
+pub fn extension_created_within(window: std::time::Duration) -> bool {
+    let Some(shared) = shared() else { return false };
+    let at = shared.extension_created_at.load(Ordering::Acquire);
+    at != 0 && now().saturating_sub(at) < window.as_micros().min(i64::MAX as u128) as i64
 }
 
 /// The launcher registers its latch.
