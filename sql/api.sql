@@ -386,6 +386,10 @@ BEGIN
             PERFORM set_config('citus.enable_unsafe_triggers', unsafe_triggers, true);
         END IF;
     END IF;
+    -- insert_id deduplication is a setting of the attachment (mp_dedup_insert_id): it goes too.
+    IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = events AND t.tgname = 'identity_merge_dedup') THEN
+        EXECUTE format('DROP TRIGGER identity_merge_dedup ON %s', events);
+    END IF;
     PERFORM identity_merge._unregister_attachment(events);
 END $$;
 

@@ -106,7 +106,8 @@ BEGIN
         ARRAY[events IS NULL, dedup IS NULL, insert_id_column IS NULL]);
     SELECT x.* INTO p FROM identity_merge.attachments a JOIN identity_merge.projects x ON x.project_id = a.project_id
      WHERE a.events = mp_dedup_insert_id.events;
-    IF NOT FOUND THEN
+    -- Turning it off needs no attachment (a table detached under 0.1.14 kept its trigger).
+    IF NOT FOUND AND dedup THEN
         RAISE EXCEPTION 'table % is not attached to identity_merge', events USING ERRCODE = '55000',
             HINT = 'Attach it with mp_attach first: deduplication is a setting of an attached table.';
     END IF;

@@ -151,6 +151,18 @@ SQL
 expect_err "a writer may not deduplicate another's table" w "SELECT mp_dedup_insert_id('admins')" 42501
 expect "tables without it take duplicates" postgres "INSERT INTO admins VALUES ('x', NULL, 'k'), ('y', NULL, 'k') RETURNING distinct_id" "x
 y"
+# mp_detach takes the deduplication with the stamping (since 0.1.15); turning it off needs no
+# attachment (a table a 0.1.14 mp_detach left with its trigger).
+as w >/dev/null <<'SQL'
+CREATE TABLE dd (distinct_id text, canonical_id text, insert_id text);
+SELECT mp_attach('dd', 'mp');
+SELECT mp_dedup_insert_id('dd');
+SELECT mp_detach('dd');
+SQL
+expect "mp_detach drops the deduplication trigger" w "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'dd'::regclass" "0"
+expect "a detached table takes duplicates, unstamped" w "INSERT INTO dd VALUES ('x', NULL, 'k'), ('y', NULL, 'k') RETURNING distinct_id, canonical_id" "x|
+y|"
+expect "turning it off on a table not attached: nothing to do, no error" w "SELECT mp_dedup_insert_id('dd', false)" ""
 
 # Original project: ids already there are merged by the rules, conflicts refused and recorded.
 as postgres >/dev/null <<'SQL'
