@@ -194,6 +194,11 @@ LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE AS 'MODULE_PATHNAME', '_wait_for_writ
 CREATE FUNCTION identity_merge._column_type_ok(kind text, typ regtype) RETURNS boolean
 LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', '_column_type_ok_wrapper';
 
+-- The column the trigger reads the event name from (src/core/columns.rs, the one rule): "event",
+-- or "event_name" in a table without one (Mixpanel's data-pipeline export); NULL when neither.
+CREATE FUNCTION identity_merge._event_column(events regclass) RETURNS text
+LANGUAGE c STABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', '_event_column_wrapper';
+
 -- What keeps the stamping trigger from working on a table, one row per problem (none when it
 -- can work): the columns it reads and writes must exist with types it handles. Ids (the
 -- distinct_id and canonical columns, "event", "$device_id", "$user_id") are text or varchar, the
@@ -212,7 +217,7 @@ BEGIN
     -- required: one renamed or dropped would silently stop linking.
     FOR c IN SELECT n.ord, n.col, n.kind, n.required, a.atttypid, a.atttypmod, a.attgenerated, a.attnum IS NOT NULL AS present
                FROM (VALUES (1, p_distinct, 'id', true), (2, p_canonical, 'stamp', true),
-                            (3, 'event'::name, 'id', false), (4, 'properties'::name, 'json', false),
+                            (3, coalesce(identity_merge._event_column(p_events), 'event')::name, 'id', false), (4, 'properties'::name, 'json', false),
                             (5, coalesce(nullif(targs[4], ''), '$device_id')::name, 'id', coalesce(targs[4], '') <> ''),
                             (6, coalesce(nullif(targs[5], ''), '$user_id')::name, 'id', coalesce(targs[5], '') <> '')) n(ord, col, kind, required)
                LEFT JOIN pg_attribute a ON a.attrelid = p_events AND a.attname = n.col AND a.attnum > 0 AND NOT a.attisdropped
@@ -741,7 +746,7 @@ DECLARE
     typ oid;
     device name;
     usr name;
-    has_event boolean;
+    ev name;
     has_properties boolean;
     src text;
 BEGIN
@@ -785,22 +790,23 @@ BEGIN
                 USING ERRCODE = '42703',
                       HINT = 'A Simplified project''s history is the rows carrying both a device id and a user id: attach the table with device_id_column and user_id_column.';
         END IF;
-        has_event := EXISTS (SELECT 1 FROM pg_attribute t WHERE t.attrelid = events AND t.attname = 'event' AND t.attnum > 0 AND NOT t.attisdropped);
+        ev := identity_merge._event_column(events);
         has_properties := EXISTS (SELECT 1 FROM pg_attribute t WHERE t.attrelid = events AND t.attname = 'properties' AND t.attnum > 0 AND NOT t.attisdropped);
         -- The trigger reads properties only for an id its column lacks: the others are not printed.
         src := format('SELECT %1$s, %2$s, %3$I::text, %4$I::text FROM %5$s ORDER BY %6$I',
-                      CASE WHEN has_event THEN 'event::text' ELSE 'NULL::text' END,
+                      CASE WHEN ev IS NOT NULL THEN format('%I::text', ev) ELSE 'NULL::text' END,
                       CASE WHEN has_properties THEN format('CASE WHEN %1$I IS NULL OR %2$I IS NULL THEN properties::text END', device, usr)
                            ELSE 'NULL::text' END,
                       device, usr, events, ord);
     ELSE
-        IF (SELECT count(*) FROM pg_attribute t WHERE t.attrelid = events AND t.attname IN ('event', 'properties')
-               AND t.attnum > 0 AND NOT t.attisdropped) < 2 THEN
-            RAISE EXCEPTION 'cannot read the history of %: it has no column event or properties', events USING ERRCODE = '42703',
+        ev := identity_merge._event_column(events);
+        IF ev IS NULL OR NOT EXISTS (SELECT 1 FROM pg_attribute t WHERE t.attrelid = events AND t.attname = 'properties'
+               AND t.attnum > 0 AND NOT t.attisdropped) THEN
+            RAISE EXCEPTION 'cannot read the history of %: it has no column event (or event_name) or properties', events USING ERRCODE = '42703',
                 HINT = 'The identity events of an Original or Legacy project are rows with an event name and properties.';
         END IF;
-        src := format('SELECT event::text, properties::text, NULL::text, NULL::text FROM %1$s WHERE event::text = ANY ($1) ORDER BY %2$I',
-                      events, ord);
+        src := format('SELECT %3$I::text, properties::text, NULL::text, NULL::text FROM %1$s WHERE %3$I::text = ANY ($1) ORDER BY %2$I',
+                      events, ord, ev);
     END IF;
     -- Read as the table's owner (src/owner.rs): its policies and types are its owner's code.
     RETURN QUERY SELECT * FROM identity_merge._backfill_events_from_table(src, p.token, events);
@@ -1365,7 +1371,8 @@ BEGIN
     END LOOP;
 END $$;
 -- Catalog reads only (see its definition): every role may run it.
-GRANT EXECUTE ON FUNCTION identity_merge._column_problems(regclass, name, name), identity_merge._column_type_ok(text, regtype) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION identity_merge._column_problems(regclass, name, name), identity_merge._column_type_ok(text, regtype),
+    identity_merge._event_column(regclass) TO PUBLIC;
 -- Argument checks, the trigger's arguments and its rule for a row's missing distinct_id: no
 -- rights of their own. _exec_as_owner runs a statement as a table's owner only for a caller
 -- who may act as that owner (src/owner.rs), so it gives no role a right it did not have.

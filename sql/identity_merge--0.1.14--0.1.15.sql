@@ -1,7 +1,143 @@
--- identity_merge 0.1.14 -> 0.1.15 (see CHANGELOG.md): mp_detach drops the insert_id
--- deduplication trigger with the stamping one; mp_dedup_insert_id(table, false) drops one
--- without an attachment (a table detached under 0.1.14 kept its trigger).
+-- identity_merge 0.1.14 -> 0.1.15 (see CHANGELOG.md): the event name is read from "event_name"
+-- in a table without "event" (Mixpanel's data-pipeline export): identity_merge._event_column,
+-- used by _column_problems and mp_backfill_from; mp_detach drops the insert_id deduplication
+-- trigger with the stamping one; mp_dedup_insert_id(table, false) drops one without an
+-- attachment (a table detached under 0.1.14 kept its trigger).
 -- Released upgrade scripts are never edited afterwards.
+
+-- The column the trigger reads the event name from (src/core/columns.rs, the one rule): "event",
+-- or "event_name" in a table without one (Mixpanel's data-pipeline export); NULL when neither.
+CREATE FUNCTION identity_merge._event_column(events regclass) RETURNS text
+LANGUAGE c STABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', '_event_column_wrapper';
+REVOKE ALL ON FUNCTION identity_merge._event_column(regclass) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION identity_merge._event_column(regclass) TO PUBLIC;
+
+CREATE OR REPLACE FUNCTION identity_merge._column_problems(p_events regclass, p_distinct name, p_canonical name)
+RETURNS TABLE (code text, problem text, hint text)
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c record;
+    targs text[] := identity_merge._trigger_args(p_events);
+BEGIN
+    -- The device and user id columns named at attach (the trigger's 4th and 5th arguments) are
+    -- required: one renamed or dropped would silently stop linking.
+    FOR c IN SELECT n.ord, n.col, n.kind, n.required, a.atttypid, a.atttypmod, a.attgenerated, a.attnum IS NOT NULL AS present
+               FROM (VALUES (1, p_distinct, 'id', true), (2, p_canonical, 'stamp', true),
+                            (3, coalesce(identity_merge._event_column(p_events), 'event')::name, 'id', false), (4, 'properties'::name, 'json', false),
+                            (5, coalesce(nullif(targs[4], ''), '$device_id')::name, 'id', coalesce(targs[4], '') <> ''),
+                            (6, coalesce(nullif(targs[5], ''), '$user_id')::name, 'id', coalesce(targs[5], '') <> '')) n(ord, col, kind, required)
+               LEFT JOIN pg_attribute a ON a.attrelid = p_events AND a.attname = n.col AND a.attnum > 0 AND NOT a.attisdropped
+              ORDER BY NOT n.required OR a.attnum IS NOT NULL, n.ord
+    LOOP
+        IF NOT c.present THEN
+            IF c.required THEN
+                RETURN QUERY SELECT '42703'::text, format('column %s does not exist', quote_ident(c.col)),
+                    CASE WHEN c.ord <= 2 THEN 'Name the distinct_id and canonical columns: mp_attach(table, project, distinct_id_column, canonical_column).'
+                         ELSE 'It was named at attach as the device or user id column: re-attach with mp_attach naming the current device_id_column and user_id_column.' END;
+            END IF;
+            CONTINUE;
+        END IF;
+        IF c.kind = 'json' THEN
+            IF NOT identity_merge._column_type_ok('properties', c.atttypid) THEN
+                RETURN QUERY SELECT '42804'::text, format('column properties is of type %s, not jsonb, json or text', format_type(c.atttypid, c.atttypmod)),
+                    'The trigger reads identity events from properties: make it jsonb (or json, text), or rename it.'::text;
+            END IF;
+        ELSIF NOT identity_merge._column_type_ok('id', c.atttypid) THEN
+            RETURN QUERY SELECT '42804'::text, format('column %s is of type %s, not text', quote_ident(c.col), format_type(c.atttypid, c.atttypmod)),
+                'Ids are text; use a text or varchar column (or rename a column that does not hold ids).'::text;
+        ELSIF c.kind = 'stamp' AND c.atttypmod >= 0 AND c.atttypmod - 4 < 255 THEN
+            RETURN QUERY SELECT '42804'::text, format('column %s is %s, shorter than the 255 characters a canonical id may have', quote_ident(c.col), format_type(c.atttypid, c.atttypmod)),
+                'Use text or varchar(255) or longer for the canonical column.'::text;
+        END IF;
+        IF c.ord <= 2 AND c.attgenerated <> '' THEN
+            RETURN QUERY SELECT '0A000'::text, format('column %s is a generated column', quote_ident(c.col)),
+                'The trigger writes the canonical column and reads the distinct_id before generated columns are computed: use plain columns.'::text;
+        END IF;
+    END LOOP;
+    IF EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class k ON k.oid = i.inhrelid
+                WHERE i.inhparent = p_events AND NOT k.relispartition) THEN
+        RETURN QUERY SELECT '0A000'::text, 'it has INHERITS children, whose rows the trigger would not stamp'::text,
+            'Attach each child table with mp_attach (partitioned tables are supported: their partitions get the trigger).'::text;
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION mp_backfill_from(events regclass, order_by name DEFAULT NULL)
+RETURNS TABLE (events_read bigint, joins bigint, refused bigint, ids_written bigint, clusters_written bigint)
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a identity_merge.attachments;
+    p identity_merge.projects;
+    args text[];
+    bad record;
+    ord name;
+    typ oid;
+    device name;
+    usr name;
+    ev name;
+    has_properties boolean;
+    src text;
+BEGIN
+    IF events IS NULL THEN
+        RAISE EXCEPTION 'events is NULL' USING ERRCODE = '22004', HINT = 'Name an attached event table.';
+    END IF;
+    SELECT * INTO a FROM identity_merge.attachments x WHERE x.events = mp_backfill_from.events;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table % is not attached to identity_merge', events USING ERRCODE = '55000',
+            HINT = 'Attach it with mp_attach (which names its project), or pass Segment''s identifies and aliases tables with a project.';
+    END IF;
+    SELECT * INTO p FROM identity_merge.projects x WHERE x.project_id = a.project_id;
+    -- The columns are checked again now (a table's owner may have changed them since attach):
+    -- the history is read only from columns of the built-in types the trigger reads.
+    SELECT * INTO bad FROM identity_merge._column_problems(events, a.distinct_id_column, a.canonical_column) LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'cannot read the history of %: %', events, bad.problem USING ERRCODE = bad.code, HINT = bad.hint;
+    END IF;
+    ord := coalesce(order_by, (SELECT u.c FROM unnest(ARRAY['time', 'timestamp', 'received_at', 'created_at']::name[]) WITH ORDINALITY u(c, i)
+                                WHERE EXISTS (SELECT 1 FROM pg_attribute t WHERE t.attrelid = events AND t.attname = u.c
+                                                AND t.attnum > 0 AND NOT t.attisdropped)
+                                ORDER BY u.i LIMIT 1));
+    SELECT t.atttypid INTO typ FROM pg_attribute t WHERE t.attrelid = events AND t.attname = ord AND t.attnum > 0 AND NOT t.attisdropped;
+    IF ord IS NULL OR typ IS NULL THEN
+        RAISE EXCEPTION 'no column gives % a time order: %', events,
+              coalesce(quote_ident(order_by), 'none of time, timestamp, received_at, created_at')
+            USING ERRCODE = '42703', HINT = 'Pass order_by => the column holding each event''s time.';
+    END IF;
+    IF typ >= 16384 THEN
+        RAISE EXCEPTION 'cannot order the history of % by column %: its type % is not a built-in type', events, quote_ident(ord), typ::regtype
+            USING ERRCODE = '42804', HINT = 'Order by a timestamp, date, number or text column.';
+    END IF;
+    IF p.mode = 'simplified' THEN
+        -- The device and user id columns the stamping trigger reads (its 4th and 5th arguments).
+        args := identity_merge._trigger_args(events);
+        device := coalesce(nullif(args[4], ''), '$device_id');
+        usr := coalesce(nullif(args[5], ''), '$user_id');
+        IF (SELECT count(*) FROM pg_attribute t WHERE t.attrelid = events AND t.attname IN (device, usr)
+               AND t.attnum > 0 AND NOT t.attisdropped) < 2 THEN
+            RAISE EXCEPTION 'cannot read the history of %: it has no column % or %', events, quote_ident(device), quote_ident(usr)
+                USING ERRCODE = '42703',
+                      HINT = 'A Simplified project''s history is the rows carrying both a device id and a user id: attach the table with device_id_column and user_id_column.';
+        END IF;
+        ev := identity_merge._event_column(events);
+        has_properties := EXISTS (SELECT 1 FROM pg_attribute t WHERE t.attrelid = events AND t.attname = 'properties' AND t.attnum > 0 AND NOT t.attisdropped);
+        -- The trigger reads properties only for an id its column lacks: the others are not printed.
+        src := format('SELECT %1$s, %2$s, %3$I::text, %4$I::text FROM %5$s ORDER BY %6$I',
+                      CASE WHEN ev IS NOT NULL THEN format('%I::text', ev) ELSE 'NULL::text' END,
+                      CASE WHEN has_properties THEN format('CASE WHEN %1$I IS NULL OR %2$I IS NULL THEN properties::text END', device, usr)
+                           ELSE 'NULL::text' END,
+                      device, usr, events, ord);
+    ELSE
+        ev := identity_merge._event_column(events);
+        IF ev IS NULL OR NOT EXISTS (SELECT 1 FROM pg_attribute t WHERE t.attrelid = events AND t.attname = 'properties'
+               AND t.attnum > 0 AND NOT t.attisdropped) THEN
+            RAISE EXCEPTION 'cannot read the history of %: it has no column event (or event_name) or properties', events USING ERRCODE = '42703',
+                HINT = 'The identity events of an Original or Legacy project are rows with an event name and properties.';
+        END IF;
+        src := format('SELECT %3$I::text, properties::text, NULL::text, NULL::text FROM %1$s WHERE %3$I::text = ANY ($1) ORDER BY %2$I',
+                      events, ord, ev);
+    END IF;
+    -- Read as the table's owner (src/owner.rs): its policies and types are its owner's code.
+    RETURN QUERY SELECT * FROM identity_merge._backfill_events_from_table(src, p.token, events);
+END $$;
 
 CREATE OR REPLACE FUNCTION mp_detach(events regclass) RETURNS void
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$

@@ -184,6 +184,36 @@ expect "mp_check finds nothing (orig)" r "SELECT count(*) FROM mp_check('orig')"
 expect "a split takes an imported join back" w "SELECT id, old_canonical, new_canonical FROM mp_split('n1', 'orig')" "n1|P1|n1"
 expect "mp_check after the split" r "SELECT count(*) FROM mp_check('orig')" "0"
 
+# An Original project's events in the export's shape keep merging as they land (since 0.1.15):
+# the trigger, mp_ingest and mp_backfill_from read the event name from event_name.
+as w >/dev/null <<'SQL'
+CREATE TABLE orig_ev (device_id text, distinct_id text, event_name text, insert_id text, properties jsonb,
+                      time bigint, user_id text, canonical_id text);
+SELECT mp_attach('orig_ev', 'orig', 'distinct_id', 'canonical_id', true, 'device_id', 'user_id');
+SQL
+expect "an \$identify in event_name is applied as it lands" w "INSERT INTO orig_ev (distinct_id, event_name, properties) VALUES
+  ('anon-e1', 'Page View', '{}'),
+  ('R1', '\$identify', '{\"\$identified_id\": \"R1\", \"\$anon_id\": \"anon-e1\"}');
+INSERT INTO orig_ev (distinct_id, event_name, properties) VALUES ('anon-e1', 'Page View', '{}') RETURNING canonical_id;
+SELECT mp_resolve('anon-e1', 'orig')" "R1
+R1"
+expect "a refused \$identify in event_name keeps its row" w "INSERT INTO orig_ev (distinct_id, event_name, properties) VALUES
+  ('P1', '\$identify', '{\"\$identified_id\": \"P1\", \"\$anon_id\": \"R1\"}') RETURNING canonical_id" "P1"
+expect "and is recorded with it (seen by the table's owner)" w "SELECT source_row->>'event' FROM identity_merge.rejections WHERE source_row->>'distinct_id' = 'P1'" "\$identify"
+as w >/dev/null <<'SQL'
+CREATE TABLE orig_stage (LIKE orig_ev);
+INSERT INTO orig_stage (distinct_id, event_name, properties) VALUES
+  ('anon-e2', 'Page View', '{}'),
+  ('R2', '$create_alias', '{"alias": "anon-e2", "distinct_id": "R2"}');
+SQL
+expect "mp_ingest of export-shaped rows applies their identity events" w "SELECT rows_inserted, identity_events FROM mp_ingest('orig_stage', 'orig_ev');
+SELECT string_agg(canonical_id, ',') FROM orig_ev WHERE distinct_id IN ('anon-e2', 'R2')" "2|1
+R2,R2"
+expect "mp_backfill_from reads event_name" postgres "SELECT events_read, joins FROM mp_backfill_from('orig_ev', 'insert_id')" "3|0"
+expect_err "an event_name that is not text is refused at attach" w "CREATE TABLE orig_bad (distinct_id text, event_name int, properties jsonb, canonical_id text);
+SELECT mp_attach('orig_bad', 'orig')" 42804
+expect "mp_check finds nothing (orig, export-shaped table)" w "SELECT coalesce(string_agg(check_name || ': ' || detail, '; '), 'clean') FROM mp_check('orig')" "clean"
+
 # A session whose stamp cache already holds an id sees the import another session committed.
 as postgres >/dev/null <<'SQL'
 CREATE TABLE warm (distinct_id text, canonical_id text);

@@ -138,6 +138,20 @@ fn _column_type_ok(kind: &str, typ: pg_sys::Oid) -> bool {
     kind.accepts(crate::pg::column_type(typ))
 }
 
+/// `identity_merge._event_column(events regclass) RETURNS text`, declared in sql/api.sql: the
+/// column the stamping trigger reads the event name from (`core::columns::event_column`), or
+/// NULL when the table has none.
+#[pg_extern(sql = false)]
+fn _event_column(events: pg_sys::Oid) -> Option<String> {
+    let has = |name: &str| {
+        let name = std::ffi::CString::new(name).expect("column names have no NUL");
+        // SAFETY: a syscache lookup of a column by name; an unknown relation or a dropped
+        // column answers InvalidAttrNumber (0).
+        unsafe { pg_sys::get_attnum(events, name.as_ptr()) > 0 }
+    };
+    crate::core::columns::event_column(has).map(str::to_string)
+}
+
 /// keep_fresh of an attached table the caller owns (mp_keep_fresh, mp_attach), and its
 /// project's flag, which every join of the project reads (store::queue_stale): written with the
 /// extension owner's rights, after the same ownership check as the registration.

@@ -309,7 +309,10 @@ fn build_context(
         key,
         distinct,
         canonical,
-        event_att: optional("event")?,
+        event_att: match crate::core::columns::event_column(|n| column(&desc, n).is_some()) {
+            Some(name) => optional(name)?,
+            None => None,
+        },
         properties,
         device_att: optional(device_name)?,
         user_att: optional(user_name)?,

@@ -1,5 +1,5 @@
 //! The column types the stamping trigger reads and writes, the one rule: ids (the distinct_id,
-//! canonical, `event`, device and user columns) are text or varchar, never a domain (the trigger
+//! canonical, event name (`event_column`), device and user columns) are text or varchar, never a domain (the trigger
 //! writes stamps without running a domain's checks, and reads ids in place); `properties` is
 //! jsonb, or JSON held as json, text or varchar. The trigger applies it to a table's descriptor
 //! (api/stamp.rs); the SQL that checks tables (`_column_problems`, `mp_attach`, `mp_backfill_from`)
@@ -70,9 +70,29 @@ pub fn properties_read(t: ColumnType) -> Option<PropertiesRead> {
     }
 }
 
+/// The names the event name's column may have, in order of preference: `event` (the tables of
+/// this project's docs, Segment's), or `event_name` in a table that has no `event` (Mixpanel's
+/// data-pipeline export, which `mp_import_mixpanel` attaches as it is).
+pub const EVENT_COLUMNS: [&str; 2] = ["event", "event_name"];
+
+/// The column the stamping trigger reads the event name from, in a table whose columns `has`
+/// tells: the first of `EVENT_COLUMNS` it has; None when it has neither (no identity events).
+pub fn event_column(has: impl Fn(&str) -> bool) -> Option<&'static str> {
+    EVENT_COLUMNS.into_iter().find(|name| has(name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_event_name_is_read_from_event_or_else_event_name() {
+        let table = |cols: &'static [&'static str]| move |name: &str| cols.contains(&name);
+        assert_eq!(event_column(table(&["distinct_id", "event", "event_name"])), Some("event"));
+        assert_eq!(event_column(table(&["event_name", "distinct_id"])), Some("event_name"));
+        assert_eq!(event_column(table(&["event"])), Some("event"));
+        assert_eq!(event_column(table(&["name", "type", "event_type"])), None);
+    }
 
     #[test]
     fn ids_are_text_properties_are_json() {

@@ -108,8 +108,10 @@ pub fn plan(
             });
         }
     }
-    // The columns the trigger reads in this mode (when the target has them).
-    let mut read_columns: Vec<&str> = vec![args.distinct_column.as_str(), "event", "properties"];
+    // The columns the trigger reads in this mode (when the target has them): the event name's
+    // is the target's (core::columns::event_column), and the staging table's of that name.
+    let event = crate::core::columns::event_column(|n| target(n).is_some()).unwrap_or("event");
+    let mut read_columns: Vec<&str> = vec![args.distinct_column.as_str(), event, "properties"];
     if mode == Mode::Simplified {
         read_columns.push(args.device_column_or_default());
         read_columns.push(args.user_column_or_default());
@@ -152,7 +154,7 @@ pub fn plan(
     let distinct = value(&args.distinct_column);
     let columns = format!(
         "{}, {}, {}, {}, {}, s.ctid::text",
-        value("event"),
+        value(event),
         value("properties"),
         match mode {
             Mode::Simplified => value(args.device_column_or_default()),
@@ -171,14 +173,14 @@ pub fn plan(
             takes_event_names: false,
         }),
         // The trigger applies identity events only in a table with both columns.
-        Mode::Original | Mode::Legacy => (staged("event").is_some()
+        Mode::Original | Mode::Legacy => (staged(event).is_some()
             && staged("properties").is_some()
-            && target("event").is_some()
+            && target(event).is_some()
             && target("properties").is_some())
         .then(|| Read {
             sql: format!(
                 "SELECT {columns} {from} WHERE (s.{})::text COLLATE \"C\" OPERATOR(pg_catalog.=) ANY ($1) ORDER BY s.ctid",
-                ident("event")
+                ident(event)
             ),
             takes_event_names: true,
         }),
@@ -321,6 +323,24 @@ mod tests {
         );
         // Not Simplified: no filled-in distinct_ids.
         assert_eq!(p.insert_sql(true), p.insert_sql(false));
+    }
+
+    #[test]
+    fn a_mixpanel_export_shaped_target_reads_event_name() {
+        // Mixpanel's data-pipeline export names the column event_name (core::columns).
+        let target: Vec<Column> = events()
+            .into_iter()
+            .map(|c| if c.name == "event" { col("event_name", TEXT) } else { c })
+            .collect();
+        let staging: Vec<Column> = target[..4].to_vec();
+        let p = plan(&args(None), Mode::Original, 7, &tables(&staging, &target)).unwrap();
+        let read = p.read.as_ref().unwrap();
+        assert!(read.sql.starts_with("SELECT (s.\"event_name\")::text, (s.\"properties\")::text"));
+        assert!(read.sql.contains("WHERE (s.\"event_name\")::text COLLATE \"C\" OPERATOR(pg_catalog.=) ANY ($1)"));
+        // A staging table without the target's event column: no identity rows to read.
+        let no_event: Vec<Column> = vec![col("n", INT), col("distinct_id", TEXT), col("properties", JSONB)];
+        let p = plan(&args(None), Mode::Original, 7, &tables(&no_event, &target)).unwrap();
+        assert!(p.read.is_none());
     }
 
     #[test]
