@@ -266,18 +266,21 @@ BEGIN
     PERFORM identity_merge._keep_fresh_projects();
 END $$;
 
--- projects.keep_fresh again from the attachments (a table detached or dropped). In two
+-- projects.keep_fresh, which the joins read (through the project cache), from the attachments:
+-- the one place it is written (mp_attach, mp_keep_fresh, a table detached or dropped). In two
 -- statements: on Citus, projects is a reference table and attachments the coordinator's own,
 -- which one UPDATE may not mix.
 CREATE FUNCTION identity_merge._keep_fresh_projects() RETURNS void
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    stale integer[];
+    fresh integer[];
+    changed integer[];
 BEGIN
-    SELECT array_agg(p.project_id) INTO stale FROM identity_merge.projects p
-     WHERE p.keep_fresh AND NOT EXISTS (SELECT 1 FROM identity_merge.attachments a WHERE a.project_id = p.project_id AND a.keep_fresh);
-    IF stale IS NOT NULL THEN
-        UPDATE identity_merge.projects p SET keep_fresh = false WHERE p.project_id = ANY (stale);
+    SELECT coalesce(array_agg(DISTINCT a.project_id), '{}') INTO fresh FROM identity_merge.attachments a WHERE a.keep_fresh;
+    SELECT array_agg(p.project_id) INTO changed FROM identity_merge.projects p
+     WHERE p.keep_fresh IS DISTINCT FROM (p.project_id = ANY (fresh));
+    IF changed IS NOT NULL THEN
+        UPDATE identity_merge.projects p SET keep_fresh = (p.project_id = ANY (fresh)) WHERE p.project_id = ANY (changed);
     END IF;
 END $$;
 
@@ -1003,14 +1006,15 @@ AS $$ SELECT identity_merge._track(payload::text) $$;
 CREATE FUNCTION mp_check(project text DEFAULT 'default') RETURNS TABLE (check_name text, detail text)
 LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    pid integer := (identity_merge._project(project)).project_id;
-    legacy boolean := (identity_merge._project(project)).mode = 'legacy';
+    proj identity_merge.projects := identity_merge._project(project);
+    pid integer := proj.project_id;
+    legacy boolean := proj.mode = 'legacy';
     a identity_merge.attachments;
     bad record;
     broken boolean;
     targs text[];
     fillable text;
-    token text := (identity_merge._project(project)).token;
+    token text := proj.token;
 BEGIN
     RETURN QUERY
     SELECT 'id_without_cluster', format('id %s points at canonical %s, which has no cluster', i.distinct_id, i.canonical_id)

@@ -2,7 +2,8 @@
 -- in a table without "event" (Mixpanel's data-pipeline export): identity_merge._event_column,
 -- used by _column_problems and mp_backfill_from; mp_detach drops the insert_id deduplication
 -- trigger with the stamping one; mp_dedup_insert_id(table, false) drops one without an
--- attachment (a table detached under 0.1.14 kept its trigger).
+-- attachment (a table detached under 0.1.14 kept its trigger); projects.keep_fresh written in
+-- one place (_keep_fresh_projects); mp_check reads its project once.
 -- Released upgrade scripts are never edited afterwards.
 
 -- The column the trigger reads the event name from (src/core/columns.rs, the one rule): "event",
@@ -199,5 +200,179 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_index x JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0]
                     WHERE x.indrelid = events AND a.attname = insert_id_column) THEN
         EXECUTE format('CREATE INDEX ON %s (%I)', events, insert_id_column);
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION mp_check(project text DEFAULT 'default') RETURNS TABLE (check_name text, detail text)
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    proj identity_merge.projects := identity_merge._project(project);
+    pid integer := proj.project_id;
+    legacy boolean := proj.mode = 'legacy';
+    a identity_merge.attachments;
+    bad record;
+    broken boolean;
+    targs text[];
+    fillable text;
+    token text := proj.token;
+BEGIN
+    RETURN QUERY
+    SELECT 'id_without_cluster', format('id %s points at canonical %s, which has no cluster', i.distinct_id, i.canonical_id)
+      FROM identity_merge.identities i
+     WHERE i.project_id = pid AND NOT EXISTS (SELECT 1 FROM identity_merge.clusters c
+                                               WHERE c.project_id = pid AND c.canonical_id = i.canonical_id);
+    RETURN QUERY
+    SELECT CASE WHEN i.distinct_id IS NULL THEN 'canonical_not_member' ELSE 'id_in_two_clusters' END,
+           format('cluster %s: its canonical id %s', c.canonical_id,
+                  CASE WHEN i.distinct_id IS NULL THEN 'is not one of its ids'
+                       ELSE 'belongs to the cluster of ' || i.canonical_id END)
+      FROM identity_merge.clusters c
+      LEFT JOIN identity_merge.identities i ON i.project_id = pid AND i.distinct_id = c.canonical_id
+     WHERE c.project_id = pid AND (i.distinct_id IS NULL OR i.canonical_id <> c.canonical_id);
+    RETURN QUERY
+    SELECT 'size_mismatch', format('cluster %s says size %s, has %s ids', c.canonical_id, c.size, m.n)
+      FROM identity_merge.clusters c
+      JOIN (SELECT canonical_id, count(*) AS n FROM identity_merge.identities WHERE project_id = pid GROUP BY 1) m
+        ON m.canonical_id = c.canonical_id
+     WHERE c.project_id = pid AND c.size <> m.n;
+    RETURN QUERY SELECT l.check_name, l.detail FROM identity_merge._check_log(pid) l;
+    -- Stamped rows: stale ones are fine (mp_restamp fixes them: a stamp that is an absorbed
+    -- canonical or a split cluster's old one); one mp_restamp would not fix is not.
+    -- On Citus: identity events that rows brought to shards, not applied yet (every node's
+    -- queue when asked on the coordinator, this node's on a worker).
+    IF identity_merge._distributed() AND identity_merge._on_coordinator() THEN
+        RETURN QUERY SELECT 'identity_events_pending'::text,
+            CASE WHEN r.success THEN format('%s identity events queued on node %s: run SELECT mp_apply_pending()', r.result, r.nodeid)
+                 ELSE format('the queue of node %s could not be read: %s', r.nodeid, r.result) END
+          FROM pg_catalog.run_command_on_all_nodes(format(
+                 'SELECT count(*) FROM identity_merge.pending_events WHERE project_id = %s', pid)) r
+         WHERE NOT r.success OR r.result <> '0';
+    ELSIF has_table_privilege('identity_merge.pending_events', 'SELECT') THEN
+        RETURN QUERY SELECT 'identity_events_pending'::text,
+            format('%s identity events queued on this node since %s: run SELECT mp_apply_pending()', count(*), min(q.queued_at))
+          FROM identity_merge.pending_events q WHERE q.project_id = pid HAVING count(*) > 0;
+    END IF;
+    -- keep_fresh tables with no maintenance worker running here (since 0.1.14): their stale
+    -- rows wait for mp_restamp.
+    IF (SELECT p.keep_fresh FROM identity_merge.projects p WHERE p.project_id = pid)
+       AND NOT EXISTS (SELECT 1 FROM identity_merge._worker() w WHERE w.pid IS NOT NULL) THEN
+        RETURN QUERY SELECT 'maintenance_not_running'::text,
+            'tables of this project keep their stamps fresh (mp_keep_fresh) and no maintenance worker runs in this database: add identity_merge to shared_preload_libraries (docs/settings.md), or run mp_restamp'::text;
+    END IF;
+    -- A table whose columns no longer fit is reported, as is one the caller may not read.
+    FOR a IN SELECT * FROM identity_merge.attachments x WHERE x.project_id = pid LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = a.events) THEN
+            check_name := 'attachment_broken';
+            detail := format('table %s: no longer exists; mp_detach it', a.events::oid);
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        broken := false;
+        FOR bad IN SELECT * FROM identity_merge._column_problems(a.events, a.distinct_id_column, a.canonical_column) LOOP
+            check_name := 'attachment_broken';
+            detail := format('table %s: %s', a.events, bad.problem);
+            broken := true;
+            RETURN NEXT;
+        END LOOP;
+        IF broken THEN
+            CONTINUE;
+        END IF;
+        IF NOT (has_column_privilege(a.events, a.distinct_id_column, 'SELECT')
+                AND has_column_privilege(a.events, a.canonical_column, 'SELECT')) THEN
+            check_name := 'stamps_not_checked';
+            detail := format('table %s: its stamps were not checked, role %s may not read columns %I and %I',
+                             a.events, current_user, a.distinct_id_column, a.canonical_column);
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        -- Row-level security policies are the table owner's code and run as whoever reads the
+        -- table: only the owner (or a role that may act as it) has its stamps checked.
+        IF EXISTS (SELECT 1 FROM pg_partition_tree(a.events) pt JOIN pg_class c ON c.oid = pt.relid
+                    WHERE c.relrowsecurity)
+           AND NOT pg_has_role((SELECT c.relowner FROM pg_class c WHERE c.oid = a.events), 'MEMBER') THEN
+            check_name := 'stamps_not_checked';
+            detail := format('table %s: its stamps were not checked, it has row-level security and role %s is not its owner %s',
+                             a.events, current_user, (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = a.events));
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        -- Rows without a stamp that the trigger would have stamped (loaded before mp_attach, or
+        -- with the trigger disabled): CALL mp_restamp_all stamps them.
+        fillable := '';
+        IF NOT legacy AND (SELECT x.mode FROM identity_merge.projects x WHERE x.project_id = pid) = 'simplified' THEN
+            targs := identity_merge._trigger_args(a.events);
+            SELECT format(' OR identity_merge._row_distinct_id(%L, %s, %s) IS NOT NULL', token,
+                          coalesce(max(format('e.%I::text', t.attname)) FILTER (WHERE t.attname = coalesce(nullif(targs[4], ''), '$device_id')), 'NULL'),
+                          coalesce(max(format('e.%I::text', t.attname)) FILTER (WHERE t.attname = coalesce(nullif(targs[5], ''), '$user_id')), 'NULL'))
+              INTO fillable
+              FROM pg_attribute t WHERE t.attrelid = a.events AND t.attnum > 0 AND NOT t.attisdropped;
+        END IF;
+        RETURN QUERY EXECUTE format(
+            'SELECT ''unstamped_rows''::text, format(''table %%s: %%s rows have no stamp (loaded before mp_attach, or with its trigger disabled): CALL mp_restamp_all(%%L)'', %1$L, c.n, %1$L) '
+            'FROM (SELECT count(*) AS n FROM %1$s e WHERE e.%3$I IS NULL AND (e.%2$I IS NOT NULL%4$s)) c WHERE c.n > 0',
+            a.events, a.distinct_id_column, a.canonical_column, fillable);
+        IF legacy THEN
+            -- Legacy stamps are final: right when the row's own id (stored before its alias) or
+            -- the person it maps to (an original never stops being canonical).
+            RETURN QUERY EXECUTE format(
+                'SELECT ''unfixable_stamp''::text, format(''%%s row distinct_id %%s stamped %%s, which is neither itself nor %%s'', %1$L, e.%2$I, e.%3$I, coalesce(i.canonical_id, e.%2$I::text)) '
+                'FROM %1$s e LEFT JOIN identity_merge.identities i '
+                '  ON i.project_id = $1 AND i.distinct_id = e.%2$I::text COLLATE "C" '
+                'WHERE e.%3$I IS NOT NULL AND e.%3$I::text COLLATE "C" <> coalesce(i.canonical_id, e.%2$I::text) AND e.%3$I::text COLLATE "C" <> e.%2$I::text',
+                a.events, a.distinct_id_column, a.canonical_column) USING pid;
+            CONTINUE;
+        END IF;
+        IF identity_merge._distributed() AND NOT identity_merge._is_citus_table(a.events) THEN
+            -- A plain table beside the replicated state (see mp_restamp): ids resolved one by one.
+            RETURN QUERY EXECUTE format(
+                'SELECT ''unfixable_stamp''::text, format(''%%s row distinct_id %%s stamped %%s, resolves to %%s'', %1$L, e.%2$I, e.%3$I, r.c) '
+                'FROM %1$s e CROSS JOIN LATERAL (SELECT %4$I.mp_resolve(e.%2$I::text, $2) AS c) r '
+                'WHERE e.%3$I IS NOT NULL AND e.%3$I::text COLLATE "C" <> r.c '
+                '  AND NOT (e.%3$I::text COLLATE "C" = ANY ($3))',
+                a.events, a.distinct_id_column, a.canonical_column,
+                (SELECT n.nspname FROM pg_extension x JOIN pg_namespace n ON n.oid = x.extnamespace WHERE x.extname = 'identity_merge'))
+            USING pid, project,
+                  (SELECT coalesce(array_agg(x.stale), '{}') FROM (
+                       SELECT l.absorbed_canonical AS stale FROM identity_merge.merge_log l WHERE l.project_id = pid
+                       UNION ALL
+                       SELECT r.old_canonical FROM identity_merge.retractions r WHERE r.project_id = pid) x);
+            CONTINUE;
+        END IF;
+        RETURN QUERY EXECUTE format(
+            'SELECT ''unfixable_stamp''::text, format(''%%s row distinct_id %%s stamped %%s, resolves to %%s'', %1$L, e.%2$I, e.%3$I, coalesce(i.canonical_id, e.%2$I::text)) '
+            'FROM %1$s e LEFT JOIN identity_merge.identities i '
+            '  ON i.project_id = $1 AND i.distinct_id = e.%2$I::text COLLATE "C" '
+            'WHERE e.%3$I IS NOT NULL AND e.%3$I::text COLLATE "C" <> coalesce(i.canonical_id, e.%2$I::text) '
+            '  AND NOT EXISTS (SELECT 1 FROM identity_merge.merge_log l WHERE l.project_id = $1 '
+            '                  AND l.absorbed_canonical = e.%3$I::text COLLATE "C") '
+            '  AND NOT EXISTS (SELECT 1 FROM identity_merge.retractions x WHERE x.project_id = $1 '
+            '                  AND x.old_canonical = e.%3$I::text COLLATE "C")',
+            a.events, a.distinct_id_column, a.canonical_column) USING pid;
+    END LOOP;
+END $$;
+
+-- Since 0.1.15 the one writer of projects.keep_fresh, turning it on as well as off (the
+-- library's mp_keep_fresh calls it).
+CREATE OR REPLACE FUNCTION identity_merge._keep_fresh_projects() RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    fresh integer[];
+    changed integer[];
+BEGIN
+    SELECT coalesce(array_agg(DISTINCT a.project_id), '{}') INTO fresh FROM identity_merge.attachments a WHERE a.keep_fresh;
+    SELECT array_agg(p.project_id) INTO changed FROM identity_merge.projects p
+     WHERE p.keep_fresh IS DISTINCT FROM (p.project_id = ANY (fresh));
+    IF changed IS NOT NULL THEN
+        UPDATE identity_merge.projects p SET keep_fresh = (p.project_id = ANY (fresh)) WHERE p.project_id = ANY (changed);
+    END IF;
+END $$;
+
+-- A 0.1.15 library before this update recorded keep_fresh in attachments only: the projects'
+-- flags from the attachments once. (The coordinator's attachments; on a Citus worker node
+-- there are none, and the replicated projects are not read.)
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM identity_merge.attachments WHERE keep_fresh) THEN
+        PERFORM identity_merge._keep_fresh_projects();
     END IF;
 END $$;

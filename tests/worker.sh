@@ -114,5 +114,12 @@ expect "mp_check says the stamps are not kept fresh" w "SELECT check_name FROM m
 as w -c "SELECT mp_keep_fresh('ev', false)" >/dev/null
 expect "not once keep_fresh is off" w "SELECT count(*) FROM mp_check()" "0"
 expect_err "a reader may not set keep_fresh" r "SELECT mp_keep_fresh('ev')" 42501
+# The project's flag, which the joins read, follows its tables' (one writer: _keep_fresh_projects).
+flags="SELECT string_agg(a.keep_fresh || '/' || p.keep_fresh, ',') FROM identity_merge.attachments a JOIN identity_merge.projects p USING (project_id) WHERE a.events = 'ev'::regclass"
+check "keep_fresh off: the project's flag too" "false/false" "$(as r -c "$flags")"
+as w -c "SELECT mp_keep_fresh('ev')" >/dev/null
+check "on again: the project's flag too" "true/true" "$(as r -c "$flags")"
+as w -c "SELECT mp_detach('ev')" >/dev/null
+check "its last keep_fresh table detached: the project's flag off" "f" "$(as r -c "SELECT keep_fresh FROM identity_merge.projects WHERE token = 'default'")"
 
 summary worker

@@ -153,41 +153,22 @@ fn _event_column(events: pg_sys::Oid) -> Option<String> {
 }
 
 /// keep_fresh of an attached table the caller owns (mp_keep_fresh, mp_attach), and its
-/// project's flag, which every join of the project reads (store::queue_stale): written with the
-/// extension owner's rights, after the same ownership check as the registration.
+/// project's flag, which every join of the project reads (store::queue_stale), worked out from
+/// the attachments by `identity_merge._keep_fresh_projects` (the one place that writes it):
+/// with the extension owner's rights, after the same ownership check as the registration.
 pub fn set_keep_fresh(relid: pg_sys::Oid, keep_fresh: bool) -> Result<(), IdentityError> {
     if !caller_owns(relid) {
         return Err(IdentityError::NotOwner {
             table: table_name(relid),
         });
     }
-    // Two statements: on Citus, projects is a reference table and attachments the
-    // coordinator's own, which one statement may not write together.
     as_owner(|| {
-        let project: Option<(i32, bool)> = Spi::connect_mut(|c| {
-            let rows = c.update(
-                "UPDATE identity_merge.attachments a SET keep_fresh = $2 \
-                  WHERE a.events::pg_catalog.oid OPERATOR(pg_catalog.=) $1 \
-                 RETURNING a.project_id, $2 OR EXISTS (SELECT 1 FROM identity_merge.attachments x \
-                   WHERE x.project_id OPERATOR(pg_catalog.=) a.project_id AND x.keep_fresh \
-                     AND x.events::pg_catalog.oid OPERATOR(pg_catalog.<>) $1)",
-                None,
-                &[relid.into(), keep_fresh.into()],
-            )?;
-            Ok::<_, pgrx::spi::SpiError>(
-                rows.into_iter()
-                    .next()
-                    .and_then(|r| Some((r.get::<i32>(1).ok()??, r.get::<bool>(2).ok()??))),
-            )
-        })?;
-        if let Some((project, fresh)) = project {
-            Spi::run_with_args(
-                "UPDATE identity_merge.projects SET keep_fresh = $2 \
-                  WHERE project_id OPERATOR(pg_catalog.=) $1 AND keep_fresh IS DISTINCT FROM $2",
-                &[project.into(), fresh.into()],
-            )?;
-        }
-        Ok::<(), pgrx::spi::SpiError>(())
+        Spi::run_with_args(
+            "UPDATE identity_merge.attachments a SET keep_fresh = $2 \
+              WHERE a.events::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND a.keep_fresh IS DISTINCT FROM $2",
+            &[relid.into(), keep_fresh.into()],
+        )?;
+        Spi::run("SELECT identity_merge._keep_fresh_projects()")
     })
     .map_err(|e| crate::pg::internal("recording keep_fresh", e))
 }
