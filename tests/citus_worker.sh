@@ -33,17 +33,8 @@ SELECT mp_attach('ev', 'auto');
 SQL
 
 # until_all SECONDS SQL WANT: every node answers WANT within SECONDS; prints the time taken.
-until_all() {
-  local limit=$1 sql=$2 want=$3 t0 p all
-  t0=$(date +%s%N)
-  while true; do
-    all=1
-    for p in $NODES; do [ "$(q "$p" "$sql")" = "$want" ] || { all=0; break; }; done
-    if [ "$all" = 1 ]; then echo $(( ($(date +%s%N) - t0) / 1000000 )); return 0; fi
-    if [ $(( ($(date +%s%N) - t0) / 1000000 )) -gt $((limit * 1000)) ]; then echo "timeout"; return 1; fi
-    sleep 0.05
-  done
-}
+answers() { local p; for p in $NODES; do q "$p" "$1"; done | sort -u | paste -sd ' '; }
+until_all() { poll "$1" "$3" answers "$2"; }
 
 # Each node's worker starts when the extension's creation commits there (on the workers, a
 # prepared transaction Citus commits a moment later).

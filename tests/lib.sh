@@ -11,6 +11,8 @@
 #   as ROLE [psql args...]       psql as ROLE: rows unaligned, errors as "ERROR:  SQLSTATE: message"
 #   expect NAME ROLE SQL WANT    SQL's output as ROLE (errors included) is WANT
 #   expect_err NAME ROLE SQL SQLSTATE   SQL as ROLE fails with SQLSTATE
+#   poll SECONDS WANT COMMAND...  runs COMMAND until it prints WANT: prints the milliseconds taken
+#                                (true) or "timeout" (false, after SECONDS)
 # print_checks says what a check prints: "failures" (the default): nothing when it passes,
 # "FAIL: MESSAGE" when it fails; "all" (citus.sh, package.sh): "ok   NAME" or "FAIL MESSAGE".
 #
@@ -64,6 +66,19 @@ expect() {
   if [ "$expect_blank" = drop ]; then skip+=(-e '^$'); fi
   got=$(printf '%s\n' "$3" | as "$2" -f - | grep -v "${skip[@]}" || true)
   [ "$got" = "$4" ] && ok || bad "$1: wanted [$4], got [$got]"
+}
+
+# poll SECONDS WANT COMMAND...: what the background worker does is waited for, not slept for.
+poll() {
+  local limit=$1 want=$2 t0 ms got; shift 2
+  t0=$(date +%s%N)
+  while true; do
+    got=$("$@")
+    ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+    if [ "$got" = "$want" ]; then echo "$ms"; return 0; fi
+    if [ "$ms" -gt $((limit * 1000)) ]; then echo timeout; return 1; fi
+    sleep 0.05
+  done
 }
 
 # expect_err NAME ROLE SQL SQLSTATE: SQL fails with SQLSTATE (and the server survives).

@@ -21,18 +21,12 @@ SQL
 
 # wait_for NAME SQL [SECONDS]: polls SQL (as postgres) until it prints t; the seconds it took.
 wait_for() {
-  local name=$1 sql=$2 limit=${3:-10} t0 now
-  t0=$(date +%s.%N)
-  while true; do
-    if [ "$(as postgres -c "$sql")" = t ]; then
-      now=$(date +%s.%N); waited=$(python3 -c "print(round($now - $t0, 2))"); ok; return 0
-    fi
-    now=$(date +%s.%N)
-    if python3 -c "import sys; sys.exit(0 if $now - $t0 > $limit else 1)"; then
-      bad "$name: not within ${limit}s ($(as postgres -c "$sql"))"; return 1
-    fi
-    sleep 0.1
-  done
+  local name=$1 sql=$2 limit=${3:-10} ms
+  if ms=$(poll "$limit" t as postgres -c "$sql"); then
+    waited=$(awk -v ms="$ms" 'BEGIN { printf "%.2f", ms / 1000 }'); ok
+  else
+    bad "$name: not within ${limit}s ($(as postgres -c "$sql"))"; return 1
+  fi
 }
 worker_running="SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'identity_merge worker' AND datname = current_database()"
 
