@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::{
-    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker, SignalWakeFlags,
+    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker,
+    SignalWakeFlags,
 };
 use pgrx::prelude::*;
 
@@ -59,7 +60,8 @@ fn databases() -> Vec<pg_sys::Oid> {
                 break;
             }
             let header = (*tuple).t_data;
-            let form = (header as *mut u8).add((*header).t_hoff as usize) as *const pg_sys::FormData_pg_database;
+            let form = (header as *mut u8).add((*header).t_hoff as usize)
+                as *const pg_sys::FormData_pg_database;
             if (*form).datallowconn && !(*form).datistemplate {
                 out.push((*form).oid);
             }
@@ -132,7 +134,9 @@ pub extern "C-unwind" fn identity_merge_launcher_main(_arg: pg_sys::Datum) {
                     without.insert(key, Instant::now());
                 }
                 let recheck = without.get(&key).is_none_or(|t| {
-                    woken || t.elapsed() >= RECHECK || (settling && t.elapsed() >= Duration::from_secs(1))
+                    woken
+                        || t.elapsed() >= RECHECK
+                        || (settling && t.elapsed() >= Duration::from_secs(1))
                 });
                 if recheck {
                     if let Some(w) = start_worker(db) {
@@ -142,7 +146,11 @@ pub extern "C-unwind" fn identity_merge_launcher_main(_arg: pg_sys::Datum) {
             }
         }
         // Woken by _wake_launcher, a worker that started or stopped, a SIGHUP, or the time.
-        wait(if settling { Duration::from_secs(1) } else { Duration::from_secs(10) });
+        wait(if settling {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(10)
+        });
         if BackgroundWorker::sigterm_received() {
             break;
         }
@@ -222,8 +230,16 @@ pub extern "C-unwind" fn identity_merge_worker_main(arg: pg_sys::Datum) {
                 nap = Duration::from_millis(10);
                 continue;
             }
-            Pass::Done { more: false, worked, .. } => {
-                nap = if worked { Duration::from_millis(10) } else { (nap * 2).min(naptime) };
+            Pass::Done {
+                more: false,
+                worked,
+                ..
+            } => {
+                nap = if worked {
+                    Duration::from_millis(10)
+                } else {
+                    (nap * 2).min(naptime)
+                };
                 if wait(nap) {
                     nap = Duration::from_millis(10);
                 }
@@ -242,7 +258,6 @@ pub extern "C-unwind" fn identity_merge_worker_main(arg: pg_sys::Datum) {
 fn _wake_launcher() {
     stats::wake_launcher_at_commit();
 }
-
 
 /// `identity_merge._stats()` (sql/api.sql): this database's counters per project.
 // pgrx reads the row's columns from the type as written here: no alias.
@@ -282,7 +297,6 @@ fn _stats() -> TableIterator<
         .collect();
     TableIterator::new(rows)
 }
-
 
 /// `identity_merge._worker()` (sql/api.sql): this database's maintenance worker.
 #[allow(clippy::type_complexity)]
@@ -326,5 +340,6 @@ fn mp_stats_reset() {
 /// keep_fresh for an attached table the caller owns, and the project's flag the joins read.
 #[pg_extern(sql = false)]
 fn _set_keep_fresh(events: pg_sys::Oid, keep_fresh: bool) {
-    crate::api::attach::set_keep_fresh(events, keep_fresh).unwrap_or_else(|e: IdentityError| crate::pg::raise(e));
+    crate::api::attach::set_keep_fresh(events, keep_fresh)
+        .unwrap_or_else(|e: IdentityError| crate::pg::raise(e));
 }

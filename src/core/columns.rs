@@ -1,7 +1,7 @@
 //! The column types the stamping trigger reads and writes, the one rule: ids (the distinct_id,
-//! canonical, event name (`event_column`), device and user columns) are text or varchar, never a domain (the trigger
-//! writes stamps without running a domain's checks, and reads ids in place); `properties` is
-//! jsonb, or JSON held as json, text or varchar. The trigger applies it to a table's descriptor
+//! canonical, event name (`event_column`), device and user columns) are text or varchar, never
+//! a domain (the trigger writes stamps without running a domain's checks, and reads ids in
+//! place); `properties` is jsonb, or JSON held as json, text or varchar. The trigger applies it to a table's descriptor
 //! (api/stamp.rs); the SQL that checks tables (`_column_problems`, `mp_attach`, `mp_backfill_from`)
 //! asks it through `identity_merge._column_type_ok(kind, type)` (api/attach.rs).
 
@@ -88,8 +88,14 @@ mod tests {
     #[test]
     fn the_event_name_is_read_from_event_or_else_event_name() {
         let table = |cols: &'static [&'static str]| move |name: &str| cols.contains(&name);
-        assert_eq!(event_column(table(&["distinct_id", "event", "event_name"])), Some("event"));
-        assert_eq!(event_column(table(&["event_name", "distinct_id"])), Some("event_name"));
+        assert_eq!(
+            event_column(table(&["distinct_id", "event", "event_name"])),
+            Some("event")
+        );
+        assert_eq!(
+            event_column(table(&["event_name", "distinct_id"])),
+            Some("event_name")
+        );
         assert_eq!(event_column(table(&["event"])), Some("event"));
         assert_eq!(event_column(table(&["name", "type", "event_type"])), None);
     }

@@ -320,10 +320,18 @@ pub enum StagingProblem {
     /// A staging column the target does not have (42703).
     UnknownColumn { column: String },
     /// A staging column whose type is not the target column's (42804).
-    TypeMismatch { column: String, staging_type: String, target_type: String },
+    TypeMismatch {
+        column: String,
+        staging_type: String,
+        target_type: String,
+    },
     /// A column the trigger reads or writes is of a type it cannot handle (42804): the target
     /// was retyped since it was attached.
-    WrongType { column: String, found: String, expected: &'static str },
+    WrongType {
+        column: String,
+        found: String,
+        expected: &'static str,
+    },
     /// A column the stamp is computed from is missing in staging while the target gives it a
     /// default (0A000): the stamp would be computed from another value than the row gets.
     DefaultedColumn { column: String },

@@ -123,7 +123,10 @@ pub fn plan(
         .iter()
         .map(|n| (*n, ColumnKind::Id))
         .filter(|(n, _)| *n != "properties")
-        .chain([("properties", ColumnKind::Properties), (args.canonical_column.as_str(), ColumnKind::Id)]);
+        .chain([
+            ("properties", ColumnKind::Properties),
+            (args.canonical_column.as_str(), ColumnKind::Id),
+        ]);
     for (name, kind) in kinds {
         if let Some(c) = target(name) {
             if !kind.accepts(c.column_type) {
@@ -330,15 +333,29 @@ mod tests {
         // Mixpanel's data-pipeline export names the column event_name (core::columns).
         let target: Vec<Column> = events()
             .into_iter()
-            .map(|c| if c.name == "event" { col("event_name", TEXT) } else { c })
+            .map(|c| {
+                if c.name == "event" {
+                    col("event_name", TEXT)
+                } else {
+                    c
+                }
+            })
             .collect();
         let staging: Vec<Column> = target[..4].to_vec();
         let p = plan(&args(None), Mode::Original, 7, &tables(&staging, &target)).unwrap();
         let read = p.read.as_ref().unwrap();
-        assert!(read.sql.starts_with("SELECT (s.\"event_name\")::text, (s.\"properties\")::text"));
-        assert!(read.sql.contains("WHERE (s.\"event_name\")::text COLLATE \"C\" OPERATOR(pg_catalog.=) ANY ($1)"));
+        assert!(read
+            .sql
+            .starts_with("SELECT (s.\"event_name\")::text, (s.\"properties\")::text"));
+        assert!(read.sql.contains(
+            "WHERE (s.\"event_name\")::text COLLATE \"C\" OPERATOR(pg_catalog.=) ANY ($1)"
+        ));
         // A staging table without the target's event column: no identity rows to read.
-        let no_event: Vec<Column> = vec![col("n", INT), col("distinct_id", TEXT), col("properties", JSONB)];
+        let no_event: Vec<Column> = vec![
+            col("n", INT),
+            col("distinct_id", TEXT),
+            col("properties", JSONB),
+        ];
         let p = plan(&args(None), Mode::Original, 7, &tables(&no_event, &target)).unwrap();
         assert!(p.read.is_none());
     }
@@ -375,7 +392,13 @@ mod tests {
         target.push(col("anon", TEXT));
         target.push(col("$user_id", TEXT));
         let staging = target.clone();
-        let p = plan(&args(Some("anon")), Mode::Simplified, 3, &tables(&staging, &target)).unwrap();
+        let p = plan(
+            &args(Some("anon")),
+            Mode::Simplified,
+            3,
+            &tables(&staging, &target),
+        )
+        .unwrap();
         let read = p.read.clone().unwrap();
         assert!(!read.takes_event_names);
         assert_eq!(
@@ -388,7 +411,9 @@ mod tests {
             "SELECT s.\"n\", coalesce((s.\"distinct_id\")::text, f.distinct_id), s.\"event\""
         ));
         assert!(filled.contains("LEFT JOIN ROWS FROM (pg_catalog.unnest(($1)::text[]::pg_catalog.tid[]), pg_catalog.unnest(($2)::text[])) f(row_id, distinct_id) ON f.row_id OPERATOR(pg_catalog.=) s.ctid"));
-        assert!(filled.contains("(coalesce((s.\"distinct_id\")::text, f.distinct_id)) COLLATE \"C\""));
+        assert!(
+            filled.contains("(coalesce((s.\"distinct_id\")::text, f.distinct_id)) COLLATE \"C\"")
+        );
     }
 
     #[test]
@@ -421,7 +446,9 @@ mod tests {
         let extra = vec![col("n", INT), col("nope", TEXT)];
         assert_eq!(
             plan(&args(None), Mode::Original, 1, &tables(&extra, &target)),
-            Err(StagingProblem::UnknownColumn { column: "nope".into() })
+            Err(StagingProblem::UnknownColumn {
+                column: "nope".into()
+            })
         );
         let retyped = vec![col("n", TEXT)];
         assert_eq!(
@@ -434,10 +461,21 @@ mod tests {
         );
         let mut defaulted = events();
         defaulted[2].has_default = true;
-        let staging = vec![col("n", INT), col("distinct_id", TEXT), col("properties", JSONB)];
+        let staging = vec![
+            col("n", INT),
+            col("distinct_id", TEXT),
+            col("properties", JSONB),
+        ];
         assert_eq!(
-            plan(&args(None), Mode::Original, 1, &tables(&staging, &defaulted)),
-            Err(StagingProblem::DefaultedColumn { column: "event".into() })
+            plan(
+                &args(None),
+                Mode::Original,
+                1,
+                &tables(&staging, &defaulted)
+            ),
+            Err(StagingProblem::DefaultedColumn {
+                column: "event".into()
+            })
         );
         // A target retyped since attach: its read columns are checked, never cast.
         let mut retyped = events();

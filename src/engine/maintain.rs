@@ -14,7 +14,6 @@ use pgrx::prelude::*;
 use crate::pg::OrBug;
 use crate::sync::stats::{WorkerSlot, WorkerState};
 
-
 /// What a pass found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Pass {
@@ -23,7 +22,11 @@ pub enum Pass {
     /// Done; `more`: a batch was full, another pass goes at once; `worked`: it applied or
     /// restamped something; `restamp`: the canonical ids the queued events it applied absorbed,
     /// whose rows `restamp_after_apply` restamps once the pass committed.
-    Done { more: bool, worked: bool, restamp: Vec<String> },
+    Done {
+        more: bool,
+        worked: bool,
+        restamp: Vec<String>,
+    },
 }
 
 /// One pass, in the caller's transaction.
@@ -135,8 +138,11 @@ pub fn restamp_after_apply(absorbed: &[String]) {
         .unwrap_or(true);
     let stale: Vec<Option<String>> = absorbed.iter().cloned().map(Some).collect();
     if on_coordinator {
-        Spi::run_with_args("SELECT identity_merge._restamp_attached($1)", &[stale.into()])
-            .or_bug("restamping after the queue");
+        Spi::run_with_args(
+            "SELECT identity_merge._restamp_attached($1)",
+            &[stale.into()],
+        )
+        .or_bug("restamping after the queue");
     } else {
         Spi::run_with_args(
             "SELECT r.success FROM pg_catalog.run_command_on_coordinator( \

@@ -260,7 +260,10 @@ fn mp_ingest_runs_beside_the_trigger_and_other_writers() {
     assert_eq!(err.code().unwrap().code(), "55P03", "{err}");
     b.batch_execute("INSERT INTO ingest_conc_ev VALUES (999999, 'd0', 'Page View', '{}')")
         .unwrap();
-    let stamp: String = scalar(&mut b, "SELECT canonical_id FROM ingest_conc_ev WHERE n = 999999");
+    let stamp: String = scalar(
+        &mut b,
+        "SELECT canonical_id FROM ingest_conc_ev WHERE n = 999999",
+    );
     assert_eq!(stamp, "u0");
     a.batch_execute("COMMIT").unwrap();
     b.batch_execute("SELECT mp_identify('someone', 'anon-x', 'ingest_conc')")

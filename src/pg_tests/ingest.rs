@@ -13,7 +13,18 @@ mod tests {
     fn random_stream(seed: u64, len: usize) -> Vec<String> {
         let long = "L".repeat(300);
         let ids = [
-            "u1", "u2", "u3", "a1", "a2", "a3", "a4", "a5", "null", "$device:x", "7", &long,
+            "u1",
+            "u2",
+            "u3",
+            "a1",
+            "a2",
+            "a3",
+            "a4",
+            "a5",
+            "null",
+            "$device:x",
+            "7",
+            &long,
         ];
         let mut x = (seed + 7).wrapping_mul(0x9E3779B97F4A7C15) | 1;
         let mut next = |m: usize| {
@@ -132,7 +143,9 @@ mod tests {
                 assert_eq!(want, of(q, &ing), "{mode}: {what}");
             }
             let refused = of(
-                &format!("SELECT count(*)::text FROM identity_merge.rejections WHERE project_id = {pid}"),
+                &format!(
+                    "SELECT count(*)::text FROM identity_merge.rejections WHERE project_id = {pid}"
+                ),
                 &trig,
             );
             assert!(
@@ -262,7 +275,10 @@ mod tests {
             ("SELECT mp_ingest('ref_extra', 'ref_ev')", "42703"),
             ("SELECT mp_ingest('ref_retyped', 'ref_ev')", "42804"),
             ("SELECT mp_ingest('ref_no_event', 'ref_ev')", "0A000"),
-            ("SELECT mp_ingest('ref_retyped_stage', 'ref_retyped_ev')", "42804"),
+            (
+                "SELECT mp_ingest('ref_retyped_stage', 'ref_retyped_ev')",
+                "42804",
+            ),
             ("SELECT mp_ingest(NULL, 'ref_ev')", "22004"),
             ("SELECT mp_ingest('ref_stage', 'ref_ev', NULL)", "22004"),
         ] {
@@ -282,7 +298,10 @@ mod tests {
                 .as_deref(),
             Some("2|1|0")
         );
-        assert_eq!(one("SELECT count(*)::text FROM ref_stage").as_deref(), Some("0"));
+        assert_eq!(
+            one("SELECT count(*)::text FROM ref_stage").as_deref(),
+            Some("0")
+        );
         assert_eq!(
             one("SELECT string_agg(canonical_id, ',' ORDER BY n) FROM ref_ev").as_deref(),
             Some("U1,U1")
@@ -303,7 +322,8 @@ mod tests {
              INSERT INTO w_stage (n, distinct_id, event, properties) VALUES \
                (1, 'D5', '$identify', '{\"$identified_id\": \"U5\", \"$anon_id\": \"D5\"}'), (2, 'D5', 'x', '{}')");
         assert_eq!(
-            one("SELECT rows_inserted || '|' || identity_events FROM mp_ingest('w_stage', 'w_ev')").as_deref(),
+            one("SELECT rows_inserted || '|' || identity_events FROM mp_ingest('w_stage', 'w_ev')")
+                .as_deref(),
             Some("2|1")
         );
         assert_eq!(

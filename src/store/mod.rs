@@ -376,8 +376,15 @@ pub fn own_write<R>(project_id: i32, write: impl FnOnce() -> (R, Vec<(String, St
         PROJECTS.with(|p| p.borrow_mut().0 = crate::sync::cache::generation());
     }
     if !joins.is_empty() {
-        crate::sync::stats::count(project_id, crate::sync::stats::Counter::Joins, joins.len() as u64);
-        queue_stale(project_id, joins.iter().map(|(absorbed, _)| absorbed.as_str()));
+        crate::sync::stats::count(
+            project_id,
+            crate::sync::stats::Counter::Joins,
+            joins.len() as u64,
+        );
+        queue_stale(
+            project_id,
+            joins.iter().map(|(absorbed, _)| absorbed.as_str()),
+        );
     }
     result
 }

@@ -156,7 +156,9 @@ pub fn count(project: i32, counter: Counter, n: u64) {
         return;
     }
     LOCAL.with(|l| {
-        let Ok(mut l) = l.try_borrow_mut() else { return };
+        let Ok(mut l) = l.try_borrow_mut() else {
+            return;
+        };
         match l.iter_mut().rev().find(|(p, _)| *p == project) {
             Some((_, c)) => c[counter as usize] += n,
             None => {
@@ -195,7 +197,11 @@ fn slot_of(shared: &'static Shared, db: u32, project: i32) -> Option<&'static Pr
 /// At commit: this transaction's counts into shared memory, and the worker woken when it has
 /// work.
 pub fn publish() {
-    let counts = LOCAL.with(|l| l.try_borrow_mut().map(|mut l| std::mem::take(&mut *l)).unwrap_or_default());
+    let counts = LOCAL.with(|l| {
+        l.try_borrow_mut()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default()
+    });
     let wake = WAKE.with(|w| w.replace(false));
     if WAKE_LAUNCHER.with(|w| w.replace(false)) {
         wake_launcher();
@@ -276,7 +282,9 @@ pub fn register_launcher() {
         // SAFETY: this process's PGPROC latch, in shared memory, valid while it runs.
         let latch = unsafe { &raw mut (*pg_sys::MyProc).procLatch } as usize;
         // SAFETY: MyProcPid is this process's pid.
-        shared.launcher_pid.store(unsafe { pg_sys::MyProcPid }, Ordering::Release);
+        shared
+            .launcher_pid
+            .store(unsafe { pg_sys::MyProcPid }, Ordering::Release);
         shared.launcher_latch.store(latch, Ordering::Release);
     }
 }
@@ -288,13 +296,17 @@ pub fn register_worker() -> Option<&'static WorkerSlot> {
     let db = database();
     // SAFETY: MyProcPid is this process's pid.
     let pid = unsafe { pg_sys::MyProcPid };
-    let slot = shared.workers.iter().find(|w| w.database.load(Ordering::Acquire) == db).or_else(|| {
-        shared.workers.iter().find(|w| {
-            w.database
-                .compare_exchange(0, db, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        })
-    })?;
+    let slot = shared
+        .workers
+        .iter()
+        .find(|w| w.database.load(Ordering::Acquire) == db)
+        .or_else(|| {
+            shared.workers.iter().find(|w| {
+                w.database
+                    .compare_exchange(0, db, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            })
+        })?;
     let running = slot.pid.load(Ordering::Acquire);
     // SAFETY: kill(pid, 0) only asks whether the process exists.
     if running != 0 && running != pid && unsafe { libc_kill(running, 0) } == 0 {
@@ -307,7 +319,8 @@ pub fn register_worker() -> Option<&'static WorkerSlot> {
     slot.started_at.store(now(), Ordering::Release);
     slot.applied.store(0, Ordering::Release);
     slot.restamped.store(0, Ordering::Release);
-    slot.state.store(WorkerState::Idle as u32, Ordering::Release);
+    slot.state
+        .store(WorkerState::Idle as u32, Ordering::Release);
     Some(slot)
 }
 
@@ -335,7 +348,8 @@ impl WorkerSlot {
     pub fn unregister(&self) {
         self.latch.store(0, Ordering::Release);
         self.pid.store(0, Ordering::Release);
-        self.state.store(WorkerState::Stopped as u32, Ordering::Release);
+        self.state
+            .store(WorkerState::Stopped as u32, Ordering::Release);
     }
 }
 
@@ -358,7 +372,9 @@ pub struct WorkerView {
 
 /// Every counted project of this database (this transaction's own counts not yet included).
 pub fn projects() -> Vec<ProjectCounts> {
-    let Some(shared) = shared() else { return Vec::new() };
+    let Some(shared) = shared() else {
+        return Vec::new();
+    };
     let db = database();
     shared
         .projects
@@ -382,16 +398,26 @@ pub fn worker() -> WorkerView {
         applied: 0,
         restamped: 0,
     };
-    let Some(shared) = shared() else { return stopped };
+    let Some(shared) = shared() else {
+        return stopped;
+    };
     let db = database();
-    let Some(w) = shared.workers.iter().find(|w| w.database.load(Ordering::Acquire) == db) else {
+    let Some(w) = shared
+        .workers
+        .iter()
+        .find(|w| w.database.load(Ordering::Acquire) == db)
+    else {
         return stopped;
     };
     let at = |a: &AtomicI64| Some(a.load(Ordering::Acquire)).filter(|t| *t != 0);
     let pid = Some(w.pid.load(Ordering::Acquire)).filter(|p| *p != 0);
     WorkerView {
         pid,
-        state: if pid.is_some() { WorkerState::from(w.state.load(Ordering::Acquire)) } else { WorkerState::Stopped },
+        state: if pid.is_some() {
+            WorkerState::from(w.state.load(Ordering::Acquire))
+        } else {
+            WorkerState::Stopped
+        },
         started_at: at(&w.started_at),
         last_apply_at: at(&w.last_apply_at),
         last_restamp_at: at(&w.last_restamp_at),
