@@ -199,6 +199,12 @@ LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', '_column_type_ok
 CREATE FUNCTION identity_merge._event_column(events regclass) RETURNS text
 LANGUAGE c STABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', '_event_column_wrapper';
 
+-- The device and user id columns a stamping trigger with these arguments (_trigger_args) reads:
+-- the ones named at attach, or "$device_id" and "$user_id" (src/core/attachment.rs, the one
+-- rule); the defaults for a table without the trigger (NULL).
+CREATE FUNCTION identity_merge._id_columns(targs text[]) RETURNS text[]
+LANGUAGE c IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', '_id_columns_wrapper';
+
 -- What keeps the stamping trigger from working on a table, one row per problem (none when it
 -- can work): the columns it reads and writes must exist with types it handles. Ids (the
 -- distinct_id and canonical columns, "event", "$device_id", "$user_id") are text or varchar, the
@@ -212,14 +218,15 @@ LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_te
 DECLARE
     c record;
     targs text[] := identity_merge._trigger_args(p_events);
+    id_columns text[] := identity_merge._id_columns(targs);
 BEGIN
     -- The device and user id columns named at attach (the trigger's 4th and 5th arguments) are
     -- required: one renamed or dropped would silently stop linking.
     FOR c IN SELECT n.ord, n.col, n.kind, n.required, a.atttypid, a.atttypmod, a.attgenerated, a.attnum IS NOT NULL AS present
                FROM (VALUES (1, p_distinct, 'id', true), (2, p_canonical, 'stamp', true),
                             (3, coalesce(identity_merge._event_column(p_events), 'event')::name, 'id', false), (4, 'properties'::name, 'json', false),
-                            (5, coalesce(nullif(targs[4], ''), '$device_id')::name, 'id', coalesce(targs[4], '') <> ''),
-                            (6, coalesce(nullif(targs[5], ''), '$user_id')::name, 'id', coalesce(targs[5], '') <> '')) n(ord, col, kind, required)
+                            (5, id_columns[1]::name, 'id', coalesce(targs[4], '') <> ''),
+                            (6, id_columns[2]::name, 'id', coalesce(targs[5], '') <> '')) n(ord, col, kind, required)
                LEFT JOIN pg_attribute a ON a.attrelid = p_events AND a.attname = n.col AND a.attnum > 0 AND NOT a.attisdropped
               ORDER BY NOT n.required OR a.attnum IS NOT NULL, n.ord
     LOOP
@@ -559,7 +566,7 @@ DECLARE
     done bigint;
     filenode oid;
     saved record;
-    targs text[];
+    id_columns text[];
     device text;
     usr text;
     fill text := '';
@@ -589,9 +596,9 @@ BEGIN
     -- each gets the one the trigger would have given it (identity_merge._row_distinct_id, the
     -- trigger's rule), and the trigger (UPDATE OF the distinct_id) stamps it.
     IF p.mode = 'simplified' THEN
-        targs := identity_merge._trigger_args(events);
-        device := coalesce(nullif(targs[4], ''), '$device_id');
-        usr := coalesce(nullif(targs[5], ''), '$user_id');
+        id_columns := identity_merge._id_columns(identity_merge._trigger_args(events));
+        device := id_columns[1];
+        usr := id_columns[2];
         IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute t WHERE t.attrelid = events AND t.attname = device AND t.attnum > 0 AND NOT t.attisdropped) THEN
             device := NULL;
         END IF;
@@ -743,7 +750,7 @@ LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp 
 DECLARE
     a identity_merge.attachments;
     p identity_merge.projects;
-    args text[];
+    id_columns text[];
     bad record;
     ord name;
     typ oid;
@@ -784,9 +791,9 @@ BEGIN
     END IF;
     IF p.mode = 'simplified' THEN
         -- The device and user id columns the stamping trigger reads (its 4th and 5th arguments).
-        args := identity_merge._trigger_args(events);
-        device := coalesce(nullif(args[4], ''), '$device_id');
-        usr := coalesce(nullif(args[5], ''), '$user_id');
+        id_columns := identity_merge._id_columns(identity_merge._trigger_args(events));
+        device := id_columns[1];
+        usr := id_columns[2];
         IF (SELECT count(*) FROM pg_attribute t WHERE t.attrelid = events AND t.attname IN (device, usr)
                AND t.attnum > 0 AND NOT t.attisdropped) < 2 THEN
             RAISE EXCEPTION 'cannot read the history of %: it has no column % or %', events, quote_ident(device), quote_ident(usr)
@@ -1012,7 +1019,7 @@ DECLARE
     a identity_merge.attachments;
     bad record;
     broken boolean;
-    targs text[];
+    id_columns text[];
     fillable text;
     token text := proj.token;
 BEGIN
@@ -1100,10 +1107,10 @@ BEGIN
         -- with the trigger disabled): CALL mp_restamp_all stamps them.
         fillable := '';
         IF NOT legacy AND (SELECT x.mode FROM identity_merge.projects x WHERE x.project_id = pid) = 'simplified' THEN
-            targs := identity_merge._trigger_args(a.events);
+            id_columns := identity_merge._id_columns(identity_merge._trigger_args(a.events));
             SELECT format(' OR identity_merge._row_distinct_id(%L, %s, %s) IS NOT NULL', token,
-                          coalesce(max(format('e.%I::text', t.attname)) FILTER (WHERE t.attname = coalesce(nullif(targs[4], ''), '$device_id')), 'NULL'),
-                          coalesce(max(format('e.%I::text', t.attname)) FILTER (WHERE t.attname = coalesce(nullif(targs[5], ''), '$user_id')), 'NULL'))
+                          coalesce(max(format('e.%I::text', t.attname)) FILTER (WHERE t.attname = id_columns[1]), 'NULL'),
+                          coalesce(max(format('e.%I::text', t.attname)) FILTER (WHERE t.attname = id_columns[2]), 'NULL'))
               INTO fillable
               FROM pg_attribute t WHERE t.attrelid = a.events AND t.attnum > 0 AND NOT t.attisdropped;
         END IF;
@@ -1376,7 +1383,7 @@ BEGIN
 END $$;
 -- Catalog reads only (see its definition): every role may run it.
 GRANT EXECUTE ON FUNCTION identity_merge._column_problems(regclass, name, name), identity_merge._column_type_ok(text, regtype),
-    identity_merge._event_column(regclass) TO PUBLIC;
+    identity_merge._event_column(regclass), identity_merge._id_columns(text[]) TO PUBLIC;
 -- Argument checks, the trigger's arguments and its rule for a row's missing distinct_id: no
 -- rights of their own. _exec_as_owner runs a statement as a table's owner only for a caller
 -- who may act as that owner (src/owner.rs), so it gives no role a right it did not have.

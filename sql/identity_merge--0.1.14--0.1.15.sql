@@ -1,17 +1,24 @@
 -- identity_merge 0.1.14 -> 0.1.15 (see CHANGELOG.md): the event name is read from "event_name"
 -- in a table without "event" (Mixpanel's data-pipeline export): identity_merge._event_column,
--- used by _column_problems and mp_backfill_from; mp_detach drops the insert_id deduplication
--- trigger with the stamping one; mp_dedup_insert_id(table, false) drops one without an
--- attachment (a table detached under 0.1.14 kept its trigger); projects.keep_fresh written in
--- one place (_keep_fresh_projects); mp_check reads its project once.
+-- used by _column_problems and mp_backfill_from; the device and user id columns' defaults in one
+-- place (identity_merge._id_columns); mp_detach drops the insert_id deduplication trigger with
+-- the stamping one; mp_dedup_insert_id(table, false) drops one without an attachment (a table
+-- detached under 0.1.14 kept its trigger); projects.keep_fresh written in one place
+-- (_keep_fresh_projects); mp_check reads its project once.
 -- Released upgrade scripts are never edited afterwards.
 
 -- The column the trigger reads the event name from (src/core/columns.rs, the one rule): "event",
 -- or "event_name" in a table without one (Mixpanel's data-pipeline export); NULL when neither.
 CREATE FUNCTION identity_merge._event_column(events regclass) RETURNS text
 LANGUAGE c STABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', '_event_column_wrapper';
-REVOKE ALL ON FUNCTION identity_merge._event_column(regclass) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION identity_merge._event_column(regclass) TO PUBLIC;
+
+-- The device and user id columns a stamping trigger with these arguments (_trigger_args) reads:
+-- the ones named at attach, or "$device_id" and "$user_id" (src/core/attachment.rs, the one
+-- rule); the defaults for a table without the trigger (NULL).
+CREATE FUNCTION identity_merge._id_columns(targs text[]) RETURNS text[]
+LANGUAGE c IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', '_id_columns_wrapper';
+REVOKE ALL ON FUNCTION identity_merge._event_column(regclass), identity_merge._id_columns(text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION identity_merge._event_column(regclass), identity_merge._id_columns(text[]) TO PUBLIC;
 
 CREATE OR REPLACE FUNCTION identity_merge._column_problems(p_events regclass, p_distinct name, p_canonical name)
 RETURNS TABLE (code text, problem text, hint text)
@@ -19,14 +26,15 @@ LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_te
 DECLARE
     c record;
     targs text[] := identity_merge._trigger_args(p_events);
+    id_columns text[] := identity_merge._id_columns(targs);
 BEGIN
     -- The device and user id columns named at attach (the trigger's 4th and 5th arguments) are
     -- required: one renamed or dropped would silently stop linking.
     FOR c IN SELECT n.ord, n.col, n.kind, n.required, a.atttypid, a.atttypmod, a.attgenerated, a.attnum IS NOT NULL AS present
                FROM (VALUES (1, p_distinct, 'id', true), (2, p_canonical, 'stamp', true),
                             (3, coalesce(identity_merge._event_column(p_events), 'event')::name, 'id', false), (4, 'properties'::name, 'json', false),
-                            (5, coalesce(nullif(targs[4], ''), '$device_id')::name, 'id', coalesce(targs[4], '') <> ''),
-                            (6, coalesce(nullif(targs[5], ''), '$user_id')::name, 'id', coalesce(targs[5], '') <> '')) n(ord, col, kind, required)
+                            (5, id_columns[1]::name, 'id', coalesce(targs[4], '') <> ''),
+                            (6, id_columns[2]::name, 'id', coalesce(targs[5], '') <> '')) n(ord, col, kind, required)
                LEFT JOIN pg_attribute a ON a.attrelid = p_events AND a.attname = n.col AND a.attnum > 0 AND NOT a.attisdropped
               ORDER BY NOT n.required OR a.attnum IS NOT NULL, n.ord
     LOOP
@@ -68,7 +76,7 @@ LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp 
 DECLARE
     a identity_merge.attachments;
     p identity_merge.projects;
-    args text[];
+    id_columns text[];
     bad record;
     ord name;
     typ oid;
@@ -109,9 +117,9 @@ BEGIN
     END IF;
     IF p.mode = 'simplified' THEN
         -- The device and user id columns the stamping trigger reads (its 4th and 5th arguments).
-        args := identity_merge._trigger_args(events);
-        device := coalesce(nullif(args[4], ''), '$device_id');
-        usr := coalesce(nullif(args[5], ''), '$user_id');
+        id_columns := identity_merge._id_columns(identity_merge._trigger_args(events));
+        device := id_columns[1];
+        usr := id_columns[2];
         IF (SELECT count(*) FROM pg_attribute t WHERE t.attrelid = events AND t.attname IN (device, usr)
                AND t.attnum > 0 AND NOT t.attisdropped) < 2 THEN
             RAISE EXCEPTION 'cannot read the history of %: it has no column % or %', events, quote_ident(device), quote_ident(usr)
@@ -138,6 +146,131 @@ BEGIN
     END IF;
     -- Read as the table's owner (src/owner.rs): its policies and types are its owner's code.
     RETURN QUERY SELECT * FROM identity_merge._backfill_events_from_table(src, p.token, events);
+END $$;
+
+CREATE OR REPLACE PROCEDURE mp_restamp_all(events regclass, batch_blocks integer DEFAULT 1000)
+LANGUAGE plpgsql AS $$
+DECLARE
+    a identity_merge.attachments;
+    p identity_merge.projects;
+    bad record;
+    total bigint;
+    b bigint;
+    n bigint;
+    done bigint;
+    filenode oid;
+    saved record;
+    id_columns text[];
+    device text;
+    usr text;
+    fill text := '';
+    stamp text;
+BEGIN
+    IF events IS NULL THEN
+        RAISE EXCEPTION 'mp_restamp_all: argument events is NULL' USING ERRCODE = '22004',
+            HINT = 'Name an attached event table.';
+    END IF;
+    IF batch_blocks IS NULL OR batch_blocks < 1 THEN
+        RAISE EXCEPTION 'invalid batch_blocks: %', coalesce(batch_blocks::pg_catalog.text, 'NULL') USING ERRCODE = '22023',
+            HINT = 'A positive number of heap blocks per batch (1000 blocks are about 8 MB).';
+    END IF;
+    SELECT * INTO a FROM identity_merge.attachments x WHERE x.events = mp_restamp_all.events;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table % is not attached to identity_merge', events USING ERRCODE = '55000',
+            HINT = 'Attach it with mp_attach first.';
+    END IF;
+    SELECT * INTO p FROM identity_merge.projects x WHERE x.project_id = a.project_id;
+    SELECT * INTO bad FROM identity_merge._column_problems(events, a.distinct_id_column, a.canonical_column) x
+     WHERE x.code IN ('42703', '42804') LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'cannot restamp %: %', events, bad.problem USING ERRCODE = '55000',
+            HINT = 'Re-attach the table with mp_attach naming its current columns, or mp_detach it.';
+    END IF;
+    -- Rows loaded before mp_attach into a Simplified project's table may have no distinct_id:
+    -- each gets the one the trigger would have given it (identity_merge._row_distinct_id, the
+    -- trigger's rule), and the trigger (UPDATE OF the distinct_id) stamps it.
+    IF p.mode = 'simplified' THEN
+        id_columns := identity_merge._id_columns(identity_merge._trigger_args(events));
+        device := id_columns[1];
+        usr := id_columns[2];
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute t WHERE t.attrelid = events AND t.attname = device AND t.attnum > 0 AND NOT t.attisdropped) THEN
+            device := NULL;
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute t WHERE t.attrelid = events AND t.attname = usr AND t.attnum > 0 AND NOT t.attisdropped) THEN
+            usr := NULL;
+        END IF;
+        IF device IS NOT NULL OR usr IS NOT NULL THEN
+            fill := pg_catalog.format(
+                'UPDATE %1$s e SET %2$I = identity_merge._row_distinct_id(%3$L, %4$s, %5$s) '
+                'WHERE e.%2$I IS NULL AND identity_merge._row_distinct_id(%3$L, %4$s, %5$s) IS NOT NULL',
+                events, a.distinct_id_column, p.token,
+                CASE WHEN device IS NULL THEN 'NULL' ELSE pg_catalog.format('e.%I::pg_catalog.text', device) END,
+                CASE WHEN usr IS NULL THEN 'NULL' ELSE pg_catalog.format('e.%I::pg_catalog.text', usr) END);
+        END IF;
+    END IF;
+    -- Legacy aliases are not retroactive (Mixpanel's pre-ID-Merge rule): a stamp is final, but a
+    -- row that has none yet (loaded before mp_attach) gets its first one.
+    stamp := pg_catalog.format(
+        'UPDATE %1$s e SET %2$I = coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
+        '    WHERE i.project_id OPERATOR(pg_catalog.=) %4$s AND i.distinct_id OPERATOR(pg_catalog.=) (e.%3$I::pg_catalog.text COLLATE "C")), e.%3$I::pg_catalog.text) '
+        'WHERE %5$s',
+        events, a.canonical_column, a.distinct_id_column, a.project_id,
+        CASE WHEN p.mode = 'legacy' THEN pg_catalog.format('e.%I IS NULL AND e.%I IS NOT NULL', a.canonical_column, a.distinct_id_column)
+             ELSE pg_catalog.format('(e.%1$I)::pg_catalog.text COLLATE "C" IS DISTINCT FROM coalesce((SELECT i.canonical_id FROM identity_merge.identities i '
+                  '    WHERE i.project_id OPERATOR(pg_catalog.=) %3$s AND i.distinct_id OPERATOR(pg_catalog.=) (e.%2$I::pg_catalog.text COLLATE "C")), e.%2$I::pg_catalog.text)',
+                  a.canonical_column, a.distinct_id_column, a.project_id) END);
+    -- A Citus table is an empty shell whose rows are in its shards, where a TID range finds
+    -- nothing (since 0.1.8): every row is stamped by one UPDATE, which Citus runs on each shard,
+    -- beside that node's copy of the identity state.
+    IF identity_merge._is_citus_table(events) THEN
+        n := 0;
+        IF fill <> '' THEN
+            n := identity_merge._exec_as_owner(events, fill);
+        END IF;
+        n := n + identity_merge._exec_as_owner(events, stamp);
+        RAISE NOTICE 'restamp of % (a Citus table, one UPDATE over its shards): % rows changed', events, n;
+        RETURN;
+    END IF;
+    total := pg_catalog.pg_relation_size(events) / pg_catalog.current_setting('block_size')::pg_catalog.int8;
+    filenode := pg_catalog.pg_relation_filenode(events);
+    -- Saved progress is of one physical table and one attachment: after a TRUNCATE, a rewrite
+    -- (VACUUM FULL, CLUSTER, ALTER TABLE ... TYPE) or a detach and attach it means nothing, and
+    -- the run starts over.
+    SELECT * INTO saved FROM identity_merge.restamp_progress r WHERE r.events = mp_restamp_all.events;
+    IF FOUND AND (saved.filenode IS DISTINCT FROM filenode OR saved.attached_at IS DISTINCT FROM a.attached_at) THEN
+        RAISE NOTICE 'the saved progress of % is of an earlier table (truncated, rewritten or attached again since): starting over', events;
+        DELETE FROM identity_merge.restamp_progress r WHERE r.events = mp_restamp_all.events;
+    END IF;
+    INSERT INTO identity_merge.restamp_progress AS r (events, next_block, blocks, filenode, attached_at)
+    VALUES (mp_restamp_all.events, 0, total, filenode, a.attached_at)
+    ON CONFLICT ON CONSTRAINT restamp_progress_pkey
+    DO UPDATE SET blocks = greatest(r.blocks, EXCLUDED.blocks), updated_at = pg_catalog.now();
+    SELECT r.next_block, r.rows_done INTO b, done FROM identity_merge.restamp_progress r WHERE r.events = mp_restamp_all.events;
+    IF b > 0 THEN
+        RAISE NOTICE 'resuming the restamp of % at block % of %', events, b, total;
+    END IF;
+    COMMIT;
+    WHILE b < total LOOP
+        -- One restamp of the table at a time (see mp_restamp).
+        PERFORM identity_merge._lock_restamp(events);
+        n := 0;
+        IF fill <> '' THEN
+            n := identity_merge._exec_as_owner(events, pg_catalog.format(
+                '%s AND e.ctid OPERATOR(pg_catalog.>=) ''(%s,0)''::pg_catalog.tid AND e.ctid OPERATOR(pg_catalog.<) ''(%s,0)''::pg_catalog.tid',
+                fill, b, b + batch_blocks));
+        END IF;
+        n := n + identity_merge._exec_as_owner(events, pg_catalog.format(
+            '%s AND e.ctid OPERATOR(pg_catalog.>=) ''(%s,0)''::pg_catalog.tid AND e.ctid OPERATOR(pg_catalog.<) ''(%s,0)''::pg_catalog.tid',
+            stamp, b, b + batch_blocks));
+        b := b + batch_blocks;
+        done := done + n;
+        UPDATE identity_merge.restamp_progress r SET next_block = b, rows_done = done, updated_at = pg_catalog.now()
+         WHERE r.events = mp_restamp_all.events;
+        RAISE NOTICE 'restamp of %: blocks % of % done, % rows changed', events, least(b, total), total, done;
+        COMMIT;
+    END LOOP;
+    DELETE FROM identity_merge.restamp_progress r WHERE r.events = mp_restamp_all.events;
+    COMMIT;
 END $$;
 
 CREATE OR REPLACE FUNCTION mp_detach(events regclass) RETURNS void
@@ -212,7 +345,7 @@ DECLARE
     a identity_merge.attachments;
     bad record;
     broken boolean;
-    targs text[];
+    id_columns text[];
     fillable text;
     token text := proj.token;
 BEGIN
@@ -300,10 +433,10 @@ BEGIN
         -- with the trigger disabled): CALL mp_restamp_all stamps them.
         fillable := '';
         IF NOT legacy AND (SELECT x.mode FROM identity_merge.projects x WHERE x.project_id = pid) = 'simplified' THEN
-            targs := identity_merge._trigger_args(a.events);
+            id_columns := identity_merge._id_columns(identity_merge._trigger_args(a.events));
             SELECT format(' OR identity_merge._row_distinct_id(%L, %s, %s) IS NOT NULL', token,
-                          coalesce(max(format('e.%I::text', t.attname)) FILTER (WHERE t.attname = coalesce(nullif(targs[4], ''), '$device_id')), 'NULL'),
-                          coalesce(max(format('e.%I::text', t.attname)) FILTER (WHERE t.attname = coalesce(nullif(targs[5], ''), '$user_id')), 'NULL'))
+                          coalesce(max(format('e.%I::text', t.attname)) FILTER (WHERE t.attname = id_columns[1]), 'NULL'),
+                          coalesce(max(format('e.%I::text', t.attname)) FILTER (WHERE t.attname = id_columns[2]), 'NULL'))
               INTO fillable
               FROM pg_attribute t WHERE t.attrelid = a.events AND t.attnum > 0 AND NOT t.attisdropped;
         END IF;

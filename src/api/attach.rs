@@ -152,6 +152,27 @@ fn _event_column(events: pg_sys::Oid) -> Option<String> {
     crate::core::columns::event_column(has).map(str::to_string)
 }
 
+/// `identity_merge._id_columns(targs text[]) RETURNS text[]`, declared in sql/api.sql: the
+/// device and user id columns a stamping trigger with these arguments reads
+/// (`core::attachment::TriggerArgs`, defaults included); the defaults for a table without the
+/// trigger yet (NULL or misused arguments).
+#[pg_extern(sql = false)]
+fn _id_columns(targs: Option<Vec<Option<String>>>) -> Vec<String> {
+    use crate::core::attachment::{TriggerArgs, DEFAULT_DEVICE_COLUMN, DEFAULT_USER_COLUMN};
+    let args: Vec<String> = targs
+        .unwrap_or_default()
+        .into_iter()
+        .map(Option::unwrap_or_default)
+        .collect();
+    match TriggerArgs::parse(&args) {
+        Ok(a) => vec![
+            a.device_column_or_default().to_string(),
+            a.user_column_or_default().to_string(),
+        ],
+        Err(_) => vec![DEFAULT_DEVICE_COLUMN.to_string(), DEFAULT_USER_COLUMN.to_string()],
+    }
+}
+
 /// keep_fresh of an attached table the caller owns (mp_keep_fresh, mp_attach), and its
 /// project's flag, which every join of the project reads (store::queue_stale), worked out from
 /// the attachments by `identity_merge._keep_fresh_projects` (the one place that writes it):
