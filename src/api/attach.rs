@@ -145,9 +145,7 @@ fn _column_type_ok(kind: &str, typ: pg_sys::Oid) -> bool {
 fn _event_column(events: pg_sys::Oid) -> Option<String> {
     let has = |name: &str| {
         let name = std::ffi::CString::new(name).expect("column names have no NUL");
-        // SAFETY: a syscache lookup of a column by name; an unknown relation or a dropped
-        // column answers InvalidAttrNumber (0).
-        unsafe { pg_sys::get_attnum(events, name.as_ptr()) > 0 }
+        crate::pg::has_column(events, &name)
     };
     crate::core::columns::event_column(has).map(str::to_string)
 }
@@ -169,7 +167,10 @@ fn _id_columns(targs: Option<Vec<Option<String>>>) -> Vec<String> {
             a.device_column_or_default().to_string(),
             a.user_column_or_default().to_string(),
         ],
-        Err(_) => vec![DEFAULT_DEVICE_COLUMN.to_string(), DEFAULT_USER_COLUMN.to_string()],
+        Err(_) => vec![
+            DEFAULT_DEVICE_COLUMN.to_string(),
+            DEFAULT_USER_COLUMN.to_string(),
+        ],
     }
 }
 

@@ -134,6 +134,14 @@ pub fn relation_oid(name: &CStr) -> Option<pg_sys::Oid> {
     (oid != pg_sys::InvalidOid).then_some(oid)
 }
 
+/// Whether relation `rel` has a column named `name` (a user column, not dropped); false for a
+/// relation that does not exist.
+pub fn has_column(rel: pg_sys::Oid, name: &CStr) -> bool {
+    // SAFETY: a syscache lookup of a column by name; an unknown relation, a dropped column or
+    // none of that name answers InvalidAttrNumber (0), a system column a negative number.
+    unsafe { pg_sys::get_attnum(rel, name.as_ptr()) > 0 }
+}
+
 /// Like `relation_oid`, or the error that the extension's object is missing.
 pub fn required_relation(name: &CStr) -> Result<pg_sys::Oid, IdentityError> {
     relation_oid(name).ok_or_else(|| IdentityError::MissingObject {

@@ -123,11 +123,7 @@ thread_local! {
 /// Whether the installed SQL's table `relation` (in identity_merge) has `column`: the library
 /// also runs with the SQL of older versions until ALTER EXTENSION UPDATE.
 fn installed_column(relation: &std::ffi::CStr, column: &std::ffi::CStr) -> bool {
-    let Some(oid) = crate::pg::relation_oid(relation) else {
-        return false;
-    };
-    // SAFETY: a syscache lookup of a column by name in an existing relation.
-    unsafe { pg_sys::get_attnum(oid, column.as_ptr()) > 0 }
+    crate::pg::relation_oid(relation).is_some_and(|oid| crate::pg::has_column(oid, column))
 }
 
 /// Whether the installed SQL has merge_log's provenance columns (0.1.4 on).
